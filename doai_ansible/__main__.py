@@ -1,0 +1,4 @@
+from doai_ansible.cli import run
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,51 @@
+"""What one command run carries around: settings, run id, log bundle, progress, journal."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from doai_ansible.journal import Journal, operator
+from doai_ansible.lock import Lock
+from doai_ansible.model import new_run_id
+from doai_ansible.settings import Settings
+
+
+@dataclasses.dataclass
+class RunContext:
+    settings: Settings
+    run_id: str
+    operator: str
+    progress: Callable[[dict[str, Any]], None] | None = None
+    note: Callable[[str], None] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        note: Callable[[str], None] | None = None,
+    ) -> "RunContext":
+        return cls(settings, new_run_id(), operator(), progress, note)
+
+    @property
+    def log_dir(self) -> Path:
+        d = self.settings.runs_dir / self.run_id
+        if not d.exists():
+            d.mkdir(parents=True, mode=0o700)
+            os.chmod(self.settings.runs_dir, 0o700)
+        return d
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.settings.journal_path)
+
+    def lock(self, target: str) -> Lock:
+        return Lock(self.settings.locks_dir, target, self.settings.lock_ttl_s)
+
+    def say(self, text: str) -> None:
+        if self.note is not None:
+            self.note(text)

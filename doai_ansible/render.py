@@ -1,0 +1,88 @@
+"""Text and JSON rendering of results, and the progress display on a terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from doai_ansible.model import Outcome, RunResult
+
+_MARK = {
+    Outcome.PLANNED: "plan",
+    Outcome.UNCHANGED: "same",
+    Outcome.SUCCEEDED: "ok",
+    Outcome.RESTORED: "RESTORED",
+    Outcome.NOT_RESTORED: "NOT RESTORED",
+    Outcome.FAILED: "FAILED",
+    Outcome.SKIPPED: "skip",
+}
+
+
+class Progress:
+    """Streams ansible-runner events as one line per task and host result, on stderr.
+
+    Quiet unless stderr is a terminal (and never with ``--output json``): a CI log gets the
+    JSON result and the run's log file instead.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.t0 = time.monotonic()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(f"[{time.monotonic() - self.t0:6.1f}s] {text}\n")
+            self.stream.flush()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        task = data.get("task", "")
+        host = data.get("host", "")
+        if kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+            self.note(f"{host}: {task} (changed)")
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            msg = (data.get("res") or {}).get("msg", "")
+            self.note(f"{host}: {task} FAILED {str(msg)[:200]}")
+        elif kind == "runner_on_unreachable":
+            self.note(f"{host}: UNREACHABLE")
+        elif kind == "playbook_on_task_start" and task and not task.startswith(("Report", "Name this")):
+            self.note(task)
+
+
+def emit_json(data: Any, stream: IO[str] | None = None) -> None:
+    (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def run_text(run: RunResult) -> str:
+    lines = []
+    head = f"{run.command} ({'dry run, nothing changed' if run.dry_run else 'run ' + run.run_id})"
+    lines.append(head)
+    for r in run.results:
+        s = r.step
+        frm = s.details.get("from_label") or (s.current or "?")
+        to = s.details.get("to_label") or (s.desired or "?")
+        lines.append(f"  [{_MARK[r.outcome]:>8}] {s.part.value} {s.target}: {frm} -> {to}")
+        if s.rule:
+            lines.append(f"             target chosen by {s.rule}")
+        if "needs_install" in s.details:
+            lines.append(f"             dependencies: {'npm ci' if s.details['needs_install'] else 'unchanged'}")
+        if s.details.get("recent") and run.dry_run:
+            lines.append("             last commits:")
+            lines.extend(f"               {c}" for c in s.details["recent"])
+        if s.at_risk:
+            lines.append(f"             at risk: {s.at_risk}")
+        if r.message:
+            lines.append(f"             {r.message}")
+        if r.duration_s is not None and not run.dry_run:
+            lines.append(f"             took {r.duration_s:.1f} s")
+    if run.message:
+        lines.append(run.message)
+    if run.log_dir and not run.dry_run:
+        lines.append(f"logs: {run.log_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,346 @@
+"""A local stand-in for the DoAi VPS: a loopback sshd, a git-deployed Node app under PM2.
+
+Used by ``doai-rollback demo``, the integration tests, the Molecule scenario and the
+benchmarks, so all of them exercise the same real parts: OpenSSH, git, npm, PM2 in cluster
+mode. Every process it starts listens on 127.0.0.1 only and is stopped by PID in
+:meth:`Sandbox.stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from doai_ansible.errors import DoaiError
+
+log = logging.getLogger(__name__)
+
+APP_SRC = Path(__file__).resolve().parent / "sandbox_app"
+VERSIONS = ("v1", "v2", "v3")  # v1 good, v2 good (other lockfile), v3 bad (health 500)
+SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd")
+
+
+class SandboxError(DoaiError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _which(name: str, env_var: str) -> str:
+    found = os.environ.get(env_var) or shutil.which(name)
+    if not found:
+        raise SandboxError(f"{name} not found", hint=f"install it (see .ci/setup) or set {env_var}")
+    return str(Path(found).resolve()) if env_var != "DOAI_SSHD" else found
+
+
+def _run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    proc = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise SandboxError(f"{' '.join(argv[:3])} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-800:]}")
+    return proc.stdout
+
+
+def wait_port(port: int, deadline_s: float = 15.0) -> None:
+    end = time.monotonic() + deadline_s
+    delay = 0.02
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise SandboxError(f"nothing listens on 127.0.0.1:{port} after {deadline_s:.0f} s")
+
+
+def http_health(url: str, timeout: float = 2.0) -> tuple[int | None, str | None]:
+    """(status, reported version) of a health URL; (None, None) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback URL we built)
+            body = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    except (urllib.error.URLError, OSError):
+        return None, None
+    try:
+        version = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        version = None
+    return status, version
+
+
+class Sandbox:
+    """The rig. ``Sandbox(workdir).start()``; then ``deploy('v3')``; ``stop()`` at the end."""
+
+    host_name = "sandbox-vps"
+
+    def __init__(self, workdir: Path, *, instances: int = 2) -> None:
+        self.workdir = Path(workdir).absolute()
+        self.instances = instances
+        self.ssh_dir = self.workdir / "ssh"
+        self.app = self.workdir / "srv" / "doai-backend"
+        self.pm2_home = self.workdir / "pm2"
+        self.host_state = self.workdir / "host-state"
+        self.inventory_dir = self.workdir / "inventory"
+        self.ssh_port = 0
+        self.app_port = 0
+        self.sshd_pid: int | None = None
+        self.commits: dict[str, str] = {}
+        self.pm2 = _which("pm2", "DOAI_PM2_BIN")
+        self.npm = _which("npm", "DOAI_NPM_BIN")
+        self.git = _which("git", "DOAI_GIT_BIN")
+
+    # -- environment -------------------------------------------------------------------
+    @property
+    def pm2_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PM2_")}
+        env["PM2_HOME"] = str(self.pm2_home)
+        return env
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}/api/health"
+
+    @property
+    def inventory(self) -> Path:
+        return self.inventory_dir / "hosts.yml"
+
+    @property
+    def ledger(self) -> Path:
+        return self.host_state / "ledger.jsonl"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, *, deploy: str = "v2") -> "Sandbox":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ssh_port = free_port()
+        self.app_port = free_port()
+        self._start_sshd()
+        self._make_repo()
+        self.write_inventory()
+        self._checkout(deploy)
+        _run([self.npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=self.app)
+        self._start_pm2()
+        self.record_deploy(None, self.commits[deploy])
+        return self
+
+    def stop(self) -> None:
+        if self.pm2_home.exists():
+            with contextlib.suppress(Exception):
+                subprocess.run([self.pm2, "kill"], env=self.pm2_env, capture_output=True, timeout=30, check=False)
+        if self.sshd_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.sshd_pid, signal.SIGTERM)
+            self.sshd_pid = None
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- sshd ---------------------------------------------------------------------------
+    def _start_sshd(self) -> None:
+        sshd = next((c for c in SSHD_CANDIDATES if os.access(c, os.X_OK)), None)
+        if sshd is None:
+            raise SandboxError("sshd not found", hint="apt-get install openssh-server")
+        d = self.ssh_dir
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for key in ("host_ed25519", "client_ed25519"):
+            if not (d / key).exists():
+                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"doai-sandbox-{key}", "-f", str(d / key)])
+        shutil.copyfile(d / "client_ed25519.pub", d / "authorized_keys")
+        os.chmod(d / "authorized_keys", 0o600)
+        host_pub = (d / "host_ed25519.pub").read_text().split()
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{self.ssh_port} {host_pub[0]} {host_pub[1]}\n")
+        cfg = d / "sshd_config"
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"Port {self.ssh_port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {d / 'host_ed25519'}",
+                    f"PidFile {d / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "MaxSessions 64",
+                    "MaxStartups 64:30:128",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel ERROR",
+                    "",
+                ]
+            )
+        )
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
+        proc = subprocess.Popen(  # noqa: S603 (fixed argv)
+            [sshd, "-D", "-e", "-f", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(d / "sshd.log", "ab"),  # noqa: SIM115 (owned by the child)
+            start_new_session=True,
+        )
+        self.sshd_pid = proc.pid
+        wait_port(self.ssh_port)
+
+    def ssh_argv(self, *command: str) -> list[str]:
+        d = self.ssh_dir
+        return [
+            "ssh", "-p", str(self.ssh_port), "-i", str(d / "client_ed25519"),
+            "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "root@127.0.0.1", *command,
+        ]
+
+    # -- the app --------------------------------------------------------------------------
+    def _git(self, *args: str) -> str:
+        env = dict(os.environ, GIT_AUTHOR_NAME="DoAi Dev", GIT_AUTHOR_EMAIL="dev@doai.invalid",
+                   GIT_COMMITTER_NAME="DoAi Dev", GIT_COMMITTER_EMAIL="dev@doai.invalid")
+        return _run([self.git, "-C", str(self.app), *args], env=env)
+
+    def _make_repo(self) -> None:
+        if (self.app / ".git").exists():
+            raise SandboxError(f"{self.app} exists already; use a new workdir")
+        self.app.mkdir(parents=True)
+        self._git("init", "-q", "-b", "main")
+        shutil.copyfile(APP_SRC / "server.js", self.app / "server.js")
+        shutil.copyfile(APP_SRC / ".gitignore", self.app / ".gitignore")
+        for i, version in enumerate(VERSIONS):
+            src = APP_SRC / ("v1" if version == "v1" else "v2")  # v3 keeps v2's lockfile
+            pkg = json.loads((src / "package.json").read_text())
+            pkg["version"] = f"{i + 1}.0.0"
+            (self.app / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
+            # The lockfile is committed as generated: v3 shares v2's byte for byte.
+            shutil.copyfile(src / "package-lock.json", self.app / "package-lock.json")
+            (self.app / "release.json").write_text(json.dumps({"broken": version == "v3"}) + "\n")
+            self._git("add", "-A")
+            subject = {"v1": "v1: first release", "v2": "v2: add ms dependency", "v3": "v3: bad release"}[version]
+            self._git("commit", "-q", "-m", subject)
+            self.commits[version] = self._git("rev-parse", "HEAD").strip()
+
+    def _checkout(self, version: str) -> None:
+        self._git("checkout", "-q", "--detach", self.commits.get(version, version))
+
+    def _start_pm2(self) -> None:
+        eco = self.workdir / "ecosystem.config.js"
+        eco.write_text(
+            (APP_SRC / "ecosystem.config.js.tmpl")
+            .read_text()
+            .replace("__APP__", json.dumps(str(self.app)))
+            .replace("__PORT__", str(self.app_port))
+            .replace("instances: 2", f"instances: {self.instances}")
+        )
+        _run([self.pm2, "start", str(eco)], env=self.pm2_env, timeout=60)
+        self.wait_health(expect_ok=None)
+
+    def head(self) -> str:
+        return self._git("rev-parse", "HEAD").strip()
+
+    def version_of(self, sha: str) -> str | None:
+        for name, commit in self.commits.items():
+            if commit == sha:
+                return name
+        return None
+
+    def record_deploy(self, from_sha: str | None, to_sha: str) -> None:
+        """What a deployment pipeline writes to the host's ledger (see the role README)."""
+        self.host_state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rec = {
+            "action": "deploy", "from": from_sha, "to": to_sha, "result": "deployed",
+            "who": "sandbox-ci", "why": "sandbox deployment",
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with self.ledger.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    def deploy(self, version: str) -> None:
+        """Deploy a version the way the team's pipeline does (not through the rollback tool)."""
+        before = self.head()
+        target = self.commits[version]
+        lock_changed = subprocess.run(
+            [self.git, "-C", str(self.app), "diff", "--quiet", before, target, "--", "package-lock.json"],
+            check=False,
+        ).returncode == 1
+        self._checkout(version)
+        if lock_changed:
+            _run([self.npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=self.app)
+        _run([self.pm2, "reload", "all"], env=self.pm2_env, timeout=60)
+        self.record_deploy(before, target)
+
+    def pm2_processes(self) -> list[dict[str, object]]:
+        out = _run([self.pm2, "jlist"], env=self.pm2_env)
+        raw = json.loads(out[out.find("["):])
+        return [
+            {"name": p["name"], "pm_id": p["pm_id"], "status": p["pm2_env"]["status"],
+             "restarts": p["pm2_env"].get("restart_time", 0)}
+            for p in raw
+        ]
+
+    def health(self) -> tuple[int | None, str | None]:
+        return http_health(self.health_url)
+
+    def wait_health(self, *, expect_ok: bool | None = True, deadline_s: float = 30.0) -> tuple[int | None, str | None]:
+        """Wait until the app answers (2xx when ``expect_ok``; any status when None)."""
+        end = time.monotonic() + deadline_s
+        delay = 0.05
+        status, version = None, None
+        while time.monotonic() < end:
+            status, version = self.health()
+            if status is not None and (expect_ok is None or (200 <= status < 300) == expect_ok):
+                return status, version
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise SandboxError(f"health {self.health_url} still {status} after {deadline_s:.0f} s")
+
+    def write_inventory(self, **overrides: object) -> Path:
+        """An inventory for the sandbox host; ``overrides`` become host variables."""
+        self.inventory_dir.mkdir(parents=True, exist_ok=True)
+        d = self.ssh_dir
+        hostvars: dict[str, object] = {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": self.ssh_port,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(d / "client_ed25519"),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={d / 'known_hosts'} -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes",
+            "ansible_python_interpreter": shutil.which("python3") or "/usr/bin/python3",
+            "doai_backend_pm2_path": str(self.app),
+            "doai_backend_pm2_home": str(self.pm2_home),
+            "doai_backend_pm2_bin": self.pm2,
+            "doai_backend_pm2_npm_bin": self.npm,
+            "doai_backend_pm2_git_bin": self.git,
+            "doai_backend_pm2_health_url": self.health_url,
+            "doai_backend_pm2_state_dir": str(self.host_state),
+            "doai_backend_pm2_health_timeout": 20,
+            "doai_backend_pm2_stable_seconds": 2,
+        }
+        hostvars.update(overrides)
+        inv = {"all": {"children": {"backend": {"hosts": {self.host_name: hostvars}}}}}
+        self.inventory.write_text(json.dumps(inv, indent=2) + "\n")  # JSON is YAML
+        return self.inventory
+
+
+@contextlib.contextmanager
+def running_sandbox(workdir: Path, **kwargs: object) -> Iterator[Sandbox]:
+    sb = Sandbox(workdir)
+    try:
+        sb.start(**kwargs)  # type: ignore[arg-type]
+        yield sb
+    finally:
+        sb.stop()

@@ -1,0 +1,269 @@
+"""Settings: defaults < config file < environment < flags, validated in one place.
+
+Host-side settings (paths, PM2 apps, health URLs on the VPS) live in the Ansible inventory so
+the playbooks run on their own; API-side settings (Vercel project/team, ...) live in the config
+file; secrets come only from environment variables and are held in :class:`Secret`, which never
+prints its value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+from doai_ansible.errors import ConfigError
+
+CONFIG_ENV = "DOAI_CONFIG"
+CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
+
+# Environment variables that hold secrets. They are read here, and scrubbed from every child
+# process environment (ansible-runner writes its environment into its artifacts).
+SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD")
+_SECRET_NAME_RE = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY)", re.I)
+
+
+def is_secret_env_name(name: str) -> bool:
+    return name in SECRET_ENV or bool(_SECRET_NAME_RE.search(name))
+
+
+class Secret:
+    """A value that must never be printed, logged or journaled."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "doai-rollback"
+
+
+def content_dir() -> Path:
+    """Where playbooks/, roles/ and inventory/ live (repo root, or inside the wheel)."""
+    override = os.environ.get("DOAI_CONTENT_DIR")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parent
+    bundled = here / "_content"
+    if (bundled / "playbooks").is_dir():
+        return bundled
+    return here.parent
+
+
+def _url(key: str, value: Any, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "must be a URL")
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(key, f"{value!r} is not an {'/'.join(schemes)} URL")
+    return value.rstrip("/")
+
+
+def _positive(key: str, value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"{value!r} is not a number") from None
+    if f <= 0:
+        raise ConfigError(key, "must be greater than 0")
+    return f
+
+
+def _opt_str(key: str, value: Any, pattern: str | None = None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a string")
+    if pattern and not re.fullmatch(pattern, value):
+        raise ConfigError(key, f"{value!r} is not valid")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class VercelSettings:
+    api_url: str = "https://api.vercel.com"
+    project: str | None = None  # project id (prj_...) or name
+    team_id: str | None = None
+    team_slug: str | None = None
+    health_url: str = "https://dashboard.doai.me/api/health"
+    token: Secret | None = dataclasses.field(default=None, repr=False)
+    timeout_s: float = 10.0  # one HTTP request
+    job_deadline_s: float = 300.0  # the alias job after a rollback/promote
+    health_deadline_s: float = 120.0  # the health gate
+    max_retries: int = 5  # on 429 / 5xx / transport errors
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any], env: Mapping[str, str]) -> "VercelSettings":
+        d = dict(data or {})
+        for env_name, key in (
+            ("DOAI_VERCEL_API_URL", "api_url"),
+            ("DOAI_VERCEL_PROJECT", "project"),
+            ("DOAI_VERCEL_TEAM_ID", "team_id"),
+            ("DOAI_VERCEL_TEAM_SLUG", "team_slug"),
+            ("DOAI_DASHBOARD_HEALTH_URL", "health_url"),
+        ):
+            if env.get(env_name):
+                d[key] = env[env_name]
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)} - {"timeout", "job_deadline", "health_deadline"}
+        if unknown:
+            raise ConfigError(f"vercel.{sorted(unknown)[0]}", "unknown setting")
+        token = env.get("VERCEL_TOKEN")
+        return cls(
+            api_url=_url("vercel.api_url", d.get("api_url", cls.api_url)),
+            project=_opt_str("vercel.project", d.get("project"), r"[A-Za-z0-9._-]{1,100}"),
+            team_id=_opt_str("vercel.team_id", d.get("team_id"), r"team_[A-Za-z0-9]{1,64}"),
+            team_slug=_opt_str("vercel.team_slug", d.get("team_slug"), r"[A-Za-z0-9._-]{1,100}"),
+            health_url=_url("vercel.health_url", d.get("health_url", cls.health_url)),
+            token=Secret(token) if token else None,
+            timeout_s=_positive("vercel.timeout", d.get("timeout", d.get("timeout_s", cls.timeout_s))),
+            job_deadline_s=_positive(
+                "vercel.job_deadline", d.get("job_deadline", d.get("job_deadline_s", cls.job_deadline_s))
+            ),
+            health_deadline_s=_positive(
+                "vercel.health_deadline", d.get("health_deadline", d.get("health_deadline_s", cls.health_deadline_s))
+            ),
+            max_retries=int(_positive("vercel.max_retries", d.get("max_retries", cls.max_retries))),
+        )
+
+    def require(self) -> None:
+        """Check what a call to the API needs, naming the missing key."""
+        if not self.token:
+            raise ConfigError("VERCEL_TOKEN", "environment variable is not set", hint="export a Vercel access token")
+        if not self.project:
+            raise ConfigError("vercel.project", "is not set", hint="name the Vercel project in the config file")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    config_path: Path | None
+    inventory: Path
+    state_dir: Path
+    content_dir: Path
+    lock_ttl_s: float = 3600.0
+    keep_artifacts: bool = False
+    vercel: VercelSettings = dataclasses.field(default_factory=VercelSettings)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.jsonl"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.state_dir / "locks"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    def playbook(self, name: str) -> Path:
+        return self.content_dir / "playbooks" / name
+
+
+def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError("--config", f"{p} does not exist")
+        return p
+    if env.get(CONFIG_ENV):
+        p = Path(env[CONFIG_ENV]).expanduser()
+        if not p.is_file():
+            raise ConfigError(CONFIG_ENV, f"{p} does not exist")
+        return p
+    for name in CONFIG_NAMES:
+        if Path(name).is_file():
+            return Path(name)
+    user = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "doai-rollback" / "config.yml"
+    return user if user.is_file() else None
+
+
+TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel"}
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    *,
+    inventory: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults < config file < environment < explicit arguments (flags)."""
+    env = os.environ if env is None else env
+    path = find_config(config, env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(str(path), f"cannot be read: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(str(path), "must be a mapping of settings")
+        unknown = set(loaded) - TOP_KEYS
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], "unknown setting", hint=f"known: {', '.join(sorted(TOP_KEYS))}")
+        data = loaded
+    base = path.parent if path is not None else Path.cwd()
+    cdir = content_dir()
+
+    def _path(value: Any, key: str) -> Path:
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ConfigError(key, "must be a path")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p)
+
+    inv_value = inventory or env.get("DOAI_INVENTORY") or data.get("inventory")
+    if inv_value:
+        inv = _path(inv_value, "inventory") if not inventory else Path(inventory).expanduser().absolute()
+    else:
+        inv = cdir / "inventory" / "example" / "hosts.yml"
+    if not inv.exists():
+        raise ConfigError("inventory", f"{inv} does not exist", hint="pass --inventory or set DOAI_INVENTORY")
+
+    sd_value = state_dir or env.get("DOAI_STATE_DIR") or data.get("state_dir")
+    sd = (_path(sd_value, "state_dir") if sd_value else default_state_dir()).absolute()
+
+    lock_ttl = _positive("lock_ttl", env.get("DOAI_LOCK_TTL") or data.get("lock_ttl", 3600))
+    keep = data.get("keep_artifacts", False)
+    if env.get("DOAI_KEEP_ARTIFACTS"):
+        keep = env["DOAI_KEEP_ARTIFACTS"].lower() in ("1", "true", "yes")
+    if not isinstance(keep, bool):
+        raise ConfigError("keep_artifacts", "must be true or false")
+    vercel = data.get("vercel") or {}
+    if not isinstance(vercel, dict):
+        raise ConfigError("vercel", "must be a mapping")
+    return Settings(
+        config_path=path,
+        inventory=inv.absolute(),
+        state_dir=sd,
+        content_dir=cdir,
+        lock_ttl_s=lock_ttl,
+        keep_artifacts=keep,
+        vercel=VercelSettings.build(vercel, env),
+    )

@@ -1,0 +1,269 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: doai-ansible contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only probe of a PM2 backend checkout: everything the rollback needs, in one task."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: doai_backend_pm2_inspect
+short_description: Inspect a git-deployed PM2 backend and plan a rollback
+description:
+  - Reads the live commit, the working tree state, the last commits, the PM2 process list,
+    the lockfile hash and the host's rollback ledger, and resolves the rollback target.
+  - Never changes anything; runs the same in check mode.
+options:
+  path: {description: Git checkout of the app., type: path, required: true}
+  target:
+    description:
+      - Commit SHA or ref to roll back to. Empty chooses the commit that was live before the
+        current one (from the ledger, else the reflog), skipping commits rolled back from.
+    type: str
+    default: ''
+  state_dir: {description: Directory of the ledger and the host lock., type: path, required: true}
+  git_bin: {description: git executable., type: str, default: git}
+  pm2_bin: {description: pm2 executable., type: str, default: pm2}
+  pm2_home: {description: PM2_HOME for pm2 calls (empty = pm2 default)., type: str, default: ''}
+  apps: {description: PM2 app names to report (empty = all)., type: list, elements: str, default: []}
+  log_count: {description: How many recent commits to list., type: int, default: 5}
+author: doai-ansible contributors
+"""
+
+RETURN = r"""
+current: {description: Full SHA of the live commit., type: str, returned: always}
+target: {description: Full SHA of the resolved target., type: str, returned: always}
+rule: {description: How the target was chosen., type: str, returned: always}
+changes: {description: Whether the target differs from the live commit., type: bool, returned: always}
+needs_install: {description: Whether npm ci must run., type: bool, returned: always}
+recent: {description: The last commits (short sha and subject)., type: list, returned: always}
+processes: {description: PM2 processes (name, status, restarts)., type: list, returned: always}
+"""
+
+import hashlib
+import json
+import os
+import re
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+# A ref or SHA an operator may name. Stricter than git-check-ref-format on purpose: no
+# leading '-', no '..', no '@{', no spaces or shell metacharacters.
+REF_RE = re.compile(r"(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*\.lock\Z)(?!.*[/.]\Z)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
+
+
+def git(module, args, check=True):
+    rc, out, err = module.run_command(
+        [module.params["git_bin"], "-C", module.params["path"]] + args,
+        environ_update={"LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"},
+    )
+    if check and rc != 0:
+        module.fail_json(msg="git %s failed: %s" % (args[0], (err or out).strip()), rc=rc)
+    return rc, out, err
+
+
+def read_ledger(path):
+    entries = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    try:
+                        entries.append(json.loads(line))
+                    except ValueError:
+                        continue
+    except (IOError, OSError):
+        pass
+    return entries
+
+
+def pm2_processes(module):
+    p = module.params
+    env = {"PM2_HOME": p["pm2_home"]} if p["pm2_home"] else {}
+    try:
+        rc, out, err = module.run_command([p["pm2_bin"], "jlist"], environ_update=env)
+    except OSError as exc:  # run_command raises only for a missing binary when check_rc is off
+        return None, str(exc)
+    if rc != 0:
+        return None, (err or out).strip()[-300:]
+    # pm2 may print a banner before the JSON when it has just started its daemon.
+    start = out.find("[")
+    try:
+        raw = json.loads(out[start:]) if start >= 0 else []
+    except ValueError:
+        return None, "pm2 jlist did not print JSON"
+    procs = []
+    for item in raw:
+        env_ = item.get("pm2_env", {}) or {}
+        name = item.get("name")
+        if p["apps"] and name not in p["apps"]:
+            continue
+        procs.append(
+            {
+                "name": name,
+                "pm_id": item.get("pm_id"),
+                "status": env_.get("status"),
+                "restarts": env_.get("restart_time", 0),
+                "unstable_restarts": env_.get("unstable_restarts", 0),
+                "exec_mode": env_.get("exec_mode"),
+                "cwd": env_.get("pm_cwd"),
+            }
+        )
+    return procs, None
+
+
+def version_at(module, sha):
+    rc, out, _ = git(module, ["show", "%s:package.json" % sha], check=False)
+    if rc != 0:
+        return None
+    try:
+        v = json.loads(out).get("version")
+    except ValueError:
+        return None
+    return v if isinstance(v, str) else None
+
+
+def deps_missing(path, module, sha):
+    """True when node_modules lacks a dependency the target's package.json names."""
+    rc, out, _ = git(module, ["show", "%s:package.json" % sha], check=False)
+    if rc != 0:
+        return False
+    try:
+        deps = json.loads(out).get("dependencies") or {}
+    except ValueError:
+        return True
+    for name in deps:
+        if not os.path.isfile(os.path.join(path, "node_modules", name, "package.json")):
+            return True
+    return False
+
+
+def resolve(module, ref):
+    rc, out, _ = git(module, ["rev-parse", "--verify", "--quiet", "--end-of-options", ref + "^{commit}"], check=False)
+    return out.strip() if rc == 0 else None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            target=dict(type="str", default=""),
+            state_dir=dict(type="path", required=True),
+            git_bin=dict(type="str", default="git"),
+            pm2_bin=dict(type="str", default="pm2"),
+            pm2_home=dict(type="str", default=""),
+            apps=dict(type="list", elements="str", default=[]),
+            log_count=dict(type="int", default=5),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    path = p["path"]
+    if not os.path.isdir(path):
+        module.fail_json(msg="%s does not exist on this host; set doai_backend_pm2_path" % path)
+    rc, out, _ = git(module, ["rev-parse", "--show-toplevel"], check=False)
+    if rc != 0 or os.path.realpath(out.strip()) != os.path.realpath(path):
+        module.fail_json(msg="%s is not the top of a git checkout" % path)
+
+    current = git(module, ["rev-parse", "--verify", "HEAD^{commit}"])[1].strip()
+    _, branch, _ = git(module, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
+    _, porcelain, _ = git(module, ["status", "--porcelain=v1", "--untracked-files=normal"])
+    dirty = [line for line in porcelain.splitlines() if line.strip()]
+    _, log_out, _ = git(module, ["log", "--no-decorate", "--format=%h %s", "-n", str(p["log_count"])])
+    recent = log_out.splitlines()
+
+    ledger_path = os.path.join(p["state_dir"], "ledger.jsonl")
+    ledger = read_ledger(ledger_path)
+    rolled_back_from = set(
+        e.get("from") for e in ledger if e.get("action") == "rollback" and e.get("result") == "succeeded"
+    )
+
+    target_in = p["target"]
+    if target_in:
+        if not REF_RE.fullmatch(target_in):
+            module.fail_json(msg="target %r is not a commit SHA or ref name" % target_in, invalid_target=True)
+        target = resolve(module, target_in)
+        if not target:
+            module.fail_json(
+                msg="target %r is not a commit in %s (fetch it first?)" % (target_in, path), invalid_target=True
+            )
+        rule = "requested: %s" % target_in
+    else:
+        target, rule = None, None
+        for e in reversed(ledger):
+            if e.get("result") not in ("succeeded", "deployed"):
+                continue
+            cand = e.get("to")
+            if cand and cand != current and cand not in rolled_back_from and resolve(module, cand) == cand:
+                target = cand
+                rule = "ledger: live before %s (%s %s by %s)" % (
+                    current[:12], e.get("action", "deploy"), e.get("at", "?"), e.get("who", "?"))
+                break
+        if target is None:
+            _, reflog, _ = git(module, ["reflog", "show", "--format=%H", "HEAD"], check=False)
+            for n, cand in enumerate(reflog.split()):
+                if cand != current and cand not in rolled_back_from and resolve(module, cand) == cand:
+                    target = cand
+                    rule = "reflog: HEAD@{%d}, the commit checked out before %s" % (n, current[:12])
+                    break
+        if target is None:
+            module.fail_json(
+                msg="no earlier release to roll back to in the ledger or the reflog; name one with --to",
+                no_target=True, recent=recent, current=current,
+            )
+
+    changes = target != current
+    lock_changed = False
+    if changes:
+        rc, _, _ = git(module, ["diff", "--quiet", current, target, "--"] + list(LOCKFILES), check=False)
+        lock_changed = rc == 1
+    missing = deps_missing(path, module, target)
+
+    lock_hash = None
+    lf = os.path.join(path, "package-lock.json")
+    if os.path.isfile(lf):
+        with open(lf, "rb") as fh:
+            lock_hash = hashlib.sha256(fh.read()).hexdigest()
+
+    procs, pm2_error = pm2_processes(module)
+
+    host_lock = None
+    lock_info = os.path.join(p["state_dir"], "backend.lock", "owner.json")
+    if os.path.exists(os.path.dirname(lock_info)):
+        try:
+            with open(lock_info, encoding="utf-8") as fh:
+                host_lock = json.load(fh)
+        except (IOError, OSError, ValueError):
+            host_lock = {"owner": "unknown"}
+        host_lock["age_s"] = int(time.time() - os.stat(os.path.dirname(lock_info)).st_mtime)
+
+    module.exit_json(
+        changed=False,
+        current=current,
+        current_short=current[:12],
+        branch=branch.strip() or None,
+        dirty=dirty,
+        recent=recent,
+        target=target,
+        target_short=target[:12],
+        rule=rule,
+        changes=changes,
+        lockfile_changed=lock_changed,
+        deps_missing=missing,
+        needs_install=bool(changes and (lock_changed or missing)) or (not changes and missing),
+        lockfile_sha256=lock_hash,
+        current_version=version_at(module, current),
+        target_version=version_at(module, target),
+        processes=procs,
+        pm2_error=pm2_error,
+        host_lock=host_lock,
+        ledger_entries=len(ledger),
+    )
+
+
+if __name__ == "__main__":
+    main()
