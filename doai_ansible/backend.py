@@ -112,8 +112,9 @@ def _raise_for_preflight(failures: list[HostFailure], changed: bool) -> None:
         )
 
 
-def _extravars(ctx: RunContext, to: str | None, reason: str | None) -> dict[str, Any]:
+def _extravars(ctx: RunContext, to: str | None, reason: str | None, *, health_gate: bool = True) -> dict[str, Any]:
     return {
+        "doai_backend_pm2_health_gate": health_gate,
         "doai_backend_pm2_target": to or "",
         "doai_backend_pm2_reason": reason or "",
         "doai_backend_pm2_operator": ctx.operator,
@@ -130,22 +131,25 @@ def rollback(
     reason: str | None = None,
     dry_run: bool = False,
     command: str = "backend rollback",
+    health_gate: bool = True,
 ) -> RunResult:
     """Roll the backend hosts back to ``to`` (or each host's previous release).
 
     Raises ValidationError / LockedError / UnreachableError when nothing was changed;
-    otherwise returns a RunResult whose ``exit_status`` says how it ended.
+    otherwise returns a RunResult whose ``exit_status`` says how it ended. ``health_gate``
+    False (undo) reports health without requiring it: the state undone to may have been
+    unhealthy.
     """
     to = validate.git_ref(to)
     limit = validate.host_limit(limit)
     reason = validate.reason(reason)
     run = RunResult(ctx.run_id, command, dry_run, reason, utcnow(), log_dir=str(ctx.log_dir))
     if dry_run:
-        _apply(ctx, run, to=to, limit=limit, reason=reason, check=True)
+        _apply(ctx, run, to=to, limit=limit, reason=reason, check=True, health_gate=health_gate)
         return run
     with ctx.lock(LOCK_TARGET).held(owner=ctx.operator, reason=reason, run_id=ctx.run_id):
         try:
-            _apply(ctx, run, to=to, limit=limit, reason=reason, check=False)
+            _apply(ctx, run, to=to, limit=limit, reason=reason, check=False, health_gate=health_gate)
         finally:
             if run.results:
                 ctx.journal.append(run, who=ctx.operator)
@@ -153,14 +157,21 @@ def rollback(
 
 
 def _apply(
-    ctx: RunContext, run: RunResult, *, to: str | None, limit: str | None, reason: str | None, check: bool
+    ctx: RunContext,
+    run: RunResult,
+    *,
+    to: str | None,
+    limit: str | None,
+    reason: str | None,
+    check: bool,
+    health_gate: bool = True,
 ) -> None:
     started, t0 = utcnow(), time.monotonic()
     ctx.say(f"{'planning' if check else 'rolling back'} the backend ({'to ' + to if to else 'previous release'})")
     pb = run_playbook(
         ctx.settings,
         ROLLBACK_PLAYBOOK,
-        extravars=_extravars(ctx, to, reason),
+        extravars=_extravars(ctx, to, reason, health_gate=health_gate),
         limit=limit,
         check=check,
         log_dir=ctx.log_dir,

@@ -264,8 +264,10 @@ def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
         confirm(opts, f"Put {', '.join(f'{h} back on {c[:12]}' for h, c in pairs)}?")
     worst = ExitStatus.OK
     for host, commit in pairs:
+        # The state undone to may have been unhealthy (that is why it was rolled back):
+        # PM2 must be stable, health is reported but not required.
         run = backend_core.rollback(opts.context(), to=commit, limit=host, reason=why, dry_run=opts.dry_run,
-                                    command=f"undo {record['run_id']}")
+                                    command=f"undo {record['run_id']}", health_gate=False)
         status = render_run(opts, run)
         worst = max(worst, status)
     return worst

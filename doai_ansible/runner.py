@@ -151,7 +151,7 @@ def run_playbook(
     """
     import ansible_runner  # heavy import, only when a playbook runs
 
-    path = settings.playbook(playbook)
+    path = Path(playbook) if Path(playbook).is_absolute() else settings.playbook(playbook)
     if not path.is_file():
         raise UsageError(f"playbook {path} not found", hint="is DOAI_CONTENT_DIR right?")
     extravars = dict(extravars or {})

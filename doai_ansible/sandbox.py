@@ -230,7 +230,7 @@ class Sandbox:
             shutil.copyfile(src / "package-lock.json", self.app / "package-lock.json")
             (self.app / "release.json").write_text(json.dumps({"broken": version == "v3"}) + "\n")
             self._git("add", "-A")
-            subject = {"v1": "v1: first release", "v2": "v2: add ms dependency", "v3": "v3: bad release"}[version]
+            subject = {"v1": "v1: first release", "v2": "v2: add dayjs dependency", "v3": "v3: bad release"}[version]
             self._git("commit", "-q", "-m", subject)
             self.commits[version] = self._git("rev-parse", "HEAD").strip()
 

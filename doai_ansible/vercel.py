@@ -31,7 +31,8 @@ import email.utils
 import logging
 import random
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Self
 
 import httpx
 
@@ -67,8 +68,8 @@ def parse_retry_after(value: str | None, *, now: _dt.datetime | None = None) -> 
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+        when = when.replace(tzinfo=_dt.UTC)
+    now = now or _dt.datetime.now(_dt.UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -131,7 +132,7 @@ class VercelClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "VercelClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,7 +189,12 @@ class VercelClient:
                 delay = self._backoff(attempt)
                 log.warning(
                     "Vercel API %s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-                    method, path, type(exc).__name__, delay, attempt + 2, attempts,
+                    method,
+                    path,
+                    type(exc).__name__,
+                    delay,
+                    attempt + 2,
+                    attempts,
                 )
                 self.sleep(delay)
                 continue
@@ -205,7 +211,12 @@ class VercelClient:
                 delay = min(delay, self.max_wait_s)
                 log.warning(
                     "Vercel API %s %s answered %d; retrying in %.1f s (attempt %d of %d)",
-                    method, path, status, delay, attempt + 2, attempts,
+                    method,
+                    path,
+                    status,
+                    delay,
+                    attempt + 2,
+                    attempts,
                 )
                 self.sleep(delay)
                 continue
@@ -336,9 +347,7 @@ class VercelClient:
 
     def get_deployment(self, id_or_url: str) -> dict[str, Any]:
         """``GET /v13/deployments/{idOrUrl}`` (an id ``dpl_...`` or a deployment host name)."""
-        return self._json(
-            self.request("GET", f"/v13/deployments/{_seg(id_or_url)}", what=f"deployment {id_or_url!r}")
-        )
+        return self._json(self.request("GET", f"/v13/deployments/{_seg(id_or_url)}", what=f"deployment {id_or_url!r}"))
 
     def request_rollback(self, project_id: str, deployment_id: str, description: str | None = None) -> None:
         """``POST /v9/projects/{projectId}/rollback/{deploymentId}``: starts the alias job (201)."""

@@ -28,6 +28,7 @@ options:
   pm2_home: {description: PM2_HOME for pm2 calls (empty = pm2 default)., type: str, default: ''}
   apps: {description: PM2 app names to report (empty = all)., type: list, elements: str, default: []}
   log_count: {description: How many recent commits to list., type: int, default: 5}
+  health_url: {description: Health URL probed once (empty = not probed)., type: str, default: ''}
 author: doai-ansible contributors
 """
 
@@ -48,6 +49,8 @@ import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
+from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
 # A ref or SHA an operator may name. Stricter than git-check-ref-format on purpose: no
 # leading '-', no '..', no '@{', no spaces or shell metacharacters.
@@ -158,6 +161,7 @@ def main():
             pm2_home=dict(type="str", default=""),
             apps=dict(type="list", elements="str", default=[]),
             log_count=dict(type="int", default=5),
+            health_url=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
@@ -241,8 +245,20 @@ def main():
             host_lock = {"owner": "unknown"}
         host_lock["age_s"] = int(time.time() - os.stat(os.path.dirname(lock_info)).st_mtime)
 
+    health_status = None
+    if p["health_url"]:
+        try:
+            resp = open_url(p["health_url"], timeout=5, follow_redirects="safe")
+            health_status = resp.getcode()
+        except HTTPError as exc:
+            health_status = exc.code
+        except (URLError, OSError, ValueError):
+            health_status = None
+
     module.exit_json(
         changed=False,
+        health_status=health_status,
+        healthy=health_status is not None and 200 <= health_status < 300,
         current=current,
         current_short=current[:12],
         branch=branch.strip() or None,

@@ -21,6 +21,12 @@ options:
   deadline: {description: Seconds to wait for health., type: float, default: 60}
   expect_version: {description: Version the health body must report (empty = any)., type: str, default: ''}
   stable_seconds: {description: Seconds the PM2 restart counters must stay still., type: float, default: 3}
+  require_health:
+    description:
+      - When false, the health URL is probed once and reported but not required to be 2xx
+        (undo returns to a state that may have been unhealthy); PM2 must still be stable.
+    type: bool
+    default: true
   pm2_bin: {description: pm2 executable., type: str, default: pm2}
   pm2_home: {description: PM2_HOME for pm2 calls., type: str, default: ''}
   apps: {description: PM2 apps that must be online (empty = all)., type: list, elements: str, default: []}
@@ -101,6 +107,7 @@ def main():
             deadline=dict(type="float", default=60.0),
             expect_version=dict(type="str", default=""),
             stable_seconds=dict(type="float", default=3.0),
+            require_health=dict(type="bool", default=True),
             pm2_bin=dict(type="str", default="pm2"),
             pm2_home=dict(type="str", default=""),
             apps=dict(type="list", elements="str", default=[]),
@@ -120,7 +127,7 @@ def main():
         version = reported_version(body) if status else None
         healthy = status is not None and 200 <= status < 300
         right_version = not p["expect_version"] or version is None or version == p["expect_version"]
-        if healthy and right_version:
+        if (healthy and right_version) or not p["require_health"]:
             break
         if status is None:
             last = "no answer (%s)" % body.decode("utf-8", "replace")[:200]

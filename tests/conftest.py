@@ -1,0 +1,67 @@
+"""Shared fixtures: the CLI as a black box, and the sandbox VPS (real sshd, PM2, git, npm)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Values that must never show up in any output, journal, log or runner artifact.
+CANARY = "canary-" + secrets.token_hex(8)
+
+
+@dataclasses.dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
+    """Run ``python -m doai_ansible`` as a user would: own process, real exit code."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "doai_ansible", *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Sandbox"]:  # noqa: F821
+    """A fresh VPS stand-in, with v3 (the bad release) deployed over v2."""
+    from doai_ansible.sandbox import Sandbox
+
+    # A short path: sshd and ssh control sockets dislike long ones.
+    sb = Sandbox(tmp_path_factory.mktemp("sb"))
+    try:
+        sb.start(deploy="v2")
+        sb.deploy("v3")
+        yield sb
+    finally:
+        sb.stop()
+
+
+@pytest.fixture
+def cli_env(sandbox, state_dir: Path) -> dict[str, str]:  # noqa: ANN001
+    return {"DOAI_INVENTORY": str(sandbox.inventory), "DOAI_STATE_DIR": str(state_dir)}

@@ -1,0 +1,206 @@
+"""Backend PM2 rollback end to end: CLI -> ansible-runner -> ssh (loopback sshd) -> git/npm/PM2."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CANARY, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def ledger(sb) -> list[dict]:  # noqa: ANN001
+    return [json.loads(line) for line in sb.ledger.read_text().splitlines() if line.strip()]
+
+
+def host_snapshot(sb) -> dict:  # noqa: ANN001
+    """What a rollback could change on the host."""
+    return {
+        "head": sb.head(),
+        "health": sb.health(),
+        "restarts": [p["restarts"] for p in sb.pm2_processes()],
+        "ledger": sb.ledger.read_text(),
+        "node_modules": sorted(os.listdir(sb.app / "node_modules")),
+    }
+
+
+def test_rollback_v3_to_v2_keeps_dependencies(sandbox, cli_env):
+    sb = sandbox
+    assert sb.health() == (500, "3.0.0")
+    ms_mtime = (sb.app / "node_modules" / "dayjs" / "package.json").stat().st_mtime_ns
+    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], "--reason", "v3 answers 500", "-o", "json",
+                  env=cli_env)
+    assert res.code == 0, res.stderr + res.stdout
+    out = res.json()
+    (step,) = out["steps"]
+    assert step["outcome"] == "succeeded"
+    assert step["from"] == sb.commits["v3"] and step["to"] == sb.commits["v2"]
+    assert step["details"]["needs_install"] is False
+    assert sb.health() == (200, "2.0.0")
+    assert sb.head() == sb.commits["v2"]
+    # npm ci did not run: node_modules was not rebuilt.
+    assert (sb.app / "node_modules" / "dayjs" / "package.json").stat().st_mtime_ns == ms_mtime
+    assert all(p["status"] == "online" for p in sb.pm2_processes())
+    rec = ledger(sb)[-1]
+    assert (rec["action"], rec["from"], rec["to"], rec["result"], rec["why"]) == (
+        "rollback", sb.commits["v3"], sb.commits["v2"], "succeeded", "v3 answers 500")
+    # The PM2 logs of the host are in the run's log bundle.
+    assert list(Path(out["log_dir"]).glob("*-pm2.log"))
+
+
+def test_rollback_v3_to_v1_reinstalls_dependencies(sandbox, cli_env):
+    sb = sandbox
+    assert (sb.app / "node_modules" / "dayjs").exists()
+    res = run_cli("backend", "rollback", "--to", sb.commits["v1"][:10], "-o", "json", env=cli_env)
+    assert res.code == 0, res.stderr + res.stdout
+    step = res.json()["steps"][0]
+    assert step["details"]["needs_install"] is True
+    assert sb.health() == (200, "1.0.0")
+    # v1's lockfile has no `dayjs`: npm ci removed it.
+    assert not (sb.app / "node_modules" / "dayjs").exists()
+
+
+def test_default_target_then_history_and_undo(sandbox, cli_env):
+    sb = sandbox
+    res = run_cli("backend", "rollback", "-o", "json", env=cli_env)
+    assert res.code == 0, res.stderr
+    step = res.json()["steps"][0]
+    assert step["to"] == sb.commits["v2"] and step["rule"].startswith("ledger:")
+    run_id = res.json()["run_id"]
+
+    hist = run_cli("history", "-o", "json", env=cli_env)
+    assert hist.code == 0 and hist.json()[0]["run_id"] == run_id
+
+    # A second default rollback goes further back, never forward to the release rolled back from.
+    plan = run_cli("backend", "rollback", "--dry-run", "-o", "json", env=cli_env)
+    assert plan.code == 0, plan.stderr
+    assert plan.json()["steps"][0]["to"] == sb.commits["v1"]
+
+    undo = run_cli("undo", run_id, "--yes", "-o", "json", env=cli_env)
+    assert undo.code == 0, undo.stderr
+    assert sb.head() == sb.commits["v3"]
+    assert sb.health() == (500, "3.0.0")  # undo restores exactly what the run found
+
+
+def test_dry_run_changes_nothing(sandbox, cli_env):
+    sb = sandbox
+    before = host_snapshot(sb)
+    res = run_cli("backend", "rollback", "--to", sb.commits["v1"], "--dry-run", env=cli_env)
+    assert res.code == 0, res.stderr
+    assert "dry run" in res.stdout and sb.commits["v1"][:12] in res.stdout
+    assert "npm ci" in res.stdout  # v1's lockfile differs
+    assert host_snapshot(sb) == before
+    assert not (sb.host_state / "backend.lock").exists()
+
+
+def test_second_run_with_same_target_changes_nothing(sandbox, cli_env):
+    sb = sandbox
+    assert run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env).code == 0
+    before = host_snapshot(sb)
+    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], "-o", "json", env=cli_env)
+    assert res.code == 0, res.stderr
+    assert res.json()["steps"][0]["outcome"] == "unchanged"
+    assert host_snapshot(sb) == before
+
+
+def test_unknown_sha_is_a_usage_error_and_changes_nothing(sandbox, cli_env):
+    sb = sandbox
+    before = host_snapshot(sb)
+    res = run_cli("backend", "rollback", "--to", "deadbeefdeadbeefdeadbeefdeadbeefdeadbeef", env=cli_env)
+    assert res.code == 2, res.stderr
+    assert "not a commit" in res.stderr
+    assert host_snapshot(sb) == before
+
+
+def test_failed_health_restores_the_original_commit(sandbox, cli_env):
+    sb = sandbox
+    # Start from a healthy v2 and "roll back" to the bad v3: the health gate must refuse it.
+    sb.deploy("v2")
+    sb.wait_health()
+    sb.write_inventory(doai_backend_pm2_health_timeout=4)
+    res = run_cli("backend", "rollback", "--to", sb.commits["v3"], "-o", "json", env=cli_env)
+    assert res.code == 3, res.stdout + res.stderr
+    step = res.json()["steps"][0]
+    assert step["outcome"] == "restored"
+    assert "health" in step["message"]
+    assert sb.head() == sb.commits["v2"]
+    assert sb.health() == (200, "2.0.0")
+    assert ledger(sb)[-1]["result"] == "restored"
+    # The lock was released: the next run is not blocked.
+    assert not (sb.host_state / "backend.lock").exists()
+
+
+def test_second_rollback_while_locked(sandbox, cli_env, state_dir):
+    sb = sandbox
+    # Another operator's run holds the host lock (taken directly with ansible-playbook elsewhere).
+    lock = sb.host_state / "backend.lock"
+    lock.mkdir(parents=True)
+    (lock / "owner.json").write_text(json.dumps({"owner": "alice", "run_id": "other", "since": "now"}))
+    before = host_snapshot(sb)
+    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+    assert res.code == 5, res.stdout + res.stderr
+    assert "alice" in res.stderr
+    assert host_snapshot(sb) == before
+    assert lock.exists()  # someone else's lock is never removed
+
+    # The local lock: a live process holds it.
+    lock.joinpath("owner.json").unlink()
+    lock.rmdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (state_dir / "locks").mkdir(exist_ok=True)
+        (state_dir / "locks" / "backend.lock").write_text(json.dumps({
+            "target": "backend", "owner": "bob@ci", "pid": holder.pid, "host": socket.gethostname(),
+            "acquired": __import__("time").time(), "reason": "deploy fix", "run_id": "x"}))
+        res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+        assert res.code == 5 and "bob@ci" in res.stderr
+        assert sb.head() == sb.commits["v3"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once its holder is gone the lock is stale and the next run proceeds.
+    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+    assert res.code == 0, res.stderr
+
+
+def test_dirty_tree_is_refused(sandbox, cli_env):
+    sb = sandbox
+    (sb.app / "server.js").write_text((sb.app / "server.js").read_text() + "\n// hotfix on the box\n")
+    before = host_snapshot(sb)
+    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+    assert res.code == 3, res.stdout + res.stderr
+    assert "server.js" in res.stdout + res.stderr
+    assert host_snapshot(sb) == before
+    assert "hotfix on the box" in (sb.app / "server.js").read_text()
+
+
+def test_status_reports_commit_pm2_and_health(sandbox, cli_env):
+    sb = sandbox
+    res = run_cli("status", "-o", "json", env=cli_env)
+    assert res.code == 6, res.stderr  # v3 is live and unhealthy
+    host = res.json()["parts"]["backend"]["hosts"][sb.host_name]
+    assert host["commit"] == sb.commits["v3"] and host["health_status"] == 500
+    assert host["processes"] and all(p["status"] == "online" for p in host["processes"])
+    assert run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env).code == 0
+    res = run_cli("health", env=cli_env)
+    assert res.code == 0 and "healthy" in res.stdout
+
+
+def test_canary_secret_never_leaks(sandbox, cli_env, state_dir):
+    sb = sandbox
+    env = dict(cli_env, VERCEL_TOKEN=CANARY, DOAI_DATABASE_URL=f"postgresql://u:{CANARY}@127.0.0.1/db",
+               DOAI_WINRM_PASSWORD=CANARY, DOAI_KEEP_ARTIFACTS="1")
+    res = run_cli("-v", "backend", "rollback", "--to", sb.commits["v2"], "-o", "json", env=env)
+    assert res.code == 0, res.stderr
+    assert CANARY not in res.stdout + res.stderr
+    files = [p for p in state_dir.rglob("*") if p.is_file()]
+    assert any("runner" in str(p) for p in files), "artifacts were kept for inspection"
+    assert any(p.name == "command" for p in files)  # ansible-runner's record of its environment
+    for p in files:
+        assert CANARY not in p.read_text(errors="replace"), p
