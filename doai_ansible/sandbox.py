@@ -137,7 +137,28 @@ class Sandbox:
         _run([self.npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=self.app)
         self._start_pm2()
         self.record_deploy(None, self.commits[deploy])
+        self.save()
         return self
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "workdir": str(self.workdir), "ssh_port": self.ssh_port, "app_port": self.app_port,
+            "sshd_pid": self.sshd_pid, "commits": self.commits, "inventory": str(self.inventory),
+            "app": str(self.app), "pm2_home": str(self.pm2_home), "health_url": self.health_url,
+            "host_state": str(self.host_state), "ssh_dir": str(self.ssh_dir),
+            "private_key": str(self.ssh_dir / "client_ed25519"), "known_hosts": str(self.ssh_dir / "known_hosts"),
+        }
+
+    def save(self) -> None:
+        (self.workdir / "sandbox.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, workdir: Path) -> "Sandbox":
+        data = json.loads((Path(workdir) / "sandbox.json").read_text())
+        sb = cls(Path(workdir))
+        sb.ssh_port, sb.app_port = int(data["ssh_port"]), int(data["app_port"])
+        sb.sshd_pid, sb.commits = data.get("sshd_pid"), dict(data["commits"])
+        return sb
 
     def stop(self) -> None:
         if self.pm2_home.exists():
@@ -344,3 +365,34 @@ def running_sandbox(workdir: Path, **kwargs: object) -> Iterator[Sandbox]:
         yield sb
     finally:
         sb.stop()
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m doai_ansible.sandbox start|stop|deploy --workdir DIR``: the rig for Molecule,
+    the benchmarks and manual trials. ``start`` prints the sandbox as JSON."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m doai_ansible.sandbox")
+    ap.add_argument("action", choices=["start", "stop", "deploy", "describe"])
+    ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--version", default="v3", choices=list(VERSIONS), help="for start: deployed over v2; deploy: this")
+    args = ap.parse_args(argv)
+    if args.action == "start":
+        sb = Sandbox(args.workdir).start(deploy="v2")
+        if args.version != "v2":
+            sb.deploy(args.version)
+        print(json.dumps(sb.describe(), indent=2))
+    elif args.action == "stop":
+        if (args.workdir / "sandbox.json").exists():
+            Sandbox.load(args.workdir).stop()
+    elif args.action == "deploy":
+        sb = Sandbox.load(args.workdir)
+        sb.deploy(args.version)
+        print(json.dumps(sb.describe(), indent=2))
+    else:
+        print(json.dumps(Sandbox.load(args.workdir).describe(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
