@@ -407,9 +407,9 @@ class _JobNotDone(Exception):
 def _is_ours(lar: dict[str, Any] | None, kind: str, to: str, before: Any) -> bool:
     # Compare with the request seen before ours rather than with our clock: the server's clock
     # and ours need not agree.
-    return (
-        bool(lar) and lar.get("type") == kind and lar.get("toDeploymentId") == to and lar.get("requestedAt") != before
-    )
+    if not lar:
+        return False
+    return lar.get("type") == kind and lar.get("toDeploymentId") == to and lar.get("requestedAt") != before
 
 
 def _wait_for_job(
@@ -427,7 +427,7 @@ def _wait_for_job(
     last: str | None = None
     while True:
         project = c.get_project(project_id, rollback_info=True)
-        lar = project.get("lastAliasRequest")
+        lar = project.get("lastAliasRequest") or {}
         if _is_ours(lar, kind, to, before):
             status = str(lar.get("jobStatus"))
             if status != last:

@@ -37,8 +37,9 @@ import re
 import string
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 _ALNUM = string.ascii_letters + string.digits
@@ -51,9 +52,7 @@ def now_ms() -> int:
 
 
 def iso(ms: int) -> str:
-    return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ApiFailure(Exception):
@@ -259,6 +258,7 @@ class _Fault:
     path_prefix: str | None
     headers: dict[str, str]
     body: dict[str, Any]
+    after: bool = False  # act on the request, then answer with the fault (a lost answer)
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -297,11 +297,13 @@ class VercelStandIn:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> "VercelStandIn":
+    def start(self) -> VercelStandIn:
         handler = type("Handler", (_Handler,), {"standin": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="vercel-standin", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="vercel-standin", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -314,7 +316,7 @@ class VercelStandIn:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "VercelStandIn":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -337,6 +339,11 @@ class VercelStandIn:
             self.users[user.id] = user
             self.tokens[token] = user.id
         return user
+
+    def add_token(self, user: User, token: str) -> None:
+        """Another token of ``user`` (the official CLI refuses tokens that contain a dash)."""
+        with self._lock:
+            self.tokens[token] = user.id
 
     def add_team(self, slug: str, name: str, *, owner: User, members: tuple[User, ...] = ()) -> Team:
         team = Team(self.new_id("team_"), slug, name, owner.id, now_ms() - 400 * 86_400_000)
@@ -418,20 +425,40 @@ class VercelStandIn:
                     "X-RateLimit-Remaining": "0",
                     "X-RateLimit-Reset": str(reset),
                 },
-                {"error": {"code": "rate_limited", "message": "Rate limit exceeded", "limit": {"remaining": 0,
-                                                                                               "reset": reset,
-                                                                                               "resetMs": reset * 1000,
-                                                                                               "total": 100}}},
+                {
+                    "error": {
+                        "code": "rate_limited",
+                        "message": "Rate limit exceeded",
+                        "limit": {"remaining": 0, "reset": reset, "resetMs": reset * 1000, "total": 100},
+                    }
+                },
             )
         )
 
     def arm_unavailable(
-        self, *, status: int = 503, count: int = 1, method: str | None = None, path_prefix: str | None = None
+        self,
+        *,
+        status: int = 503,
+        count: int = 1,
+        method: str | None = None,
+        path_prefix: str | None = None,
+        after_acting: bool = False,
     ) -> None:
-        """The next ``count`` matching requests get a 5xx (one-off by default)."""
+        """The next ``count`` matching requests get a 5xx (one-off by default).
+
+        With ``after_acting`` the stand-in first does what the request asks and only the answer is
+        replaced: the case of a gateway that times out after the API accepted a rollback.
+        """
         self._arm(
-            _Fault(status, count, method, path_prefix, {}, {"error": {"code": "internal_server_error",
-                                                                       "message": "Service Unavailable"}})
+            _Fault(
+                status,
+                count,
+                method,
+                path_prefix,
+                {},
+                {"error": {"code": "internal_server_error", "message": "Service Unavailable"}},
+                after=after_acting,
+            )
         )
 
     def _arm(self, fault: _Fault) -> None:
@@ -456,6 +483,28 @@ class VercelStandIn:
         with self._lock:
             project.production_id = deployment.id
 
+    def transport(self) -> Any:
+        """An ``httpx.MockTransport`` answering from this stand-in in-process (no server needed).
+
+        Unit tests use it with a fake clock; the integration tests use the real server (``url``).
+        """
+        import httpx  # only the unit tests need it; the server itself is stdlib only
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            raw = request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+            target = request.url.raw_path.decode("ascii")
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            status, payload, extra = self.handle(request.method, target, headers, body)
+            if payload is None:
+                return httpx.Response(status, headers=extra)
+            return httpx.Response(status, json=payload, headers=extra)
+
+        return httpx.MockTransport(answer)
+
     # -- request handling ----------------------------------------------------------------------
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: Any) -> tuple[int, Any, dict[str, str]]:
@@ -474,10 +523,22 @@ class VercelStandIn:
     ) -> tuple[int, Any, dict[str, str]]:
         if path.startswith("/_telemetry"):
             return 204, None, {}
+        late: _Fault | None = None
         for fault in self._faults:
             if fault.remaining > 0 and fault.matches(method, path):
                 fault.remaining -= 1
-                return fault.status, fault.body, dict(fault.headers)
+                if not fault.after:
+                    return fault.status, fault.body, dict(fault.headers)
+                late = fault
+                break
+        status, payload, extra = self._dispatch(method, path, query, headers, body, entry)
+        if late is not None:
+            return late.status, late.body, dict(late.headers)
+        return status, payload, extra
+
+    def _dispatch(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: Any, entry: LoggedRequest
+    ) -> tuple[int, Any, dict[str, str]]:
         auth = headers.get("authorization", "")
         user_id = self.tokens.get(auth[7:]) if auth.lower().startswith("bearer ") else None
         if user_id is None:
@@ -565,8 +626,14 @@ class VercelStandIn:
                     status, dep_id = "skipped", job.from_id
             else:
                 status, dep_id = "skipped", job.from_id
-            statuses.append({"alias": {"alias": domain, "deploymentId": dep_id}, "status": status,
-                             "id": f"alias_{i}", "createdAt": stamp - i})
+            statuses.append(
+                {
+                    "alias": {"alias": domain, "deploymentId": dep_id},
+                    "status": status,
+                    "id": f"alias_{i}",
+                    "createdAt": stamp - i,
+                }
+            )
         project.alias_statuses = statuses
         if job.outcome == "succeeded" or (job.outcome == "failed" and self.failure_moves_production):
             project.production_id = job.to_id
@@ -581,9 +648,7 @@ class VercelStandIn:
         if dep.state != "READY":
             raise ApiFailure(400, "invalid_deployment", f"The deployment is not ready ({dep.state})")
         if dep.target != "production":
-            raise ApiFailure(
-                400, "invalid_deployment", f"Only production deployments can be used for a {kind}"
-            )
+            raise ApiFailure(400, "invalid_deployment", f"Only production deployments can be used for a {kind}")
         self._advance(project, poll=False)
         running = self.jobs.get(project.id)
         if running is not None and not running.settled:
@@ -609,8 +674,12 @@ class VercelStandIn:
                 "requestedAt": job.requested_at,
             }
         project.alias_statuses = [
-            {"alias": {"alias": d, "deploymentId": job.from_id}, "status": "pending", "id": f"alias_{i}",
-             "createdAt": job.requested_at - i}
+            {
+                "alias": {"alias": d, "deploymentId": job.from_id},
+                "status": "pending",
+                "id": f"alias_{i}",
+                "createdAt": job.requested_at - i,
+            }
             for i, d in enumerate(project.domains)
         ]
         return project
@@ -624,8 +693,24 @@ class VercelStandIn:
 
         def target_summary(dep: Deployment) -> dict[str, Any]:
             full = dep.full(self._aliases_of(dep))
-            keep = ("id", "url", "name", "createdAt", "buildingAt", "readyState", "readySubstate", "target",
-                    "meta", "alias", "aliasAssigned", "aliasError", "creator", "type", "plan", "inspectorUrl")
+            keep = (
+                "id",
+                "url",
+                "name",
+                "createdAt",
+                "buildingAt",
+                "readyState",
+                "readySubstate",
+                "target",
+                "meta",
+                "alias",
+                "aliasAssigned",
+                "aliasError",
+                "creator",
+                "type",
+                "plan",
+                "inspectorUrl",
+            )
             out = {k: full[k] for k in keep}
             out["createdIn"] = "fra1"
             out["deploymentHostname"] = dep.url.removesuffix(".vercel.app")
@@ -655,9 +740,7 @@ class VercelStandIn:
             body["targets"]["preview"] = target_summary(previews[0])
         if rollback_info:
             body["lastAliasRequest"] = dict(project.last_alias_request) if project.last_alias_request else None
-            body["lastRollbackTarget"] = (
-                dict(project.last_rollback_target) if project.last_rollback_target else None
-            )
+            body["lastRollbackTarget"] = dict(project.last_rollback_target) if project.last_rollback_target else None
         return body
 
 
@@ -699,7 +782,9 @@ def _list_teams(s: VercelStandIn, user: User, q: dict[str, str], body: Any) -> t
 
 
 @route("GET", r"/v9/projects/([^/]+)")
-def _get_project(s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str) -> tuple[int, Any, dict[str, str]]:
+def _get_project(
+    s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str
+) -> tuple[int, Any, dict[str, str]]:
     project = s._project(user, q, ref)
     rollback_info = q.get("rollbackInfo") == "true"
     s._advance(project, poll=rollback_info)
@@ -714,7 +799,9 @@ def _list_projects(s: VercelStandIn, user: User, q: dict[str, str], body: Any) -
 
 
 @route("GET", r"/v13/deployments/([^/]+)")
-def _get_deployment(s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str) -> tuple[int, Any, dict[str, str]]:
+def _get_deployment(
+    s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str
+) -> tuple[int, Any, dict[str, str]]:
     dep = s.deployments.get(ref)
     if dep is None and "." in ref:
         host = ref.lower()
@@ -770,7 +857,9 @@ def _list_deployments(s: VercelStandIn, user: User, q: dict[str, str], body: Any
 
 
 @route("POST", r"/v9/projects/([^/]+)/rollback/([^/]+)")
-def _rollback(s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str, dep: str) -> tuple[int, Any, dict[str, str]]:
+def _rollback(
+    s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str, dep: str
+) -> tuple[int, Any, dict[str, str]]:
     project = s._start_job(user, q, ref, dep, "rollback")
     if q.get("description") and project.last_rollback_target is not None:
         project.last_rollback_target["description"] = q["description"]
@@ -778,13 +867,17 @@ def _rollback(s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: s
 
 
 @route("POST", r"/v10/projects/([^/]+)/promote/([^/]+)")
-def _promote(s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str, dep: str) -> tuple[int, Any, dict[str, str]]:
+def _promote(
+    s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str, dep: str
+) -> tuple[int, Any, dict[str, str]]:
     s._start_job(user, q, ref, dep, "promote")
     return (202 if s.promote_queued else 201), None, {}
 
 
 @route("GET", r"/v9/projects/([^/]+)/(?:rollback|promote)/aliases")
-def _job_aliases(s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str) -> tuple[int, Any, dict[str, str]]:
+def _job_aliases(
+    s: VercelStandIn, user: User, q: dict[str, str], body: Any, ref: str
+) -> tuple[int, Any, dict[str, str]]:
     project = s._project(user, q, ref)
     s._advance(project, poll=False)
     limit = _int_param(q, "limit") or 20
@@ -811,7 +904,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vercel-standin"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log is in standin.requests; stderr noise helps nobody
 
     def _read_body(self) -> Any:
@@ -909,10 +1002,23 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
     acme = s.add_project("acme-web", owner=other_team)
     personal = s.add_project("ops-sandbox", owner=user)
 
-    def dash(age_h: float, state: str = "READY", target: str | None = "production", ref: str = "main",
-             msg: str = "chore: deploy", live: bool = False) -> Deployment:
-        return s.add_deployment(project, creator=user, age_s=age_h * 3600, state=state, target=target,
-                                meta=_git_meta(rng, ref, msg), live=live)
+    def dash(
+        age_h: float,
+        state: str = "READY",
+        target: str | None = "production",
+        ref: str = "main",
+        msg: str = "chore: deploy",
+        live: bool = False,
+    ) -> Deployment:
+        return s.add_deployment(
+            project,
+            creator=user,
+            age_s=age_h * 3600,
+            state=state,
+            target=target,
+            meta=_git_meta(rng, ref, msg),
+            live=live,
+        )
 
     older2 = dash(240, msg="release 1.2.0")
     older_ready = dash(120, msg="release 1.3.0")
@@ -925,8 +1031,7 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
     dash(40, state="ERROR", msg="release 1.4.0-rc2")
     dash(30, target=None, ref="fix/login", msg="fix login")
     canceled = dash(20, state="CANCELED", msg="release 1.4.0-rc3")
-    s.add_deployment(other_project, creator=user, age_s=15 * 3600, meta=_git_meta(rng, "main", "landing 2"),
-                     live=True)
+    s.add_deployment(other_project, creator=user, age_s=15 * 3600, meta=_git_meta(rng, "main", "landing 2"), live=True)
     errored = dash(10, state="ERROR", msg="release 1.4.0-rc4")
     current = dash(2, msg="release 1.4.0", live=True)
     preview = dash(1, target=None, ref="feat/next", msg="next feature")
