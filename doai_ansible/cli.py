@@ -6,17 +6,16 @@ and its exit status (a traceback only with ``--debug``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from doai_ansible import __version__
+from doai_ansible import __version__, dashboard_run, validate
 from doai_ansible import backend as backend_core
-from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.lock import Lock, all_locks
@@ -197,11 +196,17 @@ def backend_status(opts: Options, limit: str | None) -> ExitStatus:
 def status_cmd(opts: Options, limit: str | None) -> ExitStatus:
     """Status of every configured part (backend hosts; dashboard when configured)."""
     parts: dict[str, Any] = {"backend": backend_core.status(opts.context(), limit=limit)}
+    if _dashboard_configured(opts):
+        parts["dashboard"] = dashboard_run.status(opts.context())
     healthy = all(p.get("healthy", True) for p in parts.values())
     if opts.json:
         emit_json({"healthy": healthy, "parts": parts})
     else:
         click.echo(_backend_status_text(parts["backend"]))
+        if "dashboard" in parts:
+            click.echo(_dashboard_status_text(parts["dashboard"]))
+        else:
+            click.echo("dashboard: not configured (vercel.project in the config file and VERCEL_TOKEN)")
     return ExitStatus.OK if healthy else ExitStatus.UNHEALTHY
 
 
@@ -212,12 +217,89 @@ def status_cmd(opts: Options, limit: str | None) -> ExitStatus:
 def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
     """Exit 0 when every part is healthy, 6 when one is not (for scripts and CI)."""
     st = backend_core.status(opts.context(), limit=limit)
+    out: dict[str, Any] = {"backend": {h: v["healthy"] for h, v in st["hosts"].items()}}
+    healthy = st["healthy"]
+    if _dashboard_configured(opts):
+        from doai_ansible.dashboard import probe_health
+
+        vs = opts.settings().vercel
+        ok, detail = probe_health(vs.health_url, vs.timeout_s)
+        out["dashboard"] = {"healthy": ok, "health_url": vs.health_url, "detail": detail}
+        healthy = healthy and ok
+    out["healthy"] = healthy
     if opts.json:
-        emit_json({"healthy": st["healthy"], "backend": {h: v["healthy"] for h, v in st["hosts"].items()}})
+        emit_json(out)
     else:
-        for host, h in st["hosts"].items():
-            click.echo(f"backend {host}: {'healthy' if h['healthy'] else 'UNHEALTHY'}")
+        for host, ok in out["backend"].items():
+            click.echo(f"backend {host}: {'healthy' if ok else 'UNHEALTHY'}")
+        if "dashboard" in out:
+            d = out["dashboard"]
+            click.echo(f"dashboard {d['health_url']}: {'healthy' if d['healthy'] else 'UNHEALTHY'} ({d['detail']})")
+    return ExitStatus.OK if healthy else ExitStatus.UNHEALTHY
+
+
+# -- dashboard ------------------------------------------------------------------------------
+def _dashboard_configured(opts: Options) -> bool:
+    vs = opts.settings().vercel
+    return bool(vs.project and vs.token)
+
+
+def _dashboard_status_text(st: dict[str, Any]) -> str:
+    prod = st.get("production") or {}
+    lines = [
+        (f"dashboard {st['project'].get('name')}: {'healthy' if st.get('healthy') else 'UNHEALTHY'} "
+        f"({st.get('health')} from {st.get('health_url')})"),
+        (f"    production {prod.get('id', '?')} {prod.get('url', '')} created {prod.get('created', '?')}"
+        f" commit {(prod.get('commit') or '?')[:12]}"),
+    ]
+    lar = st.get("lastAliasRequest")
+    if lar:
+        lines.append(f"    last {lar.get('type')}: {lar.get('fromDeploymentId')} -> {lar.get('toDeploymentId')}"
+                     f" {lar.get('jobStatus')} at {lar.get('requestedAt')}")
+    if st.get("autoAssignCustomDomains") is False:
+        lines.append("    note: production domains are pinned after a rollback; new deploys are not assigned until a promote")
+    return "\n".join(lines)
+
+
+@cli.group()
+def dashboard() -> None:
+    """Dashboard on Vercel (REST API).
+
+    On Vercel's Hobby plan only the previous production deployment can be rolled back to.
+    """
+
+
+@dashboard.command("status")
+@common_options
+@pass_opts
+def dashboard_status_cmd(opts: Options) -> ExitStatus:
+    """Production deployment, last rollback/promote job, health."""
+    st = dashboard_run.status(opts.context())
+    if opts.json:
+        emit_json(st)
+    else:
+        click.echo(_dashboard_status_text(st))
     return ExitStatus.OK if st["healthy"] else ExitStatus.UNHEALTHY
+
+
+@dashboard.command("rollback")
+@click.option("--to", "to", metavar="DEPLOYMENT", default=None,
+              help="Deployment id (dpl_...) or URL (default: the previous READY production deployment).")
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and Vercel's description).")
+@common_options
+@pass_opts
+def dashboard_rollback_cmd(opts: Options, to: str | None, reason: str | None) -> ExitStatus:
+    """Roll production back to an earlier deployment, wait for the alias job and the health gate;
+    if the gate fails, promote the original deployment back."""
+    validate.reason(reason)
+    if not opts.dry_run and not opts.yes and sys.stdin.isatty():
+        plan = dashboard_run.rollback(opts.context(), to=to, reason=reason, dry_run=True)
+        render_run(opts, plan)
+        if not any(r.step.changes for r in plan.results):
+            return ExitStatus.OK
+        confirm(opts, "Roll the dashboard back as shown?")
+    run = dashboard_run.rollback(opts.context(), to=to, reason=reason, dry_run=opts.dry_run)
+    return render_run(opts, run)
 
 
 # -- journal, undo, lock ----------------------------------------------------------------------
@@ -257,12 +339,18 @@ def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
     validate.run_id(run_id)
     record = Journal(opts.settings().journal_path).find(run_id)
     pairs = backend_core.undo_steps(record)
-    if not pairs:
+    dpl = dashboard_run.undo_target(record)
+    if not pairs and not dpl:
         raise UsageError(f"run {record['run_id']} changed nothing that undo can put back")
     why = reason or f"undo {record['run_id']}"
     if not opts.dry_run:
-        confirm(opts, f"Put {', '.join(f'{h} back on {c[:12]}' for h, c in pairs)}?")
+        what = [f"{h} back on {c[:12]}" for h, c in pairs] + ([f"dashboard back on {dpl}"] if dpl else [])
+        confirm(opts, f"Put {', '.join(what)}?")
     worst = ExitStatus.OK
+    if dpl:
+        run = dashboard_run.promote(opts.context(), to=dpl, reason=why, dry_run=opts.dry_run,
+                                    command=f"undo {record['run_id']}")
+        worst = max(worst, render_run(opts, run))
     for host, commit in pairs:
         # The state undone to may have been unhealthy (that is why it was rolled back):
         # PM2 must be stable, health is reported but not required.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from doai_ansible.journal import Journal, operator
 from doai_ansible.lock import Lock
@@ -28,7 +29,7 @@ class RunContext:
         *,
         progress: Callable[[dict[str, Any]], None] | None = None,
         note: Callable[[str], None] | None = None,
-    ) -> "RunContext":
+    ) -> RunContext:
         return cls(settings, new_run_id(), operator(), progress, note)
 
     @property

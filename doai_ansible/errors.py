@@ -135,7 +135,7 @@ class ApiError(DoaiError):
 
     @property
     def exit_status(self) -> ExitStatus:  # type: ignore[override]
-        if self.status_code in (400, 404, 409, 422):
+        if self.status_code in (400, 402, 404, 409, 422):
             return ExitStatus.USAGE
         if self.status_code is None or self.status_code >= 500 or self.status_code == 429:
             return ExitStatus.UNREACHABLE

@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from doai_ansible.errors import UsageError
 from doai_ansible.model import RunResult

@@ -17,8 +17,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from doai_ansible.errors import LockedError, UsageError
 
@@ -101,7 +102,7 @@ class Lock:
                         f"{held.host}) since {held.to_dict()['acquired_iso']}"
                         + (f", reason: {held.reason}" if held.reason else ""),
                         hint=f"wait for it, or if it is dead: doai-rollback lock release {self.target}",
-                    )
+                    ) from None
                 log.warning("taking over stale lock on %s held by %s (%s)", self.target, held.owner, stale)
                 self._remove_if_same(held)
                 continue

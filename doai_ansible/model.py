@@ -17,17 +17,17 @@ from doai_ansible.errors import ExitStatus
 
 
 def utcnow() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class Part(str, enum.Enum):
+class Part(enum.StrEnum):
     AGENT = "agent"
     BACKEND = "backend"
     DATABASE = "database"
     DASHBOARD = "dashboard"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     PLANNED = "planned"  # dry run: what would happen
     UNCHANGED = "unchanged"  # already on the target
     SUCCEEDED = "succeeded"
@@ -134,4 +134,4 @@ def new_run_id() -> str:
     """Sortable and unique enough for a journal: UTC time plus 6 random hex digits."""
     import secrets
 
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)

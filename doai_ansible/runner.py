@@ -18,8 +18,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from doai_ansible.errors import PlaybookError, UsageError
 from doai_ansible.settings import Secret, Settings, is_secret_env_name

@@ -19,8 +19,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Self
 
 from doai_ansible.errors import DoaiError
 
@@ -71,7 +72,7 @@ def wait_port(port: int, deadline_s: float = 15.0) -> None:
 def http_health(url: str, timeout: float = 2.0) -> tuple[int | None, str | None]:
     """(status, reported version) of a health URL; (None, None) when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback URL we built)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             body = resp.read()
             status = resp.status
     except urllib.error.HTTPError as exc:
@@ -126,7 +127,7 @@ class Sandbox:
         return self.host_state / "ledger.jsonl"
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self, *, deploy: str = "v2") -> "Sandbox":
+    def start(self, *, deploy: str = "v2") -> Sandbox:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ssh_port = free_port()
         self.app_port = free_port()
@@ -153,7 +154,7 @@ class Sandbox:
         (self.workdir / "sandbox.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, workdir: Path) -> "Sandbox":
+    def load(cls, workdir: Path) -> Sandbox:
         data = json.loads((Path(workdir) / "sandbox.json").read_text())
         sb = cls(Path(workdir))
         sb.ssh_port, sb.app_port = int(data["ssh_port"]), int(data["app_port"])
@@ -169,7 +170,7 @@ class Sandbox:
                 os.kill(self.sshd_pid, signal.SIGTERM)
             self.sshd_pid = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -212,7 +213,7 @@ class Sandbox:
             )
         )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
-        proc = subprocess.Popen(  # noqa: S603 (fixed argv)
+        proc = subprocess.Popen(
             [sshd, "-D", "-e", "-f", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=open(d / "sshd.log", "ab"),  # noqa: SIM115 (owned by the child)

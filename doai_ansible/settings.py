@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,7 +26,7 @@ CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
 # Environment variables that hold secrets. They are read here, and scrubbed from every child
 # process environment (ansible-runner writes its environment into its artifacts).
 SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD")
-_SECRET_NAME_RE = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY)", re.I)
+_SECRET_NAME_RE = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY)", re.IGNORECASE)
 
 
 def is_secret_env_name(name: str) -> bool:
@@ -118,7 +119,7 @@ class VercelSettings:
     max_retries: int = 5  # on 429 / 5xx / transport errors
 
     @classmethod
-    def build(cls, data: Mapping[str, Any], env: Mapping[str, str]) -> "VercelSettings":
+    def build(cls, data: Mapping[str, Any], env: Mapping[str, str]) -> VercelSettings:
         d = dict(data or {})
         for env_name, key in (
             ("DOAI_VERCEL_API_URL", "api_url"),
@@ -131,7 +132,7 @@ class VercelSettings:
                 d[key] = env[env_name]
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)} - {"timeout", "job_deadline", "health_deadline"}
         if unknown:
-            raise ConfigError(f"vercel.{sorted(unknown)[0]}", "unknown setting")
+            raise ConfigError(f"vercel.{min(unknown)}", "unknown setting")
         token = env.get("VERCEL_TOKEN")
         return cls(
             api_url=_url("vercel.api_url", d.get("api_url", cls.api_url)),
@@ -227,7 +228,7 @@ def load_settings(
             raise ConfigError(str(path), "must be a mapping of settings")
         unknown = set(loaded) - TOP_KEYS
         if unknown:
-            raise ConfigError(sorted(unknown)[0], "unknown setting", hint=f"known: {', '.join(sorted(TOP_KEYS))}")
+            raise ConfigError(min(unknown), "unknown setting", hint=f"known: {', '.join(sorted(TOP_KEYS))}")
         data = loaded
     base = path.parent if path is not None else Path.cwd()
     cdir = content_dir()

@@ -50,7 +50,7 @@ def test_dead_holder_is_taken_over(tmp_path):
 
 def test_old_lock_from_another_host_is_stale_after_ttl(tmp_path):
     _foreign(tmp_path, 1, host="elsewhere", age=7200)
-    ((info, stale),) = all_locks(tmp_path, 3600)
+    ((_info, stale),) = all_locks(tmp_path, 3600)
     assert stale and "older" in stale
     assert Lock(tmp_path, "backend", 3600).acquire(owner="me", reason=None, run_id="4").owner == "me"
 

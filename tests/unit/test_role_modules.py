@@ -49,7 +49,7 @@ def inspect(tmp_path, repo_path, **kw):
 
 
 def test_reflog_default_and_plan(tmp_path, repo):
-    r, (v1, v2, v3) = repo
+    r, (_v1, v2, v3) = repo
     git(r, "checkout", "-q", "--detach", v2)
     git(r, "checkout", "-q", "--detach", v3)
     out = inspect(tmp_path, r)
@@ -91,7 +91,7 @@ def test_invalid_target_refused(tmp_path, repo, bad):
 
 
 def test_unknown_target_and_dirty_tree(tmp_path, repo):
-    r, (v1, v2, v3) = repo
+    r, (v1, _v2, _v3) = repo
     out = inspect(tmp_path, r, target="0" * 40)
     assert out["failed"] and out["invalid_target"] and "not a commit" in out["msg"]
     (r / "package.json").write_text("{}")
