@@ -8,8 +8,8 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -48,7 +48,7 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Sandbox"]:  # noqa: F821
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:  # noqa: F821
     """A fresh VPS stand-in, with v3 (the bad release) deployed over v2."""
     from doai_ansible.sandbox import Sandbox
 
@@ -63,5 +63,5 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Sandbox"]:  #
 
 
 @pytest.fixture
-def cli_env(sandbox, state_dir: Path) -> dict[str, str]:  # noqa: ANN001
+def cli_env(sandbox, state_dir: Path) -> dict[str, str]:
     return {"DOAI_INVENTORY": str(sandbox.inventory), "DOAI_STATE_DIR": str(state_dir)}

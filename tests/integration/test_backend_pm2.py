@@ -15,11 +15,11 @@ from tests.conftest import CANARY, run_cli
 pytestmark = pytest.mark.integration
 
 
-def ledger(sb) -> list[dict]:  # noqa: ANN001
+def ledger(sb) -> list[dict]:
     return [json.loads(line) for line in sb.ledger.read_text().splitlines() if line.strip()]
 
 
-def host_snapshot(sb) -> dict:  # noqa: ANN001
+def host_snapshot(sb) -> dict:
     """What a rollback could change on the host."""
     return {
         "head": sb.head(),
