@@ -9,7 +9,10 @@ hosts that did roll back forward again when another host failed, and journals th
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from doai_ansible import validate
@@ -119,8 +122,32 @@ def _extravars(ctx: RunContext, to: str | None, reason: str | None, *, health_ga
         "doai_backend_pm2_reason": reason or "",
         "doai_backend_pm2_operator": ctx.operator,
         "doai_backend_pm2_run_id": ctx.run_id,
-        "doai_backend_pm2_log_dir": str(ctx.log_dir),
     }
+
+
+PM2_LOGS_TASK = "Read the last PM2 log lines"
+
+
+def _keep_pm2_logs(ctx: RunContext, log_dir: Path) -> Callable[[dict[str, Any]], None]:
+    """Progress display, plus each host's `pm2 logs` written into the run's log bundle.
+
+    Read from the event stream rather than copied by a task on the controller: that copy
+    would cost every rollback another second.
+    """
+
+    def on_event(event: dict[str, Any]) -> None:
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_ok" and data.get("task") == PM2_LOGS_TASK and data.get("host"):
+            res = data.get("res") or {}
+            log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = log_dir / f"{data['host']}-pm2.log"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(f"{res.get('stdout', '')}\n{res.get('stderr', '')}\n")
+        if ctx.progress is not None:
+            ctx.progress(event)
+
+    return on_event
 
 
 def rollback(
@@ -175,7 +202,7 @@ def _apply(
         limit=limit,
         check=check,
         log_dir=ctx.log_dir,
-        on_event=ctx.progress,
+        on_event=_keep_pm2_logs(ctx, ctx.log_dir),
     )
     logs = str(pb.log_file) if pb.log_file else None
     results, unclassified = _reduce(pb, started, time.monotonic() - t0, logs)
@@ -207,7 +234,7 @@ def _revert_succeeded(ctx: RunContext, run: RunResult, reason: str | None) -> No
             extravars=_extravars(ctx, r.step.current, f"revert: {reason or 'another host failed'}"),
             limit=r.step.target,
             log_dir=ctx.log_dir / f"revert-{r.step.target}",
-            on_event=ctx.progress,
+            on_event=_keep_pm2_logs(ctx, ctx.log_dir / f"revert-{r.step.target}"),
         )
         back = (pb.custom.get("doai_backend_pm2", {}) or {}).get(r.step.target, {}).get("status")
         if pb.ok and back in ("succeeded", "unchanged"):

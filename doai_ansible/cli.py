@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from doai_ansible import __version__, dashboard_run, validate
+from doai_ansible import __version__, validate
 from doai_ansible import backend as backend_core
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
@@ -239,6 +239,18 @@ def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
 
 
 # -- dashboard ------------------------------------------------------------------------------
+class _LazyDashboard:
+    """doai_ansible.dashboard_run, imported on first use: httpx costs every backend command time."""
+
+    def __getattr__(self, name: str) -> Any:
+        from doai_ansible import dashboard_run as mod
+
+        return getattr(mod, name)
+
+
+dashboard_run = _LazyDashboard()
+
+
 def _dashboard_configured(opts: Options) -> bool:
     vs = opts.settings().vercel
     return bool(vs.project and vs.token)

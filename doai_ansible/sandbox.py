@@ -341,7 +341,9 @@ class Sandbox:
             "ansible_ssh_private_key_file": str(d / "client_ed25519"),
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={d / 'known_hosts'} -o StrictHostKeyChecking=yes "
             "-o IdentitiesOnly=yes",
-            "ansible_python_interpreter": shutil.which("python3") or "/usr/bin/python3",
+            # The system Python: a version manager's shim costs every task a little.
+            "ansible_python_interpreter": "/usr/bin/python3" if os.path.exists("/usr/bin/python3")
+            else (shutil.which("python3") or "python3"),
             "doai_backend_pm2_path": str(self.app),
             "doai_backend_pm2_home": str(self.pm2_home),
             "doai_backend_pm2_bin": self.pm2,

@@ -16,8 +16,11 @@ LIB = Path(__file__).resolve().parents[2] / "roles" / "doai_backend_pm2" / "libr
 def module(name: str, tmp_path: Path, **args) -> dict:
     argfile = tmp_path / f"{name}-args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    proc = subprocess.run([sys.executable, str(LIB / f"{name}.py"), str(argfile)], capture_output=True, text=True,
-                          check=False)
+    # As Ansible ships them: the role's module_utils importable as ansible.module_utils.*
+    boot = (f"import sys, ansible.module_utils as m; m.__path__.append({str(LIB.parent / 'module_utils')!r}); "
+            f"sys.argv = ['module', {str(argfile)!r}]; "
+            f"exec(compile(open({str(LIB / (name + '.py'))!r}).read(), {name!r}, 'exec'))")
+    proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
     return json.loads(proc.stdout)
 
 
@@ -136,6 +139,19 @@ def test_stale_host_lock_is_taken_over(tmp_path):
     os.utime(path, (1, 1))
     b = module("doai_host_lock", tmp_path, path=str(path), run_id="B", owner="bob", ttl=60)
     assert b["changed"] and b["holder"]["owner"] == "bob" and b.get("warnings")
+
+
+def test_inspect_takes_the_lock_and_releases_it_when_it_fails(tmp_path, repo):
+    r, (v1, v2, v3) = repo
+    lock = tmp_path / "state" / "backend.lock"
+    out = inspect(tmp_path, r, target=v1, lock_path=str(lock), run_id="A", owner="alice")
+    assert out["locked_by_us"] and json.loads((lock / "owner.json").read_text())["owner"] == "alice"
+    other = inspect(tmp_path, r, target=v1, lock_path=str(lock), run_id="B", owner="bob")
+    assert other["failed"] and other["locked"] and "alice" in other["msg"]
+    module("doai_host_lock", tmp_path, path=str(lock), run_id="A", state="absent")
+    bad = inspect(tmp_path, r, target="0" * 40, lock_path=str(lock), run_id="C", owner="carol")
+    assert bad["failed"] and bad["invalid_target"]
+    assert not lock.exists()  # the failed capture did not leave its lock behind
 
 
 def test_ledger_appends(tmp_path):

@@ -29,6 +29,16 @@ options:
   apps: {description: PM2 app names to report (empty = all)., type: list, elements: str, default: []}
   log_count: {description: How many recent commits to list., type: int, default: 5}
   health_url: {description: Health URL probed once (empty = not probed)., type: str, default: ''}
+  lock_path:
+    description:
+      - Take the host lock (see doai_host_lock) before looking at anything, so that nothing
+        changes between this capture and the apply. Empty takes no lock. In check mode the
+        lock is only checked. The lock is released again if this module fails.
+    type: path
+  run_id: {description: This run (for the lock)., type: str, default: ''}
+  owner: {description: Who (for the lock)., type: str, default: ''}
+  reason: {description: Why (for the lock)., type: str, default: ''}
+  lock_ttl: {description: Seconds after which a lock is stale., type: int, default: 3600}
 author: doai-ansible contributors
 """
 
@@ -46,9 +56,11 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.doai_lock import Locked, acquire, check, release
 from ansible.module_utils.urls import open_url
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
@@ -84,14 +96,26 @@ def read_ledger(path):
     return entries
 
 
-def pm2_processes(module):
+def start_pm2_jlist(module):
+    """Start `pm2 jlist` in the background: node's start-up is the slowest probe, so it runs
+    while git is asked the rest."""
     p = module.params
-    env = {"PM2_HOME": p["pm2_home"]} if p["pm2_home"] else {}
+    env = dict(os.environ)
+    if p["pm2_home"]:
+        env["PM2_HOME"] = p["pm2_home"]
     try:
-        rc, out, err = module.run_command([p["pm2_bin"], "jlist"], environ_update=env)
-    except OSError as exc:  # run_command raises only for a missing binary when check_rc is off
-        return None, str(exc)
-    if rc != 0:
+        return subprocess.Popen([p["pm2_bin"], "jlist"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    except OSError as exc:
+        return exc
+
+
+def pm2_processes(module, proc):
+    p = module.params
+    if isinstance(proc, OSError):
+        return None, str(proc)
+    out, err = proc.communicate()
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if proc.returncode != 0:
         return None, (err or out).strip()[-300:]
     # pm2 may print a banner before the JSON when it has just started its daemon.
     start = out.find("[")
@@ -162,9 +186,38 @@ def main():
             apps=dict(type="list", elements="str", default=[]),
             log_count=dict(type="int", default=5),
             health_url=dict(type="str", default=""),
+            lock_path=dict(type="path"),
+            run_id=dict(type="str", default=""),
+            owner=dict(type="str", default=""),
+            reason=dict(type="str", default=""),
+            lock_ttl=dict(type="int", default=3600),
         ),
         supports_check_mode=True,
     )
+    p = module.params
+    lock = None
+    if p["lock_path"]:
+        try:
+            if module.check_mode:
+                check(p["lock_path"], p["run_id"], p["lock_ttl"])
+            else:
+                holder, taken = acquire(p["lock_path"], p["run_id"], p["owner"], p["reason"], p["lock_ttl"], module.warn)
+                lock = holder if taken else None
+        except Locked as exc:
+            module.fail_json(msg=str(exc), locked=True, holder=exc.holder)
+        if lock is not None:
+            # Whatever fails from here on, the lock this task took goes with it.
+            fail = module.fail_json
+
+            def fail_and_release(**kwargs):
+                release(p["lock_path"], p["run_id"])
+                fail(**kwargs)
+
+            module.fail_json = fail_and_release
+    inspect(module, lock)
+
+
+def inspect(module, lock):
     p = module.params
     path = p["path"]
     if not os.path.isdir(path):
@@ -173,6 +226,7 @@ def main():
     if rc != 0 or os.path.realpath(out.strip()) != os.path.realpath(path):
         module.fail_json(msg="%s is not the top of a git checkout" % path)
 
+    jlist = start_pm2_jlist(module)
     current = git(module, ["rev-parse", "--verify", "HEAD^{commit}"])[1].strip()
     _, branch, _ = git(module, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
     _, porcelain, _ = git(module, ["status", "--porcelain=v1", "--untracked-files=normal"])
@@ -233,7 +287,7 @@ def main():
         with open(lf, "rb") as fh:
             lock_hash = hashlib.sha256(fh.read()).hexdigest()
 
-    procs, pm2_error = pm2_processes(module)
+    procs, pm2_error = pm2_processes(module, jlist)
 
     host_lock = None
     lock_info = os.path.join(p["state_dir"], "backend.lock", "owner.json")
@@ -257,6 +311,7 @@ def main():
 
     module.exit_json(
         changed=False,
+        locked_by_us=lock is not None,
         health_status=health_status,
         healthy=health_status is not None and 200 <= health_status < 300,
         current=current,

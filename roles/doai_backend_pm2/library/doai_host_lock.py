@@ -31,20 +31,8 @@ RETURN = r"""
 holder: {description: The owner.json of the lock found or taken., type: dict, returned: always}
 """
 
-import json
-import os
-import shutil
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-
-
-def read_owner(path):
-    try:
-        with open(os.path.join(path, "owner.json"), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (IOError, OSError, ValueError):
-        return None
+from ansible.module_utils.doai_lock import Locked, acquire, check, release
 
 
 def main():
@@ -61,69 +49,20 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    path = p["path"]
-
     if p["state"] == "absent":
-        holder = read_owner(path)
-        if not os.path.isdir(path):
-            module.exit_json(changed=False, holder=None)
-        if holder and holder.get("run_id") != p["run_id"] and not p["force"]:
-            module.exit_json(changed=False, holder=holder, msg="lock held by another run; left in place")
-        if not module.check_mode:
-            shutil.rmtree(path, ignore_errors=True)
-        module.exit_json(changed=True, holder=holder)
-
-    parent = os.path.dirname(path)
-    holder = {
-        "run_id": p["run_id"], "owner": p["owner"], "reason": p["reason"],
-        "pid": os.getppid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    for _ in range(3):
         if module.check_mode:
-            existing = read_owner(path) if os.path.isdir(path) else None
-            if existing and existing.get("run_id") != p["run_id"]:
-                age = time.time() - os.stat(path).st_mtime
-                if age <= p["ttl"]:
-                    module.fail_json(msg="locked by %s since %s (run %s, reason: %s)" % (
-                        existing.get("owner"), existing.get("since"), existing.get("run_id"),
-                        existing.get("reason") or "-"), locked=True, holder=existing)
+            module.exit_json(changed=False)
+        holder, removed = release(p["path"], p["run_id"], p["force"])
+        module.exit_json(changed=removed, holder=holder,
+                         msg="" if removed or holder is None else "lock held by another run; left in place")
+    try:
+        if module.check_mode:
             # The lock is transient: taking it is not a change worth reporting in a plan.
-            module.exit_json(changed=False, holder=holder, msg="lock is free")
-        try:
-            if not os.path.isdir(parent):
-                os.makedirs(parent, 0o700)
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            existing = read_owner(path) or {}
-            if existing.get("run_id") == p["run_id"]:
-                module.exit_json(changed=False, holder=existing)
-            try:
-                age = time.time() - os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            if age <= p["ttl"]:
-                module.fail_json(
-                    msg="locked by %s since %s (run %s, reason: %s); wait for it, or remove %s if that run is dead"
-                    % (existing.get("owner", "unknown"), existing.get("since", "?"), existing.get("run_id", "?"),
-                       existing.get("reason") or "-", path),
-                    locked=True, holder=existing,
-                )
-            stale = "%s.stale-%d" % (path, int(time.time()))
-            try:
-                os.rename(path, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except FileNotFoundError:
-                pass
-            module.warn("took over a stale lock (%d s old) held by %s" % (age, existing.get("owner", "unknown")))
-            continue
-        tmp = os.path.join(path, ".owner.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(holder, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, os.path.join(path, "owner.json"))
-        module.exit_json(changed=True, holder=holder)
-    module.fail_json(msg="could not take the lock %s" % path, locked=True)
+            module.exit_json(changed=False, holder=check(p["path"], p["run_id"], p["ttl"]), msg="lock is free")
+        holder, changed = acquire(p["path"], p["run_id"], p["owner"], p["reason"], p["ttl"], module.warn)
+    except Locked as exc:
+        module.fail_json(msg=str(exc), locked=True, holder=exc.holder)
+    module.exit_json(changed=changed, holder=holder)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Benchmark: backend rollback with doai-rollback vs the runbook's manual steps.
+
+On the sandbox rig (real sshd on 127.0.0.1, PM2 cluster of 2, a git-deployed Express app),
+for each scenario -- lockfile unchanged (v3 -> v2) and changed (v3 -> v1) -- and each method,
+N runs of:
+  reset: deploy v3 (the bad release) the way the pipeline does; not timed
+  start a load generator on GET / (~50 requests/s; every version answers 200 there)
+  start the method; a poller measures the time until /api/health answers 200 with the
+  target's version ("time to healthy"); the method's own wall time is recorded too
+  stop the load; count failed requests (connection errors, timeouts, non-200)
+
+Methods:
+  tool:   doai-rollback backend rollback --to SHA --yes -o json   (fresh state dir each run:
+          no warm SSH master connection)
+  manual: ssh root@host 'cd APP && git checkout SHA && npm ci --production && pm2 restart all'
+          then poll health -- the runbook's section 2 as one plain ssh script
+
+Prints medians (and min/max) per scenario and method, and the tool/manual ratio of the
+medians of time-to-healthy; writes bench/results/backend_rollback.json. No assertions.
+
+    .venv/bin/python bench/backend_rollback.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from doai_ansible.sandbox import Sandbox, http_health  # noqa: E402
+
+SCENARIOS = {"lockfile-unchanged": "v2", "lockfile-changed": "v1"}
+VERSION = {"v1": "1.0.0", "v2": "2.0.0"}
+
+
+class Load:
+    """GET / at a fixed rate until stopped; counts answers that are not 200."""
+
+    def __init__(self, url: str, rate: float = 50.0) -> None:
+        self.url, self.period = url, 1.0 / rate
+        self.sent = self.failed = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        deadline = next_at + 300  # bounded, whatever happens
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.sent += 1
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:  # noqa: S310 (loopback)
+                    r.read()
+                    if r.status != 200:
+                        self.failed += 1
+            except (urllib.error.URLError, OSError):
+                self.failed += 1
+            next_at += self.period
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> "Load":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def wait_healthy(sb: Sandbox, version: str, t0: float, deadline_s: float = 120) -> float | None:
+    while time.monotonic() - t0 < deadline_s:
+        status, v = http_health(sb.health_url, timeout=1)
+        if status == 200 and v == version:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+def run_tool(sb: Sandbox, sha: str) -> subprocess.Popen:
+    state = Path(tempfile.mkdtemp(prefix="dbs-", dir="/tmp"))
+    env = dict(os.environ, DOAI_INVENTORY=str(sb.inventory), DOAI_STATE_DIR=str(state))
+    return subprocess.Popen(
+        [sys.executable, "-m", "doai_ansible", "backend", "rollback", "--to", sha, "--yes", "-o", "json",
+         "--reason", "bench"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def run_manual(sb: Sandbox, sha: str) -> subprocess.Popen:
+    # The runbook's commands, verbatim but for the sandbox's paths and PM2_HOME.
+    script = (f"cd {sb.app} && git checkout -q {sha} && npm ci --production --no-audit --no-fund >/dev/null 2>&1"
+              f" && PM2_HOME={sb.pm2_home} {sb.pm2} restart all >/dev/null")
+    return subprocess.Popen(sb.ssh_argv(script), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def one(sb: Sandbox, method: str, target: str) -> dict[str, float | int | None]:
+    sb.deploy("v3")  # reset: the bad release is live
+    sb.wait_health(expect_ok=False)
+    sha = sb.commits[target]
+    with Load(f"http://127.0.0.1:{sb.app_port}/") as load:
+        t0 = time.monotonic()
+        proc = (run_tool if method == "tool" else run_manual)(sb, sha)
+        healthy = wait_healthy(sb, VERSION[target], t0)
+        _, err = proc.communicate(timeout=300)
+        wall = time.monotonic() - t0
+        time.sleep(1.0)  # keep the load on a little after: late failures count too
+    if proc.returncode != 0:
+        raise SystemExit(f"{method} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return {"to_healthy_s": healthy, "wall_s": wall, "requests": load.sent, "failed": load.failed}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    wd = args.workdir or Path(tempfile.mkdtemp(prefix="doai-bench-"))
+    sb = Sandbox(wd / "sb")
+    results: dict[str, dict[str, list[dict]]] = {}
+    try:
+        sb.start(deploy="v2")
+        # Warm-up: npm's cache and PM2's daemon, so neither method pays for a cold start.
+        one(sb, "manual", "v1")
+        one(sb, "tool", "v2")
+        for scenario, target in SCENARIOS.items():
+            results[scenario] = {"tool": [], "manual": []}
+            for i in range(args.runs):
+                for method in ("tool", "manual") if i % 2 == 0 else ("manual", "tool"):  # alternate order
+                    r = one(sb, method, target)
+                    results[scenario][method].append(r)
+                    print(f"{scenario:19} {method:6} run {i + 1}: healthy {r['to_healthy_s']:.2f} s, "
+                          f"command {r['wall_s']:.2f} s, failed {r['failed']}/{r['requests']}", flush=True)
+    finally:
+        sb.stop()
+        if args.workdir is None:
+            shutil.rmtree(wd, ignore_errors=True)
+
+    report: dict[str, dict] = {}
+    print(f"\nmedians of {args.runs} runs (min-max); ratio = tool / manual")
+    print(f"{'scenario':19} {'method':6} {'to healthy s':>22} {'command s':>22} {'failed requests':>18}")
+    for scenario, by in results.items():
+        report[scenario] = {}
+        for method, runs in by.items():
+            th = summary([r["to_healthy_s"] for r in runs])
+            wall = summary([r["wall_s"] for r in runs])
+            failed = summary([r["failed"] for r in runs])
+            report[scenario][method] = {"to_healthy_s": th, "wall_s": wall, "failed": failed,
+                                        "requests": summary([r["requests"] for r in runs]), "runs": runs}
+            print(f"{scenario:19} {method:6} {th['median']:8.2f} ({th['min']:.2f}-{th['max']:.2f}) "
+                  f"{wall['median']:8.2f} ({wall['min']:.2f}-{wall['max']:.2f}) "
+                  f"{failed['median']:6.0f} ({failed['min']:.0f}-{failed['max']:.0f})")
+        ratio = report[scenario]["tool"]["to_healthy_s"]["median"] / report[scenario]["manual"]["to_healthy_s"]["median"]
+        report[scenario]["ratio_to_healthy"] = ratio
+        print(f"{scenario:19} ratio tool/manual, time to healthy: {ratio:.2f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "backend_rollback.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
