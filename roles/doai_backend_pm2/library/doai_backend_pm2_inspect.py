@@ -39,6 +39,12 @@ options:
   owner: {description: Who (for the lock)., type: str, default: ''}
   reason: {description: Why (for the lock)., type: str, default: ''}
   lock_ttl: {description: Seconds after which a lock is stale., type: int, default: 3600}
+  plan_only:
+    description:
+      - Only check the lock, never take it. The role runs this module with check_mode false
+        (it must probe for real even under --check) and sets this to ansible_check_mode.
+    type: bool
+    default: false
 author: doai-ansible contributors
 """
 
@@ -191,6 +197,7 @@ def main():
             owner=dict(type="str", default=""),
             reason=dict(type="str", default=""),
             lock_ttl=dict(type="int", default=3600),
+            plan_only=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -198,7 +205,7 @@ def main():
     lock = None
     if p["lock_path"]:
         try:
-            if module.check_mode:
+            if module.check_mode or p["plan_only"]:
                 check(p["lock_path"], p["run_id"], p["lock_ttl"])
             else:
                 holder, taken = acquire(p["lock_path"], p["run_id"], p["owner"], p["reason"], p["lock_ttl"], module.warn)
@@ -325,7 +332,7 @@ def inspect(module, lock):
         changes=changes,
         lockfile_changed=lock_changed,
         deps_missing=missing,
-        needs_install=bool(changes and (lock_changed or missing)) or (not changes and missing),
+        needs_install=bool(changes and (lock_changed or missing)),
         lockfile_sha256=lock_hash,
         current_version=version_at(module, current),
         target_version=version_at(module, target),
