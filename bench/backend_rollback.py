@@ -71,7 +71,7 @@ class Load:
             next_at += self.period
             time.sleep(max(0.0, next_at - time.monotonic()))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._t.start()
         return self
 

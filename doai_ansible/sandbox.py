@@ -254,6 +254,7 @@ class Sandbox:
             self._git("add", "-A")
             subject = {"v1": "v1: first release", "v2": "v2: add dayjs dependency", "v3": "v3: bad release"}[version]
             self._git("commit", "-q", "-m", subject)
+            self._git("tag", version)  # releases are tagged: `--to v2` works on every host
             self.commits[version] = self._git("rev-parse", "HEAD").strip()
 
     def _checkout(self, version: str) -> None:

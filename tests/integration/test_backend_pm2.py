@@ -204,3 +204,34 @@ def test_canary_secret_never_leaks(sandbox, cli_env, state_dir):
     assert any(p.name == "command" for p in files)  # ansible-runner's record of its environment
     for p in files:
         assert CANARY not in p.read_text(errors="replace"), p
+
+
+def test_one_host_fails_the_others_are_put_back(tmp_path_factory, state_dir):
+    """Two VPSes; the second one's health gate cannot pass. The pool must not be left on
+    mixed releases: the host that rolled back is put back too, and the run says 'restored'."""
+    from doai_ansible.sandbox import Sandbox
+
+    a, b = Sandbox(tmp_path_factory.mktemp("a")), Sandbox(tmp_path_factory.mktemp("b"))
+    try:
+        for sb in (a, b):
+            sb.start(deploy="v2")
+            sb.deploy("v3")
+        b.write_inventory(doai_backend_pm2_health_url=f"http://127.0.0.1:{b.ssh_port + 0}/nothing-here",
+                          doai_backend_pm2_health_timeout=3)
+        hosts = {}
+        for name, sb in (("vps-a", a), ("vps-b", b)):
+            hosts[name] = json.loads(sb.inventory.read_text())["all"]["children"]["backend"]["hosts"][sb.host_name]
+        inv = state_dir / "two.json"
+        inv.write_text(json.dumps({"all": {"children": {"backend": {"hosts": hosts}}}}))
+        res = run_cli("backend", "rollback", "--to", "v2", "-o", "json",
+                      env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(state_dir)})
+        assert res.code == 3, res.stdout + res.stderr
+        steps = {s["target"]: s for s in res.json()["steps"]}
+        assert steps["vps-b"]["outcome"] == "restored"
+        assert steps["vps-a"]["outcome"] == "restored" and "another host failed" in steps["vps-a"]["message"]
+        for sb in (a, b):
+            assert sb.head() == sb.commits["v3"]
+            assert sb.health() == (500, "3.0.0")
+    finally:
+        a.stop()
+        b.stop()

@@ -142,7 +142,7 @@ def test_stale_host_lock_is_taken_over(tmp_path):
 
 
 def test_inspect_takes_the_lock_and_releases_it_when_it_fails(tmp_path, repo):
-    r, (v1, v2, v3) = repo
+    r, (v1, _v2, _v3) = repo
     lock = tmp_path / "state" / "backend.lock"
     out = inspect(tmp_path, r, target=v1, lock_path=str(lock), run_id="A", owner="alice")
     assert out["locked_by_us"] and json.loads((lock / "owner.json").read_text())["owner"] == "alice"
