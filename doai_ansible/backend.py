@@ -38,6 +38,13 @@ _STATUS_OUTCOME = {
 _USAGE_TASKS = ("Check the rollback target is a commit SHA or ref name", "Check the app path is absolute")
 
 
+def _int(value: Any, default: int = -1) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _label(sha: str | None, version: str | None) -> str:
     if not sha:
         return "?"
@@ -61,6 +68,7 @@ def _step(host: str, st: dict[str, Any]) -> Step:
             "processes": st.get("processes") or [],
             "lockfile_sha256": st.get("lockfile_sha256"),
             "health_version": st.get("health_version"),
+            "from_health": st.get("from_health"),
         },
     )
 
@@ -228,10 +236,13 @@ def _revert_succeeded(ctx: RunContext, run: RunResult, reason: str | None) -> No
     so the backend pool is never left on mixed releases."""
     for r in [r for r in run.results if r.outcome is Outcome.SUCCEEDED]:
         ctx.say(f"{r.step.target}: putting {r.step.current} back (another host failed)")
+        # "As it was": require health only if the host had it before (it was likely on the bad release).
+        was_healthy = 200 <= _int(r.step.details.get("from_health")) < 300
         pb = run_playbook(
             ctx.settings,
             ROLLBACK_PLAYBOOK,
-            extravars=_extravars(ctx, r.step.current, f"revert: {reason or 'another host failed'}"),
+            extravars=_extravars(ctx, r.step.current, f"revert: {reason or 'another host failed'}",
+                                 health_gate=was_healthy),
             limit=r.step.target,
             log_dir=ctx.log_dir / f"revert-{r.step.target}",
             on_event=_keep_pm2_logs(ctx, ctx.log_dir / f"revert-{r.step.target}"),
@@ -269,10 +280,7 @@ def status(ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
         failure = next((f for f in pb.failures if f.host == host), None)
         if failure:
             st["error"] = f"{failure.task}: {failure.message}" if not failure.unreachable else "unreachable"
-        try:
-            code = int(st.get("health_status", -1))
-        except (TypeError, ValueError):
-            code = -1
+        code = _int(st.get("health_status"))
         procs = st.get("processes") or []
         st["healthy"] = bool(
             not failure and 200 <= code < 300 and procs and all(p.get("status") == "online" for p in procs)

@@ -209,14 +209,14 @@ def test_canary_secret_never_leaks(sandbox, cli_env, state_dir):
 def test_one_host_fails_the_others_are_put_back(tmp_path_factory, state_dir):
     """Two VPSes; the second one's health gate cannot pass. The pool must not be left on
     mixed releases: the host that rolled back is put back too, and the run says 'restored'."""
-    from doai_ansible.sandbox import Sandbox
+    from doai_ansible.sandbox import Sandbox, free_port
 
     a, b = Sandbox(tmp_path_factory.mktemp("a")), Sandbox(tmp_path_factory.mktemp("b"))
     try:
         for sb in (a, b):
             sb.start(deploy="v2")
             sb.deploy("v3")
-        b.write_inventory(doai_backend_pm2_health_url=f"http://127.0.0.1:{b.ssh_port + 0}/nothing-here",
+        b.write_inventory(doai_backend_pm2_health_url=f"http://127.0.0.1:{free_port()}/nothing-listens-here",
                           doai_backend_pm2_health_timeout=3)
         hosts = {}
         for name, sb in (("vps-a", a), ("vps-b", b)):

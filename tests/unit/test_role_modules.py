@@ -161,3 +161,34 @@ def test_ledger_appends(tmp_path):
         assert out["changed"]
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["n"] for x in lines] == [0, 1] and all("at" in x for x in lines)
+
+
+def test_health_probe_survives_a_non_http_answer(tmp_path, repo):
+    """A health URL that points at the wrong port (here: something that talks like sshd)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve():
+        for _ in range(2):
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    r, (v1, v2, v3) = repo
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/api/health"
+    try:
+        out = inspect(tmp_path, r, target=v1, health_url=url)
+        assert not out.get("failed"), out
+        assert out["health_status"] is None and out["healthy"] is False
+        ver = module("doai_backend_pm2_verify", tmp_path, health_url=url, deadline=0.5, pm2_bin="/bin/false")
+        assert ver["failed"] and ver["unhealthy"] and "no answer" in ver["msg"]
+    finally:
+        srv.close()

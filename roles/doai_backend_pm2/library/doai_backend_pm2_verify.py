@@ -60,6 +60,8 @@ def probe(url, timeout):
         return exc.code, body
     except (URLError, OSError, ValueError) as exc:
         return None, str(exc).encode()
+    except Exception as exc:  # an answer that is not HTTP (an SSH banner, TLS on HTTP, ...)
+        return None, ("%s: %s" % (type(exc).__name__, exc)).encode()
 
 
 def reported_version(body):
