@@ -102,6 +102,26 @@ def render_run(opts: Options, run: RunResult) -> ExitStatus:
     return run.exit_status
 
 
+def plan_confirm_apply(opts: Options, run: Callable[..., RunResult], question: str) -> ExitStatus:
+    """``run(ctx, dry_run=...)`` once as asked; on a terminal without --yes, first the plan and
+    one confirmation (pyinfra's way: facts -> changes -> confirm -> apply)."""
+    if not opts.dry_run and not opts.yes and sys.stdin.isatty():
+        plan = run(opts.context(), dry_run=True)
+        render_run(opts, plan)
+        if not any(r.step.changes for r in plan.results):
+            return ExitStatus.OK
+        confirm(opts, question)
+    return render_run(opts, run(opts.context(), dry_run=opts.dry_run))
+
+
+def render_status(opts: Options, st: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> ExitStatus:
+    if opts.json:
+        emit_json(st)
+    else:
+        click.echo(text(st))
+    return ExitStatus.OK if st["healthy"] else ExitStatus.UNHEALTHY
+
+
 def confirm(opts: Options, question: str) -> None:
     """Ask once, on a terminal, unless --yes. Without a terminal, --yes is required."""
     if opts.yes:
@@ -145,16 +165,11 @@ def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: s
     validate.git_ref(to)
     validate.host_limit(limit)
     validate.reason(reason)
-    ctx = opts.context()
-    if not opts.dry_run and not opts.yes and sys.stdin.isatty():
-        plan = backend_core.rollback(ctx, to=to, limit=limit, reason=reason, dry_run=True)
-        render_run(opts, plan)
-        if not any(r.step.changes for r in plan.results):
-            return ExitStatus.OK
-        confirm(opts, "Roll the backend back as shown?")
-        ctx = opts.context()
-    run = backend_core.rollback(ctx, to=to, limit=limit, reason=reason, dry_run=opts.dry_run)
-    return render_run(opts, run)
+    return plan_confirm_apply(
+        opts,
+        lambda ctx, dry_run: backend_core.rollback(ctx, to=to, limit=limit, reason=reason, dry_run=dry_run),
+        "Roll the backend back as shown?",
+    )
 
 
 def _backend_status_text(st: dict[str, Any]) -> str:
@@ -181,12 +196,7 @@ def _backend_status_text(st: dict[str, Any]) -> str:
 @pass_opts
 def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     """Live commit, PM2 processes and health of each backend host."""
-    st = backend_core.status(opts.context(), limit=limit)
-    if opts.json:
-        emit_json(st)
-    else:
-        click.echo(_backend_status_text(st))
-    return ExitStatus.OK if st["healthy"] else ExitStatus.UNHEALTHY
+    return render_status(opts, backend_core.status(opts.context(), limit=limit), _backend_status_text)
 
 
 @cli.command("status")
@@ -286,12 +296,7 @@ def dashboard() -> None:
 @pass_opts
 def dashboard_status_cmd(opts: Options) -> ExitStatus:
     """Production deployment, last rollback/promote job, health."""
-    st = dashboard_run.status(opts.context())
-    if opts.json:
-        emit_json(st)
-    else:
-        click.echo(_dashboard_status_text(st))
-    return ExitStatus.OK if st["healthy"] else ExitStatus.UNHEALTHY
+    return render_status(opts, dashboard_run.status(opts.context()), _dashboard_status_text)
 
 
 @dashboard.command("rollback")
@@ -304,14 +309,11 @@ def dashboard_rollback_cmd(opts: Options, to: str | None, reason: str | None) ->
     """Roll production back to an earlier deployment, wait for the alias job and the health gate;
     if the gate fails, promote the original deployment back."""
     validate.reason(reason)
-    if not opts.dry_run and not opts.yes and sys.stdin.isatty():
-        plan = dashboard_run.rollback(opts.context(), to=to, reason=reason, dry_run=True)
-        render_run(opts, plan)
-        if not any(r.step.changes for r in plan.results):
-            return ExitStatus.OK
-        confirm(opts, "Roll the dashboard back as shown?")
-    run = dashboard_run.rollback(opts.context(), to=to, reason=reason, dry_run=opts.dry_run)
-    return render_run(opts, run)
+    return plan_confirm_apply(
+        opts,
+        lambda ctx, dry_run: dashboard_run.rollback(ctx, to=to, reason=reason, dry_run=dry_run),
+        "Roll the dashboard back as shown?",
+    )
 
 
 # -- journal, undo, lock ----------------------------------------------------------------------

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
+import pexpect  # ansible-runner's own dependency: a real pseudo-terminal
 import pytest
 
 from tests.conftest import run_cli
@@ -78,3 +81,31 @@ def test_status_and_missing_token(vercel_rig, env):
     no_token = {k: v for k, v in env.items() if k != "VERCEL_TOKEN"}
     res = run_cli("dashboard", "status", env=no_token)
     assert res.code == 2 and "VERCEL_TOKEN" in res.stderr
+
+
+def _spawn(env, *args):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    full.update(env)
+    return pexpect.spawn(sys.executable, ["-m", "doai_ansible", *args], env=full, encoding="utf-8", timeout=60)
+
+
+def test_terminal_shows_the_plan_and_asks_once(vercel_rig, env):
+    """On a terminal: the plan first, one question; 'no' changes nothing (exit 130)."""
+    api, world = vercel_rig.api, vercel_rig.world
+    child = _spawn(env, "dashboard", "rollback", "--reason", "tty")
+    child.expect(world.expected_target.id)
+    child.expect(r"Roll the dashboard back as shown\? \[y/N\]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert api.mutating_requests() == []
+
+    child = _spawn(env, "dashboard", "rollback", "--reason", "tty")
+    child.expect(r"\[y/N\]")
+    child.sendline("y")
+    child.expect("dashboard rolled back and healthy")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert api.production_of(world.project) == world.expected_target.id

@@ -62,11 +62,11 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.doai_lock import Locked, acquire, check, release
+from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist
 from ansible.module_utils.urls import open_url
 from ansible.module_utils.six.moves.urllib.error import HTTPError
 
@@ -100,53 +100,6 @@ def read_ledger(path):
     except (IOError, OSError):
         pass
     return entries
-
-
-def start_pm2_jlist(module):
-    """Start `pm2 jlist` in the background: node's start-up is the slowest probe, so it runs
-    while git is asked the rest."""
-    p = module.params
-    env = dict(os.environ)
-    if p["pm2_home"]:
-        env["PM2_HOME"] = p["pm2_home"]
-    try:
-        return subprocess.Popen([p["pm2_bin"], "jlist"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    except OSError as exc:
-        return exc
-
-
-def pm2_processes(module, proc):
-    p = module.params
-    if isinstance(proc, OSError):
-        return None, str(proc)
-    out, err = proc.communicate()
-    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        return None, (err or out).strip()[-300:]
-    # pm2 may print a banner before the JSON when it has just started its daemon.
-    start = out.find("[")
-    try:
-        raw = json.loads(out[start:]) if start >= 0 else []
-    except ValueError:
-        return None, "pm2 jlist did not print JSON"
-    procs = []
-    for item in raw:
-        env_ = item.get("pm2_env", {}) or {}
-        name = item.get("name")
-        if p["apps"] and name not in p["apps"]:
-            continue
-        procs.append(
-            {
-                "name": name,
-                "pm_id": item.get("pm_id"),
-                "status": env_.get("status"),
-                "restarts": env_.get("restart_time", 0),
-                "unstable_restarts": env_.get("unstable_restarts", 0),
-                "exec_mode": env_.get("exec_mode"),
-                "cwd": env_.get("pm_cwd"),
-            }
-        )
-    return procs, None
 
 
 def version_at(module, sha):
@@ -233,7 +186,7 @@ def inspect(module, lock):
     if rc != 0 or os.path.realpath(out.strip()) != os.path.realpath(path):
         module.fail_json(msg="%s is not the top of a git checkout" % path)
 
-    jlist = start_pm2_jlist(module)
+    jlist = start_jlist(p["pm2_bin"], p["pm2_home"])
     current = git(module, ["rev-parse", "--verify", "HEAD^{commit}"])[1].strip()
     _, branch, _ = git(module, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
     _, porcelain, _ = git(module, ["status", "--porcelain=v1", "--untracked-files=normal"])
@@ -294,7 +247,7 @@ def inspect(module, lock):
         with open(lf, "rb") as fh:
             lock_hash = hashlib.sha256(fh.read()).hexdigest()
 
-    procs, pm2_error = pm2_processes(module, jlist)
+    procs, pm2_error = finish_jlist(jlist, p["apps"])
 
     host_lock = None
     lock_info = os.path.join(p["state_dir"], "backend.lock", "owner.json")

@@ -44,6 +44,7 @@ import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.doai_pm2 import jlist
 from ansible.module_utils.urls import open_url
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
@@ -77,28 +78,9 @@ def reported_version(body):
 
 def pm2_list(module):
     p = module.params
-    env = {"PM2_HOME": p["pm2_home"]} if p["pm2_home"] else {}
-    rc, out, err = module.run_command([p["pm2_bin"], "jlist"], environ_update=env)
-    if rc != 0:
-        module.fail_json(msg="pm2 jlist failed: %s" % (err or out).strip()[-300:])
-    start = out.find("[")
-    try:
-        raw = json.loads(out[start:]) if start >= 0 else []
-    except ValueError:
-        module.fail_json(msg="pm2 jlist did not print JSON")
-    procs = []
-    for item in raw:
-        env_ = item.get("pm2_env", {}) or {}
-        if p["apps"] and item.get("name") not in p["apps"]:
-            continue
-        procs.append(
-            {
-                "name": item.get("name"),
-                "pm_id": item.get("pm_id"),
-                "status": env_.get("status"),
-                "restarts": env_.get("restart_time", 0),
-            }
-        )
+    procs, error = jlist(p["pm2_bin"], p["pm2_home"], p["apps"])
+    if error is not None:
+        module.fail_json(msg="pm2 jlist failed: %s" % error)
     return procs
 
 

@@ -1,0 +1,58 @@
+# -*- coding: utf-8 -*-
+# Copyright: doai-ansible contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""`pm2 jlist`, shared by the inspect and verify modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+
+def start_jlist(pm2_bin, pm2_home):
+    """Start `pm2 jlist` in the background (node's start-up is the slowest probe); returns
+    the process, or the OSError when pm2 cannot be started."""
+    env = dict(os.environ)
+    if pm2_home:
+        env["PM2_HOME"] = pm2_home
+    try:
+        return subprocess.Popen([pm2_bin, "jlist"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    except OSError as exc:
+        return exc
+
+
+def finish_jlist(proc, apps):
+    """(processes, error) from a started `pm2 jlist`; only ``apps`` when given."""
+    if isinstance(proc, OSError):
+        return None, str(proc)
+    out, err = proc.communicate()
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        return None, (err or out).strip()[-300:]
+    # pm2 may print a banner before the JSON when it has just started its daemon.
+    start = out.find("[")
+    try:
+        raw = json.loads(out[start:]) if start >= 0 else []
+    except ValueError:
+        return None, "pm2 jlist did not print JSON"
+    procs = []
+    for item in raw:
+        env_ = item.get("pm2_env", {}) or {}
+        if apps and item.get("name") not in apps:
+            continue
+        procs.append(
+            {
+                "name": item.get("name"),
+                "pm_id": item.get("pm_id"),
+                "status": env_.get("status"),
+                "restarts": env_.get("restart_time", 0),
+                "unstable_restarts": env_.get("unstable_restarts", 0),
+                "exec_mode": env_.get("exec_mode"),
+            }
+        )
+    return procs, None
+
+
+def jlist(pm2_bin, pm2_home, apps):
+    return finish_jlist(start_jlist(pm2_bin, pm2_home), apps)
