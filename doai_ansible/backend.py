@@ -288,7 +288,9 @@ def status(ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
         hosts[host] = st
     if not hosts and not pb.ok:
         raise pb.error("backend status playbook failed")
-    return {"part": "backend", "hosts": hosts, "healthy": bool(hosts) and all(h["healthy"] for h in hosts.values())}
+    # An inventory without backend hosts has no backend to be unhealthy; `configured` says so.
+    return {"part": "backend", "hosts": hosts, "configured": bool(hosts),
+            "healthy": all(h["healthy"] for h in hosts.values())}
 
 
 def undo_steps(record: dict[str, Any]) -> list[tuple[str, str]]:

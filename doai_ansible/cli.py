@@ -187,7 +187,7 @@ def _backend_status_text(st: dict[str, Any]) -> str:
             lines.append(f"    LOCKED by {h['host_lock'].get('owner')} since {h['host_lock'].get('since')}")
         if h.get("error"):
             lines.append(f"    error: {h['error']}")
-    return "\n".join(lines) or "backend: no hosts"
+    return "\n".join(lines) or "backend: no hosts in the inventory (group `backend`)"
 
 
 @backend.command("status")

@@ -107,3 +107,12 @@ def test_confirmation_required_without_terminal(closed_env):
     Journal(__import__("pathlib").Path(state) / "journal.jsonl").append(run)
     res = run_cli("undo", "r1", env=closed_env)
     assert res.code == 2 and "--yes" in res.stderr
+
+
+def test_status_without_backend_hosts(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  children:\n    backend:\n      hosts: {}\n")
+    res = run_cli("status", "-o", "json", env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(tmp_path / "s")})
+    assert res.code == 0, res.stderr
+    backend = res.json()["parts"]["backend"]
+    assert backend["configured"] is False and backend["hosts"] == {}
