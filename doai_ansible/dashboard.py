@@ -490,6 +490,32 @@ def _revert(
         return False
 
 
+def _revert_and_raise(
+    c: VercelClient,
+    settings: VercelSettings,
+    project_id: str,
+    original: str,
+    progress: Progress | None,
+    details: dict[str, Any],
+    result: StepResult,
+    t0: float,
+    why: str,
+    hint_if_not_restored: str,
+) -> None:
+    """Production moved and then failed: promote ``original`` back and raise what came of it."""
+    restored = _revert(c, settings, project_id, original, progress, details)
+    _finish(
+        result,
+        t0,
+        c.clock,
+        Outcome.RESTORED if restored else Outcome.NOT_RESTORED,
+        f"{why}; " + (f"promoted {original} back" if restored else f"could NOT put {original} back"),
+    )
+    raise RollbackFailed(
+        result.message, restored=restored, hint=None if restored else hint_if_not_restored, result=result
+    )
+
+
 def _apply(
     kind: str,
     step: Step,
@@ -610,21 +636,9 @@ def _apply(
                     hint="nothing changed; see the failed aliases in Vercel's domains settings",
                     result=result,
                 )
-            restored = _revert(c, settings, project_id, str(original), progress, details)
-            _finish(
-                result,
-                t0,
-                c.clock,
-                Outcome.RESTORED if restored else Outcome.NOT_RESTORED,
-                f"Vercel {kind} job {status} (failed aliases: {names}); "
-                + (f"promoted {original} back" if restored else f"could NOT put {original} back"),
-            )
-            raise RollbackFailed(
-                result.message,
-                restored=restored,
-                hint=None if restored else f"promote {original} in Vercel now",
-                result=result,
-            )
+            _revert_and_raise(c, settings, project_id, str(original), progress, details, result, t0,
+                              f"Vercel {kind} job {status} (failed aliases: {names})",
+                              f"promote {original} in Vercel now")
 
         # -- verify: the health gate -----------------------------------------------------------
         _say(progress, f"{name} now serves {to}; checking {settings.health_url}")
@@ -634,21 +648,9 @@ def _apply(
         details["health"] = {"url": settings.health_url, "healthy": healthy, "detail": health_detail}
         if healthy:
             return _finish(result, t0, c.clock, Outcome.SUCCEEDED, f"{name} serves {to}; {health_detail}")
-        restored = _revert(c, settings, project_id, str(original), progress, details)
-        _finish(
-            result,
-            t0,
-            c.clock,
-            Outcome.RESTORED if restored else Outcome.NOT_RESTORED,
-            f"health gate failed: {health_detail}; "
-            + (f"promoted {original} back" if restored else f"could NOT put {original} back"),
-        )
-        raise RollbackFailed(
-            result.message,
-            restored=restored,
-            hint=None if restored else f"promote {original} in Vercel now, or pick another target",
-            result=result,
-        )
+        _revert_and_raise(c, settings, project_id, str(original), progress, details, result, t0,
+                          f"health gate failed: {health_detail}",
+                          f"promote {original} in Vercel now, or pick another target")
 
 
 def _accepted_anyway(c: VercelClient, project_id: str, kind: str, to: str, before: Any, error: DoaiError) -> bool:
