@@ -63,7 +63,9 @@ def run_demo(
         )
         if keep:
             echo(f"sandbox left running: inventory {sb.inventory}; stop it with "
-                 f"PM2_HOME={sb.pm2_home} pm2 kill; kill {sb.sshd_pid}")
+                 f"python -m doai_ansible.sandbox stop --workdir {sb.workdir}")
+        elif created:
+            echo("the sandbox, its journal and logs are removed now (--keep leaves them)")
         return result
     finally:
         if not keep:
