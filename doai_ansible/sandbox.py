@@ -19,9 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
 
 from doai_ansible.errors import DoaiError
 
@@ -170,12 +168,6 @@ class Sandbox:
                 os.kill(self.sshd_pid, signal.SIGTERM)
             self.sshd_pid = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- sshd ---------------------------------------------------------------------------
     def _start_sshd(self) -> None:
         sshd = next((c for c in SSHD_CANDIDATES if os.access(c, os.X_OK)), None)
@@ -275,12 +267,6 @@ class Sandbox:
     def head(self) -> str:
         return self._git("rev-parse", "HEAD").strip()
 
-    def version_of(self, sha: str) -> str | None:
-        for name, commit in self.commits.items():
-            if commit == sha:
-                return name
-        return None
-
     def record_deploy(self, from_sha: str | None, to_sha: str) -> None:
         """What a deployment pipeline writes to the host's ledger (see the role README)."""
         self.host_state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -359,16 +345,6 @@ class Sandbox:
         inv = {"all": {"children": {"backend": {"hosts": {self.host_name: hostvars}}}}}
         self.inventory.write_text(json.dumps(inv, indent=2) + "\n")  # JSON is YAML
         return self.inventory
-
-
-@contextlib.contextmanager
-def running_sandbox(workdir: Path, **kwargs: object) -> Iterator[Sandbox]:
-    sb = Sandbox(workdir)
-    try:
-        sb.start(**kwargs)  # type: ignore[arg-type]
-        yield sb
-    finally:
-        sb.stop()
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -238,11 +238,17 @@ def test_rollback_follows_the_job_then_the_health_gate(rig: Rig) -> None:
     assert "job" not in step.details  # the plan handed in is not modified
 
 
-def test_a_failed_job_that_left_production_alone_is_restored(rig: Rig) -> None:
-    rig.api.queue_job_outcomes("failed")
+def failing_rollback(rig: Rig) -> pytest.ExceptionInfo[RollbackFailed]:
+    """Plan the default rollback, apply it, and return the RollbackFailed it must raise."""
     step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
     with pytest.raises(RollbackFailed) as info:
         dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    return info
+
+
+def test_a_failed_job_that_left_production_alone_is_restored(rig: Rig) -> None:
+    rig.api.queue_job_outcomes("failed")
+    info = failing_rollback(rig)
     exc = info.value
     assert exc.restored is True
     assert exc.exit_status == ExitStatus.FAILED_RESTORED
@@ -259,9 +265,7 @@ def test_a_failed_job_that_left_production_alone_is_restored(rig: Rig) -> None:
 def test_a_failed_job_that_moved_production_is_promoted_back(rig: Rig) -> None:
     rig.api.queue_job_outcomes("failed", "succeeded")
     rig.api.failure_moves_production = True
-    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
-    with pytest.raises(RollbackFailed) as info:
-        dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    info = failing_rollback(rig)
     assert info.value.restored is True
     assert info.value.result.outcome is Outcome.RESTORED
     assert rig.api.production_of(rig.world.project) == rig.world.current.id
@@ -270,9 +274,7 @@ def test_a_failed_job_that_moved_production_is_promoted_back(rig: Rig) -> None:
 
 def test_failed_health_gate_promotes_the_original_back(rig: Rig) -> None:
     rig.health = [False]
-    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
-    with pytest.raises(RollbackFailed) as info:
-        dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    info = failing_rollback(rig)
     exc = info.value
     assert exc.restored is True and exc.result.outcome is Outcome.RESTORED
     assert "health gate failed" in str(exc)
@@ -287,9 +289,7 @@ def test_failed_health_gate_promotes_the_original_back(rig: Rig) -> None:
 def test_failed_health_gate_and_failed_promote_back_is_not_restored(rig: Rig) -> None:
     rig.health = [False]
     rig.api.queue_job_outcomes("succeeded", "failed")
-    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
-    with pytest.raises(RollbackFailed) as info:
-        dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    info = failing_rollback(rig)
     exc = info.value
     assert exc.restored is False
     assert exc.exit_status == ExitStatus.FAILED_NOT_RESTORED
@@ -300,9 +300,7 @@ def test_failed_health_gate_and_failed_promote_back_is_not_restored(rig: Rig) ->
 
 def test_a_job_that_never_finishes_hits_the_deadline(rig: Rig) -> None:
     rig.api.stage_polls = 10**6
-    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
-    with pytest.raises(RollbackFailed) as info:
-        dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    info = failing_rollback(rig)
     assert info.value.restored is False
     assert "still pending" in str(info.value)
     assert rig.settings.job_deadline_s <= rig.time.now < rig.settings.job_deadline_s + dashboard.POLL_MAX_S + 1
