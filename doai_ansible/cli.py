@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from doai_ansible import __version__, validate
-from doai_ansible import backend as backend_core
+from doai_ansible.parts import backend_pm2 as backend_core
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.lock import Lock, all_locks
@@ -230,7 +230,7 @@ def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
     out: dict[str, Any] = {"backend": {h: v["healthy"] for h, v in st["hosts"].items()}}
     healthy = st["healthy"]
     if _dashboard_configured(opts):
-        from doai_ansible.dashboard import probe_health
+        from doai_ansible.parts.dashboard import probe_health
 
         vs = opts.settings().vercel
         ok, detail = probe_health(vs.health_url, vs.timeout_s)
@@ -418,7 +418,7 @@ def lock_release(opts: Options, target: str, force: bool) -> ExitStatus:
 def demo(opts: Options, workdir: Path | None, keep: bool) -> ExitStatus:
     """Build a local sandbox VPS (loopback sshd, git-deployed app under PM2), deploy a bad
     release, roll it back with this tool, and show health before and after."""
-    from doai_ansible.demo import run_demo
+    from doai_ansible.sandbox.demo import run_demo
 
     echo = (lambda line: click.echo(line, err=True)) if opts.json else click.echo
     result = run_demo(workdir=workdir, keep=keep, echo=echo, verbose=bool(opts.verbose))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from doai_ansible import dashboard, validate
+from doai_ansible import validate
+from doai_ansible.parts import dashboard
 from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus, RollbackFailed, UsageError
 from doai_ansible.model import Outcome, Part, RunResult, Step, StepResult, overall_status, utcnow
-from doai_ansible.vercel import VercelClient
+from doai_ansible.clients.vercel import VercelClient
 
 LOCK_TARGET = "dashboard"
 

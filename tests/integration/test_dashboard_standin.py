@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from doai_ansible import dashboard
+from doai_ansible.parts import dashboard
 from doai_ansible.errors import ApiError, ExitStatus, RollbackFailed, ValidationError
 from doai_ansible.model import Outcome
 from doai_ansible.settings import Secret
-from doai_ansible.vercel import VercelClient
+from doai_ansible.clients.vercel import VercelClient
 
 if TYPE_CHECKING:  # imported by pytest_plugins; importing it here first would defeat assert rewriting
     from tests.integration.conftest_vercel import VercelRig

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from doai_ansible import dashboard
+from doai_ansible.parts import dashboard
 
 if TYPE_CHECKING:  # imported by pytest_plugins; importing it here first would defeat assert rewriting
     from tests.integration.conftest_vercel import VercelCli

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from doai_ansible import dashboard
+from doai_ansible.parts import dashboard
 from doai_ansible.errors import ApiError, ExitStatus, LockedError, RollbackFailed, ValidationError
 from doai_ansible.model import Outcome, Part
 from doai_ansible.settings import Secret, VercelSettings
-from doai_ansible.vercel import VercelClient
+from doai_ansible.clients.vercel import VercelClient
 from tests.standins.vercel_api import DoaiWorld, VercelStandIn, build_doai_world
 
 TOKEN = "canary-dash-0b9d1f27c4e6a8"

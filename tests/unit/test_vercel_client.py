@@ -12,7 +12,7 @@ import pytest
 
 from doai_ansible.errors import ApiError, ConfigError, ExitStatus, UnreachableError, ValidationError
 from doai_ansible.settings import Secret, VercelSettings
-from doai_ansible.vercel import VercelClient, parse_retry_after
+from doai_ansible.clients.vercel import VercelClient, parse_retry_after
 
 TOKEN = "canary-unit-7f3a9c1e55d04b2b"
 API = "http://127.0.0.1:9"  # never contacted: every test replaces the transport

@@ -41,7 +41,7 @@ import httpx
 from doai_ansible.errors import ApiError, DoaiError, LockedError, RollbackFailed, UnreachableError, ValidationError
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.settings import VercelSettings
-from doai_ansible.vercel import USER_AGENT, Clock, Sleep, VercelClient
+from doai_ansible.clients.vercel import USER_AGENT, Clock, Sleep, VercelClient
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from doai_ansible import backend as backend_core
+from doai_ansible.parts import backend_pm2 as backend_core
 from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus
 from doai_ansible.render import Progress, run_text

@@ -25,7 +25,7 @@ from doai_ansible.errors import DoaiError
 
 log = logging.getLogger(__name__)
 
-APP_SRC = Path(__file__).resolve().parent / "sandbox_app"
+APP_SRC = Path(__file__).resolve().parent / "app"
 VERSIONS = ("v1", "v2", "v3")  # v1 good, v2 good (other lockfile), v3 bad (health 500)
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd")
 

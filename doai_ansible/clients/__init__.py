@@ -1,0 +1,1 @@
+"""Clients of the APIs the tool talks to directly (Vercel now; Postgres next)."""

@@ -1,0 +1,5 @@
+import sys
+
+from doai_ansible.sandbox.rig import _main
+
+sys.exit(_main())
