@@ -14,10 +14,11 @@ from typing import Any
 
 import click
 
-from doai_ansible import __version__, validate
-from doai_ansible.parts import backend_pm2 as backend_core
+from doai_ansible import __version__, engine, validate
+from doai_ansible import parts as parts_registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
+from doai_ansible.journal import Journal
 from doai_ansible.lock import Lock, all_locks
 from doai_ansible.model import RunResult
 from doai_ansible.render import Progress, emit_json, run_text
@@ -94,42 +95,59 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
 pass_opts = click.make_pass_decorator(Options, ensure=True)
 
 
+# -- rendering and confirmation: one rule for every command that changes something ------------
 def render_run(opts: Options, run: RunResult) -> ExitStatus:
+    refused = run.message.startswith("REFUSED")
     if opts.json:
-        emit_json(run.to_dict())
+        d = run.to_dict()
+        if refused:
+            d["error"] = run.message.removeprefix("REFUSED, nothing was changed: ")
+        emit_json(d)
     else:
         click.echo(run_text(run))
+    if refused:
+        click.echo(f"doai-rollback: error: {run.message}", err=True)
+        if run.hint:
+            click.echo(f"doai-rollback: hint: {run.hint}", err=True)
     return run.exit_status
 
 
-def plan_confirm_apply(opts: Options, run: Callable[..., RunResult], question: str) -> ExitStatus:
-    """``run(ctx, dry_run=...)`` once as asked; on a terminal without --yes, first the plan and
-    one confirmation (pyinfra's way: facts -> changes -> confirm -> apply)."""
-    if not opts.dry_run and not opts.yes and sys.stdin.isatty():
-        plan = run(opts.context(), dry_run=True)
-        render_run(opts, plan)
-        if not any(r.step.changes for r in plan.results):
-            return ExitStatus.OK
-        confirm(opts, question)
-    return render_run(opts, run(opts.context(), dry_run=opts.dry_run))
+def confirm_hook(opts: Options, question: str) -> engine.ConfirmHook | None:
+    """The confirmation rule, for rollback and undo alike: ``--dry-run`` never asks; ``--yes``
+    never asks; otherwise, on a terminal, the plan is shown and confirmed once; without a
+    terminal (CI) ``--yes`` is required, so nothing changes without an explicit yes."""
+    if opts.dry_run or opts.yes:
+        return None
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question}: confirmation needed and there is no terminal", hint="add --yes")
+
+    def ask(plan: RunResult) -> bool:
+        render_run(opts, plan) if not opts.json else click.echo(run_text(plan), err=True)
+        return click.confirm(question, default=False, err=True)
+
+    return ask
 
 
-def render_status(opts: Options, st: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> ExitStatus:
+def run_jobs(opts: Options, jobs: list[engine.Job], *, command: str, reason: str | None, question: str) -> ExitStatus:
+    hook = confirm_hook(opts, question)
+    run = engine.run(opts.context(), jobs, command=command, reason=reason, dry_run=opts.dry_run, confirm=hook)
+    return render_run(opts, run)
+
+
+def render_status(opts: Options, st: dict[str, Any]) -> ExitStatus:
+    """``engine.status`` output: JSON as is, or each part's own lines."""
     if opts.json:
         emit_json(st)
     else:
-        click.echo(text(st))
-    return ExitStatus.OK if st["healthy"] else ExitStatus.UNHEALTHY
-
-
-def confirm(opts: Options, question: str) -> None:
-    """Ask once, on a terminal, unless --yes. Without a terminal, --yes is required."""
-    if opts.yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"{question}: confirmation needed and there is no terminal", hint="add --yes")
-    if not click.confirm(question, default=False, err=True):
-        raise click.exceptions.Abort()
+        for name, pst in st["parts"].items():
+            if not pst.get("configured", True) and pst.get("needs"):
+                click.echo(f"{name}: not configured ({pst['needs']})")
+                continue
+            for line in parts_registry.get(name).status_lines(pst):
+                click.echo(line)
+    for w in st.get("warnings") or []:
+        click.echo(f"doai-rollback: WARNING: {w}", err=True)
+    return engine.status_exit(st)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -140,8 +158,10 @@ def cli(ctx: click.Context) -> None:
     """Roll the DoAi system back after a failed deployment.
 
     Order of a whole-system rollback: agent -> backend -> database -> dashboard.
-    Exit codes: 0 ok, 2 usage/config, 3 failed but restored, 4 failed and NOT restored,
-    5 locked, 6 unhealthy, 7 unreachable, 130 interrupted.
+    Commands that change something show the plan and ask once on a terminal; without a
+    terminal they need --yes. Exit codes: 0 ok, 2 usage/config/refused (nothing changed),
+    3 failed but restored, 4 failed and NOT restored, 5 locked, 6 unhealthy, 7 unreachable,
+    130 interrupted or not confirmed.
     """
     ctx.ensure_object(Options)
 
@@ -160,34 +180,12 @@ def backend() -> None:
 @common_options
 @pass_opts
 def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: str | None) -> ExitStatus:
-    """Check out an earlier commit, reinstall dependencies if the lockfile differs, reload
-    PM2 and wait for health; on failure put the previous commit back."""
-    validate.git_ref(to)
-    validate.host_limit(limit)
-    validate.reason(reason)
-    return plan_confirm_apply(
-        opts,
-        lambda ctx, dry_run: backend_core.rollback(ctx, to=to, limit=limit, reason=reason, dry_run=dry_run),
-        "Roll the backend back as shown?",
-    )
-
-
-def _backend_status_text(st: dict[str, Any]) -> str:
-    lines = []
-    for host, h in st["hosts"].items():
-        state = "healthy" if h.get("healthy") else "UNHEALTHY"
-        commit = (h.get("commit") or "?")[:12]
-        lines.append(f"backend {host}: {state}  commit {commit} ({h.get('version') or '?'})"
-                     f"  health HTTP {h.get('health_status')} version {h.get('health_version') or '?'}")
-        for p in h.get("processes") or []:
-            lines.append(f"    pm2 {p.get('name')}[{p.get('pm_id')}] {p.get('status')} restarts={p.get('restarts')}")
-        if h.get("dirty"):
-            lines.append(f"    uncommitted changes: {', '.join(h['dirty'])}")
-        if h.get("host_lock"):
-            lines.append(f"    LOCKED by {h['host_lock'].get('owner')} since {h['host_lock'].get('since')}")
-        if h.get("error"):
-            lines.append(f"    error: {h['error']}")
-    return "\n".join(lines) or "backend: no hosts in the inventory (group `backend`)"
+    """Check out an earlier commit on every backend host (all or nothing), reinstall
+    dependencies if the lockfile differs, reload PM2 and wait for health; on failure put the
+    previous commit back."""
+    part = parts_registry.get("backend")
+    job = engine.Job(part, part.request(to=to, limit=limit, reason=reason))
+    return run_jobs(opts, [job], command="backend rollback", reason=reason, question="Roll the backend back as shown?")
 
 
 @backend.command("status")
@@ -196,93 +194,41 @@ def _backend_status_text(st: dict[str, Any]) -> str:
 @pass_opts
 def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     """Live commit, PM2 processes and health of each backend host."""
-    return render_status(opts, backend_core.status(opts.context(), limit=limit), _backend_status_text)
+    validate.host_limit(limit)
+    return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit))
 
 
+# -- every part ------------------------------------------------------------------------------
 @cli.command("status")
-@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these backend hosts or groups.")
+@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
 @common_options
 @pass_opts
 def status_cmd(opts: Options, limit: str | None) -> ExitStatus:
-    """Status of every configured part (backend hosts; dashboard when configured)."""
-    parts: dict[str, Any] = {"backend": backend_core.status(opts.context(), limit=limit)}
-    if _dashboard_configured(opts):
-        parts["dashboard"] = dashboard_run.status(opts.context())
-    healthy = all(p.get("healthy", True) for p in parts.values())
-    if opts.json:
-        emit_json({"healthy": healthy, "parts": parts})
-    else:
-        click.echo(_backend_status_text(parts["backend"]))
-        if "dashboard" in parts:
-            click.echo(_dashboard_status_text(parts["dashboard"]))
-        else:
-            click.echo("dashboard: not configured (vercel.project in the config file and VERCEL_TOKEN)")
-    return ExitStatus.OK if healthy else ExitStatus.UNHEALTHY
+    """Status of every configured part (exit 6 when one is unhealthy, 7 when one is unreachable)."""
+    validate.host_limit(limit)
+    return render_status(opts, engine.status(opts.context(), limit=limit))
 
 
 @cli.command("health")
-@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these backend hosts or groups.")
+@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
 @common_options
 @pass_opts
 def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
-    """Exit 0 when every part is healthy, 6 when one is not (for scripts and CI)."""
-    st = backend_core.status(opts.context(), limit=limit)
-    out: dict[str, Any] = {"backend": {h: v["healthy"] for h, v in st["hosts"].items()}}
-    healthy = st["healthy"]
-    if _dashboard_configured(opts):
-        from doai_ansible.parts.dashboard import probe_health
-
-        vs = opts.settings().vercel
-        ok, detail = probe_health(vs.health_url, vs.timeout_s)
-        out["dashboard"] = {"healthy": ok, "health_url": vs.health_url, "detail": detail}
-        healthy = healthy and ok
-    out["healthy"] = healthy
+    """Exit 0 when every configured part is healthy, 6 when one is not, 7 when one is unreachable."""
+    validate.host_limit(limit)
+    st = engine.health(opts.context(), limit=limit)
     if opts.json:
-        emit_json(out)
+        emit_json(st)
     else:
-        for host, ok in out["backend"].items():
-            click.echo(f"backend {host}: {'healthy' if ok else 'UNHEALTHY'}")
-        if "dashboard" in out:
-            d = out["dashboard"]
-            click.echo(f"dashboard {d['health_url']}: {'healthy' if d['healthy'] else 'UNHEALTHY'} ({d['detail']})")
-    return ExitStatus.OK if healthy else ExitStatus.UNHEALTHY
+        for name, h in st["parts"].items():
+            targets = h.get("targets") or {name: h["healthy"]}
+            for target, ok in targets.items():
+                click.echo(f"{name} {target}: {'healthy' if ok else 'UNHEALTHY'}"
+                           + (f" ({h['detail']})" if h.get("detail") else ""))
+    return engine.status_exit(st)
 
 
 # -- dashboard ------------------------------------------------------------------------------
-class _LazyDashboard:
-    """doai_ansible.dashboard_run, imported on first use: httpx costs every backend command time."""
-
-    def __getattr__(self, name: str) -> Any:
-        from doai_ansible import dashboard_run as mod
-
-        return getattr(mod, name)
-
-
-dashboard_run = _LazyDashboard()
-
-
-def _dashboard_configured(opts: Options) -> bool:
-    vs = opts.settings().vercel
-    return bool(vs.project and vs.token)
-
-
-def _dashboard_status_text(st: dict[str, Any]) -> str:
-    prod = st.get("production") or {}
-    lines = [
-        (f"dashboard {st['project'].get('name')}: {'healthy' if st.get('healthy') else 'UNHEALTHY'} "
-        f"({st.get('health')} from {st.get('health_url')})"),
-        (f"    production {prod.get('id', '?')} {prod.get('url', '')} created {prod.get('created', '?')}"
-        f" commit {(prod.get('commit') or '?')[:12]}"),
-    ]
-    lar = st.get("lastAliasRequest")
-    if lar:
-        lines.append(f"    last {lar.get('type')}: {lar.get('fromDeploymentId')} -> {lar.get('toDeploymentId')}"
-                     f" {lar.get('jobStatus')} at {lar.get('requestedAt')}")
-    if st.get("autoAssignCustomDomains") is False:
-        lines.append("    note: production domains are pinned after a rollback; new deploys are not assigned until a promote")
-    return "\n".join(lines)
-
-
 @cli.group()
 def dashboard() -> None:
     """Dashboard on Vercel (REST API).
@@ -296,37 +242,36 @@ def dashboard() -> None:
 @pass_opts
 def dashboard_status_cmd(opts: Options) -> ExitStatus:
     """Production deployment, last rollback/promote job, health."""
-    return render_status(opts, dashboard_run.status(opts.context()), _dashboard_status_text)
+    opts.settings().vercel.require()
+    return render_status(opts, engine.status(opts.context(), only=["dashboard"]))
 
 
 @dashboard.command("rollback")
 @click.option("--to", "to", metavar="DEPLOYMENT", default=None,
-              help="Deployment id (dpl_...) or URL (default: the previous READY production deployment).")
+              help="Deployment id (dpl_...) or URL (default: the newest earlier production deployment "
+                   "Vercel can roll back to).")
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and Vercel's description).")
 @common_options
 @pass_opts
 def dashboard_rollback_cmd(opts: Options, to: str | None, reason: str | None) -> ExitStatus:
     """Roll production back to an earlier deployment, wait for the alias job and the health gate;
     if the gate fails, promote the original deployment back."""
-    validate.reason(reason)
-    return plan_confirm_apply(
-        opts,
-        lambda ctx, dry_run: dashboard_run.rollback(ctx, to=to, reason=reason, dry_run=dry_run),
-        "Roll the dashboard back as shown?",
-    )
+    part = parts_registry.get("dashboard")
+    job = engine.Job(part, part.request(to=to, reason=validate.reason(reason)))
+    return run_jobs(opts, [job], command="dashboard rollback", reason=reason,
+                    question="Roll the dashboard back as shown?")
 
 
 # -- journal, undo, lock ----------------------------------------------------------------------
 @cli.command("history")
 @click.option("--limit", "count", type=click.IntRange(1, 10000), default=20, help="How many runs (newest first).")
-@click.option("--part", type=click.Choice(["agent", "backend", "database", "dashboard"]), default=None)
+@click.option("--part", default=None, help="Only runs that touched this part (" + ", ".join(parts_registry.names())
+              + ").")
 @common_options
 @pass_opts
 def history(opts: Options, count: int, part: str | None) -> ExitStatus:
-    """Runs from the journal, newest first."""
-    from doai_ansible.journal import Journal
-
-    runs = Journal(opts.settings().journal_path).runs(limit=count, part=part)
+    """Runs from the journal, newest first (every run that reached a part, refused ones too)."""
+    runs = engine.history(opts.context(), limit=count, part=part)
     if opts.json:
         emit_json(runs)
         return ExitStatus.OK
@@ -335,6 +280,8 @@ def history(opts: Options, count: int, part: str | None) -> ExitStatus:
     for r in runs:
         click.echo(f"{r['run_id']}  {r['started']}  {r['command']}{' (dry run)' if r.get('dry_run') else ''}"
                    f"  {r['exit_name']}  by {r.get('who')}" + (f"  why: {r['reason']}" if r.get("reason") else ""))
+        if r.get("exit_status") not in (0, None) and r.get("message"):
+            click.echo(f"    {r['message']}")
         for s in r.get("steps", []):
             click.echo(f"    {s['part']} {s['target']}: {(s.get('from') or '?')[:12]} -> {(s.get('to') or '?')[:12]}"
                        f"  {s['outcome']}")
@@ -347,32 +294,16 @@ def history(opts: Options, count: int, part: str | None) -> ExitStatus:
 @common_options
 @pass_opts
 def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
-    """Roll forward to the state that run RUN_ID found."""
-    from doai_ansible.journal import Journal
-
+    """Roll forward to the state that run RUN_ID found (every part it changed)."""
     validate.run_id(run_id)
-    record = Journal(opts.settings().journal_path).find(run_id)
-    pairs = backend_core.undo_steps(record)
-    dpl = dashboard_run.undo_target(record)
-    if not pairs and not dpl:
-        raise UsageError(f"run {record['run_id']} changed nothing that undo can put back")
-    why = reason or f"undo {record['run_id']}"
-    if not opts.dry_run:
-        what = [f"{h} back on {c[:12]}" for h, c in pairs] + ([f"dashboard back on {dpl}"] if dpl else [])
-        confirm(opts, f"Put {', '.join(what)}?")
-    worst = ExitStatus.OK
-    if dpl:
-        run = dashboard_run.promote(opts.context(), to=dpl, reason=why, dry_run=opts.dry_run,
-                                    command=f"undo {record['run_id']}")
-        worst = max(worst, render_run(opts, run))
-    for host, commit in pairs:
-        # The state undone to may have been unhealthy (that is why it was rolled back):
-        # PM2 must be stable, health is reported but not required.
-        run = backend_core.rollback(opts.context(), to=commit, limit=host, reason=why, dry_run=opts.dry_run,
-                                    command=f"undo {record['run_id']}", health_gate=False)
-        status = render_run(opts, run)
-        worst = max(worst, status)
-    return worst
+    validate.reason(reason)
+    ctx = opts.context()
+    record = Journal(ctx.settings.journal_path).find(run_id)
+    jobs = engine.undo_jobs(record)
+    hook = confirm_hook(opts, f"Undo run {record['run_id']} as shown?")
+    run = engine.run(ctx, jobs, command=f"undo {record['run_id']}", reason=reason or f"undo {record['run_id']}",
+                     dry_run=opts.dry_run, confirm=hook, reverse=True)
+    return render_run(opts, run)
 
 
 @cli.group("lock")
@@ -397,7 +328,7 @@ def lock_status(opts: Options) -> ExitStatus:
 
 
 @lock_group.command("release")
-@click.argument("target", type=click.Choice(["backend", "dashboard", "database", "agent", "system"]))
+@click.argument("target", type=click.Choice(parts_registry.names() + ["system"]))
 @click.option("--force", is_flag=True, help="Release a lock whose holder still looks alive.")
 @common_options
 @pass_opts

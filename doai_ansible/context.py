@@ -21,6 +21,7 @@ class RunContext:
     operator: str
     progress: Callable[[dict[str, Any]], None] | None = None
     note: Callable[[str], None] | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def create(
@@ -50,3 +51,9 @@ class RunContext:
     def say(self, text: str) -> None:
         if self.note is not None:
             self.note(text)
+
+    def warn(self, text: str) -> None:
+        """A warning for this run: shown with its result and kept in the journal."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+            self.say(f"WARNING: {text}")

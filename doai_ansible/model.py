@@ -1,9 +1,12 @@
-"""The plan/step/result model shared by every part.
+"""The step/result model shared by every part and the engine.
 
-A rollback run is a :class:`Plan` of :class:`Step` s, one per part and host. Each part
-offers the same operations: inspect (what is live), plan (from -> to, what is at risk),
-apply, verify (health gate) and revert (back to what inspect saw). The same objects drive
-``--dry-run``, the real run, the journal and ``undo``.
+A run is a list of :class:`Step` s (one per part and host, produced by a part's ``plan``),
+applied by the engine (:mod:`doai_ansible.engine`) in the runbook's order; each step ends as a
+:class:`StepResult` with an :class:`Outcome`. :class:`RunResult` is what a command did: it is
+rendered as text or JSON and appended to the journal. The same steps drive ``--dry-run``,
+the confirmation, the real run, the journal and ``undo``: a step pins the resolved values
+(``current`` and ``desired`` are full ids: commit SHAs, deployment ids) so that what was
+confirmed is what is applied.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ def utcnow() -> str:
 
 
 class Part(enum.StrEnum):
+    """The four parts of the runbook, in its rollback order (Agent -> Backend -> Database -> Dashboard)."""
+
     AGENT = "agent"
     BACKEND = "backend"
     DATABASE = "database"
     DASHBOARD = "dashboard"
+
+    @property
+    def order(self) -> int:
+        return list(Part).index(self)
 
 
 class Outcome(enum.StrEnum):
@@ -34,7 +43,8 @@ class Outcome(enum.StrEnum):
     RESTORED = "restored"  # failed, put back as it was
     NOT_RESTORED = "not_restored"  # failed, could not be put back: a human must act
     FAILED = "failed"  # failed before anything was changed
-    SKIPPED = "skipped"
+    REFUSED = "refused"  # refused before anything was changed (bad input, drift, lock, unreachable)
+    SKIPPED = "skipped"  # not attempted: an earlier part failed, or the confirmation was declined
 
 
 @dataclasses.dataclass
@@ -48,6 +58,7 @@ class Step:
     rule: str = ""  # how the target was chosen
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     at_risk: str | None = None  # data that could be lost
+    notes: list[str] = dataclasses.field(default_factory=list)  # plan lines shown to the operator
 
     @property
     def changes(self) -> bool:
@@ -62,6 +73,7 @@ class Step:
             "rule": self.rule,
             "changes": self.changes,
             "at_risk": self.at_risk,
+            "notes": self.notes,
             "details": self.details,
         }
 
@@ -103,6 +115,9 @@ class RunResult:
     exit_status: ExitStatus = ExitStatus.OK
     message: str = ""
     log_dir: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    hint: str | None = None  # what to do next, when the run was refused
+    parts: list[str] = dataclasses.field(default_factory=list)  # the parts this run was about
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +131,9 @@ class RunResult:
             "exit_name": self.exit_status.name,
             "message": self.message,
             "log_dir": self.log_dir,
+            "parts": self.parts,
+            "warnings": self.warnings,
+            "hint": self.hint,
             "steps": [r.to_dict() for r in self.results],
         }
 

@@ -16,6 +16,7 @@ _MARK = {
     Outcome.RESTORED: "RESTORED",
     Outcome.NOT_RESTORED: "NOT RESTORED",
     Outcome.FAILED: "FAILED",
+    Outcome.REFUSED: "REFUSED",
     Outcome.SKIPPED: "skip",
 }
 
@@ -63,6 +64,8 @@ def run_text(run: RunResult) -> str:
     lines = []
     head = f"{run.command} ({'dry run, nothing changed' if run.dry_run else 'run ' + run.run_id})"
     lines.append(head)
+    for w in run.warnings:
+        lines.append(f"  WARNING: {w}")
     for r in run.results:
         s = r.step
         frm = s.details.get("from_label") or (s.current or "?")
@@ -70,11 +73,8 @@ def run_text(run: RunResult) -> str:
         lines.append(f"  [{_MARK[r.outcome]:>8}] {s.part.value} {s.target}: {frm} -> {to}")
         if s.rule:
             lines.append(f"             target chosen by {s.rule}")
-        if "needs_install" in s.details:
-            lines.append(f"             dependencies: {'npm ci' if s.details['needs_install'] else 'unchanged'}")
-        if s.details.get("recent") and run.dry_run:
-            lines.append("             last commits:")
-            lines.extend(f"               {c}" for c in s.details["recent"])
+        if run.dry_run:
+            lines.extend(f"             {n}" for n in s.notes)
         if s.at_risk:
             lines.append(f"             at risk: {s.at_risk}")
         if r.message:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from doai_ansible.parts import backend_pm2 as backend_core
+from doai_ansible import engine, parts
 from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus
 from doai_ansible.render import Progress, run_text
@@ -46,7 +46,9 @@ def run_demo(
         progress = Progress(enabled=True if verbose else None)
         ctx = RunContext.create(settings, progress=progress, note=progress.note)
         t1 = time.monotonic()
-        run = backend_core.rollback(ctx, reason="demo: v3 answers 500")
+        part = parts.get("backend")
+        job = engine.Job(part, part.request(reason="demo: v3 answers 500"))
+        run = engine.run(ctx, [job], command="backend rollback", reason="demo: v3 answers 500")
         took = time.monotonic() - t1
         for line in run_text(run).splitlines():
             echo("   " + line)

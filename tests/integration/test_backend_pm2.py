@@ -34,7 +34,7 @@ def test_rollback_v3_to_v2_keeps_dependencies(sandbox, cli_env):
     sb = sandbox
     assert sb.health() == (500, "3.0.0")
     ms_mtime = (sb.app / "node_modules" / "dayjs" / "package.json").stat().st_mtime_ns
-    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], "--reason", "v3 answers 500", "-o", "json",
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], "--reason", "v3 answers 500", "-o", "json",
                   env=cli_env)
     assert res.code == 0, res.stderr + res.stdout
     out = res.json()
@@ -57,7 +57,7 @@ def test_rollback_v3_to_v2_keeps_dependencies(sandbox, cli_env):
 def test_rollback_v3_to_v1_reinstalls_dependencies(sandbox, cli_env):
     sb = sandbox
     assert (sb.app / "node_modules" / "dayjs").exists()
-    res = run_cli("backend", "rollback", "--to", sb.commits["v1"][:10], "-o", "json", env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v1"][:10], "-o", "json", env=cli_env)
     assert res.code == 0, res.stderr + res.stdout
     step = res.json()["steps"][0]
     assert step["details"]["needs_install"] is True
@@ -68,7 +68,7 @@ def test_rollback_v3_to_v1_reinstalls_dependencies(sandbox, cli_env):
 
 def test_default_target_then_history_and_undo(sandbox, cli_env):
     sb = sandbox
-    res = run_cli("backend", "rollback", "-o", "json", env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "-o", "json", env=cli_env)
     assert res.code == 0, res.stderr
     step = res.json()["steps"][0]
     assert step["to"] == sb.commits["v2"] and step["rule"].startswith("ledger:")
@@ -101,9 +101,9 @@ def test_dry_run_changes_nothing(sandbox, cli_env):
 
 def test_second_run_with_same_target_changes_nothing(sandbox, cli_env):
     sb = sandbox
-    assert run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env).code == 0
+    assert run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=cli_env).code == 0
     before = host_snapshot(sb)
-    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], "-o", "json", env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o", "json", env=cli_env)
     assert res.code == 0, res.stderr
     assert res.json()["steps"][0]["outcome"] == "unchanged"
     assert host_snapshot(sb) == before
@@ -112,7 +112,7 @@ def test_second_run_with_same_target_changes_nothing(sandbox, cli_env):
 def test_unknown_sha_is_a_usage_error_and_changes_nothing(sandbox, cli_env):
     sb = sandbox
     before = host_snapshot(sb)
-    res = run_cli("backend", "rollback", "--to", "deadbeefdeadbeefdeadbeefdeadbeefdeadbeef", env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "--to", "deadbeefdeadbeefdeadbeefdeadbeefdeadbeef", env=cli_env)
     assert res.code == 2, res.stderr
     assert "not a commit" in res.stderr
     assert host_snapshot(sb) == before
@@ -124,7 +124,7 @@ def test_failed_health_restores_the_original_commit(sandbox, cli_env):
     sb.deploy("v2")
     sb.wait_health()
     sb.write_inventory(doai_backend_pm2_health_timeout=4)
-    res = run_cli("backend", "rollback", "--to", sb.commits["v3"], "-o", "json", env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v3"], "-o", "json", env=cli_env)
     assert res.code == 3, res.stdout + res.stderr
     step = res.json()["steps"][0]
     assert step["outcome"] == "restored"
@@ -143,7 +143,7 @@ def test_second_rollback_while_locked(sandbox, cli_env, state_dir):
     lock.mkdir(parents=True)
     (lock / "owner.json").write_text(json.dumps({"owner": "alice", "run_id": "other", "since": "now"}))
     before = host_snapshot(sb)
-    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=cli_env)
     assert res.code == 5, res.stdout + res.stderr
     assert "alice" in res.stderr
     assert host_snapshot(sb) == before
@@ -158,14 +158,14 @@ def test_second_rollback_while_locked(sandbox, cli_env, state_dir):
         (state_dir / "locks" / "backend.lock").write_text(json.dumps({
             "target": "backend", "owner": "bob@ci", "pid": holder.pid, "host": socket.gethostname(),
             "acquired": __import__("time").time(), "reason": "deploy fix", "run_id": "x"}))
-        res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+        res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=cli_env)
         assert res.code == 5 and "bob@ci" in res.stderr
         assert sb.head() == sb.commits["v3"]
     finally:
         holder.kill()
         holder.wait()
     # Once its holder is gone the lock is stale and the next run proceeds.
-    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=cli_env)
     assert res.code == 0, res.stderr
 
 
@@ -173,9 +173,9 @@ def test_dirty_tree_is_refused(sandbox, cli_env):
     sb = sandbox
     (sb.app / "server.js").write_text((sb.app / "server.js").read_text() + "\n// hotfix on the box\n")
     before = host_snapshot(sb)
-    res = run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env)
-    assert res.code == 3, res.stdout + res.stderr
-    assert "server.js" in res.stdout + res.stderr
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=cli_env)
+    assert res.code == 2, res.stdout + res.stderr  # refused before any change (was 3 before the engine)
+    assert "server.js" in res.stderr and "REFUSED" in res.stdout
     assert host_snapshot(sb) == before
     assert "hotfix on the box" in (sb.app / "server.js").read_text()
 
@@ -187,7 +187,7 @@ def test_status_reports_commit_pm2_and_health(sandbox, cli_env):
     host = res.json()["parts"]["backend"]["hosts"][sb.host_name]
     assert host["commit"] == sb.commits["v3"] and host["health_status"] == 500
     assert host["processes"] and all(p["status"] == "online" for p in host["processes"])
-    assert run_cli("backend", "rollback", "--to", sb.commits["v2"], env=cli_env).code == 0
+    assert run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=cli_env).code == 0
     res = run_cli("health", env=cli_env)
     assert res.code == 0 and "healthy" in res.stdout
 
@@ -196,7 +196,7 @@ def test_canary_secret_never_leaks(sandbox, cli_env, state_dir):
     sb = sandbox
     env = dict(cli_env, VERCEL_TOKEN=CANARY, DOAI_DATABASE_URL=f"postgresql://u:{CANARY}@127.0.0.1/db",
                DOAI_WINRM_PASSWORD=CANARY, DOAI_KEEP_ARTIFACTS="1")
-    res = run_cli("-v", "backend", "rollback", "--to", sb.commits["v2"], "-o", "json", env=env)
+    res = run_cli("-v", "backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o", "json", env=env)
     assert res.code == 0, res.stderr
     assert CANARY not in res.stdout + res.stderr
     files = [p for p in state_dir.rglob("*") if p.is_file()]
@@ -223,7 +223,7 @@ def test_one_host_fails_the_others_are_put_back(tmp_path_factory, state_dir):
             hosts[name] = json.loads(sb.inventory.read_text())["all"]["children"]["backend"]["hosts"][sb.host_name]
         inv = state_dir / "two.json"
         inv.write_text(json.dumps({"all": {"children": {"backend": {"hosts": hosts}}}}))
-        res = run_cli("backend", "rollback", "--to", "v2", "-o", "json",
+        res = run_cli("backend", "rollback", "--yes", "--to", "v2", "-o", "json",
                       env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(state_dir)})
         assert res.code == 3, res.stdout + res.stderr
         steps = {s["target"]: s for s in res.json()["steps"]}

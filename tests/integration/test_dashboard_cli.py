@@ -30,7 +30,7 @@ def env(vercel_rig, tmp_path):
 
 def test_rollback_journal_and_undo(vercel_rig, env, tmp_path):
     api, world = vercel_rig.api, vercel_rig.world
-    res = run_cli("dashboard", "rollback", "--reason", "dashboard 503s", "-o", "json", env=env)
+    res = run_cli("dashboard", "rollback", "--yes", "--reason", "dashboard 503s", "-o", "json", env=env)
     assert res.code == 0, res.stderr
     out = res.json()
     (step,) = out["steps"]
@@ -67,7 +67,7 @@ def test_dry_run_and_bad_to_send_nothing_that_changes(vercel_rig, env):
 
 def test_failed_job_is_reported_restored(vercel_rig, env):
     vercel_rig.api.queue_job_outcomes("failed")
-    res = run_cli("dashboard", "rollback", "-o", "json", env=env)
+    res = run_cli("dashboard", "rollback", "--yes", "-o", "json", env=env)
     assert res.code == 3, res.stdout + res.stderr
     step = res.json()["steps"][0]
     assert step["outcome"] == "restored" and "alias" in step["message"].lower()

@@ -43,7 +43,7 @@ def test_bad_to_json_error_for_ci(closed_env):
 
 
 def test_unreachable_host_exit_code(closed_env):
-    res = run_cli("backend", "rollback", "--to", "main", "-o", "json", env=closed_env)
+    res = run_cli("backend", "rollback", "--to", "main", "--yes", "-o", "json", env=closed_env)
     assert res.code == 7, res.stdout + res.stderr
     assert res.json()["exit_name"] == "UNREACHABLE"
 

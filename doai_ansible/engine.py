@@ -1,0 +1,292 @@
+"""The one engine every command that changes something runs through.
+
+validate -> lock (per part, once, for the whole run) -> plan every part -> confirm (the CLI's
+hook) -> apply in the runbook's order (Agent -> Backend -> Database -> Dashboard) -> on the
+first failure stop, and revert what this run completed (in reverse order) when asked to ->
+one journal record -> release.
+
+The plan the operator confirmed is the plan applied: the steps returned by ``plan`` (with
+their pinned values) are handed to ``apply`` unchanged, under one run id, and each part refuses
+to apply when the live state moved since its plan.
+
+Every run that reached a part is journaled, whatever its end (refused, locked, unreachable,
+declined, interrupted): the journal is the audit trail of who tried what.
+
+Exit status of a run: 0 when every step succeeded or had nothing to do; the refusal's own
+status (2 usage/drift, 5 locked, 7 unreachable) when the run was refused before anything
+changed; 3 when something failed and the failing part is as it was (and, with revert, every
+part); 4 when a part could not be put back; 130 when the confirmation was declined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from doai_ansible import parts as registry
+from doai_ansible import validate
+from doai_ansible.context import RunContext
+from doai_ansible.errors import DoaiError, ExitStatus, UsageError
+from doai_ansible.journal import Journal
+from doai_ansible.model import Outcome, RunResult, Step, StepResult, utcnow
+from doai_ansible.part import PartBase, Request
+
+log = logging.getLogger(__name__)
+
+#: Shown the plan (a dry-run RunResult), returns whether to go ahead.
+ConfirmHook = Callable[[RunResult], bool]
+
+_DONE = (Outcome.SUCCEEDED, Outcome.UNCHANGED)
+_UNTOUCHED = (Outcome.PLANNED, Outcome.UNCHANGED, Outcome.REFUSED, Outcome.SKIPPED, Outcome.FAILED)
+
+
+@dataclasses.dataclass
+class Job:
+    """One part's share of a run."""
+
+    part: PartBase
+    request: Request
+
+
+@dataclasses.dataclass
+class _Planned:
+    job: Job
+    steps: list[Step]
+    results: list[StepResult] = dataclasses.field(default_factory=list)
+
+
+def run(
+    ctx: RunContext,
+    jobs: list[Job],
+    *,
+    command: str,
+    reason: str | None,
+    dry_run: bool = False,
+    confirm: ConfirmHook | None = None,
+    revert_on_failure: bool = False,
+    reverse: bool = False,
+) -> RunResult:
+    """Plan and (unless ``dry_run``) apply ``jobs``; always returns the journaled RunResult.
+
+    ``reverse`` applies in the reverse of the runbook's order (undo rolls forward).
+    """
+    reason = validate.reason(reason)
+    ordered = sorted(jobs, key=lambda j: j.part.part.order, reverse=reverse)
+    run = RunResult(ctx.run_id, command, dry_run, reason, utcnow(), log_dir=str(ctx.log_dir),
+                    parts=[j.part.name for j in ordered])
+    try:
+        with _locks(ctx, ordered, reason, dry_run):
+            planned = _plan(ctx, ordered, run)
+            if planned is not None:
+                _decide(ctx, planned, run, confirm, revert_on_failure, reason)
+    except DoaiError as exc:  # the lock, or a refusal while planning: nothing was changed
+        _refused(run, exc)
+    except BaseException:  # Ctrl-C, a bug: journal what is known, then let it go on
+        run.exit_status = ExitStatus.INTERRUPTED
+        run.message = run.message or "interrupted; see the steps for what had been done"
+        _close(ctx, run)
+        raise
+    _close(ctx, run)
+    return run
+
+
+@contextlib.contextmanager
+def _locks(ctx: RunContext, jobs: list[Job], reason: str | None, dry_run: bool) -> Iterator[None]:
+    """The local lock of every part of the run, taken once in a fixed order (no deadlock)."""
+    with contextlib.ExitStack() as stack:
+        if not dry_run:
+            for target in sorted({j.part.lock_target for j in jobs}):
+                stack.enter_context(ctx.lock(target).held(owner=ctx.operator, reason=reason, run_id=ctx.run_id))
+        yield
+
+
+def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | None:
+    planned = []
+    for job in jobs:
+        ctx.say(f"planning the {job.part.name} {job.request.action}")
+        steps = job.part.plan(ctx, job.request)  # raises when it cannot plan: nothing changed
+        planned.append(_Planned(job, steps))
+    run.results = [StepResult(s, Outcome.PLANNED if s.changes else Outcome.UNCHANGED,
+                              "" if s.changes else "already there: nothing to do")
+                   for p in planned for s in p.steps]
+    if run.dry_run:
+        n = sum(1 for r in run.results if r.outcome is Outcome.PLANNED)
+        run.message = (f"{n} step(s) would change; run without --dry-run to apply" if n
+                       else "already on the target: nothing to do")
+        return None
+    if not any(s.changes for p in planned for s in p.steps):
+        run.message = "already on the target: nothing to do"
+        return None
+    return planned
+
+
+def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,
+            revert_on_failure: bool, reason: str | None) -> None:
+    if confirm is not None:
+        shown = dataclasses.replace(run, dry_run=True, results=list(run.results), warnings=list(ctx.warnings))
+        if not confirm(shown):
+            run.results = [dataclasses.replace(r, outcome=Outcome.SKIPPED, message="not confirmed")
+                           if r.outcome is Outcome.PLANNED else r for r in run.results]
+            run.exit_status = ExitStatus.INTERRUPTED
+            run.message = "not confirmed; nothing was changed"
+            return
+    refusal = _apply(ctx, planned)
+    if revert_on_failure and _failed(planned):
+        _revert(ctx, planned, reason)
+    run.results = [r for p in planned for r in p.results]
+    run.exit_status = _exit_status(run.results, refusal)
+    run.message = _summary(run, refusal)
+
+
+def _apply(ctx: RunContext, planned: list[_Planned]) -> DoaiError | None:
+    """Apply in order, stop at the first failure; the refusal that stopped it, if any."""
+    refusal: DoaiError | None = None
+    for p in planned:
+        unchanged = [StepResult(s, Outcome.UNCHANGED, "already there: nothing to do")
+                     for s in p.steps if not s.changes]
+        changing = [s for s in p.steps if s.changes]
+        if refusal is not None or _failed(planned):
+            p.results = unchanged + [StepResult(s, Outcome.SKIPPED, "not attempted: an earlier part failed")
+                                     for s in changing]
+            continue
+        if not changing:
+            p.results = unchanged
+            continue
+        ctx.say(f"applying the {p.job.part.name} {p.job.request.action}")
+        started = utcnow()
+        try:
+            results = p.job.part.apply(ctx, changing, p.job.request)
+        except DoaiError as exc:  # the part refused before changing anything
+            refusal = exc
+            results = [StepResult(s, Outcome.REFUSED, exc.message, started, utcnow()) for s in changing]
+        p.results = unchanged + results
+    return refusal
+
+
+def _failed(planned: list[_Planned]) -> bool:
+    return any(r.outcome not in _DONE for p in planned for r in p.results)
+
+
+def _revert(ctx: RunContext, planned: list[_Planned], reason: str | None) -> None:
+    """Put back, newest first, the parts this run completed before one failed."""
+    for p in reversed(planned):
+        done = [r for r in p.results if r.outcome is Outcome.SUCCEEDED]
+        if not done:
+            continue
+        ctx.say(f"putting the {p.job.part.name} back (a later part failed)")
+        reverted = {id(r.step): r for r in p.job.part.revert(ctx, done, reason)}
+        p.results = [reverted.get(id(r.step), r) for r in p.results]
+
+
+def _exit_status(results: list[StepResult], refusal: DoaiError | None) -> ExitStatus:
+    outcomes = {r.outcome for r in results}
+    if Outcome.NOT_RESTORED in outcomes:
+        return ExitStatus.FAILED_NOT_RESTORED
+    if refusal is not None and outcomes <= set(_UNTOUCHED):
+        return refusal.exit_status  # refused before anything changed
+    if outcomes & {Outcome.RESTORED, Outcome.FAILED, Outcome.REFUSED, Outcome.SKIPPED}:
+        return ExitStatus.FAILED_RESTORED
+    return ExitStatus.OK
+
+
+def _summary(run: RunResult, refusal: DoaiError | None) -> str:
+    s = run.exit_status
+    if s is ExitStatus.OK:
+        n = sum(1 for r in run.results if r.outcome is Outcome.SUCCEEDED)
+        return f"{', '.join(run.parts)}: {n} step(s) done and verified" if n else "already on the target: nothing to do"
+    if refusal is not None and s is refusal.exit_status:
+        return f"REFUSED, nothing was changed: {refusal.message}"
+    if s is ExitStatus.FAILED_RESTORED:
+        return "ROLLBACK FAILED; every target is back on what it had before" if not any(
+            r.outcome is Outcome.SUCCEEDED for r in run.results) else \
+            "FAILED; the failing part is back on what it had before (see the steps for where each part stands)"
+    bad = ", ".join(f"{r.step.part.value} {r.step.target}" for r in run.results if r.outcome is Outcome.NOT_RESTORED)
+    return f"ROLLBACK FAILED AND NOT RESTORED on {bad}: a human must act now (see the steps and the logs)"
+
+
+def _refused(run: RunResult, exc: DoaiError) -> None:
+    run.exit_status = exc.exit_status
+    run.message = f"REFUSED, nothing was changed: {exc.message}"
+    run.hint = exc.hint
+    run.results = [r for r in run.results if r.outcome is not Outcome.PLANNED] if run.results else []
+
+
+def _close(ctx: RunContext, run: RunResult) -> None:
+    run.finished = utcnow()
+    run.warnings = list(ctx.warnings)
+    try:
+        ctx.journal.append(run, who=ctx.operator)
+    except OSError as exc:  # the run happened; losing its record must be loud, not fatal
+        log.error("could not write the journal %s: %s", ctx.settings.journal_path, exc)
+        run.warnings.append(f"NOT JOURNALED: {exc}")
+
+
+# -- undo and history ------------------------------------------------------------------------------
+def undo_jobs(record: dict[str, Any]) -> list[Job]:
+    """The jobs that roll every part of a journaled run forward to what that run found."""
+    jobs = []
+    for part in registry.all_parts():
+        req = part.undo_request(record)
+        if req is not None:
+            jobs.append(Job(part, req))
+    if not jobs:
+        raise UsageError(f"run {record.get('run_id')} changed nothing that undo can put back")
+    return jobs
+
+
+def undo(ctx: RunContext, run_id: str, *, reason: str | None, dry_run: bool = False,
+         confirm: ConfirmHook | None = None) -> RunResult:
+    """Roll the parts of run ``run_id`` forward to the state it found, newest part first."""
+    record = Journal(ctx.settings.journal_path).find(validate.run_id(run_id))
+    jobs = undo_jobs(record)
+    return run(ctx, jobs, command=f"undo {record['run_id']}", reason=reason or f"undo {record['run_id']}",
+               dry_run=dry_run, confirm=confirm, reverse=True)
+
+
+def history(ctx: RunContext, *, limit: int = 20, part: str | None = None) -> list[dict[str, Any]]:
+    if part is not None:
+        registry.get(part)  # a part that does not exist is a usage error
+    return Journal(ctx.settings.journal_path).runs(limit=limit, part=part)
+
+
+# -- status and health ---------------------------------------------------------------------------------
+def status(ctx: RunContext, *, only: list[str] | None = None, limit: str | None = None) -> dict[str, Any]:
+    """Status of every configured part (or ``only`` these); changes nothing."""
+    out: dict[str, Any] = {}
+    for part in _selected(only):
+        if not part.configured(ctx):
+            out[part.name] = {"part": part.name, "configured": False, "healthy": True, "reachable": True,
+                              "needs": part.needs}
+            continue
+        out[part.name] = part.status(ctx, limit=limit)
+    return dict(_overall(out), warnings=list(ctx.warnings))
+
+
+def health(ctx: RunContext, *, only: list[str] | None = None, limit: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in _selected(only):
+        if part.configured(ctx):
+            out[part.name] = part.health(ctx, limit=limit)
+    return dict(_overall(out), warnings=list(ctx.warnings))
+
+
+def _selected(only: list[str] | None) -> list[PartBase]:
+    return [registry.get(n) for n in only] if only else registry.all_parts()
+
+
+def _overall(parts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "healthy": all(p.get("healthy", True) for p in parts.values()),
+        "reachable": all(p.get("reachable", True) for p in parts.values()),
+        "parts": parts,
+    }
+
+
+def status_exit(st: dict[str, Any]) -> ExitStatus:
+    """7 when a part could not be reached, 6 when one is unhealthy, else 0."""
+    if not st.get("reachable", True):
+        return ExitStatus.UNREACHABLE
+    return ExitStatus.OK if st.get("healthy") else ExitStatus.UNHEALTHY

@@ -1,0 +1,129 @@
+"""The interface every part of the DoAi system implements, for the engine to drive.
+
+A *part* is one of the runbook's four (agent, backend, database, dashboard). The engine
+(:mod:`doai_ansible.engine`) knows nothing about any of them: it validates, locks, plans,
+confirms, applies in the runbook's order, reverts, journals and releases, by calling the
+methods below. Adding a part means one module under ``doai_ansible/parts/`` with a subclass of
+:class:`PartBase`, one role (if it works on hosts), and one line in
+:data:`doai_ansible.parts.REGISTRY`.
+
+How to write a part
+-------------------
+1. ``request(**options)`` turns what the operator typed into a :class:`Request`, validating every
+   value (ids, commits, host limits) *before* anything is contacted. Raise
+   :class:`~doai_ansible.errors.ValidationError` on bad input.
+2. ``plan(ctx, request)`` reads the live state and returns the :class:`~doai_ansible.model.Step` s
+   the request would take, one per target (host, project, database). It changes nothing (it is
+   ``--dry-run``). Pin every resolved value: ``step.current`` is what is live *now* (a full commit
+   SHA, a deployment id), ``step.desired`` where it goes; put what a human wants to see in
+   ``step.notes`` and ``details["from_label"]`` / ``details["to_label"]``, data that could be lost in
+   ``step.at_risk``. Raise ValidationError (refused: bad target, dirty tree, no earlier release),
+   :class:`~doai_ansible.errors.UnreachableError` or :class:`~doai_ansible.errors.LockedError` when
+   it cannot plan: the engine then changes nothing anywhere.
+3. ``apply(ctx, steps, request)`` applies exactly those steps (only the ones that change) and
+   verifies them (health gate). It first checks that the live state is still ``step.current``; if
+   not, it raises ValidationError saying what changed, *before changing anything*. Once it has
+   changed something it never raises: it restores its own steps on failure and returns one
+   :class:`~doai_ansible.model.StepResult` per step with outcome SUCCEEDED, RESTORED (failed, put
+   back as it was) or NOT_RESTORED (failed and could not be put back: the message says what to do
+   by hand), or REFUSED for a target it did not touch.
+4. ``revert(ctx, results, reason)`` puts the targets of SUCCEEDED results back on
+   ``step.current`` (the engine calls it when a later part failed and the run asked for it) and
+   returns the results with outcome RESTORED or NOT_RESTORED.
+5. ``undo_request(record)`` reads a journaled run (a dict, see ``RunResult.to_dict``) and returns
+   the :class:`Request` that rolls this part forward to what that run found, or None.
+6. ``status(ctx, limit=...)`` describes what is live (a JSON-able dict with at least ``part``,
+   ``configured``, ``healthy`` and ``reachable``), ``status_lines(st)`` renders it as text.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from doai_ansible.model import Part, Step, StepResult
+
+if TYPE_CHECKING:
+    from doai_ansible.context import RunContext
+
+ACTIONS = ("rollback", "undo", "put-back")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What the operator asked of one part, validated by the part's :meth:`PartBase.request`.
+
+    ``targets`` maps a target (host, project) to the exact value it must go to; ``undo`` uses it
+    to go back to what a journaled run found. ``health_gate`` False reports health without
+    requiring it (undo returns to a state that was found unhealthy).
+    """
+
+    action: str = "rollback"
+    to: str | None = None
+    limit: str | None = None
+    targets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    health_gate: bool = True
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class PartBase(abc.ABC):
+    """One part of the system, as the engine drives it. See the module docstring."""
+
+    part: ClassVar[Part]
+    #: What ``configured`` needs, shown when it is missing (e.g. "vercel.project and VERCEL_TOKEN").
+    needs: ClassVar[str] = ""
+
+    @property
+    def name(self) -> str:
+        return self.part.value
+
+    @property
+    def lock_target(self) -> str:
+        """The local lock a run of this part holds from plan to journal."""
+        return self.part.value
+
+    # -- configuration and status --------------------------------------------------------------
+    @abc.abstractmethod
+    def configured(self, ctx: RunContext) -> bool:
+        """Whether the settings/inventory describe this part at all (cheap, no network)."""
+
+    @abc.abstractmethod
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        """What is live; keys ``part``, ``configured``, ``healthy``, ``reachable`` at least."""
+
+    @abc.abstractmethod
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        """``status`` as text lines for an operator."""
+
+    def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        """Health only: ``{"healthy": bool, "reachable": bool, "targets": {name: bool}, ...}``."""
+        st = self.status(ctx, limit=limit)
+        return {"healthy": st["healthy"], "reachable": st.get("reachable", True), "targets": {}}
+
+    # -- a run -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def request(self, **options: Any) -> Request:
+        """Validate the operator's options (raise ValidationError) and build the request."""
+
+    @abc.abstractmethod
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        """Read-only: the steps, with resolved values pinned."""
+
+    @abc.abstractmethod
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        """Apply and verify; restore own steps on failure; never raise once something changed."""
+
+    @abc.abstractmethod
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        """Put SUCCEEDED results back on their ``step.current``."""
+
+    @abc.abstractmethod
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        """The request that rolls this part forward to what a journaled run found."""
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def steps_of(self, record: Mapping[str, Any], outcome: str = "succeeded") -> list[Mapping[str, Any]]:
+        """The journaled steps of this part with the given outcome."""
+        return [s for s in record.get("steps", []) if s.get("part") == self.name and s.get("outcome") == outcome]

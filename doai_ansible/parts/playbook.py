@@ -1,0 +1,321 @@
+"""The Python side shared by every part whose work a playbook does on hosts (backend PM2 and
+Docker, agent): extra vars, the run, the role's ``set_stats`` contract, failure kinds.
+
+The contract with a role (``<prefix>`` is the role's variable prefix, e.g. ``doai_backend_pm2``):
+
+* extra vars it reads: ``<prefix>_target`` (empty: the role's default target), ``<prefix>_pins``
+  (host -> ``{"from": ..., "to": ...}``: the plan being applied; a host whose live value is no
+  longer ``from`` refuses with ``drifted``), ``<prefix>_resume`` (finish or undo this run's work
+  on a host that dropped out), ``<prefix>_action`` (rollback | undo | put-back, for the host's
+  ledger), ``<prefix>_health_gate``, ``<prefix>_reason``, ``<prefix>_operator``, ``<prefix>_run_id``;
+* stats it reports (``set_stats`` under ``stats_key``): per host ``status`` (planned, unchanged,
+  started, succeeded, restored, not_restored), ``from``, ``to``, ``rule``, ``failure``,
+  ``restore_error``, ``host_key_checking`` and its own details;
+* failures before ``started`` change nothing: they are refusals. The failing module says why with
+  result keys (``locked``, ``drifted``, ``invalid_target``, ...); an unreachable host is unreachable.
+
+A subclass names its playbooks, stats keys and prefix, and turns one host's report into a
+:class:`~doai_ansible.model.Step` (``step_from_report``) and a status line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from doai_ansible.context import RunContext
+from doai_ansible.errors import DoaiError, LockedError, UnreachableError, UsageError, ValidationError
+from doai_ansible.model import Outcome, Step, StepResult, utcnow
+from doai_ansible.part import PartBase, Request
+from doai_ansible.runner import HostFailure, PlaybookRun, run_playbook
+
+_STATUS_OUTCOME = {
+    "succeeded": Outcome.SUCCEEDED,
+    "unchanged": Outcome.UNCHANGED,
+    "restored": Outcome.RESTORED,
+    "not_restored": Outcome.NOT_RESTORED,
+}
+
+
+@dataclasses.dataclass
+class HostReport:
+    """What one host said in one playbook run: its stats and its failure, if any."""
+
+    host: str
+    stats: dict[str, Any]
+    failure: HostFailure | None
+
+    @property
+    def status(self) -> str | None:
+        return self.stats.get("status")
+
+    @property
+    def started(self) -> bool:
+        """The host got past its preflight: something may have changed on it."""
+        return self.status in ("started", "succeeded", "restored", "not_restored")
+
+    @property
+    def unreachable(self) -> bool:
+        return self.failure is not None and self.failure.unreachable
+
+    def failure_text(self) -> str:
+        f = self.failure
+        if f is None:
+            return self.stats.get("failure") or "failed"
+        return f"unreachable: {f.message}" if f.unreachable else f"{f.task}: {f.message}"
+
+
+def reports(pb: PlaybookRun, key: str) -> dict[str, HostReport]:
+    stats: dict[str, dict[str, Any]] = pb.custom.get(key, {}) or {}
+    failures = {f.host: f for f in pb.failures}
+    return {h: HostReport(h, dict(stats.get(h, {})), failures.get(h))
+            for h in sorted(set(stats) | set(failures) | set(pb.hosts))}
+
+
+def refusal_error(refused: list[HostReport]) -> DoaiError:
+    """One error for hosts that refused before changing anything: locked (5), unreachable (7), else 2."""
+    text = "; ".join(f"{r.host}: {r.failure_text()}" for r in refused)
+    if any(r.failure is not None and r.failure.flags.get("locked") for r in refused):
+        return LockedError(text, hint="another run holds the host lock: `doai-rollback status` shows it")
+    if all(r.unreachable for r in refused):
+        return UnreachableError(text, hint="check the inventory address, the SSH key and known_hosts")
+    return ValidationError(text)
+
+
+class PlaybookPart(PartBase):
+    """A part whose work is one role's playbook; see the module docstring for the contract."""
+
+    playbook: ClassVar[str]
+    status_playbook: ClassVar[str]
+    stats_key: ClassVar[str]
+    status_stats_key: ClassVar[str]
+    var_prefix: ClassVar[str]
+    logs_task: ClassVar[str | None] = None  # a task whose stdout is kept in the run's log bundle ...
+    logs_name: ClassVar[str] = "logs"  # ... as <host>-<logs_name>.log
+    resume_deadline_s: ClassVar[float] = 120.0
+    resume_pause_s: ClassVar[float] = 3.0
+
+    # -- to be provided by a subclass --------------------------------------------------------------
+    def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
+        raise NotImplementedError
+
+    def host_status(self, host: str, st: dict[str, Any], error: str | None) -> dict[str, Any]:
+        """Add ``healthy`` (and anything else) to one host's status report."""
+        raise NotImplementedError
+
+    def was_healthy(self, step: Step) -> bool:
+        """Whether the host was healthy when planned (a put-back then requires health)."""
+        return True
+
+    def finish_details(self, result: StepResult, report: HostReport) -> None:
+        """Copy what the apply reported into the result's details."""
+
+    def configured(self, ctx: RunContext) -> bool:
+        return True  # the inventory decides; status() says configured=False when it has no hosts
+
+    # -- running the playbook -----------------------------------------------------------------------
+    def extravars(self, ctx: RunContext, request: Request, **more: Any) -> dict[str, Any]:
+        p = self.var_prefix
+        xv: dict[str, Any] = {
+            f"{p}_health_gate": request.health_gate,
+            f"{p}_reason": request.options.get("reason") or "",
+            f"{p}_operator": ctx.operator,
+            f"{p}_run_id": ctx.run_id,
+            f"{p}_action": request.action,
+        }
+        xv.update({f"{p}_{k}" if not k.startswith(p) else k: v for k, v in more.items()})
+        return xv
+
+    def run(self, ctx: RunContext, extravars: dict[str, Any], *, limit: str | None, check: bool = False,
+            label: str = "") -> PlaybookRun:
+        log_dir = ctx.log_dir / label if label else ctx.log_dir
+        pb = run_playbook(ctx.settings, self.playbook, extravars=extravars, limit=limit, check=check,
+                          log_dir=log_dir, on_event=self._on_event(ctx, log_dir))
+        self._warn(ctx, pb)
+        return pb
+
+    def _on_event(self, ctx: RunContext, log_dir: Path) -> Callable[[dict[str, Any]], None]:
+        """Progress, plus the log lines of ``logs_task`` kept per host in the run's log bundle
+        (read from the event stream: a copy task on the controller would cost a second)."""
+
+        def on_event(event: dict[str, Any]) -> None:
+            data = event.get("event_data") or {}
+            if (self.logs_task and event.get("event") == "runner_on_ok" and data.get("task") == self.logs_task
+                    and data.get("host")):
+                res = data.get("res") or {}
+                log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(log_dir / f"{data['host']}-{self.logs_name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(f"{res.get('stdout', '')}\n{res.get('stderr', '')}\n")
+            if ctx.progress is not None:
+                ctx.progress(event)
+
+        return on_event
+
+    def _warn(self, ctx: RunContext, pb: PlaybookRun) -> None:
+        for w in getattr(pb, "warnings", None) or []:
+            ctx.warn(w)
+        for key in (self.stats_key, self.status_stats_key):
+            for host, st in (pb.custom.get(key) or {}).items():
+                if str(st.get("host_key_checking", True)).lower() in ("false", "0", "no"):
+                    ctx.warn(f"{host}: SSH host key checking is OFF for this host (inventory)")
+
+    # -- plan ----------------------------------------------------------------------------------------
+    def plan_hosts(self, ctx: RunContext, request: Request, target_vars: dict[str, Any],
+                   limit: str | None) -> list[Step]:
+        """Plan on every host (check mode); all or nothing: any refusal refuses the whole plan."""
+        pb = self.run(ctx, self.extravars(ctx, request, **target_vars), limit=limit, check=True, label="plan")
+        reps = reports(pb, self.stats_key)
+        if not reps:
+            if limit:
+                raise UsageError(f"--limit {limit} matches no host of the {self.name} group",
+                                 hint=f"see `doai-rollback status` for the {self.name} hosts")
+            if not pb.ok:
+                raise pb.error(f"{self.name} plan failed")
+            raise UsageError(f"no {self.name} hosts in the inventory {ctx.settings.inventory}", hint=self.needs)
+        refused = [r for r in reps.values() if r.failure is not None or r.status not in ("planned", "unchanged")]
+        if refused:
+            raise refusal_error(refused)
+        return [self.step_from_report(h, r.stats) for h, r in reps.items()]
+
+    # -- apply ---------------------------------------------------------------------------------------
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        started, t0 = utcnow(), time.monotonic()
+        by_host = {s.target: s for s in steps}
+        pins = {s.target: {"from": s.current, "to": s.desired} for s in steps}
+        # The pins decide; the common target is passed too, for a role that reads only that.
+        common = {s.desired for s in steps}
+        target = common.pop() if len(common) == 1 else ""
+        pb = self.run(ctx, self.extravars(ctx, request, pins=pins, target=target), limit=",".join(sorted(by_host)))
+        reps = reports(pb, self.stats_key)
+        results: list[StepResult] = []
+        refused: list[HostReport] = []
+        for host, step in sorted(by_host.items()):
+            rep = reps.get(host) or HostReport(host, {}, None)
+            if not rep.started:
+                refused.append(rep)
+                continue
+            if rep.status == "started":  # changed, then lost (SSH drop) or an unclassified failure
+                results.append(self._resume(ctx, step, request, rep, started))
+                continue
+            results.append(self._result(step, rep, started, time.monotonic() - t0, pb))
+        if refused and not results:
+            raise refusal_error(refused)  # nothing was changed on any host
+        for rep in refused:
+            results.append(StepResult(by_host[rep.host], Outcome.REFUSED, rep.failure_text(), started, utcnow()))
+        if any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results):
+            results = self._put_back_others(ctx, results, request)
+        return sorted(results, key=lambda r: r.step.target)
+
+    def _result(self, step: Step, rep: HostReport, started: str, elapsed: float, pb: PlaybookRun) -> StepResult:
+        outcome = _STATUS_OUTCOME.get(rep.status or "", Outcome.NOT_RESTORED)
+        message = ""
+        if outcome in (Outcome.RESTORED, Outcome.NOT_RESTORED):
+            message = rep.stats.get("failure") or rep.failure_text()
+            if outcome is Outcome.NOT_RESTORED and rep.stats.get("restore_error"):
+                message += f"; restore failed: {rep.stats['restore_error']}"
+        result = StepResult(step, outcome, message, started, utcnow(), elapsed,
+                            str(pb.log_file) if pb.log_file else None)
+        self.finish_details(result, rep)
+        return result
+
+    def _resume(self, ctx: RunContext, step: Step, request: Request, first: HostReport, started: str) -> StepResult:
+        """The host dropped out after it started: when it is back, finish or undo this run's work."""
+        t0 = time.monotonic()
+        deadline = t0 + self.resume_deadline_s
+        pins = {step.target: {"from": step.current, "to": step.desired}}
+        last = first
+        attempt = 0
+        ctx.warn(f"{step.target}: lost during the {request.action} ({first.failure_text()}); resuming it")
+        while True:
+            attempt += 1
+            pb = self.run(ctx, self.extravars(ctx, request, pins=pins, resume=True, target=step.desired),
+                          limit=step.target,
+                          label=f"resume-{step.target}-{attempt}")
+            rep = reports(pb, self.stats_key).get(step.target) or HostReport(step.target, {}, None)
+            if rep.status in ("succeeded", "restored", "not_restored", "unchanged"):
+                result = self._result(step, rep, started, time.monotonic() - t0, pb)
+                result.message = (f"SSH link lost mid-{request.action}; resumed: " + (result.message or "finished")).rstrip()
+                return result
+            last = rep
+            if not rep.unreachable or time.monotonic() + self.resume_pause_s > deadline:
+                break
+            time.sleep(self.resume_pause_s)
+        return StepResult(step, Outcome.NOT_RESTORED, self._by_hand(ctx, step, last), started, utcnow(),
+                          time.monotonic() - t0)
+
+    def _by_hand(self, ctx: RunContext, step: Step, rep: HostReport) -> str:
+        pins = json.dumps({f"{self.var_prefix}_pins": {step.target: {"from": step.current, "to": step.desired}}})
+        return (f"state unknown after the SSH link was lost ({rep.failure_text()}); when {step.target} is "
+                f"reachable, finish or undo this run's work with: ansible-playbook -i {ctx.settings.inventory} "
+                f"{ctx.settings.playbook(self.playbook)} -l {step.target} -e {self.var_prefix}_resume=true "
+                f"-e {self.var_prefix}_run_id={ctx.run_id} -e '{pins}'")
+
+    def _put_back_others(self, ctx: RunContext, results: list[StepResult], request: Request) -> list[StepResult]:
+        """A host failed: put the hosts that did roll back back too (no mixed releases in the pool)."""
+        done = [r for r in results if r.outcome is Outcome.SUCCEEDED]
+        if not done:
+            return results
+        back = {id(r.step): r for r in self.revert(ctx, done, "another host failed")}
+        for r in back.values():
+            r.message = ("rolled back, then put back because another host failed" if r.outcome is Outcome.RESTORED
+                         else f"rolled back, and could NOT be put back after another host failed: {r.message}")
+        return [back.get(id(r.step), r) for r in results]
+
+    # -- revert and undo -------------------------------------------------------------------------------
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        out = []
+        for r in results:
+            if r.outcome is not Outcome.SUCCEEDED:
+                out.append(r)
+                continue
+            s = r.step
+            ctx.say(f"{s.target}: putting {s.current} back ({reason or 'revert'})")
+            # "As it was": require health only if the host had it (it was likely on the bad release).
+            req = Request(action="put-back", health_gate=self.was_healthy(s),
+                          options={"reason": f"put back: {reason or 'revert'}"})
+            pins = {s.target: {"from": s.desired, "to": s.current}}
+            pb = self.run(ctx, self.extravars(ctx, req, pins=pins, target=s.current), limit=s.target, label=f"put-back-{s.target}")
+            rep = reports(pb, self.stats_key).get(s.target)
+            ok = rep is not None and rep.status in ("succeeded", "unchanged")
+            out.append(dataclasses.replace(
+                r, outcome=Outcome.RESTORED if ok else Outcome.NOT_RESTORED,
+                message="put back" if ok else f"could NOT be put back: {rep.failure_text() if rep else 'no report'}",
+                finished=utcnow()))
+        return out
+
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        targets = {s["target"]: s["from"] for s in self.steps_of(record) if s.get("from")}
+        if not targets:
+            return None
+        return self.request(action="undo", targets=targets, health_gate=False)  # type: ignore[call-arg]
+
+    # -- status --------------------------------------------------------------------------------------
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        pb = run_playbook(ctx.settings, self.status_playbook, limit=limit, on_event=ctx.progress)
+        self._warn(ctx, pb)
+        reps = reports(pb, self.status_stats_key)
+        if not reps and limit:
+            raise UsageError(f"--limit {limit} matches no host of the {self.name} group")
+        if not reps and not pb.ok:
+            raise pb.error(f"{self.name} status playbook failed")
+        hosts = {}
+        for host, rep in reps.items():
+            st = rep.stats
+            error = None
+            if rep.failure is not None:
+                error = st["error"] = "unreachable: " + rep.failure.message if rep.unreachable else rep.failure_text()
+            hosts[host] = self.host_status(host, st, error)
+        return {"part": self.name, "configured": bool(hosts), "hosts": hosts,
+                "reachable": not any(r.unreachable for r in reps.values()),
+                "healthy": all(h["healthy"] for h in hosts.values())}
+
+    def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        st = self.status(ctx, limit=limit)
+        return {"healthy": st["healthy"], "reachable": st["reachable"],
+                "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}

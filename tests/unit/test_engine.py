@@ -1,0 +1,263 @@
+"""The engine with small fake parts: order, stop at the first failure, revert in reverse, one
+journal record per run, the lock held for the run, the undo plan, a declined confirmation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doai_ansible import engine
+from doai_ansible import parts as registry
+from doai_ansible.context import RunContext
+from doai_ansible.errors import ExitStatus, LockedError, UnreachableError, ValidationError
+from doai_ansible.journal import Journal
+from doai_ansible.lock import Lock
+from doai_ansible.model import Outcome, Part, Step, StepResult
+from doai_ansible.part import PartBase, Request
+from doai_ansible.settings import load_settings
+
+
+class FakePart(PartBase):
+    """A part whose live value is a variable; records every call in a shared list."""
+
+    def __init__(self, part: Part, calls: list[str], *, live: str = "v3", fail: str | None = None,
+                 plan_error: Exception | None = None, apply_error: Exception | None = None,
+                 revert_ok: bool = True, ctx_lock_dir: Path | None = None) -> None:
+        self.part = part  # type: ignore[misc]
+        self.calls = calls
+        self.live = live
+        self.fail = fail  # "restored" / "not_restored": apply fails that way
+        self.plan_error = plan_error
+        self.apply_error = apply_error
+        self.revert_ok = revert_ok
+        self.lock_dir = ctx_lock_dir
+        self.locked_during_apply: bool | None = None
+
+    def configured(self, ctx: RunContext) -> bool:
+        return True
+
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        return {"part": self.name, "configured": True, "healthy": self.live != "v3", "reachable": True}
+
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        return [f"{self.name}: {st['healthy']}"]
+
+    def request(self, **options: Any) -> Request:
+        return Request(**options)
+
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        self.calls.append(f"plan {self.name}")
+        if self.plan_error:
+            raise self.plan_error
+        to = request.targets.get("t") or request.to or "v2"
+        return [Step(self.part, "t", self.live, to)]
+
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        self.calls.append(f"apply {self.name}")
+        if self.lock_dir is not None:
+            self.locked_during_apply = Lock(self.lock_dir, self.lock_target, 60).read() is not None
+        if self.apply_error:
+            raise self.apply_error
+        if self.fail:
+            return [StepResult(s, Outcome(self.fail), "failed") for s in steps]
+        self.live = steps[0].desired
+        return [StepResult(s, Outcome.SUCCEEDED) for s in steps]
+
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        self.calls.append(f"revert {self.name}")
+        if self.revert_ok:
+            self.live = results[0].step.current
+        return [dataclasses.replace(r, outcome=Outcome.RESTORED if self.revert_ok else Outcome.NOT_RESTORED)
+                for r in results]
+
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        steps = self.steps_of(record)
+        return Request(action="undo", targets={"t": steps[0]["from"]}) if steps else None
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> RunContext:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all: {}\n")
+    settings = load_settings(None, inventory=inv, state_dir=tmp_path / "state", env={})
+    return RunContext.create(settings)
+
+
+def journal(ctx: RunContext) -> list[dict[str, Any]]:
+    return list(Journal(ctx.settings.journal_path))
+
+
+def jobs(*parts: FakePart) -> list[engine.Job]:
+    return [engine.Job(p, Request()) for p in parts]
+
+
+def test_applies_in_runbook_order_under_one_run_id(ctx):
+    calls: list[str] = []
+    dash, back, agent = (FakePart(p, calls) for p in (Part.DASHBOARD, Part.BACKEND, Part.AGENT))
+    run = engine.run(ctx, jobs(dash, back, agent), command="system rollback", reason="test")
+    assert run.exit_status is ExitStatus.OK
+    assert calls == ["plan agent", "plan backend", "plan dashboard", "apply agent", "apply backend", "apply dashboard"]
+    records = journal(ctx)
+    assert len(records) == 1 and records[0]["run_id"] == ctx.run_id
+    assert [s["outcome"] for s in records[0]["steps"]] == ["succeeded"] * 3
+
+
+def test_stops_at_first_failure_and_reverts_in_reverse(ctx):
+    calls: list[str] = []
+    agent = FakePart(Part.AGENT, calls)
+    back = FakePart(Part.BACKEND, calls)
+    db = FakePart(Part.DATABASE, calls, fail="restored")
+    dash = FakePart(Part.DASHBOARD, calls)
+    run = engine.run(ctx, jobs(agent, back, db, dash), command="x", reason=None, revert_on_failure=True)
+    assert "apply dashboard" not in calls
+    assert calls[-2:] == ["revert backend", "revert agent"]
+    assert agent.live == back.live == "v3"
+    assert {r.step.part: r.outcome for r in run.results} == {
+        Part.AGENT: Outcome.RESTORED, Part.BACKEND: Outcome.RESTORED,
+        Part.DATABASE: Outcome.RESTORED, Part.DASHBOARD: Outcome.SKIPPED}
+    assert run.exit_status is ExitStatus.FAILED_RESTORED
+    assert len(journal(ctx)) == 1
+
+
+def test_without_revert_the_completed_parts_stay(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls)
+    dash = FakePart(Part.DASHBOARD, calls, fail="not_restored")
+    run = engine.run(ctx, jobs(back, dash), command="x", reason=None)
+    assert back.live == "v2" and "revert backend" not in calls
+    assert run.exit_status is ExitStatus.FAILED_NOT_RESTORED
+    assert "NOT RESTORED" in run.message and "dashboard t" in run.message
+
+
+def test_a_revert_that_fails_is_not_restored(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls, revert_ok=False)
+    dash = FakePart(Part.DASHBOARD, calls, fail="restored")
+    run = engine.run(ctx, jobs(back, dash), command="x", reason=None, revert_on_failure=True)
+    assert run.exit_status is ExitStatus.FAILED_NOT_RESTORED
+
+
+def test_lock_is_held_for_the_whole_run_and_released(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls, ctx_lock_dir=ctx.settings.locks_dir)
+    engine.run(ctx, jobs(back), command="x", reason=None)
+    assert back.locked_during_apply is True
+    assert Lock(ctx.settings.locks_dir, "backend", 60).read() is None
+
+
+def test_a_held_lock_refuses_and_is_journaled(ctx):
+    calls: list[str] = []
+    held = Lock(ctx.settings.locks_dir, "backend", 3600)
+    with held.held(owner="someone", reason="busy", run_id="other"):
+        # The same process holds it: take it over only if stale, so fake another live holder.
+        info = json.loads(held.path.read_text())
+        info["pid"] = 1
+        held.path.write_text(json.dumps(info))
+        run = engine.run(ctx, jobs(FakePart(Part.BACKEND, calls)), command="x", reason=None)
+        held.path.unlink()
+    assert run.exit_status is ExitStatus.LOCKED and calls == []
+    assert journal(ctx)[0]["exit_name"] == "LOCKED"
+
+
+@pytest.mark.parametrize("error,status", [
+    (ValidationError("bad target"), ExitStatus.USAGE),
+    (UnreachableError("host down"), ExitStatus.UNREACHABLE),
+    (LockedError("host lock"), ExitStatus.LOCKED),
+])
+def test_a_plan_refusal_changes_nothing_anywhere_and_is_journaled(ctx, error, status):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls)
+    dash = FakePart(Part.DASHBOARD, calls, plan_error=error)
+    run = engine.run(ctx, jobs(back, dash), command="x", reason=None)
+    assert run.exit_status is status
+    assert not any(c.startswith("apply") for c in calls)
+    rec = journal(ctx)[0]
+    assert rec["exit_status"] == int(status) and error.message in rec["message"]
+
+
+def test_drift_at_apply_is_a_refusal_with_nothing_changed(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls, apply_error=ValidationError("live commit is v4, not v3 as planned"))
+    run = engine.run(ctx, jobs(back), command="x", reason=None)
+    assert run.exit_status is ExitStatus.USAGE
+    assert run.results[0].outcome is Outcome.REFUSED and "v4" in run.message
+
+
+def test_declined_confirmation_changes_nothing(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls)
+    shown = []
+    run = engine.run(ctx, jobs(back), command="x", reason=None, confirm=lambda plan: shown.append(plan) or False)
+    assert calls == ["plan backend"] and back.live == "v3"
+    assert run.exit_status is ExitStatus.INTERRUPTED
+    assert shown[0].run_id == run.run_id and shown[0].results[0].step.desired == "v2"
+    assert journal(ctx)[0]["steps"][0]["outcome"] == "skipped"
+
+
+def test_the_confirmed_plan_is_the_applied_plan(ctx):
+    """Confirmation happens between plan and apply of ONE run: no second plan."""
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls)
+    seen: list[str] = []
+
+    def confirm(plan):
+        seen.append(plan.results[0].step.desired)
+        back.live = "v3"  # nothing moves, but the plan must not be made again
+        return True
+
+    run = engine.run(ctx, jobs(back), command="x", reason=None, confirm=confirm)
+    assert calls == ["plan backend", "apply backend"] and seen == ["v2"]
+    assert run.results[0].step.desired == "v2" and len(journal(ctx)) == 1
+
+
+def test_dry_run_plans_only_takes_no_lock(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls)
+    run = engine.run(ctx, jobs(back), command="x", reason=None, dry_run=True)
+    assert calls == ["plan backend"] and run.results[0].outcome is Outcome.PLANNED
+    assert not ctx.settings.locks_dir.exists() or not any(ctx.settings.locks_dir.iterdir())
+
+
+def test_nothing_to_do(ctx):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls, live="v2")
+    run = engine.run(ctx, jobs(back), command="x", reason=None)
+    assert run.exit_status is ExitStatus.OK and calls == ["plan backend"]
+    assert run.results[0].outcome is Outcome.UNCHANGED
+
+
+def test_undo_plan_from_the_journal(ctx, monkeypatch):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls)
+    dash = FakePart(Part.DASHBOARD, calls)
+    run = engine.run(ctx, jobs(back, dash), command="x", reason=None)
+    monkeypatch.setattr(registry, "all_parts", lambda: [back, dash])
+    undo_jobs = engine.undo_jobs(journal(ctx)[0])
+    assert [(j.part.name, dict(j.request.targets)) for j in undo_jobs] == [
+        ("backend", {"t": "v3"}), ("dashboard", {"t": "v3"})]
+    ctx2 = RunContext.create(ctx.settings)
+    calls.clear()
+    undo = engine.run(ctx2, undo_jobs, command=f"undo {run.run_id}", reason=None, reverse=True)
+    assert undo.exit_status is ExitStatus.OK and back.live == dash.live == "v3"
+    assert calls == ["plan dashboard", "plan backend", "apply dashboard", "apply backend"]
+
+
+def test_undo_of_a_run_that_changed_nothing(ctx, monkeypatch):
+    calls: list[str] = []
+    back = FakePart(Part.BACKEND, calls, live="v2")
+    engine.run(ctx, jobs(back), command="x", reason=None)
+    monkeypatch.setattr(registry, "all_parts", lambda: [back])
+    with pytest.raises(Exception, match="changed nothing"):
+        engine.undo_jobs(journal(ctx)[0])
+
+
+def test_registry_knows_the_parts_in_runbook_order():
+    assert registry.names() == sorted(registry.names(), key=lambda n: Part(n).order)
+    assert "backend" in registry.names() and "dashboard" in registry.names()
+    with pytest.raises(Exception, match="no part"):
+        registry.get("frontend")
