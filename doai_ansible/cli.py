@@ -122,7 +122,8 @@ def confirm_hook(opts: Options, question: str) -> engine.ConfirmHook | None:
         raise UsageError(f"{question}: confirmation needed and there is no terminal", hint="add --yes")
 
     def ask(plan: RunResult) -> bool:
-        render_run(opts, plan) if not opts.json else click.echo(run_text(plan), err=True)
+        # With --output json stdout carries only the result: the plan goes to the terminal via stderr.
+        click.echo(run_text(plan, confirming=True), err=opts.json)
         return click.confirm(question, default=False, err=True)
 
     return ask

@@ -60,9 +60,13 @@ def emit_json(data: Any, stream: IO[str] | None = None) -> None:
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def run_text(run: RunResult) -> str:
+def run_text(run: RunResult, *, confirming: bool = False) -> str:
+    """The run as text; ``confirming``: the plan shown before the one question."""
     lines = []
-    head = f"{run.command} ({'dry run, nothing changed' if run.dry_run else 'run ' + run.run_id})"
+    if confirming:
+        head = f"{run.command} (plan of run {run.run_id}; nothing changed yet)"
+    else:
+        head = f"{run.command} ({'dry run, nothing changed' if run.dry_run else 'run ' + run.run_id})"
     lines.append(head)
     for w in run.warnings:
         lines.append(f"  WARNING: {w}")

@@ -235,3 +235,81 @@ def test_one_host_fails_the_others_are_put_back(tmp_path_factory, state_dir):
     finally:
         a.stop()
         b.stop()
+
+
+def _spawn(env, *args):
+    import sys
+
+    import pexpect  # ansible-runner's own dependency: a real pseudo-terminal
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    full.update(env)
+    return pexpect.spawn(sys.executable, ["-m", "doai_ansible", *args], env=full, encoding="utf-8", timeout=120)
+
+
+def _journal(state_dir) -> list[dict]:
+    path = state_dir / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_terminal_confirmation_applies_the_plan_it_showed(sandbox, cli_env, state_dir):
+    """One run id from the plan to the journal; the target shown is the target applied."""
+    sb = sandbox
+    child = _spawn(cli_env, "backend", "rollback", "--reason", "tty")
+    child.expect(r"plan of run (\S+);")
+    plan_run = child.match.group(1)
+    child.expect(sb.commits["v2"][:12])
+    child.expect(r"\[y/N\]")
+    child.sendline("y")
+    child.expect(pexpect_eof())
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert sb.head() == sb.commits["v2"] and sb.health() == (200, "2.0.0")
+    (record,) = _journal(state_dir)
+    assert record["run_id"] == plan_run and record["steps"][0]["to"] == sb.commits["v2"]
+
+
+def test_deploy_between_plan_and_confirmation_is_refused(sandbox, cli_env, state_dir):
+    """Someone deploys while the operator reads the plan: apply refuses, exit 2, nothing changed."""
+    sb = sandbox
+    child = _spawn(cli_env, "backend", "rollback", "--to", "v2", "--reason", "tty")
+    child.expect(r"\[y/N\]")
+    sb.deploy("v1")  # the live commit moves under the plan
+    sb.wait_health()
+    before = host_snapshot(sb)
+    child.sendline("y")
+    child.expect(pexpect_eof())
+    child.close()
+    assert child.exitstatus == 2, child.before
+    assert "as planned" in child.before
+    assert host_snapshot(sb) == before
+    assert not (sb.host_state / "backend.lock").exists()
+    (record,) = _journal(state_dir)
+    assert record["exit_name"] == "USAGE" and "as planned" in record["message"]
+
+
+def test_refusals_are_journaled(sandbox, cli_env, state_dir):
+    """Every run that reached a part is in the journal, refused ones too (audit trail)."""
+    sb = sandbox
+    res = run_cli("backend", "rollback", "--yes", "--to", "deadbeefdeadbeefdeadbeefdeadbeefdeadbeef", env=cli_env)
+    assert res.code == 2
+    lock = sb.host_state / "backend.lock"
+    lock.mkdir(parents=True)
+    (lock / "owner.json").write_text(json.dumps({"owner": "alice", "run_id": "other", "since": "now"}))
+    assert run_cli("backend", "rollback", "--yes", "--to", "v2", env=cli_env).code == 5
+    assert [r["exit_name"] for r in _journal(state_dir)] == ["USAGE", "LOCKED"]
+    hist = run_cli("history", env=cli_env)
+    assert "LOCKED" in hist.stdout and "alice" in hist.stdout
+
+
+def test_limit_matching_no_host_is_a_usage_error(sandbox, cli_env):
+    res = run_cli("backend", "rollback", "--yes", "--to", "v2", "--limit", "no-such-host", env=cli_env)
+    assert res.code == 2, res.stdout + res.stderr
+    assert "matches no host" in res.stderr
+    assert sandbox.head() == sandbox.commits["v3"]
+
+
+def pexpect_eof():
+    import pexpect
+
+    return pexpect.EOF

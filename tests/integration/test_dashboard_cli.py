@@ -104,7 +104,7 @@ def test_terminal_shows_the_plan_and_asks_once(vercel_rig, env):
     child = _spawn(env, "dashboard", "rollback", "--reason", "tty")
     child.expect(r"\[y/N\]")
     child.sendline("y")
-    child.expect("dashboard rolled back and healthy")
+    child.expect("done and verified")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
