@@ -135,10 +135,10 @@ def run_jobs(opts: Options, jobs: list[engine.Job], *, command: str, reason: str
     return render_run(opts, run)
 
 
-def render_status(opts: Options, st: dict[str, Any]) -> ExitStatus:
-    """``engine.status`` output: JSON as is, or each part's own lines."""
+def render_status(opts: Options, st: dict[str, Any], *, one: str | None = None) -> ExitStatus:
+    """``engine.status`` output: JSON as is (``one``: that part's own document), or each part's lines."""
     if opts.json:
-        emit_json(st)
+        emit_json(st["parts"][one] if one else st)
     else:
         for name, pst in st["parts"].items():
             if not pst.get("configured", True) and pst.get("needs"):
@@ -196,7 +196,7 @@ def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: s
 def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     """Live commit, PM2 processes and health of each backend host."""
     validate.host_limit(limit)
-    return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit))
+    return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit), one="backend")
 
 
 # -- every part ------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def dashboard() -> None:
 def dashboard_status_cmd(opts: Options) -> ExitStatus:
     """Production deployment, last rollback/promote job, health."""
     opts.settings().vercel.require()
-    return render_status(opts, engine.status(opts.context(), only=["dashboard"]))
+    return render_status(opts, engine.status(opts.context(), only=["dashboard"]), one="dashboard")
 
 
 @dashboard.command("rollback")

@@ -7,6 +7,7 @@ Endpoints and parameters are the ones the official Vercel CLI uses for ``vercel 
 ``GET  /v9/projects/{idOrName}?rollbackInfo=true``          project, ``targets.production``,
                                                             ``lastAliasRequest``
 ``GET  /v6/deployments?projectId=&target=&limit=&until=``   deployments, newest first, paginated
+  ``[&rollbackCandidate=true]``                              (only those Vercel can roll back to)
 ``GET  /v13/deployments/{idOrUrl}``                         one deployment
 ``POST /v9/projects/{projectId}/rollback/{deploymentId}``   roll back (``?description=`` the reason)
 ``POST /v10/projects/{projectId}/promote/{deploymentId}``   promote (201 done/started, 202 queued)
@@ -14,11 +15,13 @@ Endpoints and parameters are the ones the official Vercel CLI uses for ``vercel 
   ``?failedOnly=true&limit=20[&until=]``
 ==========================================================  ==========================================
 
-Every request carries the team scope (``teamId`` or ``slug``), a timeout, and is retried with
-exponential backoff and jitter on 429, 5xx and transport errors, honouring ``Retry-After``. A
-request that changes something is retried only when the server cannot have acted on it (429, 503,
-a connection that was never made): replaying a rollback after an ambiguous failure could race the
-alias job it already started, so the caller looks at the project instead.
+Every request carries the team scope (``teamId`` or ``slug``) and a timeout. A read is retried
+with exponential backoff and jitter on 429, 5xx and transport errors, honouring ``Retry-After``.
+A request that changes something (the rollback and promote POSTs) is sent exactly once: a 503
+or a lost answer does not prove that Vercel did not act (it may have started the alias job and
+failed afterwards), and a second POST would then race the job the first one started. The error
+says what came back (:attr:`VercelApiError.retry_after` included) and the caller decides, after
+looking at the project's ``lastAliasRequest`` (see :mod:`doai_ansible.parts.dashboard`).
 
 The token is only ever placed in the Authorization header; it is not in any message, log line or
 ``repr``.
@@ -45,8 +48,6 @@ USER_AGENT = "doai-rollback"
 DEFAULT_MAX_WAIT_S = 30.0  # cap on one wait between retries, Retry-After included
 BACKOFF_BASE_S = 0.5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# statuses after which the server did not act on a request, so a POST may be sent again
-SAFE_TO_REPLAY = frozenset({429, 503})
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -81,6 +82,16 @@ def _error_fields(response: httpx.Response) -> dict[str, Any]:
         return {}
     err = body.get("error") if isinstance(body, dict) else None
     return err if isinstance(err, dict) else {}
+
+
+class VercelApiError(ApiError):
+    """An error answer of the Vercel API; ``retry_after`` is its ``Retry-After`` in seconds, if any."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, hint: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code, hint=hint)
+        self.retry_after = retry_after
 
 
 class VercelClient:
@@ -165,22 +176,20 @@ class VercelClient:
         """Send one API request with scope, retries and error mapping; returns a 2xx response.
 
         ``what`` names the thing asked for ("project doai-dashboard") in error messages.
-        Raises :class:`ApiError` for an answer retrying will not fix (or retries ran out) and
-        :class:`UnreachableError` when the API could not be reached.
+        Raises :class:`VercelApiError` for an answer retrying will not fix (or retries ran out, or
+        the request changes something) and :class:`UnreachableError` when no answer came.
         """
         query = {**self._scope, **{k: v for k, v in (params or {}).items() if v is not None}}
+        # A POST is never sent twice from here: see the module docstring.
         mutating = method.upper() not in ("GET", "HEAD", "OPTIONS")
-        attempts = self.settings.max_retries + 1
+        attempts = 1 if mutating else self.settings.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             started = self.clock()
             try:
                 response = self._http.request(method, path, params=query, json=json)
             except httpx.TransportError as exc:
-                # A request that never reached the server can always be sent again; after a
-                # read timeout a POST may have been acted on, so it is not replayed.
-                replayable = not mutating or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-                if last or not replayable:
+                if last:
                     raise UnreachableError(
                         f"cannot reach the Vercel API at {self.settings.api_url} "
                         f"({method} {path}: {type(exc).__name__})",
@@ -202,8 +211,8 @@ class VercelClient:
             status = response.status_code
             if status < 400:
                 return response
-            if status in RETRY_STATUSES and not last and (not mutating or status in SAFE_TO_REPLAY):
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status in RETRY_STATUSES and not last:
                 delay = self._backoff(attempt)
                 if retry_after is not None:
                     # the server said when; add a little jitter so parallel clients spread out
@@ -220,48 +229,52 @@ class VercelClient:
                 )
                 self.sleep(delay)
                 continue
-            raise self._error(method, path, response, what=what)
+            raise self._error(method, path, response, what=what, retry_after=retry_after)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-    def _error(self, method: str, path: str, response: httpx.Response, *, what: str) -> ApiError:
+    def _error(
+        self, method: str, path: str, response: httpx.Response, *, what: str, retry_after: float | None = None
+    ) -> VercelApiError:
         status = response.status_code
         fields = _error_fields(response)
         code = fields.get("code")
         detail = fields.get("message") or response.reason_phrase
         said = f"{detail} ({code})" if code else str(detail)
         if status == 401 or (status == 403 and fields.get("invalidToken")):
-            return ApiError(
+            return VercelApiError(
                 f"Vercel rejected the access token ({status}: {said})",
                 status_code=status,
                 hint="check VERCEL_TOKEN: it may be mistyped, expired or revoked",
             )
         if status == 403:
-            return ApiError(
+            return VercelApiError(
                 f"Vercel denied access to {what} in {self.scope_text} ({status}: {said})",
                 status_code=status,
                 hint="check vercel.team_id / vercel.team_slug and that the token's user is a member of that "
                 "team with access to the project",
             )
         if status == 404:
-            return ApiError(
+            return VercelApiError(
                 f"Vercel has no {what} in {self.scope_text} ({said})",
                 status_code=status,
                 hint="check vercel.project (id or name) and the team scope: a team's project needs "
                 "vercel.team_id or vercel.team_slug",
             )
         if status == 429:
-            return ApiError(
-                f"Vercel kept rate-limiting {method} {path} after {self.settings.max_retries} retries",
+            return VercelApiError(
+                f"Vercel rate-limited {method} {path} ({status}: {said})",
                 status_code=status,
                 hint="wait a minute and try again",
+                retry_after=retry_after,
             )
         if status >= 500:
-            return ApiError(
+            return VercelApiError(
                 f"Vercel API failed on {method} {path} ({status}: {said})",
                 status_code=status,
                 hint="Vercel may be having an incident (https://www.vercel-status.com); try again later",
+                retry_after=retry_after,
             )
-        return ApiError(f"Vercel refused {method} {path} ({status}: {said})", status_code=status)
+        return VercelApiError(f"Vercel refused {method} {path} ({status}: {said})", status_code=status)
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if not response.content:
@@ -299,16 +312,29 @@ class VercelClient:
         until: int | None = None,
         limit: int = 20,
         state: str | None = None,
+        rollback_candidate: bool | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """One page of ``GET /v6/deployments`` (newest first): ``(deployments, pagination)``."""
+        """One page of ``GET /v6/deployments`` (newest first): ``(deployments, pagination)``.
+
+        ``rollback_candidate`` True lists only deployments Vercel can roll back to (those that
+        were once aliased to production), False only the others.
+        """
         if not 1 <= limit <= 100:
             raise ConfigError("limit", "must be between 1 and 100")
         ref = project_id or self.project
+        candidate = None if rollback_candidate is None else str(bool(rollback_candidate)).lower()
         body = self._json(
             self.request(
                 "GET",
                 "/v6/deployments",
-                params={"projectId": ref, "target": target, "until": until, "limit": limit, "state": state},
+                params={
+                    "projectId": ref,
+                    "target": target,
+                    "until": until,
+                    "limit": limit,
+                    "state": state,
+                    "rollbackCandidate": candidate,
+                },
                 what=f"deployments of project {ref!r}",
             )
         )
@@ -325,6 +351,7 @@ class VercelClient:
         until: int | None = None,
         limit: int = 20,
         state: str | None = None,
+        rollback_candidate: bool | None = None,
         max_pages: int = 50,
     ) -> Iterator[dict[str, Any]]:
         """Deployments newest first, following ``pagination.next`` as ``until``, lazily.
@@ -334,7 +361,12 @@ class VercelClient:
         """
         for _ in range(max_pages):
             page, pagination = self.list_deployments_page(
-                project_id=project_id, target=target, until=until, limit=limit, state=state
+                project_id=project_id,
+                target=target,
+                until=until,
+                limit=limit,
+                state=state,
+                rollback_candidate=rollback_candidate,
             )
             yield from page
             nxt = pagination.get("next")
@@ -350,7 +382,10 @@ class VercelClient:
         return self._json(self.request("GET", f"/v13/deployments/{_seg(id_or_url)}", what=f"deployment {id_or_url!r}"))
 
     def request_rollback(self, project_id: str, deployment_id: str, description: str | None = None) -> None:
-        """``POST /v9/projects/{projectId}/rollback/{deploymentId}``: starts the alias job (201)."""
+        """``POST /v9/projects/{projectId}/rollback/{deploymentId}``: starts the alias job (201).
+
+        Sent once; after an error answer or none, look at ``lastAliasRequest`` before anything else.
+        """
         self.request(
             "POST",
             f"/v9/projects/{_seg(project_id)}/rollback/{_seg(deployment_id)}",
@@ -362,7 +397,8 @@ class VercelClient:
     def promote(self, project_id: str, deployment_id: str) -> bool:
         """``POST /v10/projects/{projectId}/promote/{deploymentId}``; True when only queued (202).
 
-        202 means Vercel queued the promotion behind an active rolling release.
+        202 means Vercel queued the promotion behind an active rolling release. Sent once, like
+        :meth:`request_rollback`.
         """
         response = self.request(
             "POST",

@@ -126,17 +126,13 @@ class VercelCli:
     env: dict[str, str]
     token: str
 
-    def run(self, *args: str, token: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = [
-            str(VERCEL_BIN),
-            *args,
-            "--api",
-            self.rig.api.url,
-            "--token",
-            token or self.token,
-            "--scope",
-            self.rig.world.team.slug,
-        ]
+    def run(
+        self, *args: str, token: str | None = None, timeout: float = 60, scope: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``vercel ARGS --api <stand-in> --token T [--scope <team slug>]`` (``scope`` False: ARGS say it)."""
+        cmd = [str(VERCEL_BIN), *args, "--api", self.rig.api.url, "--token", token or self.token]
+        if scope:
+            cmd += ["--scope", self.rig.world.team.slug]
         return subprocess.run(
             cmd,
             cwd=self.cwd,

@@ -28,11 +28,14 @@ def test_rollback_picks_the_target_across_pages_follows_the_job_and_passes_the_h
 ) -> None:
     rig = vercel_rig
     settings = rig.settings()
+    rig.api.ignored_filters.add("rollbackCandidate")  # so the client's own checks and paging are exercised
     step = dashboard.plan_dashboard_rollback(settings, page_size=2)
     assert (step.current, step.desired) == (rig.world.current.id, rig.world.expected_target.id)
+    assert step.desired != rig.world.staged.id  # newer, READY, production, but never live
     pages = rig.api.requests_to("GET", "/v6/deployments")
     assert len(pages) >= 2 and "until" in pages[1].query
     assert all(p.query["projectId"] == rig.world.project.id and p.query["target"] == "production" for p in pages)
+    assert all(p.query["rollbackCandidate"] == "true" for p in pages)
     assert rig.api.mutating_requests() == []
     assert rig.health.hits == []
 
@@ -119,8 +122,9 @@ def test_retries_are_bounded(vercel_rig: VercelRig) -> None:
         lambda w: w.errored.id,
         lambda w: w.other_project_deployment.url,
         lambda w: w.other_team_deployment.id,
+        lambda w: w.staged.id,
     ],
-    ids=["shell", "unknown", "preview", "error", "other-project", "other-team"],
+    ids=["shell", "unknown", "preview", "error", "other-project", "other-team", "never-live"],
 )
 def test_an_invalid_to_is_refused_with_no_mutating_request(vercel_rig: VercelRig, pick) -> None:
     rig = vercel_rig
@@ -129,6 +133,46 @@ def test_an_invalid_to_is_refused_with_no_mutating_request(vercel_rig: VercelRig
     assert info.value.exit_status == ExitStatus.USAGE
     assert rig.api.mutating_requests() == []
     assert rig.api.production_of(rig.world.project) == rig.world.current.id
+
+
+def test_a_rollback_processed_then_answered_503_is_followed_once_over_http(vercel_rig: VercelRig) -> None:
+    """The defect: the client re-sent the POST, got 409, and the run ended LOCKED with no health gate."""
+    rig = vercel_rig
+    settings = rig.settings()
+    rig.api.arm_unavailable(status=503, method="POST", after_acting=True, retry_after="1")
+    step = dashboard.plan_dashboard_rollback(settings)
+    result = dashboard.apply_dashboard_rollback(step, settings, "1.4.0 breaks the login page")
+    assert result.outcome is Outcome.SUCCEEDED
+    assert [(r.method, r.status) for r in rig.api.mutating_requests()] == [("POST", 503)]
+    assert rig.api.production_of(rig.world.project) == rig.world.expected_target.id
+    assert rig.health.hits and rig.health.hits[-1] == 200  # the gate ran on the job it followed
+
+
+def test_a_rollback_whose_connection_drops_after_acting_is_followed_once_over_http(vercel_rig: VercelRig) -> None:
+    rig = vercel_rig
+    settings = rig.settings()
+    rig.api.arm_drop(method="POST")
+    step = dashboard.plan_dashboard_rollback(settings)
+    result = dashboard.apply_dashboard_rollback(step, settings, "bad release")
+    assert result.outcome is Outcome.SUCCEEDED
+    assert [(r.method, r.status) for r in rig.api.mutating_requests()] == [("POST", 0)]  # 0: no answer
+    assert rig.api.production_of(rig.world.project) == rig.world.expected_target.id
+
+
+def test_api_down_after_the_post_ends_not_restored_with_commands_over_http(vercel_rig: VercelRig) -> None:
+    rig = vercel_rig
+    settings = rig.settings(max_retries=1)
+    rig.api.arm_outage(method="POST")
+    step = dashboard.plan_dashboard_rollback(settings)
+    with pytest.raises(RollbackFailed) as info:
+        dashboard.apply_dashboard_rollback(step, settings, "bad release")
+    exc = info.value
+    assert exc.exit_status == ExitStatus.FAILED_NOT_RESTORED
+    assert exc.result.outcome is Outcome.NOT_RESTORED
+    team = rig.world.team.id
+    assert f"vercel rollback status doai-dashboard --scope {team}" in exc.result.message
+    assert f"vercel promote {rig.world.current.id} --scope {team}" in exc.result.message
+    assert len(rig.api.mutating_requests()) == 1
 
 
 def test_the_token_never_appears_in_logs_errors_or_results(

@@ -6,10 +6,13 @@ behaves like the real API, so what our client is tested against is not a fiction
 from __future__ import annotations
 
 import re
+import shlex
 from typing import TYPE_CHECKING
 
 import pytest
 
+from doai_ansible.errors import RollbackFailed
+from doai_ansible.model import Outcome
 from doai_ansible.parts import dashboard
 
 if TYPE_CHECKING:  # imported by pytest_plugins; importing it here first would defeat assert rewriting
@@ -104,6 +107,46 @@ def test_cli_is_refused_a_preview_and_a_wrong_token_without_anything_changing(ve
     assert post.status == 400
     assert api.production_of(world.project) == world.current.id
     assert api.projects[world.project.id].last_alias_request is None
+
+
+def test_cli_is_refused_a_deployment_that_was_never_live(vercel_cli: VercelCli) -> None:
+    """The CLI (58.10.0) does not check rollback eligibility itself (it sends no rollbackCandidate
+    and reads no isRollbackCandidate): the API refuses, and the stand-in does as Vercel does."""
+    world, api = vercel_cli.rig.world, vercel_cli.rig.api
+    proc = vercel_cli.run("rollback", world.staged.id, "--yes")
+    assert proc.returncode != 0, output(proc)
+    assert "cannot be rolled back to" in output(proc)
+    (post,) = api.mutating_requests()
+    assert post.status == 400
+    assert api.production_of(world.project) == world.current.id
+    assert api.projects[world.project.id].last_alias_request is None
+    listed = vercel_cli.run("list", "--prod")
+    assert listed.returncode == 0 and world.staged.url in listed.stdout  # listed, just not a candidate
+
+
+def test_the_commands_of_a_not_restored_result_work_with_the_cli(vercel_cli: VercelCli) -> None:
+    """API lost right after an accepted rollback: the commands the result names check and undo it."""
+    rig = vercel_cli.rig
+    settings = rig.settings(max_retries=1)
+    rig.api.arm_outage(method="POST")
+    step = dashboard.plan_dashboard_rollback(settings)
+    with pytest.raises(RollbackFailed) as info:
+        dashboard.apply_dashboard_rollback(step, settings, "contract check")
+    result = info.value.result
+    assert result.outcome is Outcome.NOT_RESTORED
+    check, undo = (shlex.split(c) for c in result.step.details["by_hand"])
+    assert check[0] == undo[0] == "vercel"
+    rig.api.end_outage()
+
+    status = vercel_cli.run(*check[1:], scope=False)
+    assert status.returncode == 0, output(status)
+    target = rig.world.expected_target
+    assert f"rolled back to {target.url} ({target.id})" in output(status)  # the rollback did happen
+    assert rig.api.production_of(rig.world.project) == target.id
+
+    back = vercel_cli.run(*undo[1:], scope=False)
+    assert back.returncode == 0, output(back)
+    assert rig.api.production_of(rig.world.project) == rig.world.current.id
 
 
 def test_cli_sees_the_rollback_our_client_made(vercel_cli: VercelCli) -> None:

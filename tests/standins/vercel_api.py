@@ -1,6 +1,6 @@
 """A local stand-in for the Vercel REST API, on 127.0.0.1, for our client and the official CLI.
 
-It implements the endpoints that ``doai_ansible.vercel`` and the official Vercel CLI (58.x) call for
+It implements the endpoints that ``doai_ansible.clients.vercel`` and the official Vercel CLI (58.x) call for
 ``rollback``, ``rollback status``, ``promote``, ``promote status`` and ``list``, with bodies shaped
 like the real API's: ``/v6/deployments`` items carry ``uid``/``created``/``state``,
 ``/v13/deployments/{idOrUrl}`` carries ``id``/``createdAt``/``readyState``, the project carries
@@ -21,8 +21,24 @@ Behaviour worth knowing when writing tests:
   moves to the new deployment; on "failed" the aliases in ``failing_domains`` fail and production
   stays where it was (unless ``failure_moves_production``); "skipped" changes nothing. A request
   for the deployment that is already live is skipped, as Vercel does.
-* Faults: ``arm_rate_limit()`` (429 + ``Retry-After``) and ``arm_unavailable()`` (a one-off 503)
-  answer the next matching request(s) before anything else happens.
+* Rollback eligibility: a deployment is a rollback candidate (``isRollbackCandidate``) once it has
+  been live in production: built with auto-assign on, made live by ``live=``/``set_production`` or
+  by a rollback/promote job. One added with ``staged=True`` (a production build made while
+  auto-assign was off, ``readySubstate`` "STAGED") is not, until it is promoted. A rollback to a
+  non-candidate is refused with 400 (the code and wording of that answer are our guess; the
+  official CLI only shows the message). ``/v6/deployments?rollbackCandidate=true`` lists only
+  candidates, unless ``ignored_filters`` names that filter (a server that ignores it).
+* Faults, each for the next matching request(s):
+  - ``arm_rate_limit()``: 429 + ``Retry-After``, before anything happens;
+  - ``arm_unavailable()``: a 5xx (``retry_after=`` adds the header) before anything happens, or,
+    with ``after_acting=True``, after doing what was asked ("process then answer 503");
+  - ``arm_drop()``: close the connection without an answer, after acting by default ("process
+    then drop the connection") or before;
+  - ``arm_outage()``: act on the request (and answer it, unless ``answer=False``), then drop
+    every later request ("API down after the POST"); ``for_requests=`` ends the outage after that
+    many dropped requests, ``end_outage()`` ends it by hand.
+  A dropped request is logged with status 0 (``DROPPED``); over HTTP the client sees the
+  connection closed, through ``transport()`` an ``httpx.RemoteProtocolError``.
 * ``requests`` logs every request (method, path, query, body, status) and never keeps the
   Authorization header; ``mutating_requests()`` leaves out the reads.
 """
@@ -45,6 +61,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 _ALNUM = string.ascii_letters + string.digits
 JOB_OUTCOMES = ("succeeded", "failed", "skipped")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
+DROPPED = 0  # the status logged for a request answered by closing the connection
 
 
 def now_ms() -> int:
@@ -139,6 +156,7 @@ class Deployment:
     target: str | None = "production"
     meta: dict[str, str] = dataclasses.field(default_factory=dict)
     team: Team | None = None
+    was_live: bool = False  # has been aliased to the production domains at some time
 
     @property
     def building_at(self) -> int:
@@ -150,7 +168,13 @@ class Deployment:
 
     @property
     def rollback_candidate(self) -> bool:
-        return self.state == "READY" and self.target == "production"
+        return self.state == "READY" and self.target == "production" and self.was_live
+
+    @property
+    def ready_substate(self) -> str | None:
+        if self.state != "READY" or self.target != "production":
+            return None
+        return "PROMOTED" if self.was_live else "STAGED"
 
     def list_item(self) -> dict[str, Any]:
         """An item of ``GET /v6/deployments`` (the legacy shape: ``uid``, ``created``, ``state``)."""
@@ -163,7 +187,7 @@ class Deployment:
             "source": "git",
             "state": self.state,
             "readyState": self.state,
-            "readySubstate": "PROMOTED" if self.rollback_candidate else None,
+            "readySubstate": self.ready_substate,
             "type": "LAMBDAS",
             "creator": {
                 "uid": self.creator.id,
@@ -196,7 +220,7 @@ class Deployment:
             "buildingAt": self.building_at,
             "ready": self.ready,
             "readyState": self.state,
-            "readySubstate": "PROMOTED" if self.rollback_candidate else None,
+            "readySubstate": self.ready_substate,
             "status": self.state,
             "target": self.target,
             "type": "LAMBDAS",
@@ -259,6 +283,7 @@ class _Fault:
     headers: dict[str, str]
     body: dict[str, Any]
     after: bool = False  # act on the request, then answer with the fault (a lost answer)
+    outage: int | None = None  # then drop this many later requests (0: until end_outage())
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -281,6 +306,7 @@ class VercelStandIn:
         self.failing_domains: list[str] | None = None  # None: the first domain of the project fails
         self.failure_moves_production = False
         self.promote_queued = False  # answer promote with 202 (queued behind a rolling release)
+        self.ignored_filters: set[str] = set()  # /v6/deployments query filters to ignore, e.g. "rollbackCandidate"
         self.users: dict[str, User] = {}
         self.tokens: dict[str, str] = {}  # token -> user id
         self.teams: dict[str, Team] = {}
@@ -291,6 +317,7 @@ class VercelStandIn:
         self.unhandled: list[str] = []
         self._outcomes: list[str] = []
         self._faults: list[_Fault] = []
+        self._down: int | None = None  # during an outage: requests left to drop (0: until end_outage())
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -374,7 +401,9 @@ class VercelStandIn:
         target: str | None = "production",
         meta: dict[str, str] | None = None,
         live: bool = False,
+        staged: bool = False,
     ) -> Deployment:
+        """A deployment; a READY production one counts as once live unless ``staged``."""
         team = self.teams.get(project.account_id)
         scope = team.slug if team else creator.username
         host = f"{project.name}-{''.join(self.rng.choice(string.ascii_lowercase + string.digits) for _ in range(9))}"
@@ -390,6 +419,7 @@ class VercelStandIn:
             target=target,
             meta=dict(meta or {}),
             team=team,
+            was_live=live or (state == "READY" and target == "production" and not staged),
         )
         with self._lock:
             if any(d.created_at == dep.created_at for d in self.deployments.values()):
@@ -443,11 +473,13 @@ class VercelStandIn:
         method: str | None = None,
         path_prefix: str | None = None,
         after_acting: bool = False,
+        retry_after: str | None = None,
     ) -> None:
         """The next ``count`` matching requests get a 5xx (one-off by default).
 
         With ``after_acting`` the stand-in first does what the request asks and only the answer is
         replaced: the case of a gateway that times out after the API accepted a rollback.
+        ``retry_after`` adds that ``Retry-After`` header.
         """
         self._arm(
             _Fault(
@@ -455,11 +487,46 @@ class VercelStandIn:
                 count,
                 method,
                 path_prefix,
-                {},
+                {"Retry-After": retry_after} if retry_after is not None else {},
                 {"error": {"code": "internal_server_error", "message": "Service Unavailable"}},
                 after=after_acting,
             )
         )
+
+    def arm_drop(
+        self, *, count: int = 1, method: str | None = None, path_prefix: str | None = None, after_acting: bool = True
+    ) -> None:
+        """The next ``count`` matching requests are answered by closing the connection.
+
+        ``after_acting`` (the default) does what the request asks first: the answer to an accepted
+        rollback is lost on the way back. Without it the request is dropped unseen.
+        """
+        self._arm(_Fault(DROPPED, count, method, path_prefix, {}, {}, after=after_acting))
+
+    def arm_outage(
+        self,
+        *,
+        method: str | None = "POST",
+        path_prefix: str | None = None,
+        answer: bool = True,
+        for_requests: int | None = None,
+    ) -> None:
+        """After the next matching request is acted on, the API goes down: later requests are dropped.
+
+        ``answer`` False loses that request's answer too. ``for_requests`` ends the outage after
+        that many dropped requests; otherwise it lasts until :meth:`end_outage`.
+        """
+        status = -1 if answer else DROPPED  # -1: the request's own answer
+        self._arm(_Fault(status, 1, method, path_prefix, {}, {}, after=True, outage=for_requests or 0))
+
+    def end_outage(self) -> None:
+        with self._lock:
+            self._down = None
+
+    @property
+    def down(self) -> bool:
+        with self._lock:
+            return self._down is not None
 
     def _arm(self, fault: _Fault) -> None:
         with self._lock:
@@ -482,6 +549,7 @@ class VercelStandIn:
     def set_production(self, project: Project, deployment: Deployment) -> None:
         with self._lock:
             project.production_id = deployment.id
+            deployment.was_live = True
 
     def transport(self) -> Any:
         """An ``httpx.MockTransport`` answering from this stand-in in-process (no server needed).
@@ -499,6 +567,8 @@ class VercelStandIn:
             target = request.url.raw_path.decode("ascii")
             headers = {k.lower(): v for k, v in request.headers.items()}
             status, payload, extra = self.handle(request.method, target, headers, body)
+            if status == DROPPED:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
             if payload is None:
                 return httpx.Response(status, headers=extra)
             return httpx.Response(status, json=payload, headers=extra)
@@ -523,18 +593,28 @@ class VercelStandIn:
     ) -> tuple[int, Any, dict[str, str]]:
         if path.startswith("/_telemetry"):
             return 204, None, {}
+        if self._down is not None:
+            if self._down > 0:
+                self._down -= 1
+                if self._down == 0:
+                    self._down = None
+            return DROPPED, None, {}
         late: _Fault | None = None
         for fault in self._faults:
             if fault.remaining > 0 and fault.matches(method, path):
                 fault.remaining -= 1
                 if not fault.after:
-                    return fault.status, fault.body, dict(fault.headers)
+                    return fault.status, fault.body or None, dict(fault.headers)
                 late = fault
                 break
         status, payload, extra = self._dispatch(method, path, query, headers, body, entry)
-        if late is not None:
-            return late.status, late.body, dict(late.headers)
-        return status, payload, extra
+        if late is None:
+            return status, payload, extra
+        if late.outage is not None:
+            self._down = late.outage
+        if late.status == -1:
+            return status, payload, extra
+        return late.status, late.body or None, dict(late.headers)
 
     def _dispatch(
         self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: Any, entry: LoggedRequest
@@ -637,6 +717,7 @@ class VercelStandIn:
         project.alias_statuses = statuses
         if job.outcome == "succeeded" or (job.outcome == "failed" and self.failure_moves_production):
             project.production_id = job.to_id
+            self.deployments[job.to_id].was_live = True
             # after a rollback Vercel stops assigning new production deployments until a promote
             project.auto_assign_custom_domains = job.type == "promote"
 
@@ -649,6 +730,12 @@ class VercelStandIn:
             raise ApiFailure(400, "invalid_deployment", f"The deployment is not ready ({dep.state})")
         if dep.target != "production":
             raise ApiFailure(400, "invalid_deployment", f"Only production deployments can be used for a {kind}")
+        if kind == "rollback" and not dep.rollback_candidate:
+            raise ApiFailure(
+                400,
+                "not_rollback_candidate",
+                "This deployment was never assigned to production and cannot be rolled back to",
+            )
         self._advance(project, poll=False)
         running = self.jobs.get(project.id)
         if running is not None and not running.settled:
@@ -840,7 +927,7 @@ def _list_deployments(s: VercelStandIn, user: User, q: dict[str, str], body: Any
     if q.get("state"):
         wanted = {x.strip().upper() for x in q["state"].split(",")}
         deps = [d for d in deps if d.state in wanted]
-    if q.get("rollbackCandidate") in ("true", "false"):
+    if q.get("rollbackCandidate") in ("true", "false") and "rollbackCandidate" not in s.ignored_filters:
         deps = [d for d in deps if d.rollback_candidate == (q["rollbackCandidate"] == "true")]
     if until is not None:
         deps = [d for d in deps if d.created_at < until]
@@ -930,6 +1017,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, payload, extra = self.standin.handle(self.command, self.path, headers, body)
+        if status == DROPPED:
+            self.close_connection = True  # no answer at all: the client sees the connection closed
+            return
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         if payload is not None:
@@ -964,6 +1054,7 @@ class DoaiWorld:
     current: Deployment  # the bad production deployment that is live
     expected_target: Deployment  # newest READY production deployment older than ``current``
     older_ready: Deployment  # an even older READY production deployment
+    staged: Deployment  # READY production, newer than ``expected_target``, never live: not a candidate
     building: Deployment  # a production build newer than ``current``, not ready
     preview: Deployment
     errored: Deployment
@@ -988,9 +1079,10 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
     """DoAi's team with the dashboard project and its history, plus neighbours that must be ignored.
 
     Production deployments of ``doai-dashboard``, newest first: BUILDING, **current** (READY, bad),
-    ERROR, CANCELED, ERROR, CANCELED, **expected target** (READY), READY, READY. Previews are
-    interleaved, and another project of the same team deploys in between, so a client that forgets
-    a filter, or stops after the first page, picks the wrong deployment.
+    ERROR, CANCELED, ERROR, CANCELED, STAGED (READY but never live: not a rollback candidate),
+    **expected target** (READY), READY, READY. Previews are interleaved, and another project of
+    the same team deploys in between, so a client that forgets a filter, or stops after the first
+    page, picks the wrong deployment.
     """
     rng = s.rng
     user = s.add_user("doai-ops", token, email="ops@doai.me", name="DoAi Ops")
@@ -1009,6 +1101,7 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
         ref: str = "main",
         msg: str = "chore: deploy",
         live: bool = False,
+        staged: bool = False,
     ) -> Deployment:
         return s.add_deployment(
             project,
@@ -1018,6 +1111,7 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
             target=target,
             meta=_git_meta(rng, ref, msg),
             live=live,
+            staged=staged,
         )
 
     older2 = dash(240, msg="release 1.2.0")
@@ -1027,6 +1121,7 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
     expected = dash(72, msg="release 1.3.1")
     s.add_deployment(other_project, creator=user, age_s=71 * 3600, meta=_git_meta(rng, "main", "landing"))
     dash(60, target=None, ref="feat/export", msg="export csv")
+    staged = dash(55, msg="release 1.3.2 (staged, never promoted)", staged=True)
     dash(50, state="CANCELED", msg="release 1.4.0-rc1")
     dash(40, state="ERROR", msg="release 1.4.0-rc2")
     dash(30, target=None, ref="fix/login", msg="fix login")
@@ -1039,7 +1134,7 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
     other_team_dep = s.add_deployment(acme, creator=outsider, age_s=3 * 3600, live=True)
     s.add_deployment(personal, creator=user, age_s=5 * 3600, live=True)
     other_dep = next(d for d in s.deployments.values() if d.project_id == other_project.id)
-    assert older2.created_at < older_ready.created_at < expected.created_at < current.created_at
+    assert older2.created_at < older_ready.created_at < expected.created_at < staged.created_at < current.created_at
     return DoaiWorld(
         token=token,
         user=user,
@@ -1051,6 +1146,7 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
         current=current,
         expected_target=expected,
         older_ready=older_ready,
+        staged=staged,
         building=building,
         preview=preview,
         errored=errored,

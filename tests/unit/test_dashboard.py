@@ -1,4 +1,4 @@
-"""Unit tests of doai_ansible.dashboard against the Vercel stand-in, in-process, on a fake clock.
+"""Unit tests of doai_ansible.parts.dashboard against the Vercel stand-in, in-process, on a fake clock.
 
 The stand-in answers through an httpx.MockTransport (no sockets); alias jobs advance by polls, and
 every wait goes through FakeTime, so deadlines are reached without sleeping.
@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from doai_ansible.parts import dashboard
-from doai_ansible.errors import ApiError, ExitStatus, LockedError, RollbackFailed, ValidationError
-from doai_ansible.model import Outcome, Part
+from doai_ansible.errors import ApiError, ExitStatus, LockedError, RollbackFailed, UnreachableError, ValidationError
+from doai_ansible.model import Outcome, Part, StepResult
 from doai_ansible.settings import Secret, VercelSettings
 from doai_ansible.clients.vercel import VercelClient
 from tests.standins.vercel_api import DoaiWorld, VercelStandIn, build_doai_world
@@ -107,19 +107,72 @@ def test_status_shows_the_last_alias_request(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("page_size", [1, 2, 20])
-def test_default_target_is_the_newest_ready_production_deployment_older_than_live(rig: Rig, page_size: int) -> None:
+@pytest.mark.parametrize("server_filters", [True, False], ids=["server-filters", "server-ignores-rollbackCandidate"])
+def test_default_target_is_the_newest_rollback_candidate_older_than_live(
+    rig: Rig, page_size: int, server_filters: bool
+) -> None:
+    """Not the staged 1.3.2 (READY, production, never live), although it is newer than 1.3.1."""
+    if not server_filters:
+        rig.api.ignored_filters.add("rollbackCandidate")
     step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client, page_size=page_size)
     assert step.part is Part.DASHBOARD
     assert step.target == "doai-dashboard"
     assert step.current == rig.world.current.id
-    assert step.desired == rig.world.expected_target.id
+    assert step.desired == rig.world.expected_target.id != rig.world.staged.id
     assert step.changes
-    assert "older than the live one" in step.rule
+    assert "older than the live one" in step.rule and "rollback candidate" in step.rule
     assert step.details["to_deployment"]["commit"] == rig.world.expected_target.meta["githubCommitSha"]
     pages = rig.api.requests_to("GET", "/v6/deployments")
-    if page_size < 4:  # ERROR and CANCELED builds sit between the live and the target deployment
+    assert all(p.query["rollbackCandidate"] == "true" and p.query["target"] == "production" for p in pages)
+    if server_filters:
+        assert len(pages) == 1  # the first candidate older than the live one is the target
+    elif page_size < 5:  # ERROR, CANCELED and the staged build sit between the live and the target
         assert len(pages) > 1
+        assert all("until" in p.query for p in pages)
     assert rig.api.mutating_requests() == []
+
+
+def test_the_listing_of_the_stand_in_marks_a_staged_build_as_no_candidate(rig: Rig) -> None:
+    items = {d["uid"]: d for d in rig.client.list_deployments(project_id=rig.world.project.id, limit=100)}
+    assert items[rig.world.staged.id]["isRollbackCandidate"] is False
+    assert items[rig.world.staged.id]["readySubstate"] == "STAGED"
+    assert items[rig.world.expected_target.id]["isRollbackCandidate"] is True
+    candidates = list(rig.client.list_deployments(project_id=rig.world.project.id, rollback_candidate=True))
+    assert rig.world.staged.id not in {d["uid"] for d in candidates}
+
+
+def test_an_explicit_to_that_was_never_live_is_refused_at_plan_time(rig: Rig) -> None:
+    staged = rig.world.staged
+    for ref in (staged.id, staged.url):
+        with pytest.raises(ValidationError) as info:
+            dashboard.plan_dashboard_rollback(rig.settings, ref, client=rig.client)
+        why = f"deployment {staged.id} was never live in production (not a rollback candidate); Vercel cannot"
+        assert f"{why} roll back to it" in str(info.value)
+        assert info.value.exit_status == ExitStatus.USAGE
+    assert rig.api.mutating_requests() == []
+
+
+def test_a_staged_build_is_a_candidate_once_it_was_promoted(rig: Rig) -> None:
+    staged = rig.world.staged
+    promote = dashboard.plan_dashboard_promote(rig.settings, staged.id, client=rig.client)
+    assert dashboard.promote_dashboard(promote, rig.settings, client=rig.client,
+                                       health_check=rig.health_check).outcome is Outcome.SUCCEEDED
+    rig.api.set_production(rig.world.project, rig.world.current)  # a newer release went live again
+    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
+    assert step.desired == staged.id
+
+
+@pytest.mark.parametrize(("field", "refused", "noted"), [(False, True, False), (None, False, True), (True, False, False)])
+def test_rollback_candidacy_as_vercel_reports_it(field: bool | None, refused: bool, noted: bool) -> None:
+    dep = {"id": "dpl_abcdefgh1234", "target": "production", "readyState": "READY"}
+    if field is not None:
+        dep["isRollbackCandidate"] = field
+    if refused:
+        with pytest.raises(ValidationError, match="not a rollback candidate"):
+            dashboard._check_rollback_candidate(dep, "dpl_abcdefgh1234")
+    else:
+        note = dashboard._check_rollback_candidate(dep, "dpl_abcdefgh1234")
+        assert (note is not None) is noted
 
 
 def test_default_target_moves_on_after_a_rollback(rig: Rig) -> None:
@@ -139,8 +192,9 @@ def test_no_older_ready_deployment_is_a_validation_error(rig: Rig) -> None:
         key=lambda d: d.created_at,
     )
     rig.api.set_production(rig.world.project, oldest)
-    with pytest.raises(ValidationError, match="nothing to roll back to|no READY production"):
+    with pytest.raises(ValidationError, match="nothing to roll back to") as info:
         dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
+    assert "no rollback candidate" in str(info.value)
 
 
 def test_to_by_id_url_and_host(rig: Rig) -> None:
@@ -329,19 +383,154 @@ def test_a_rollback_refused_before_acting_changes_nothing(rig: Rig) -> None:
     with pytest.raises(ApiError) as info:
         dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
     assert info.value.status_code == 500
+    assert "did not start the rollback" in str(info.value) and "nothing was changed" in str(info.value)
     assert len(rig.api.mutating_requests()) == 1  # a 500 on a POST is not replayed blindly
     assert rig.api.production_of(rig.world.project) == rig.world.current.id
 
 
-def test_a_lost_answer_after_vercel_accepted_is_followed_not_repeated(rig: Rig) -> None:
-    rig.api.arm_unavailable(status=502, method="POST", after_acting=True)
+# ---------------------------------------------------------------------------------------------
+# ambiguous answers to the POST: look at lastAliasRequest, never send it again blindly
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_default(rig: Rig) -> StepResult:
     step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
-    result = dashboard.apply_dashboard_rollback(
-        step, rig.settings, "r", client=rig.client, health_check=rig.health_check
-    )
+    return dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+
+
+def kinds(rig: Rig) -> list[str]:
+    return [r.path.split("/")[-2] for r in rig.api.mutating_requests()]
+
+
+@pytest.mark.parametrize(
+    "arm",
+    [
+        lambda api: api.arm_unavailable(status=503, method="POST", after_acting=True, retry_after="2"),
+        lambda api: api.arm_unavailable(status=503, method="POST", after_acting=True),
+        lambda api: api.arm_unavailable(status=502, method="POST", after_acting=True),
+        lambda api: api.arm_drop(method="POST"),
+    ],
+    ids=["processed-then-503-retry-after", "processed-then-503", "processed-then-502", "processed-then-dropped"],
+)
+def test_an_accepted_post_with_a_lost_answer_is_followed_not_sent_again(rig: Rig, arm) -> None:
+    """The defect: a re-sent POST got 409 and the run ended LOCKED while the first job ran ungated."""
+    arm(rig.api)
+    rig.health = [False, True]
+    result = apply_default(rig)
     assert result.outcome is Outcome.SUCCEEDED
-    assert len(rig.api.mutating_requests()) == 1
+    assert kinds(rig) == ["rollback"]  # one POST
     assert rig.api.production_of(rig.world.project) == rig.world.expected_target.id
+    assert rig.health_calls == 2  # the health gate ran on the job we followed
+    assert result.step.details["job"]["jobStatus"] == "succeeded"
+
+
+def test_an_accepted_post_with_a_lost_answer_still_has_its_health_gate_and_restore(rig: Rig) -> None:
+    rig.api.arm_unavailable(status=503, method="POST", after_acting=True, retry_after="1")
+    rig.health = [False]
+    info = failing_rollback(rig)
+    assert info.value.restored is True and info.value.result.outcome is Outcome.RESTORED
+    assert kinds(rig) == ["rollback", "promote"]
+    assert rig.api.production_of(rig.world.project) == rig.world.current.id
+
+
+@pytest.mark.parametrize(
+    ("arm", "wait"),
+    [
+        (lambda api: api.arm_unavailable(status=503, method="POST", retry_after="4"), 4.0),
+        (lambda api: api.arm_rate_limit(method="POST", retry_after="3"), 3.0),
+    ],
+    ids=["503", "429"],
+)
+def test_a_post_that_verifiably_did_not_start_is_sent_once_more_after_retry_after(rig: Rig, arm, wait: float) -> None:
+    arm(rig.api)
+    result = apply_default(rig)
+    assert result.outcome is Outcome.SUCCEEDED
+    assert kinds(rig) == ["rollback", "rollback"]
+    assert [r.status for r in rig.api.mutating_requests()] == [503 if wait == 4.0 else 429, 201]
+    assert wait in rig.time.sleeps  # it waited as long as Vercel said
+    assert rig.api.production_of(rig.world.project) == rig.world.expected_target.id
+
+
+def test_a_post_refused_twice_ends_with_nothing_changed(rig: Rig) -> None:
+    rig.api.arm_unavailable(status=503, method="POST", retry_after="1", count=2)
+    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
+    with pytest.raises(ApiError) as info:
+        dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    assert info.value.exit_status == ExitStatus.UNREACHABLE and "nothing was changed" in str(info.value)
+    assert kinds(rig) == ["rollback", "rollback"]  # once more, not more
+    assert rig.api.production_of(rig.world.project) == rig.world.current.id
+
+
+@pytest.mark.parametrize(
+    ("arm", "error"),
+    [
+        (lambda api: api.arm_unavailable(status=503, method="POST"), ApiError),  # no Retry-After: no second POST
+        (lambda api: api.arm_drop(method="POST", after_acting=False), UnreachableError),
+    ],
+    ids=["503-without-retry-after", "dropped-unseen"],
+)
+def test_a_post_that_verifiably_did_not_start_and_may_not_be_resent_changes_nothing(rig: Rig, arm, error) -> None:
+    arm(rig.api)
+    step = dashboard.plan_dashboard_rollback(rig.settings, client=rig.client)
+    with pytest.raises(error) as info:
+        dashboard.apply_dashboard_rollback(step, rig.settings, "r", client=rig.client, health_check=rig.health_check)
+    assert "did not start the rollback" in str(info.value) and "nothing was changed" in str(info.value)
+    assert kinds(rig) == ["rollback"]
+    assert rig.api.projects[rig.world.project.id].last_alias_request is None
+
+
+def assert_by_hand(rig: Rig, exc: RollbackFailed) -> None:
+    """NOT_RESTORED, and the message has the exact commands to check and to undo."""
+    team = rig.world.team.id
+    assert exc.restored is False
+    assert exc.exit_status == ExitStatus.FAILED_NOT_RESTORED  # never UNREACHABLE ("nothing was changed")
+    assert exc.result.outcome is Outcome.NOT_RESTORED
+    assert f"`vercel rollback status doai-dashboard --scope {team}`" in exc.result.message
+    assert f"`vercel promote {rig.world.current.id} --scope {team}`" in exc.result.message
+    assert exc.result.step.details["by_hand"] == [
+        f"vercel rollback status doai-dashboard --scope {team}",
+        f"vercel promote {rig.world.current.id} --scope {team}",
+    ]
+
+
+def test_api_down_right_after_an_accepted_post_is_not_restored_with_the_commands(rig: Rig) -> None:
+    rig.api.arm_outage(method="POST")  # the POST is answered 201, then nothing answers
+    info = failing_rollback(rig)
+    assert_by_hand(rig, info.value)
+    assert "lost track of the Vercel rollback job" in info.value.result.message
+    assert kinds(rig) == ["rollback"]
+    rig.api.end_outage()  # the rollback did happen: Vercel finishes the job once we look again
+    for _ in range(3):
+        dashboard.dashboard_status(rig.settings, client=rig.client)
+    assert rig.api.production_of(rig.world.project) == rig.world.expected_target.id
+
+
+def test_api_down_with_the_answer_of_the_post_lost_is_not_restored_with_the_commands(rig: Rig) -> None:
+    rig.api.arm_outage(method="POST", answer=False)
+    info = failing_rollback(rig)
+    assert_by_hand(rig, info.value)
+    assert "may or may not have started" in info.value.result.message
+    assert kinds(rig) == ["rollback"]
+    assert rig.api.projects[rig.world.project.id].last_alias_request is not None  # it had started
+
+
+def test_errors_while_following_the_job_end_not_restored_not_unreachable(rig: Rig) -> None:
+    # reads of the project by id (the job's polls) fail; the preflight reads it by name
+    rig.api.arm_unavailable(status=503, method="GET", path_prefix=f"/v9/projects/{rig.world.project.id}", count=10**6)
+    info = failing_rollback(rig)
+    assert_by_hand(rig, info.value)
+    assert kinds(rig) == ["rollback"]
+
+
+def test_lost_api_while_following_that_comes_back_is_restored(rig: Rig) -> None:
+    # the follow's first read and its 5 retries are dropped; then the API answers again
+    rig.api.arm_outage(method="POST", for_requests=rig.settings.max_retries + 1)
+    info = failing_rollback(rig)
+    assert info.value.restored is True and info.value.result.outcome is Outcome.RESTORED
+    assert "lost track" in info.value.result.message
+    assert kinds(rig) == ["rollback", "promote"]  # waited for the running job, then promoted back
+    assert rig.api.production_of(rig.world.project) == rig.world.current.id
+    assert rig.health_calls == 0
 
 
 def test_undo_promotes_the_deployment_that_was_live_before(rig: Rig) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of doai_ansible.vercel.VercelClient over httpx.MockTransport (no network, no sleeping)."""
+"""Unit tests of doai_ansible.clients.vercel.VercelClient over httpx.MockTransport (no network, no sleeping)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from doai_ansible.errors import ApiError, ConfigError, ExitStatus, UnreachableError, ValidationError
 from doai_ansible.settings import Secret, VercelSettings
-from doai_ansible.clients.vercel import VercelClient, parse_retry_after
+from doai_ansible.clients.vercel import VercelApiError, VercelClient, parse_retry_after
 
 TOKEN = "canary-unit-7f3a9c1e55d04b2b"
 API = "http://127.0.0.1:9"  # never contacted: every test replaces the transport
@@ -296,20 +296,57 @@ def test_a_read_timeout_is_retried_for_a_read() -> None:
         assert c.get_project()["id"] == "prj_1"
 
 
-@pytest.mark.parametrize("answer", [err(500), err(502), httpx.ReadTimeout("slow")])
-def test_a_post_the_server_may_have_acted_on_is_not_sent_again(answer: httpx.Response | Exception) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        err(500),
+        err(502),
+        err(503, **{"Retry-After": "2"}),
+        err(429, **{"Retry-After": "1"}),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ConnectError("refused"),
+    ],
+)
+@pytest.mark.parametrize("send", ["rollback", "promote"])
+def test_a_post_is_never_sent_twice_by_the_client(answer: httpx.Response | Exception, send: str) -> None:
+    """Not even after a 503 or 429: Vercel may have acted before answering; the caller looks first."""
+    fake = FakeTime()
     rec = Recorder(answer, httpx.Response(201))
-    with client_for(rec) as c, pytest.raises((ApiError, UnreachableError)):
-        c.request_rollback("prj_1", "dpl_abcdefgh12", "why")
+    with client_for(rec, fake) as c, pytest.raises((ApiError, UnreachableError)):
+        if send == "rollback":
+            c.request_rollback("prj_1", "dpl_abcdefgh12", "why")
+        else:
+            c.promote("prj_1", "dpl_abcdefgh12")
     assert len(rec.requests) == 1
+    assert fake.sleeps == []
 
 
-@pytest.mark.parametrize("answer", [err(429, **{"Retry-After": "1"}), err(503), httpx.ConnectError("refused")])
-def test_a_post_the_server_did_not_act_on_is_sent_again(answer: httpx.Response | Exception) -> None:
-    rec = Recorder(answer, httpx.Response(201))
+@pytest.mark.parametrize(("answer", "retry_after"), [(err(503, **{"Retry-After": "7"}), 7.0), (err(503), None),
+                                                     (err(429, **{"Retry-After": "3"}), 3.0)])
+def test_the_error_of_a_post_carries_retry_after(answer: httpx.Response, retry_after: float | None) -> None:
+    rec = Recorder(answer)
+    with client_for(rec) as c, pytest.raises(VercelApiError) as info:
+        c.request_rollback("prj_1", "dpl_abcdefgh12")
+    assert info.value.retry_after == retry_after
+    assert info.value.status_code == answer.status_code
+    assert info.value.exit_status == ExitStatus.UNREACHABLE
+
+
+def test_a_read_is_still_retried_after_a_dropped_connection() -> None:
+    rec = Recorder(httpx.RemoteProtocolError("Server disconnected"), ok({"id": "prj_1"}))
     with client_for(rec) as c:
-        c.request_rollback("prj_1", "dpl_abcdefgh12", "why")
+        assert c.get_project()["id"] == "prj_1"
     assert len(rec.requests) == 2
+
+
+def test_rollback_candidate_filter_is_sent_only_when_asked() -> None:
+    rec = Recorder(ok({"deployments": [], "pagination": {"count": 0, "next": None}}))
+    with client_for(rec) as c:
+        list(c.list_deployments(project_id="prj_1", limit=5, rollback_candidate=True))
+        list(c.list_deployments(project_id="prj_1", limit=5))
+    assert rec.requests[0].url.params["rollbackCandidate"] == "true"
+    assert "rollbackCandidate" not in rec.requests[1].url.params
 
 
 # ---------------------------------------------------------------------------------------------
