@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -133,7 +135,15 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
             run.exit_status = ExitStatus.INTERRUPTED
             run.message = "not confirmed; nothing was changed"
             return
-    refusal = _apply(ctx, planned)
+    try:
+        refusal = _apply(ctx, planned)
+    except _Stopped as stopped:
+        run.results = [r for p in planned for r in p.results]
+        worst = _exit_status(run.results, None)
+        run.exit_status = worst if worst is ExitStatus.FAILED_NOT_RESTORED else ExitStatus.INTERRUPTED
+        run.message = (f"stopped by {stopped.signame} after the step at work finished; "
+                       "see the steps for where each part stands")
+        return
     if revert_on_failure and _failed(planned):
         _revert(ctx, planned, reason)
     run.results = [r for p in planned for r in p.results]
@@ -141,16 +151,61 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
     run.message = _summary(run, refusal)
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM while parts are being applied: the part at work finishes (it restores
+    itself on failure and its remote work is bounded by deadlines), the next ones are not
+    started, and the run is journaled. A second signal interrupts at once."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        self.ctx.warn(f"{self.signal} received: finishing the step at work, then stopping "
+                      "(send it again to interrupt at once)")
+
+
+@contextlib.contextmanager
+def _deferred_signals(ctx: RunContext) -> Iterator[_StopRequest]:
+    stop = _StopRequest(ctx)
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def _apply(ctx: RunContext, planned: list[_Planned]) -> DoaiError | None:
     """Apply in order, stop at the first failure; the refusal that stopped it, if any."""
+    with _deferred_signals(ctx) as stop:
+        refusal = _apply_in_order(ctx, planned, stop)
+    if stop.signal is not None:
+        raise _Stopped(stop.signal)
+    return refusal
+
+
+class _Stopped(Exception):
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest) -> DoaiError | None:
     refusal: DoaiError | None = None
     for p in planned:
         unchanged = [StepResult(s, Outcome.UNCHANGED, "already there: nothing to do")
                      for s in p.steps if not s.changes]
         changing = [s for s in p.steps if s.changes]
-        if refusal is not None or _failed(planned):
-            p.results = unchanged + [StepResult(s, Outcome.SKIPPED, "not attempted: an earlier part failed")
-                                     for s in changing]
+        if refusal is not None or _failed(planned) or stop.signal is not None:
+            why = f"not attempted: stopped by {stop.signal}" if stop.signal else "not attempted: an earlier part failed"
+            p.results = unchanged + [StepResult(s, Outcome.SKIPPED, why) for s in changing]
             continue
         if not changing:
             p.results = unchanged

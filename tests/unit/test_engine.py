@@ -261,3 +261,28 @@ def test_registry_knows_the_parts_in_runbook_order():
     assert "backend" in registry.names() and "dashboard" in registry.names()
     with pytest.raises(Exception, match="no part"):
         registry.get("frontend")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_apply_finishes_the_part_at_work_then_stops_and_journals(ctx, signame):
+    import os
+    import signal
+
+    calls: list[str] = []
+
+    class Signalled(FakePart):
+        def apply(self, ctx, steps, request):
+            os.kill(os.getpid(), getattr(signal, signame))  # the operator's Ctrl-C / a CI timeout
+            return super().apply(ctx, steps, request)
+
+    back = Signalled(Part.BACKEND, calls)
+    dash = FakePart(Part.DASHBOARD, calls)
+    run = engine.run(ctx, jobs(back, dash), command="x", reason=None)
+    assert back.live == "v2"  # the step at work was finished, not cut in half
+    assert "apply dashboard" not in calls
+    assert run.exit_status is ExitStatus.INTERRUPTED
+    assert {r.step.part: r.outcome for r in run.results} == {Part.BACKEND: Outcome.SUCCEEDED,
+                                                             Part.DASHBOARD: Outcome.SKIPPED}
+    rec = journal(ctx)[0]
+    assert rec["exit_name"] == "INTERRUPTED" and rec["steps"][0]["outcome"] == "succeeded"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
