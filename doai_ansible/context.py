@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from doai_ansible.journal import Journal, operator
 from doai_ansible.lock import Lock
 from doai_ansible.model import new_run_id
-from doai_ansible.settings import Settings
+from doai_ansible.settings import Settings, ensure_private_dir
 
 
 @dataclasses.dataclass
@@ -31,14 +30,15 @@ class RunContext:
         progress: Callable[[dict[str, Any]], None] | None = None,
         note: Callable[[str], None] | None = None,
     ) -> RunContext:
+        settings.ensure_state_dir()  # 0700: journal, locks and run logs are nobody else's business
         return cls(settings, new_run_id(), operator(), progress, note)
 
     @property
     def log_dir(self) -> Path:
         d = self.settings.runs_dir / self.run_id
         if not d.exists():
-            d.mkdir(parents=True, mode=0o700)
-            os.chmod(self.settings.runs_dir, 0o700)
+            ensure_private_dir(self.settings.runs_dir, parents=True)
+            ensure_private_dir(d)
         return d
 
     @property

@@ -5,6 +5,10 @@
 - extra vars go to ``env/extravars`` in that dir, never on the command line, and may not hold
   a :class:`~doai_ansible.settings.Secret`; secret-named variables are scrubbed from the child
   environment (ansible-runner writes the whole environment into ``artifacts/*/command``);
+- secrets a playbook needs travel only as answers to Ansible's own prompts (see
+  :func:`run_playbook`'s ``secrets``): in memory, through the pseudo-terminal;
+- SSH host keys are always checked; a targeted host whose inventory turns that off is
+  reported in ``PlaybookRun.warnings``;
 - events are streamed to a progress callback and reduced to per-host outcomes;
 - custom stats (``ansible.builtin.set_stats``) are read back as the playbook's result;
 - a failed run becomes a :class:`PlaybookError` naming the failed hosts and tasks.
@@ -16,18 +20,39 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from doai_ansible.ansible_plugins import CALLBACK_DIR, HOST_KEY_AUDIT, HOST_KEY_AUDIT_FILE_ENV
 from doai_ansible.errors import PlaybookError, UsageError
-from doai_ansible.settings import Secret, Settings, is_secret_env_name
+from doai_ansible.settings import Secret, Settings, ensure_private_dir, is_secret_env_name
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], None]
+
+# Ansible's SSH retry sleeps 2**n - 1 s after the n-th failed try (n = 0, 1, ...): 0, 1, 3, 7 s.
+# 4 retries (5 tries) span 0 + 1 + 3 + 7 = 11 s, which bridges a ~5 s outage (an sshd restart,
+# a network blip); 3 retries would give up after 4 s. A host that is really down costs 11 s more.
+SSH_RETRIES = 4
+# ServerAlive: a connection that hears nothing for 15 s is probed; 4 unanswered probes (60 s)
+# declare the peer dead. A shorter drop keeps the session (and the ControlMaster) alive instead
+# of failing the task, and the probes keep NAT/firewall state fresh. Same as ansible.cfg.
+SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=120s -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+
+# The secret channel (see run_playbook): the key of the connection password (ansible -k),
+# and the prompt text a playbook's vars_prompt must use for any other secret.
+CONNECTION_PASSWORD = "connection_password"
+SECRET_PROMPT = "doai secret {name}"
+_SECRET_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Ansible prints its prompt and waits, so a prompt is the end of what was read (pexpect compiles
+# these with re.M; finished output lines end in "\r\n", so "$" can only match a waiting prompt).
+_CONNECTION_PASSWORD_PATTERN = r"SSH password: ?$"
 
 
 @dataclasses.dataclass
@@ -50,6 +75,9 @@ class PlaybookRun:
     hosts: list[str]
     log_file: Path | None
     artifacts: Path | None
+    # Things the operator should know although the run may have succeeded, e.g.
+    # "host X: SSH host key checking is OFF (inventory variable ansible_host_key_checking)".
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,17 +113,36 @@ def _short_message(res: Mapping[str, Any]) -> str:
     return (msg[-1] if msg else "failed")[:500]
 
 
-def ansible_env(settings: Settings, private_dir: Path) -> dict[str, str]:
-    """The Ansible settings every run uses (the same as the repo's ansible.cfg)."""
+# -- the Ansible configuration -----------------------------------------------------------------
+
+
+def control_path_dir(settings: Settings) -> Path:
+    """Where SSH keeps its ControlMaster sockets: under the state dir, or, when that path is too
+    long for a unix socket, a per-user directory in the temp dir that is checked before use
+    (ours, not a symlink, 0700): anyone who can reach a socket there can use our SSH sessions."""
     cp_dir = settings.state_dir / "cp"
     if len(str(cp_dir)) > 50:  # unix socket paths are short; %C adds 40 characters
-        cp_dir = Path(tempfile.gettempdir()) / f"doai-cp-{os.getuid()}"
-    cp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return ensure_private_dir(Path(tempfile.gettempdir()) / f"doai-cp-{os.getuid()}")
+    settings.ensure_state_dir()
+    return ensure_private_dir(cp_dir)
+
+
+def _joined(name: str, ours: str, sep: str) -> str:
+    """Ours, after what the caller's environment already has (their own plugins keep working)."""
+    theirs = [v for v in os.environ.get(name, "").split(sep) if v and v != ours]
+    return sep.join([*theirs, ours])
+
+
+def ansible_env(settings: Settings, private_dir: Path) -> dict[str, str]:
+    """The Ansible settings every run uses (the same as the repo's ansible.cfg)."""
     return {
         "ANSIBLE_ROLES_PATH": str(settings.content_dir / "roles"),
         "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s -o ServerAliveInterval=15",
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp_dir),
+        # ansible-runner turns host key checking off unless the environment sets it.
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_ARGS": SSH_ARGS,
+        "ANSIBLE_SSH_RETRIES": str(SSH_RETRIES),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(settings)),
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
@@ -106,13 +153,19 @@ def ansible_env(settings: Settings, private_dir: Path) -> dict[str, str]:
         "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "True",
         "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
         "ANSIBLE_TIMEOUT": "15",
+        # The host key audit: a callback in this process tree, no extra process, no per-task work.
+        "ANSIBLE_CALLBACK_PLUGINS": _joined("ANSIBLE_CALLBACK_PLUGINS", str(CALLBACK_DIR), os.pathsep),
+        "ANSIBLE_CALLBACKS_ENABLED": _joined("ANSIBLE_CALLBACKS_ENABLED", HOST_KEY_AUDIT, ","),
+        HOST_KEY_AUDIT_FILE_ENV: str(_audit_file(private_dir)),
     }
+
+
+def _audit_file(private_dir: Path) -> Path:
+    return private_dir / "doai" / "host-key-audit.json"
 
 
 def ansible_playbook_bin() -> str:
     """ansible-playbook of this interpreter's environment (a venv need not be on PATH)."""
-    import sys
-
     beside = Path(sys.executable).parent / "ansible-playbook"
     if beside.exists():
         return str(beside)
@@ -120,6 +173,9 @@ def ansible_playbook_bin() -> str:
     if not found:
         raise UsageError("ansible-playbook not found", hint="install ansible-core in this environment")
     return found
+
+
+# -- inputs: extra vars and secrets ---------------------------------------------------------------
 
 
 def _check_no_secrets(value: Any, path: str = "extravars") -> None:
@@ -133,6 +189,195 @@ def _check_no_secrets(value: Any, path: str = "extravars") -> None:
             _check_no_secrets(v, f"{path}[{i}]")
 
 
+def secret_prompt(name: str) -> str:
+    """The ``prompt:`` a playbook's ``vars_prompt`` entry ``name`` must have to receive ``secrets[name]``."""
+    return SECRET_PROMPT.format(name=name)
+
+
+def _prompt_answers(secrets: Mapping[str, Secret] | None) -> dict[str, str]:
+    """ansible-runner ``passwords``: prompt pattern -> answer, typed into Ansible's terminal."""
+    answers: dict[str, str] = {}
+    for name, secret in (secrets or {}).items():
+        if not isinstance(secret, Secret):
+            raise UsageError(f"internal: secrets[{name!r}] must be a Secret, not {type(secret).__name__}")
+        value = secret.reveal()
+        if "\n" in value or "\r" in value:
+            raise UsageError(f"secret {name!r} holds a line break; it cannot be typed at a prompt")
+        if name == CONNECTION_PASSWORD:
+            answers[_CONNECTION_PASSWORD_PATTERN] = value
+        elif _SECRET_NAME_RE.fullmatch(name):
+            # Also answers `confirm: true`, whose second prompt is "confirm <prompt>: ".
+            answers[re.escape(secret_prompt(name)) + r": ?$"] = value
+        else:
+            raise UsageError(f"secret name {name!r} is not a variable name", hint="use letters, digits and _")
+    return answers
+
+
+def _cmdline(*, check: bool, diff: bool, ask_pass: bool) -> str | None:
+    args = [flag for flag, on in (("--check", check), ("--diff", diff), ("--ask-pass", ask_pass)) if on]
+    return " ".join(args) or None
+
+
+# -- one run, step by step --------------------------------------------------------------------
+
+
+def _resolve_playbook(settings: Settings, playbook: str) -> Path:
+    path = Path(playbook) if Path(playbook).is_absolute() else settings.playbook(playbook)
+    if not path.is_file():
+        raise UsageError(f"playbook {path} not found", hint="is DOAI_CONTENT_DIR right?")
+    return path
+
+
+def _prepare_private_dir(extravars: Mapping[str, Any]) -> Path:
+    """A fresh 0700 private data dir; extra vars in ``env/extravars`` (0600), never on a command line."""
+    private = Path(tempfile.mkdtemp(prefix="doai-runner-"))
+    os.chmod(private, 0o700)
+    for sub in ("env", "tmp", "doai"):
+        (private / sub).mkdir(mode=0o700)
+    if extravars:
+        fd = os.open(private / "env" / "extravars", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(extravars, fh)
+    return private
+
+
+def _runner_config(
+    settings: Settings,
+    private: Path,
+    path: Path,
+    *,
+    limit: str | None,
+    cmdline: str | None,
+    timeout_s: int | None,
+    answers: dict[str, str],
+) -> Any:
+    """A prepared ansible-runner config: our Ansible settings, no secrets in the environment."""
+    import ansible_runner  # heavy import, only when a playbook runs
+
+    config = ansible_runner.RunnerConfig(
+        private_data_dir=str(private),
+        playbook=str(path),
+        inventory=str(settings.inventory),
+        limit=limit,
+        cmdline=cmdline,
+        envvars=ansible_env(settings, private),
+        passwords=answers,  # kept in memory: ansible-runner types them at the prompts
+        quiet=True,
+        suppress_ansible_output=True,
+        ident="run",
+        rotate_artifacts=1,
+        timeout=timeout_s,
+        project_dir=str(path.parent),
+    )
+    # ansible-runner runs `ansible-playbook` from PATH: put this environment's first,
+    # so a venv that is not activated still runs its own ansible-core.
+    bindir = str(Path(ansible_playbook_bin()).parent)
+    config.envvars["PATH"] = bindir + os.pathsep + os.environ.get("PATH", os.defpath)
+    config.prepare()
+    scrubbed = sorted(k for k in config.env if is_secret_env_name(k))
+    for k in scrubbed:
+        del config.env[k]
+    if scrubbed:
+        log.debug("scrubbed %d secret variable(s) from the ansible environment", len(scrubbed))
+    return config
+
+
+class _EventReducer:
+    """ansible-runner's event handler: reduces the events to per-host outcomes and stats, passes
+    each on to the caller's progress handler, and stops a run that waits for a secret it was
+    not given (it would wait at the prompt until the timeout)."""
+
+    def __init__(self, *, keep_events: bool, on_event: EventHandler | None, secrets: Mapping[str, Secret]) -> None:
+        self.keep_events = keep_events
+        self.on_event = on_event
+        self.secret_names = frozenset(secrets) - {CONNECTION_PASSWORD}
+        self.failures: list[HostFailure] = []
+        self.hosts: set[str] = set()
+        self.custom: dict[str, Any] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+        self.prompt_problem: str | None = None
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {}) or {}
+        host = data.get("host")
+        if host:
+            self.hosts.add(host)
+        if kind == "runner_on_failed" and not data.get("ignore_errors"):
+            res = data.get("res", {}) or {}
+            flags = {k: res[k] for k in _FLAGS if k in res}
+            self.failures.append(HostFailure(host, data.get("task", "?"), _short_message(res), False, flags))
+        elif kind == "runner_on_unreachable":
+            self.failures.append(
+                HostFailure(host, data.get("task", "?"), _short_message(data.get("res", {})), True)
+            )
+        elif kind == "playbook_on_stats":
+            self.custom.update(data.get("artifact_data") or {})
+            for name in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored"):
+                self.stats[name] = dict(data.get(name) or {})
+                self.hosts.update(self.stats[name])
+        elif kind == "playbook_on_vars_prompt":
+            self._check_prompt(data)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a display problem must never break a rollback
+                log.debug("progress handler failed", exc_info=True)
+        # Keep job events on disk only when artifacts are kept for forensics.
+        return self.keep_events
+
+    def _check_prompt(self, data: Mapping[str, Any]) -> None:
+        name, prompt = data.get("varname"), data.get("prompt")
+        if name not in self.secret_names:
+            self.prompt_problem = (
+                f"the playbook asks for {name!r} (vars_prompt) and no secret of that name was given"
+            )
+        elif prompt != secret_prompt(name):
+            self.prompt_problem = (
+                f"the playbook asks for secret {name!r} with prompt {prompt!r}; "
+                f"it must be {secret_prompt(name)!r} (and have no default)"
+            )
+
+    def cancel(self) -> bool:
+        """ansible-runner's cancel callback."""
+        return self.prompt_problem is not None
+
+
+def _collect_outputs(
+    settings: Settings, private: Path, artifact_dir: Path, playbook: str, log_dir: Path | None
+) -> tuple[Path | None, Path | None]:
+    """Copy the run's stdout to the log bundle (0600), and the whole private dir when artifacts
+    are kept for forensics: the private dir itself is removed after every run."""
+    if log_dir is None:
+        return None, None
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_file = artifacts = None
+    stdout = artifact_dir / "stdout"
+    if stdout.exists():
+        log_file = log_dir / f"{Path(playbook).stem}.log"
+        shutil.copyfile(stdout, log_file)
+        os.chmod(log_file, 0o600)
+    if settings.keep_artifacts:
+        artifacts = log_dir / f"{Path(playbook).stem}-runner"
+        shutil.copytree(private, artifacts, symlinks=True)
+    return log_file, artifacts
+
+
+def _host_key_warnings(private: Path) -> list[str]:
+    """What the host key audit callback found (nothing when the run stopped before a play)."""
+    try:
+        found = json.loads(_audit_file(private).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        log.debug("unreadable host key audit", exc_info=True)
+        return ["the SSH host key audit could not be read; check the inventory for ansible_host_key_checking"]
+    warnings = [w for host in sorted(found.get("hosts", {})) for w in found["hosts"][host]]
+    for w in warnings:
+        log.info("%s", w)  # the caller shows run warnings once, with the result
+    return warnings
+
+
 def run_playbook(
     settings: Settings,
     playbook: str,
@@ -144,118 +389,60 @@ def run_playbook(
     log_dir: Path | None = None,
     on_event: EventHandler | None = None,
     timeout_s: int | None = None,
+    secrets: Mapping[str, Secret] | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and reduce what happened to a :class:`PlaybookRun`.
 
     A failed playbook is a result (``run.ok`` is False), not an exception: callers decide
     what a failure means for their part.
-    """
-    import ansible_runner  # heavy import, only when a playbook runs
 
-    path = Path(playbook) if Path(playbook).is_absolute() else settings.playbook(playbook)
-    if not path.is_file():
-        raise UsageError(f"playbook {path} not found", hint="is DOAI_CONTENT_DIR right?")
+    ``secrets`` reach Ansible only as answers typed at its own prompts (never in extra vars,
+    the environment, a file or a command line):
+
+    - ``secrets["connection_password"]``: the connection password (``--ask-pass``; SSH, and
+      WinRM's password too);
+    - ``secrets[name]``: the value of the playbook's ``vars_prompt`` variable ``name``, which
+      must be declared with ``prompt: "doai secret <name>"`` (see :func:`secret_prompt`),
+      ``private: true`` and no ``default``; the tasks that use it need ``no_log: true``.
+
+    A playbook that prompts for a variable not in ``secrets`` is stopped (UsageError) rather
+    than left waiting at the prompt.
+    """
+    path = _resolve_playbook(settings, playbook)
     extravars = dict(extravars or {})
     _check_no_secrets(extravars)
+    secrets = dict(secrets or {})
+    answers = _prompt_answers(secrets)
+    reducer = _EventReducer(keep_events=settings.keep_artifacts, on_event=on_event, secrets=secrets)
 
-    private = Path(tempfile.mkdtemp(prefix="doai-runner-"))
-    os.chmod(private, 0o700)
-    (private / "env").mkdir(mode=0o700)
-    (private / "tmp").mkdir(mode=0o700)
-    if extravars:
-        xv = private / "env" / "extravars"
-        fd = os.open(xv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(extravars, fh)
+    import ansible_runner  # heavy import, only when a playbook runs
 
-    cmdline = []
-    if check:
-        cmdline.append("--check")
-    if diff:
-        cmdline.append("--diff")
-
-    failures: list[HostFailure] = []
-    hosts: set[str] = set()
-    custom: dict[str, Any] = {}
-    stats: dict[str, dict[str, int]] = {}
-
-    def handler(event: dict[str, Any]) -> bool:
-        kind = event.get("event", "")
-        data = event.get("event_data", {}) or {}
-        host = data.get("host")
-        if host:
-            hosts.add(host)
-        if kind == "runner_on_failed" and not data.get("ignore_errors"):
-            res = data.get("res", {}) or {}
-            flags = {k: res[k] for k in _FLAGS if k in res}
-            failures.append(HostFailure(host, data.get("task", "?"), _short_message(res), False, flags))
-        elif kind == "runner_on_unreachable":
-            failures.append(HostFailure(host, data.get("task", "?"), _short_message(data.get("res", {})), True))
-        elif kind == "playbook_on_stats":
-            custom.update(data.get("artifact_data") or {})
-            for name in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored"):
-                stats[name] = dict(data.get(name) or {})
-                hosts.update(stats[name])
-        if on_event is not None:
-            try:
-                on_event(event)
-            except Exception:  # a display problem must never break a rollback
-                log.debug("progress handler failed", exc_info=True)
-        # Keep job events on disk only when artifacts are kept for forensics.
-        return settings.keep_artifacts
-
-    log_file = None
-    artifacts = None
+    private = _prepare_private_dir(extravars)
     try:
-        rc_cfg = ansible_runner.RunnerConfig(
-            private_data_dir=str(private),
-            playbook=str(path),
-            inventory=str(settings.inventory),
-            limit=limit,
-            cmdline=" ".join(cmdline) or None,
-            envvars=ansible_env(settings, private),
-            quiet=True,
-            suppress_ansible_output=True,
-            ident="run",
-            rotate_artifacts=1,
-            timeout=timeout_s,
-            project_dir=str(path.parent),
+        config = _runner_config(
+            settings, private, path, limit=limit, timeout_s=timeout_s, answers=answers,
+            cmdline=_cmdline(check=check, diff=diff, ask_pass=CONNECTION_PASSWORD in secrets),
         )
-        # ansible-runner runs `ansible-playbook` from PATH: put this environment's first,
-        # so a venv that is not activated still runs its own ansible-core.
-        bindir = str(Path(ansible_playbook_bin()).parent)
-        rc_cfg.envvars["PATH"] = bindir + os.pathsep + os.environ.get("PATH", os.defpath)
-        rc_cfg.prepare()
-        scrubbed = sorted(k for k in rc_cfg.env if is_secret_env_name(k))
-        for k in scrubbed:
-            del rc_cfg.env[k]
-        if scrubbed:
-            log.debug("scrubbed %d secret variable(s) from the ansible environment", len(scrubbed))
-        runner = ansible_runner.Runner(config=rc_cfg, event_handler=handler)
+        runner = ansible_runner.Runner(config=config, event_handler=reducer, cancel_callback=reducer.cancel)
         log.debug("running %s (check=%s, limit=%s)", playbook, check, limit)
         runner.run()
         status, rc = runner.status, runner.rc if runner.rc is not None else -1
-        if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            stdout = Path(rc_cfg.artifact_dir) / "stdout"
-            if stdout.exists():
-                log_file = log_dir / f"{Path(playbook).stem}.log"
-                shutil.copyfile(stdout, log_file)
-                os.chmod(log_file, 0o600)
-            if settings.keep_artifacts:
-                artifacts = log_dir / f"{Path(playbook).stem}-runner"
-                shutil.copytree(private, artifacts, symlinks=True)
+        log_file, artifacts = _collect_outputs(settings, private, Path(config.artifact_dir), playbook, log_dir)
+        warnings = _host_key_warnings(private)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
+    if reducer.prompt_problem:
+        raise UsageError(reducer.prompt_problem, hint="pass it in run_playbook(secrets=...)")
     return PlaybookRun(
         playbook=playbook,
         status=status,
         rc=rc,
-        stats=stats,
-        custom=custom,
-        failures=failures,
-        hosts=sorted(hosts),
+        stats=reducer.stats,
+        custom=reducer.custom,
+        failures=reducer.failures,
+        hosts=sorted(reducer.hosts),
         log_file=log_file,
         artifacts=artifacts,
+        warnings=warnings,
     )

@@ -9,8 +9,10 @@ prints its value.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from doai_ansible.errors import ConfigError
+from doai_ansible.errors import ConfigError, UsageError
 
 CONFIG_ENV = "DOAI_CONFIG"
 CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
@@ -26,11 +28,61 @@ CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
 # Environment variables that hold secrets. They are read here, and scrubbed from every child
 # process environment (ansible-runner writes its environment into its artifacts).
 SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD")
-_SECRET_NAME_RE = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY)", re.IGNORECASE)
+# `_PASS` at the end is Ansible's spelling of a password in env (ANSIBLE_BECOME_PASS, ANSIBLE_SUDO_PASS);
+# `ASK_PASS`, `ASK_VAULT_PASS` are only the switches that make it prompt.
+_SECRET_NAME_RE = re.compile(
+    "|".join((r"TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY",
+              r"(?<!_ASK)(?<!_ASK_VAULT)_PASS$")),
+    re.IGNORECASE,
+)
+# Names that mention a secret but hold none: `..._FILE` / `..._PATH` name a file, as Ansible
+# (ANSIBLE_VAULT_PASSWORD_FILE, ANSIBLE_BECOME_PASSWORD_FILE, ANSIBLE_CONNECTION_PASSWORD_FILE,
+# ANSIBLE_PRIVATE_KEY_FILE, ANSIBLE_GALAXY_TOKEN_PATH) and Docker (POSTGRES_PASSWORD_FILE) spell it;
+# the child needs them to find the file, e.g. to decrypt an inventory encrypted with ansible-vault.
+_FILE_NAME_RE = re.compile(r"_(FILE|PATH)$", re.IGNORECASE)
+# Ansible settings that only choose how a secret is asked for.
+_NOT_SECRET = frozenset({"ANSIBLE_SSH_PASSWORD_MECHANISM"})
 
 
 def is_secret_env_name(name: str) -> bool:
-    return name in SECRET_ENV or bool(_SECRET_NAME_RE.search(name))
+    """Whether an environment variable of this name holds a secret (and is kept from children)."""
+    if name in SECRET_ENV:
+        return True
+    if name.upper() in _NOT_SECRET or _FILE_NAME_RE.search(name):
+        return False
+    return bool(_SECRET_NAME_RE.search(name))
+
+
+def ensure_private_dir(path: Path, *, parents: bool = False, follow_symlinks: bool = False) -> Path:
+    """Create ``path`` with mode 0700, or check the one that is there: a directory, ours, not
+    a symlink (unless ``follow_symlinks``), and tightened to 0700 when it is looser.
+
+    Another user's directory, or a symlink someone planted in a shared place such as /tmp,
+    would let them read or replace what we put there (SSH control sockets, locks, logs).
+    """
+    try:
+        path.mkdir(mode=0o700, parents=parents)
+    except FileExistsError:
+        pass  # checked below, whoever made it
+    flags = os.O_RDONLY | os.O_DIRECTORY | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
+        raise UsageError(
+            f"{path} is not a directory of ours ({exc.strerror}): refusing to use it", hint="remove it and run again"
+        ) from None
+    try:
+        st = os.fstat(fd)  # the directory we opened, not whatever the name points at by now
+        if st.st_uid != os.getuid():
+            raise UsageError(
+                f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): refusing to use it",
+                hint="remove it, or point the tool at a directory of your own",
+            )
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
 
 
 class Secret:
@@ -85,6 +137,30 @@ def _url(key: str, value: Any, *, schemes: tuple[str, ...] = ("http", "https")) 
     return value.rstrip("/")
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: a name that never leaves this machine."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secure_url(key: str, value: Any) -> str:
+    """A URL that carries a credential: https, or http to this machine only (a test stand-in).
+    A typo such as ``http://api.vercel.com`` must not send the token in clear."""
+    url = _url(key, value)
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            key, f"{url!r} would send the token unencrypted", hint="use https:// (http:// only for a loopback address: 127.0.0.1, ::1, localhost)"
+        )
+    return url
+
+
 def _positive(key: str, value: Any) -> float:
     try:
         f = float(value)
@@ -135,7 +211,7 @@ class VercelSettings:
             raise ConfigError(f"vercel.{min(unknown)}", "unknown setting")
         token = env.get("VERCEL_TOKEN")
         return cls(
-            api_url=_url("vercel.api_url", d.get("api_url", cls.api_url)),
+            api_url=_secure_url("vercel.api_url", d.get("api_url", cls.api_url)),
             project=_opt_str("vercel.project", d.get("project"), r"[A-Za-z0-9._-]{1,100}"),
             team_id=_opt_str("vercel.team_id", d.get("team_id"), r"team_[A-Za-z0-9]{1,64}"),
             team_slug=_opt_str("vercel.team_slug", d.get("team_slug"), r"[A-Za-z0-9._-]{1,100}"),
@@ -183,6 +259,15 @@ class Settings:
 
     def playbook(self, name: str) -> Path:
         return self.content_dir / "playbooks" / name
+
+    def ensure_state_dir(self) -> Path:
+        """Create the state dir 0700 (journal, locks, run logs are nobody else's business), or
+        tighten ours when it is looser; refuse one that belongs to someone else."""
+        try:
+            # A symlinked state dir is the user's own choice; the target is what is checked.
+            return ensure_private_dir(self.state_dir, parents=True, follow_symlinks=True)
+        except UsageError as exc:
+            raise ConfigError("state_dir", exc.message, hint=exc.hint) from None
 
 
 def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:

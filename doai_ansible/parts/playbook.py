@@ -10,7 +10,7 @@ The contract with a role (``<prefix>`` is the role's variable prefix, e.g. ``doa
   ledger), ``<prefix>_health_gate``, ``<prefix>_reason``, ``<prefix>_operator``, ``<prefix>_run_id``;
 * stats it reports (``set_stats`` under ``stats_key``): per host ``status`` (planned, unchanged,
   started, succeeded, restored, not_restored), ``from``, ``to``, ``rule``, ``failure``,
-  ``restore_error``, ``host_key_checking`` and its own details;
+  ``restore_error`` and its own details;
 * failures before ``started`` change nothing: they are refusals. The failing module says why with
   result keys (``locked``, ``drifted``, ``invalid_target``, ...); an unreachable host is unreachable.
 
@@ -158,12 +158,8 @@ class PlaybookPart(PartBase):
         return on_event
 
     def _warn(self, ctx: RunContext, pb: PlaybookRun) -> None:
-        for w in getattr(pb, "warnings", None) or []:
+        for w in pb.warnings:  # e.g. a host whose SSH host key checking the inventory turned off
             ctx.warn(w)
-        for key in (self.stats_key, self.status_stats_key):
-            for host, st in (pb.custom.get(key) or {}).items():
-                if str(st.get("host_key_checking", True)).lower() in ("false", "0", "no"):
-                    ctx.warn(f"{host}: SSH host key checking is OFF for this host (inventory)")
 
     # -- plan ----------------------------------------------------------------------------------------
     def plan_hosts(self, ctx: RunContext, request: Request, target_vars: dict[str, Any],

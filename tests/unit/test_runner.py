@@ -1,13 +1,25 @@
-"""The ansible-runner wrapper on a local-connection playbook: results, failures, secrets."""
+"""The ansible-runner wrapper on local-connection playbooks: results, failures, secrets, SSH settings."""
 
 from __future__ import annotations
 
+import configparser
+import hashlib
+import json
 import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from doai_ansible.errors import UsageError
-from doai_ansible.runner import run_playbook
+from doai_ansible.runner import CONNECTION_PASSWORD, ansible_env, control_path_dir, run_playbook, secret_prompt
 from doai_ansible.settings import Secret, load_settings
 from tests.conftest import CANARY
 
@@ -88,3 +100,234 @@ def test_missing_playbook(settings):
     s, _ = settings
     with pytest.raises(UsageError, match="not found"):
         run_playbook(s, "no-such.yml")
+
+
+# -- SSH settings ---------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "runner"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ansible_cfg_and_runner_agree_on_ssh(tmp_path):
+    """The repo's ansible.cfg (plain ansible-playbook) and ansible_env (the CLI) stay in step."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ROOT / "ansible.cfg")
+    env = ansible_env(load_settings(None, inventory=FIXTURES / "hosts.yml", state_dir=tmp_path / "s", env={}), tmp_path)
+    assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True" and cfg.getboolean("defaults", "host_key_checking")
+    assert env["ANSIBLE_SSH_ARGS"] == cfg.get("ssh_connection", "ssh_args")
+    assert "ServerAliveInterval=" in env["ANSIBLE_SSH_ARGS"] and "ServerAliveCountMax=" in env["ANSIBLE_SSH_ARGS"]
+    retries = int(env["ANSIBLE_SSH_RETRIES"])
+    assert retries == cfg.getint("ssh_connection", "retries")
+    # Ansible sleeps 2**n - 1 s after the n-th failed try: the backoff must outlast a 5 s outage.
+    assert sum(2**n - 1 for n in range(retries)) > 5
+    assert env["ANSIBLE_TIMEOUT"] == cfg.get("defaults", "timeout")
+    assert env["ANSIBLE_PIPELINING"] == cfg.get("ssh_connection", "pipelining")
+    assert "doai_host_key_audit" in env["ANSIBLE_CALLBACKS_ENABLED"].split(",")
+    assert cfg.get("defaults", "callbacks_enabled") == "doai_host_key_audit"
+    assert (ROOT / cfg.get("defaults", "callback_plugins")).resolve() == Path(env["ANSIBLE_CALLBACK_PLUGINS"])
+
+
+def test_host_key_checking_reaches_ansible(settings, tmp_path):
+    """ansible-runner turns it off unless told otherwise: the environment the run got has it on."""
+    s, pb = settings
+    run = run_playbook(s, str(pb), extravars={"word": "w", "fail_on": "none"}, log_dir=tmp_path / "logs")
+    command = json.loads((run.artifacts / "artifacts" / "run" / "command").read_text())
+    assert command["env"]["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+    assert command["env"]["ANSIBLE_SSH_RETRIES"] == "4"
+    assert run.warnings == []
+
+
+def test_relaxed_host_key_checking_is_reported(tmp_path):
+    s = load_settings(None, inventory=FIXTURES / "host_key_relaxed.yml", state_dir=tmp_path / "s", env={})
+    run = run_playbook(s, str(FIXTURES / "noop.yml"))
+    assert run.ok
+    assert run.warnings == [
+        "host by_group: SSH host key checking is OFF (inventory variable ansible_ssh_host_key_checking)",
+        "host by_host: SSH host key checking is OFF (inventory variable ansible_host_key_checking)",
+        "host by_ssh_args: SSH host key checking is OFF (StrictHostKeyChecking=no in ansible_ssh_extra_args)",
+    ]
+    # Only the hosts a run targets count.
+    run = run_playbook(s, str(FIXTURES / "noop.yml"), limit="strict,local_only,by_host")
+    assert run.warnings == ["host by_host: SSH host key checking is OFF (inventory variable ansible_host_key_checking)"]
+
+
+# -- the control socket dir -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def long_state(tmp_path, monkeypatch):
+    """Settings whose state dir is too long for sockets: the control path falls back to the temp dir."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    s = load_settings(None, inventory=FIXTURES / "hosts.yml", state_dir=tmp_path / ("x" * 60), env={})
+    return s, tmp / f"doai-cp-{os.getuid()}"
+
+
+def test_control_path_fallback_is_private(long_state, tmp_path):
+    s, cp = long_state
+    assert ansible_env(s, tmp_path)["ANSIBLE_SSH_CONTROL_PATH_DIR"] == str(cp)
+    assert stat.S_IMODE(cp.stat().st_mode) == 0o700
+    os.chmod(cp, 0o755)  # ours but loose: tightened
+    control_path_dir(s)
+    assert stat.S_IMODE(cp.stat().st_mode) == 0o700
+
+
+def test_control_path_symlink_is_refused(long_state, tmp_path):
+    s, cp = long_state
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    cp.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UsageError, match="not a directory of ours"):
+        control_path_dir(s)
+
+
+def test_control_path_of_another_user_is_refused(long_state, monkeypatch):
+    s, cp = long_state
+    cp.mkdir(mode=0o700)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(cp).st_uid + 1)  # as if someone else made it
+    with pytest.raises(UsageError, match="belongs to uid"):
+        control_path_dir(s)
+
+
+def test_short_state_dir_holds_the_sockets_privately():
+    base = Path(tempfile.mkdtemp(prefix="dt", dir="/tmp"))  # pytest's tmp_path is too long for sockets
+    try:
+        state = base / "st"
+        state.mkdir(mode=0o755)
+        s = load_settings(None, inventory=FIXTURES / "hosts.yml", state_dir=state, env={})
+        assert control_path_dir(s) == state / "cp"
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700 and stat.S_IMODE((state / "cp").stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(base)
+
+
+# -- Ansible's own file settings pass through -----------------------------------------------------
+
+
+def test_vaulted_inventory_variable_is_decrypted(tmp_path, monkeypatch):
+    """ANSIBLE_VAULT_PASSWORD_FILE names a file, not a secret: it must reach Ansible."""
+    vault_pass = tmp_path / "vault-pass"
+    vault_pass.write_text("a vault password for the test\n")
+    vault_pass.chmod(0o600)
+    encrypted = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-vault"), "encrypt_string", "--vault-password-file", str(vault_pass),
+         "--name", "doai_fixture_vaulted", "the vaulted value"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    inv = tmp_path / "inventory"
+    (inv / "host_vars").mkdir(parents=True)
+    shutil.copyfile(FIXTURES / "hosts.yml", inv / "hosts.yml")
+    (inv / "host_vars" / "localhost.yml").write_text(encrypted)
+    assert "the vaulted value" not in encrypted
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(vault_pass))
+    monkeypatch.setenv("ANSIBLE_BECOME_PASS", CANARY)  # a secret of the same family is still scrubbed
+    monkeypatch.setenv("DOAI_KEEP_ARTIFACTS", "1")
+
+    s = load_settings(None, inventory=inv / "hosts.yml", state_dir=tmp_path / "s")
+    run = run_playbook(s, str(FIXTURES / "vaulted.yml"), log_dir=tmp_path / "logs")
+    assert run.ok, run.failures
+    assert run.custom["doai_fixture_vaulted_sha256"] == hashlib.sha256(b"the vaulted value").hexdigest()
+    env = json.loads((run.artifacts / "artifacts" / "run" / "command").read_text())["env"]
+    assert env["ANSIBLE_VAULT_PASSWORD_FILE"] == str(vault_pass)
+    assert "ANSIBLE_BECOME_PASS" not in env
+
+
+# -- the secret channel -----------------------------------------------------------------------------
+
+
+class ProcessWatch(threading.Thread):
+    """Samples every process's command line (``ps -eo args``) and environment while a run goes."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.samples = 0
+        self.seen_ansible = False
+        self.leaks: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            args = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False,
+                                  env={"PATH": os.defpath}).stdout
+            self.seen_ansible |= "ansible-playbook" in args
+            self.leaks += [line for line in args.splitlines() if CANARY in line]
+            for environ in Path("/proc").glob("[0-9]*/environ"):
+                try:
+                    if CANARY.encode() in environ.read_bytes():
+                        self.leaks.append(f"environment of pid {environ.parent.name}")
+                except OSError:
+                    pass  # gone, or not ours to read
+            self.samples += 1
+
+    def __enter__(self) -> ProcessWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(timeout=30)
+
+
+def test_secrets_arrive_only_through_the_prompts(tmp_path):
+    """A vars_prompt secret and the connection password reach the playbook (it writes their
+    sha256), and the canary is in no artifact, event, log, command line or environment."""
+    s = load_settings(None, inventory=FIXTURES / "hosts.yml", state_dir=tmp_path / "s",
+                      env={"DOAI_KEEP_ARTIFACTS": "1"})
+    out = tmp_path / "out"
+    out.mkdir()
+    events: list[dict] = []
+    password = CANARY + "-connection"
+    with ProcessWatch() as watch:
+        run = run_playbook(
+            s, str(FIXTURES / "secret_prompt.yml"), extravars={"doai_fixture_out": str(out)},
+            secrets={"doai_fixture_secret": Secret(CANARY), "connection_password": Secret(password)},
+            log_dir=tmp_path / "logs", on_event=events.append, timeout_s=120,
+        )
+    assert run.ok, run.failures
+    assert (out / "secret.sha256").read_text() == hashlib.sha256(CANARY.encode()).hexdigest()
+    assert (out / "connection_password.sha256").read_text() == hashlib.sha256(password.encode()).hexdigest()
+
+    assert any(e.get("event") == "playbook_on_vars_prompt" for e in events)
+    assert CANARY not in json.dumps(events)
+    files = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
+    assert run.log_file in files and run.artifacts is not None
+    assert any(p.name == "command" for p in files) and any("job_events" in str(p) for p in files)
+    for p in files:
+        assert CANARY.encode() not in p.read_bytes(), p
+    assert watch.samples >= 2 and watch.seen_ansible, "the process sampler did not see the run"
+    assert watch.leaks == []
+
+
+@pytest.mark.parametrize(
+    "playbook, secrets, message",
+    [
+        ("secret_prompt.yml", {}, "asks for 'doai_fixture_secret'"),
+        ("secret_wrong_prompt.yml", {"doai_fixture_secret": Secret("x")}, "must be 'doai secret doai_fixture_secret'"),
+    ],
+)
+def test_a_prompt_without_an_answer_stops_the_run(tmp_path, playbook, secrets, message):
+    s = load_settings(None, inventory=FIXTURES / "hosts.yml", state_dir=tmp_path / "s", env={})
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=re.escape(message)):
+        run_playbook(s, str(FIXTURES / playbook), extravars={"doai_fixture_out": str(tmp_path)}, secrets=secrets,
+                     timeout_s=300)
+    assert time.monotonic() - t0 < 60  # stopped, not left waiting at the prompt until the timeout
+
+
+@pytest.mark.parametrize(
+    "secrets, message",
+    [
+        ({"doai_x": "plain"}, "must be a Secret"),
+        ({"not a name": Secret("v")}, "not a variable name"),
+        ({"doai_x": Secret("two\nlines")}, "line break"),
+    ],
+)
+def test_bad_secrets_are_refused_before_running(settings, secrets, message):
+    s, pb = settings
+    with pytest.raises(UsageError, match=message):
+        run_playbook(s, str(pb), secrets=secrets)
+
+
+def test_secret_prompt_convention():
+    assert secret_prompt("db_password") == "doai secret db_password"
+    assert CONNECTION_PASSWORD == "connection_password"

@@ -1,9 +1,11 @@
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from doai_ansible.errors import ConfigError, ExitStatus
-from doai_ansible.settings import Secret, load_settings
+from doai_ansible.settings import Secret, is_secret_env_name, load_settings
 
 
 @pytest.fixture
@@ -75,3 +77,79 @@ def test_require_names_what_is_missing(inv):
     s = load_settings(None, inventory=inv, env={"VERCEL_TOKEN": "t"})
     with pytest.raises(ConfigError, match="vercel.project"):
         s.vercel.require()
+
+
+@pytest.mark.parametrize(
+    "name, secret",
+    [
+        ("VERCEL_TOKEN", True),
+        ("DOAI_DATABASE_URL", True),
+        ("SOME_PASSWORD", True),
+        ("ANSIBLE_BECOME_PASS", True),  # Ansible's env spelling of the become password itself
+        ("ANSIBLE_SUDO_PASS", True),
+        ("ANSIBLE_PRIVATE_KEY", True),  # the key's contents
+        ("ANSIBLE_PRIVATE_KEY_PASSPHRASE", True),
+        # Files and switches, not secrets: Ansible needs them (an inventory encrypted with ansible-vault).
+        ("ANSIBLE_VAULT_PASSWORD_FILE", False),
+        ("ANSIBLE_BECOME_PASSWORD_FILE", False),
+        ("ANSIBLE_CONNECTION_PASSWORD_FILE", False),
+        ("ANSIBLE_PRIVATE_KEY_FILE", False),
+        ("ANSIBLE_GALAXY_TOKEN_PATH", False),
+        ("ANSIBLE_SSH_PASSWORD_MECHANISM", False),
+        ("ANSIBLE_ASK_PASS", False),
+        ("ANSIBLE_ASK_VAULT_PASS", False),
+        ("PATH", False),
+    ],
+)
+def test_secret_env_names(name, secret):
+    assert is_secret_env_name(name) is secret
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_state_dir_is_created_private(inv, tmp_path):
+    s = load_settings(None, inventory=inv, state_dir=tmp_path / "a" / "state", env={})
+    assert s.ensure_state_dir() == s.state_dir
+    assert mode(s.state_dir) == 0o700
+
+
+def test_loose_state_dir_of_ours_is_tightened(inv, tmp_path):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    load_settings(None, inventory=inv, state_dir=d, env={}).ensure_state_dir()
+    assert mode(d) == 0o700
+
+
+def test_state_dir_of_someone_else_is_refused(inv, tmp_path, monkeypatch):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    monkeypatch.setattr(os, "getuid", lambda: d.stat().st_uid + 1)  # as if another user made it
+    with pytest.raises(ConfigError, match="state_dir") as exc:
+        load_settings(None, inventory=inv, state_dir=d, env={}).ensure_state_dir()
+    assert "belongs to uid" in str(exc.value)
+    assert mode(d) == 0o755  # not touched
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.vercel.com", "http://127.0.0.1:9", "http://127.8.9.10/api", "http://localhost:3000", "http://[::1]:8"],
+)
+def test_api_url_accepts_https_and_loopback_http(inv, url):
+    assert load_settings(None, inventory=inv, env={"DOAI_VERCEL_API_URL": url}).vercel.api_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.vercel.com", "http://10.0.0.1", "http://localhost.example.com", "http://128.0.0.1", "http://[::2]"],
+)
+def test_api_url_refuses_cleartext_off_this_machine(inv, tmp_path, url):
+    with pytest.raises(ConfigError, match="vercel.api_url"):
+        load_settings(None, inventory=inv, env={"DOAI_VERCEL_API_URL": url})
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"inventory: {inv}\nvercel:\n  api_url: {url}\n")
+    with pytest.raises(ConfigError, match="vercel.api_url"):
+        load_settings(cfg, env={})
