@@ -19,7 +19,7 @@ from doai_ansible import parts as parts_registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.journal import Journal
-from doai_ansible.lock import Lock, all_locks
+from doai_ansible.lock import Lock
 from doai_ansible.model import RunResult
 from doai_ansible.render import Progress, emit_json, run_text
 from doai_ansible.settings import Settings, load_settings
@@ -313,31 +313,67 @@ def lock_group() -> None:
 
 
 @lock_group.command("status")
+@click.option("--local", "local_only", is_flag=True, help="Only the local locks (no connection to the hosts).")
 @common_options
 @pass_opts
-def lock_status(opts: Options) -> ExitStatus:
-    s = opts.settings()
-    locks = all_locks(s.locks_dir, s.lock_ttl_s)
+def lock_status(opts: Options, local_only: bool) -> ExitStatus:
+    """The local locks and the locks on the hosts: owner, run, age, and whether that run is alive.
+
+    Exit 5 while a lock is held by a live run (or one this controller cannot judge), else 0."""
+    st = engine.locks(opts.context(), hosts=not local_only)
     if opts.json:
-        emit_json([dict(info.to_dict(), stale=stale) for info, stale in locks])
-    elif not locks:
+        emit_json(st)
+        return ExitStatus.LOCKED if st["held"] else ExitStatus.OK
+    if not st["local"] and not st["hosts"]:
         click.echo("no locks held")
-    for info, stale in locks if not opts.json else []:
-        click.echo(f"{info.target}: {info.owner} pid {info.pid} on {info.host} since {info.to_dict()['acquired_iso']}"
-                   + (f", reason: {info.reason}" if info.reason else "") + (f" (STALE: {stale})" if stale else ""))
-    return ExitStatus.LOCKED if any(not stale for _, stale in locks) else ExitStatus.OK
+    for lk in st["local"]:
+        click.echo(f"{lk['target']}: {lk['owner']} pid {lk['pid']} on {lk['host']} since {lk['acquired_iso']}"
+                   + (f", reason: {lk['reason']}" if lk.get("reason") else "")
+                   + (f" (STALE: {lk['stale']})" if lk["stale"] else ""))
+    for lk in st["hosts"]:
+        if "error" in lk:
+            click.echo(f"{lk['part']} {lk['host']}: host lock unknown ({lk['error']})")
+            continue
+        run = {"alive": "its run is alive",
+               "finished": "its run has ended: the lock is left over; `lock release "
+                           f"{lk['part']} --host {lk['host']}` removes it",
+               "unknown": "not a live run of this controller (another controller, or a killed run)"}[lk["run"]]
+        click.echo(f"{lk['part']} {lk['host']}: host lock by {lk.get('owner')} (run {lk.get('run_id')}) "
+                   f"since {lk.get('since')}, {lk.get('age_s', '?')} s ago; {run}")
+    return ExitStatus.LOCKED if st["held"] else ExitStatus.OK
 
 
 @lock_group.command("release")
 @click.argument("target", type=click.Choice(parts_registry.names() + ["system"]))
-@click.option("--force", is_flag=True, help="Release a lock whose holder still looks alive.")
+@click.option("--host", metavar="HOST", default=None,
+              help="Release the lock a dead run left on this host (shown by `lock status`), not the local one.")
+@click.option("--force", is_flag=True, help="Release a lock whose holder may still be alive.")
 @common_options
 @pass_opts
-def lock_release(opts: Options, target: str, force: bool) -> ExitStatus:
-    s = opts.settings()
-    held = Lock(s.locks_dir, target, s.lock_ttl_s).release(force=force)
-    click.echo(f"released {target} (held by {held.owner})" if held else f"{target} was not locked", err=opts.json)
-    return ExitStatus.OK
+def lock_release(opts: Options, target: str, host: str | None, force: bool) -> ExitStatus:
+    """Release a local lock, or with --host the lock a host keeps (after asking)."""
+    if host is None:
+        s = opts.settings()
+        held = Lock(s.locks_dir, target, s.lock_ttl_s).release(force=force)
+        click.echo(f"released {target} (held by {held.owner})" if held else f"{target} was not locked", err=opts.json)
+        return ExitStatus.OK
+    validate.host_limit(host)
+    ctx = opts.context()
+    lk = engine.host_lock(ctx, target, host)
+    hook = confirm_hook(opts, f"Release the {target} lock on {host} held by run {lk.get('run_id')}?")
+    if hook is not None:
+        shown = RunResult(ctx.run_id, f"lock release {target} --host {host}", True, None, "",
+                          message=f"{target} {host}: host lock by {lk.get('owner')} (run {lk.get('run_id')}) since "
+                                  f"{lk.get('since')}; its run: {lk['run']}")
+        if not hook(shown):
+            raise click.exceptions.Abort()
+    out = engine.release_host_lock(ctx, target, host, force=force, lock=lk)
+    if opts.json:
+        emit_json(out)
+    else:
+        click.echo(f"{target} {host}: " + ("host lock released" if out["released"] else
+                                           "not released: another run holds it now"))
+    return ExitStatus.OK if out["released"] else ExitStatus.LOCKED
 
 
 # -- demo ------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any
 from doai_ansible import parts as registry
 from doai_ansible import validate
 from doai_ansible.context import RunContext
-from doai_ansible.errors import DoaiError, ExitStatus, UsageError
+from doai_ansible.errors import DoaiError, ExitStatus, LockedError, UnreachableError, UsageError
 from doai_ansible.journal import Journal
 from doai_ansible.model import Outcome, RunResult, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
@@ -305,6 +305,58 @@ def history(ctx: RunContext, *, limit: int = 20, part: str | None = None) -> lis
     if part is not None:
         registry.get(part)  # a part that does not exist is a usage error
     return Journal(ctx.settings.journal_path).runs(limit=limit, part=part)
+
+
+# -- locks ---------------------------------------------------------------------------------------------
+def locks(ctx: RunContext, *, hosts: bool = True) -> dict[str, Any]:
+    """Every lock: the local ones, and (``hosts``) those the parts' hosts hold, each with whether
+    the run that holds it is still alive from this controller's view (``alive``, ``finished``:
+    journaled, so the lock is left over, or ``unknown``: another controller, or a killed run)."""
+    from doai_ansible.lock import all_locks
+
+    local = all_locks(ctx.settings.locks_dir, ctx.settings.lock_ttl_s)
+    live_runs = {info.run_id for info, stale in local if not stale and info.run_id}
+    journaled = {r.get("run_id") for r in Journal(ctx.settings.journal_path)}
+    out: dict[str, Any] = {"local": [dict(i.to_dict(), stale=stale) for i, stale in local], "hosts": []}
+    for part in registry.all_parts() if hosts else []:
+        if not part.configured(ctx):
+            continue
+        for lk in part.host_locks(ctx):
+            run_id = lk.get("run_id")
+            state = ("alive" if run_id in live_runs else "finished" if run_id in journaled else "unknown")
+            out["hosts"].append(dict(lk, part=part.name, run=None if "error" in lk else state))
+    out["held"] = any(not lk["stale"] for lk in out["local"]) or any(
+        lk.get("run") in ("alive", "unknown") for lk in out["hosts"])
+    return out
+
+
+def host_lock(ctx: RunContext, part: str, host: str) -> dict[str, Any]:
+    """The lock ``host`` holds for ``part``, with the state of its run (see :func:`locks`)."""
+    found = [lk for lk in locks(ctx)["hosts"] if lk["part"] == part and lk["host"] == host]
+    if not found:
+        raise UsageError(f"{part} {host}: no host lock", hint="`doai-rollback lock status` lists them")
+    if "error" in found[0]:
+        raise UnreachableError(f"{part} {host}: the host lock could not be read ({found[0]['error']})")
+    return found[0]
+
+
+def release_host_lock(ctx: RunContext, part: str, host: str, *, force: bool = False,
+                      lock: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Release the lock ``host`` holds for ``part`` (``lock``: as :func:`host_lock` found it), if
+    the run holding it is dead (``force``: also when this controller cannot tell); journaled."""
+    validate.host_limit(host)
+    lk = lock or host_lock(ctx, part, host)
+    if lk["run"] == "alive" or (lk["run"] == "unknown" and not force):
+        raise LockedError(
+            f"{part} {host}: the host lock of run {lk.get('run_id')} ({lk.get('owner')}) may belong to a live run",
+            hint="add --force only if you are sure that run is dead" if lk["run"] == "unknown" else
+            "that run is alive on this controller: wait for it")
+    released = registry.get(part).release_host_lock(ctx, host, str(lk.get("run_id") or ""))
+    run = RunResult(ctx.run_id, f"lock release {part} --host {host}", False, f"release the lock of run "
+                    f"{lk.get('run_id')}", utcnow(), parts=[part],
+                    message=("released" if released["released"] else "not released: another run holds it now"))
+    _close(ctx, run)
+    return dict(released, lock=lk)
 
 
 # -- status and health ---------------------------------------------------------------------------------

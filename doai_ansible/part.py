@@ -102,6 +102,18 @@ class PartBase(abc.ABC):
         st = self.status(ctx, limit=limit)
         return {"healthy": st["healthy"], "reachable": st.get("reachable", True), "targets": {}}
 
+    def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
+        """The locks this part's hosts hold (``host``, ``owner``, ``run_id``, ``since``, ``age_s``),
+        or ``{"host", "error"}`` for a host that could not be read; [] for a part without hosts."""
+        return []
+
+    def release_host_lock(self, ctx: RunContext, host: str, run_id: str) -> dict[str, Any]:
+        """Remove the lock ``host`` holds for run ``run_id`` (a lock another run took meanwhile
+        stays); ``{"host", "run_id", "released": bool, "holder"}``."""
+        from doai_ansible.errors import UsageError
+
+        raise UsageError(f"the {self.name} part keeps no lock on hosts")
+
     # -- a run -------------------------------------------------------------------------------
     @abc.abstractmethod
     def request(self, **options: Any) -> Request:

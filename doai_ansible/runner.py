@@ -102,7 +102,8 @@ class PlaybookRun:
 
 
 # Result keys our modules set to say why they failed (see roles/*/library).
-_FLAGS = ("invalid_target", "no_target", "locked", "unhealthy")
+_FLAGS = ("invalid_target", "no_target", "locked", "unhealthy", "drifted", "dirty_tree", "unknown_app", "bad_path",
+          "pm2_unavailable")
 
 
 def _short_message(res: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from doai_ansible.parts.playbook import HostReport, PlaybookPart
 
 ROLLBACK_PLAYBOOK = "backend-pm2-rollback.yml"
 STATUS_PLAYBOOK = "backend-pm2-status.yml"
+RELEASE_PLAYBOOK = "backend-pm2-release-lock.yml"
 STATS_KEY = "doai_backend_pm2"
 STATUS_STATS_KEY = "doai_backend_pm2_status"
 PM2_LOGS_TASK = "Read the last PM2 log lines"
@@ -51,8 +52,11 @@ class BackendPart(PlaybookPart):
     status_playbook = STATUS_PLAYBOOK
     stats_key = STATS_KEY
     status_stats_key = STATUS_STATS_KEY
+    release_playbook = RELEASE_PLAYBOOK
+    release_stats_key = "doai_backend_pm2_release"
     logs_task = PM2_LOGS_TASK
     logs_name = "pm2"
+    apply_modules = ("doai_backend_pm2_apply",)
     var_prefix = "doai_backend_pm2"
 
     # -- request and plan -------------------------------------------------------------------------

@@ -97,6 +97,12 @@ class PlaybookPart(PartBase):
     var_prefix: ClassVar[str]
     logs_task: ClassVar[str | None] = None  # a task whose stdout is kept in the run's log bundle ...
     logs_name: ClassVar[str] = "logs"  # ... as <host>-<logs_name>.log
+    #: Modules that change a host: once one started on a host, that host is "started" even if the
+    #: run was cut before it could report (the stats only arrive at the end of a playbook).
+    apply_modules: ClassVar[tuple[str, ...]] = ()
+    #: Wall-clock bound of one playbook run that changes hosts (a host that stays dark must not
+    #: hold the run for hours: its async job goes on, and the run resumes it).
+    apply_run_timeout_s: ClassVar[int] = 1800
     resume_deadline_s: ClassVar[float] = 120.0
     resume_pause_s: ClassVar[float] = 3.0
 
@@ -132,19 +138,26 @@ class PlaybookPart(PartBase):
         return xv
 
     def run(self, ctx: RunContext, extravars: dict[str, Any], *, limit: str | None, check: bool = False,
-            label: str = "") -> PlaybookRun:
+            label: str = "", started: set[str] | None = None) -> PlaybookRun:
+        """One playbook run; ``started`` collects the hosts an apply module started on."""
         log_dir = ctx.log_dir / label if label else ctx.log_dir
         pb = run_playbook(ctx.settings, self.playbook, extravars=extravars, limit=limit, check=check,
-                          log_dir=log_dir, on_event=self._on_event(ctx, log_dir))
+                          log_dir=log_dir, on_event=self._on_event(ctx, log_dir, started),
+                          timeout_s=None if check else self.apply_run_timeout_s)
         self._warn(ctx, pb)
         return pb
 
-    def _on_event(self, ctx: RunContext, log_dir: Path) -> Callable[[dict[str, Any]], None]:
-        """Progress, plus the log lines of ``logs_task`` kept per host in the run's log bundle
-        (read from the event stream: a copy task on the controller would cost a second)."""
+    def _on_event(self, ctx: RunContext, log_dir: Path,
+                  started: set[str] | None = None) -> Callable[[dict[str, Any]], None]:
+        """Progress, the hosts an apply module started on, and the log lines of ``logs_task`` kept
+        per host in the run's log bundle (read from the event stream: a copy task on the
+        controller would cost a second)."""
 
         def on_event(event: dict[str, Any]) -> None:
             data = event.get("event_data") or {}
+            if (started is not None and event.get("event") == "runner_on_start"
+                    and data.get("task_action") in self.apply_modules and data.get("host")):
+                started.add(data["host"])
             if (self.logs_task and event.get("event") == "runner_on_ok" and data.get("task") == self.logs_task
                     and data.get("host")):
                 res = data.get("res") or {}
@@ -187,8 +200,13 @@ class PlaybookPart(PartBase):
         # The pins decide; the common target is passed too, for a role that reads only that.
         common = {s.desired for s in steps}
         target = common.pop() if len(common) == 1 else ""
-        pb = self.run(ctx, self.extravars(ctx, request, pins=pins, target=target), limit=",".join(sorted(by_host)))
+        begun: set[str] = set()
+        pb = self.run(ctx, self.extravars(ctx, request, pins=pins, target=target), limit=",".join(sorted(by_host)),
+                      started=begun)
         reps = reports(pb, self.stats_key)
+        for host in begun:  # cut before it could report: it may have changed
+            if host in reps and not reps[host].started:
+                reps[host].stats["status"] = "started"
         results: list[StepResult] = []
         refused: list[HostReport] = []
         for host, step in sorted(by_host.items()):
@@ -310,6 +328,32 @@ class PlaybookPart(PartBase):
         return {"part": self.name, "configured": bool(hosts), "hosts": hosts,
                 "reachable": not any(r.unreachable for r in reps.values()),
                 "healthy": all(h["healthy"] for h in hosts.values())}
+
+    def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
+        out = []
+        for host, h in self.status(ctx)["hosts"].items():
+            if h.get("host_lock"):
+                out.append(dict(h["host_lock"], host=host))
+            elif h.get("error"):
+                out.append({"host": host, "error": h["error"]})
+        return out
+
+    release_playbook: ClassVar[str | None] = None
+    release_stats_key: ClassVar[str] = ""
+
+    def release_host_lock(self, ctx: RunContext, host: str, run_id: str) -> dict[str, Any]:
+        if not self.release_playbook:
+            return super().release_host_lock(ctx, host, run_id)
+        pb = run_playbook(ctx.settings, self.release_playbook, limit=host, log_dir=ctx.log_dir / "release-lock",
+                          extravars={f"{self.var_prefix}_release_run_id": run_id}, on_event=ctx.progress)
+        self._warn(ctx, pb)
+        rep = reports(pb, self.release_stats_key).get(host)
+        if rep is None:
+            raise UsageError(f"{host} is not a host of the {self.name} group")
+        if rep.failure is not None:
+            raise refusal_error([rep])
+        return {"host": host, "run_id": run_id, "released": bool(rep.stats.get("released")),
+                "holder": rep.stats.get("holder")}
 
     def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
         st = self.status(ctx, limit=limit)

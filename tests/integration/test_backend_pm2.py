@@ -313,3 +313,35 @@ def pexpect_eof():
     import pexpect
 
     return pexpect.EOF
+
+
+def _host_lock(sb, run_id: str) -> Path:
+    lock = sb.host_state / "backend.lock"
+    lock.mkdir(parents=True)
+    (lock / "owner.json").write_text(json.dumps({"owner": "carol", "run_id": run_id, "since": "earlier"}))
+    return lock
+
+
+def test_lock_status_shows_host_locks_and_release_needs_a_dead_run(sandbox, cli_env, state_dir):
+    """A run killed mid-apply leaves its host lock: `lock status` shows it with whether its
+    run is alive; `lock release backend --host` removes it, only when that run is dead."""
+    sb = sandbox
+    lock = _host_lock(sb, "killed-run")  # a run this controller does not know (another one, or killed)
+    res = run_cli("lock", "status", env=cli_env)
+    assert res.code == 5, res.stdout + res.stderr
+    assert "carol" in res.stdout and "killed-run" in res.stdout and "not a live run" in res.stdout
+    res = run_cli("lock", "release", "backend", "--host", sb.host_name, "--yes", env=cli_env)
+    assert res.code == 5 and "--force" in res.stderr and lock.exists()
+    res = run_cli("lock", "release", "backend", "--host", sb.host_name, "--yes", "--force", "-o", "json", env=cli_env)
+    assert res.code == 0, res.stdout + res.stderr
+    assert res.json()["released"] is True and not lock.exists()
+
+    # A lock whose run is journaled (it ended) is left over: released without --force.
+    assert run_cli("backend", "rollback", "--yes", "--to", "v2", env=cli_env).code == 0
+    run_id = _journal(state_dir)[-1]["run_id"]
+    lock = _host_lock(sb, run_id)
+    res = run_cli("lock", "status", "-o", "json", env=cli_env)
+    assert res.code == 0 and res.json()["hosts"][0]["run"] == "finished"
+    assert run_cli("lock", "release", "backend", "--host", sb.host_name, "--yes", env=cli_env).code == 0
+    assert not lock.exists()
+    assert run_cli("lock", "release", "backend", "--host", "no-such-host", "--yes", env=cli_env).code == 2

@@ -84,13 +84,13 @@ def test_history_empty_and_undo_unknown(closed_env):
 
 
 def test_lock_status_and_release(closed_env, tmp_path):
-    assert run_cli("lock", "status", env=closed_env).stdout.strip() == "no locks held"
+    assert run_cli("lock", "status", "--local", env=closed_env).stdout.strip() == "no locks held"
     locks = tmp_path / "state" / "locks"
     locks.mkdir(parents=True)
     (locks / "backend.lock").write_text(json.dumps({
         "target": "backend", "owner": "ghost", "pid": 999999, "host": socket.gethostname(),
         "acquired": 0, "reason": None, "run_id": None}))
-    res = run_cli("lock", "status", env=closed_env)
+    res = run_cli("lock", "status", "--local", env=closed_env)
     assert res.code == 0 and "ghost" in res.stdout and "STALE" in res.stdout
     assert run_cli("lock", "release", "backend", env=closed_env).code == 0
     assert not (locks / "backend.lock").exists()
