@@ -58,6 +58,7 @@ class BackendPart(PlaybookPart):
     logs_name = "pm2"
     apply_modules = ("doai_backend_pm2_apply",)
     var_prefix = "doai_backend_pm2"
+    group = "backend"
 
     # -- request and plan -------------------------------------------------------------------------
     def request(self, *, to: str | None = None, limit: str | None = None, reason: str | None = None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -87,8 +88,33 @@ def refusal_error(refused: list[HostReport]) -> DoaiError:
     return ValidationError(text)
 
 
+def group_hosts(ctx: RunContext, group: str) -> list[str]:
+    """The hosts of an inventory group (for error messages only: it costs an ansible-inventory run)."""
+    from doai_ansible.runner import ansible_playbook_bin
+
+    exe = Path(ansible_playbook_bin()).with_name("ansible-inventory")
+    try:
+        out = subprocess.run([str(exe), "-i", str(ctx.settings.inventory), "--list"], capture_output=True,
+                             text=True, timeout=60, check=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}).stdout
+        data = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+
+    def walk(name: str, seen: set[str]) -> list[str]:
+        if name in seen:
+            return []
+        seen.add(name)
+        node = data.get(name) or {}
+        return list(node.get("hosts", [])) + [h for child in node.get("children", []) for h in walk(child, seen)]
+
+    return sorted(set(walk(group, set())))
+
+
 class PlaybookPart(PartBase):
     """A part whose work is one role's playbook; see the module docstring for the contract."""
+
+    #: The inventory group the playbooks target by default.
+    group: ClassVar[str] = ""
 
     playbook: ClassVar[str]
     status_playbook: ClassVar[str]
@@ -182,8 +208,9 @@ class PlaybookPart(PartBase):
         reps = reports(pb, self.stats_key)
         if not reps:
             if limit:
-                raise UsageError(f"--limit {limit} matches no host of the {self.name} group",
-                                 hint=f"see `doai-rollback status` for the {self.name} hosts")
+                hosts = group_hosts(ctx, self.group)
+                raise UsageError(f"--limit {limit} matches no host of the {self.name} group `{self.group}`",
+                                 hint=f"its hosts: {', '.join(hosts)}" if hosts else f"the group `{self.group}` is empty")
             if not pb.ok:
                 raise pb.error(f"{self.name} plan failed")
             raise UsageError(f"no {self.name} hosts in the inventory {ctx.settings.inventory}", hint=self.needs)

@@ -206,35 +206,80 @@ def test_canary_secret_never_leaks(sandbox, cli_env, state_dir):
         assert CANARY not in p.read_text(errors="replace"), p
 
 
-def test_one_host_fails_the_others_are_put_back(tmp_path_factory, state_dir):
-    """Two VPSes; the second one's health gate cannot pass. The pool must not be left on
-    mixed releases: the host that rolled back is put back too, and the run says 'restored'."""
-    from doai_ansible.sandbox import Sandbox, free_port
+@pytest.fixture
+def two_hosts(tmp_path_factory, state_dir):
+    """Two sandbox VPSes on v3 (v2 before it) in one inventory: vps-a and vps-b."""
+    from doai_ansible.sandbox import Sandbox
 
     a, b = Sandbox(tmp_path_factory.mktemp("a")), Sandbox(tmp_path_factory.mktemp("b"))
     try:
         for sb in (a, b):
             sb.start(deploy="v2")
             sb.deploy("v3")
-        b.write_inventory(doai_backend_pm2_health_url=f"http://127.0.0.1:{free_port()}/nothing-listens-here",
-                          doai_backend_pm2_health_timeout=3)
-        hosts = {}
-        for name, sb in (("vps-a", a), ("vps-b", b)):
-            hosts[name] = json.loads(sb.inventory.read_text())["all"]["children"]["backend"]["hosts"][sb.host_name]
-        inv = state_dir / "two.json"
-        inv.write_text(json.dumps({"all": {"children": {"backend": {"hosts": hosts}}}}))
-        res = run_cli("backend", "rollback", "--yes", "--to", "v2", "-o", "json",
-                      env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(state_dir)})
-        assert res.code == 3, res.stdout + res.stderr
-        steps = {s["target"]: s for s in res.json()["steps"]}
-        assert steps["vps-b"]["outcome"] == "restored"
-        assert steps["vps-a"]["outcome"] == "restored" and "another host failed" in steps["vps-a"]["message"]
-        for sb in (a, b):
-            assert sb.head() == sb.commits["v3"]
-            assert sb.health() == (500, "3.0.0")
+
+        def inventory() -> dict[str, str]:
+            hosts = {name: json.loads(sb.inventory.read_text())["all"]["children"]["backend"]["hosts"][sb.host_name]
+                     for name, sb in (("vps-a", a), ("vps-b", b))}
+            inv = state_dir / "two.json"
+            inv.write_text(json.dumps({"all": {"children": {"backend": {"hosts": hosts}}}}))
+            return {"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(state_dir)}
+
+        yield a, b, inventory
     finally:
         a.stop()
         b.stop()
+
+
+def test_one_host_fails_the_others_are_put_back(two_hosts):
+    """The second host's health gate cannot pass. The pool must not be left on mixed
+    releases: the host that rolled back is put back too, and the run says 'restored'.
+    The put-back does not count as a rollback: the next default target is still v2."""
+    from doai_ansible.sandbox import free_port
+
+    a, b, inventory = two_hosts
+    b.write_inventory(doai_backend_pm2_health_url=f"http://127.0.0.1:{free_port()}/nothing-listens-here",
+                      doai_backend_pm2_health_timeout=3)
+    env = inventory()
+    res = run_cli("backend", "rollback", "--yes", "--to", "v2", "-o", "json", env=env)
+    assert res.code == 3, res.stdout + res.stderr
+    steps = {s["target"]: s for s in res.json()["steps"]}
+    assert steps["vps-b"]["outcome"] == "restored"
+    assert steps["vps-a"]["outcome"] == "restored" and "another host failed" in steps["vps-a"]["message"]
+    for sb in (a, b):
+        assert sb.head() == sb.commits["v3"]
+        assert sb.health() == (500, "3.0.0")
+    assert ledger(a)[-1]["action"] == "put-back"
+    plan = run_cli("backend", "rollback", "--dry-run", "--limit", "vps-a", "-o", "json", env=env)
+    assert plan.code == 0, plan.stdout + plan.stderr
+    assert plan.json()["steps"][0]["to"] == a.commits["v2"]
+
+
+def test_one_host_unreachable_changes_no_host(two_hosts, state_dir):
+    """All or nothing: every host is planned first; one that cannot be reached stops the run
+    before any host is changed (no reload on the others, no put-back)."""
+    a, b, inventory = two_hosts
+    env = inventory()
+    os.kill(b.sshd_pid, 15)
+    b.sshd_pid = None
+    before = host_snapshot(a)
+    res = run_cli("backend", "rollback", "--yes", "--to", "v2", "-o", "json", env=env)
+    assert res.code == 7, res.stdout + res.stderr
+    assert "vps-b" in res.json()["error"] and res.json()["steps"] == []
+    assert host_snapshot(a) == before  # not even reloaded
+    assert _journal(state_dir)[-1]["exit_name"] == "UNREACHABLE"
+
+
+def test_undo_does_not_spoil_the_default_target(sandbox, cli_env):
+    """v3 -> v2, undo (back to v3), then a rollback without --to goes to v2 again."""
+    sb = sandbox
+    first = run_cli("backend", "rollback", "--yes", "-o", "json", env=cli_env)
+    assert first.code == 0 and first.json()["steps"][0]["to"] == sb.commits["v2"], first.stderr
+    undo = run_cli("undo", first.json()["run_id"], "--yes", env=cli_env)
+    assert undo.code == 0 and sb.head() == sb.commits["v3"], undo.stdout + undo.stderr
+    assert ledger(sb)[-1]["action"] == "undo"
+    again = run_cli("backend", "rollback", "--yes", "-o", "json", env=cli_env)
+    assert again.code == 0, again.stdout + again.stderr
+    assert again.json()["steps"][0]["to"] == sb.commits["v2"] and sb.health() == (200, "2.0.0")
 
 
 def _spawn(env, *args):
@@ -305,7 +350,7 @@ def test_refusals_are_journaled(sandbox, cli_env, state_dir):
 def test_limit_matching_no_host_is_a_usage_error(sandbox, cli_env):
     res = run_cli("backend", "rollback", "--yes", "--to", "v2", "--limit", "no-such-host", env=cli_env)
     assert res.code == 2, res.stdout + res.stderr
-    assert "matches no host" in res.stderr
+    assert "matches no host" in res.stderr and sandbox.host_name in res.stderr  # it lists the group's hosts
     assert sandbox.head() == sandbox.commits["v3"]
 
 
