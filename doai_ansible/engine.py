@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, LockedError, UnreachableError, UsageError
 from doai_ansible.journal import Journal
+from doai_ansible.lock import LockInfo
 from doai_ansible.model import Outcome, RunResult, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 
@@ -101,8 +104,47 @@ def _locks(ctx: RunContext, jobs: list[Job], reason: str | None, dry_run: bool) 
     with contextlib.ExitStack() as stack:
         if not dry_run:
             for target in sorted({j.part.lock_target for j in jobs}):
-                stack.enter_context(ctx.lock(target).held(owner=ctx.operator, reason=reason, run_id=ctx.run_id))
+                stack.enter_context(ctx.lock(target).held(owner=ctx.operator, reason=reason, run_id=ctx.run_id,
+                                                          on_takeover=lambda held: _killed_run(ctx, held)))
         yield
+
+
+PLAN_FILE = "plan.json"
+
+
+def _save_plan(ctx: RunContext, run: RunResult) -> None:
+    """The confirmed plan, kept in the run's log dir before anything changes: if this process is
+    killed (SIGKILL), the next run that takes the lock over journals what it was doing."""
+    path = ctx.log_dir / PLAN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(dict(run.to_dict(), who=ctx.operator), fh)
+
+
+def _killed_run(ctx: RunContext, held: LockInfo) -> None:
+    """A run died holding the lock (its process is gone) without journaling: record it now."""
+    if not held.run_id or any(r.get("run_id") == held.run_id for r in Journal(ctx.settings.journal_path)):
+        return
+    try:
+        plan = json.loads((ctx.settings.runs_dir / held.run_id / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        plan = None
+    if plan is None:  # killed before its plan was confirmed: it changed nothing
+        message = "killed before it applied anything (found when run {} took its lock over)"
+        steps: list[dict[str, Any]] = []
+    else:
+        message = ("KILLED DURING ITS APPLY (found when run {} took its lock over): the state of its steps is "
+                   "unknown; check `doai-rollback status` and `lock status` (its host locks may remain)")
+        steps = [dict(st, outcome=Outcome.NOT_RESTORED.value,
+                      message="state unknown: the run was killed while applying")
+                 for st in plan.get("steps", []) if st.get("changes")]
+    record = dict(plan or {}, run_id=held.run_id, exit_status=int(ExitStatus.INTERRUPTED),
+                  exit_name=ExitStatus.INTERRUPTED.name, message=message.format(ctx.run_id), steps=steps,
+                  finished=utcnow(), who=(plan or {}).get("who") or held.owner)
+    record.setdefault("command", "(unknown command)")
+    record.setdefault("started", held.to_dict()["acquired_iso"])
+    Journal(ctx.settings.journal_path).append_record(record)
+    ctx.warn(f"run {held.run_id} by {held.owner} was killed and had not been journaled: " + message.format(ctx.run_id))
 
 
 def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | None:
@@ -135,6 +177,7 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
             run.exit_status = ExitStatus.INTERRUPTED
             run.message = "not confirmed; nothing was changed"
             return
+    _save_plan(ctx, run)
     try:
         refusal = _apply(ctx, planned)
     except _Stopped as stopped:
@@ -316,7 +359,9 @@ def locks(ctx: RunContext, *, hosts: bool = True) -> dict[str, Any]:
 
     local = all_locks(ctx.settings.locks_dir, ctx.settings.lock_ttl_s)
     live_runs = {info.run_id for info, stale in local if not stale and info.run_id}
+    # A journaled run has ended; so has one whose local lock outlived its process (killed).
     journaled = {r.get("run_id") for r in Journal(ctx.settings.journal_path)}
+    journaled |= {info.run_id for info, stale in local if stale and info.run_id}
     out: dict[str, Any] = {"local": [dict(i.to_dict(), stale=stale) for i, stale in local], "hosts": []}
     for part in registry.all_parts() if hosts else []:
         if not part.configured(ctx):

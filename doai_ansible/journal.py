@@ -42,6 +42,10 @@ class Journal:
     def append(self, run: RunResult, *, who: str | None = None) -> dict[str, Any]:
         record = run.to_dict()
         record["who"] = who or operator()
+        return self.append_record(record)
+
+    def append_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append one run record (a dict shaped like ``RunResult.to_dict`` plus ``who``)."""
         line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -51,7 +55,7 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
-        log.debug("journal: appended run %s to %s", run.run_id, self.path)
+        log.debug("journal: appended run %s to %s", record.get("run_id"), self.path)
         return record
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

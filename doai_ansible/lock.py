@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class Lock:
         self.target = target
         self.ttl_s = ttl_s
         self.path = directory / f"{target}.lock"
+        self.taken_over: LockInfo | None = None  # the stale lock the last acquire replaced
 
     def read(self) -> LockInfo | None:
         try:
@@ -105,6 +106,7 @@ class Lock:
                     ) from None
                 log.warning("taking over stale lock on %s held by %s (%s)", self.target, held.owner, stale)
                 self._remove_if_same(held)
+                self.taken_over = held
                 continue
             try:
                 os.write(fd, payload)
@@ -153,8 +155,12 @@ class Lock:
         return held
 
     @contextlib.contextmanager
-    def held(self, *, owner: str, reason: str | None, run_id: str | None) -> Iterator[LockInfo]:
+    def held(self, *, owner: str, reason: str | None, run_id: str | None,
+             on_takeover: Callable[[LockInfo], None] | None = None) -> Iterator[LockInfo]:
+        """Hold the lock for a block; ``on_takeover`` hears of a stale lock it replaced (a dead run)."""
         info = self.acquire(owner=owner, reason=reason, run_id=run_id)
+        if self.taken_over is not None and on_takeover is not None:
+            on_takeover(self.taken_over)
         try:
             yield info
         finally:

@@ -286,3 +286,32 @@ def test_a_signal_mid_apply_finishes_the_part_at_work_then_stops_and_journals(ct
     rec = journal(ctx)[0]
     assert rec["exit_name"] == "INTERRUPTED" and rec["steps"][0]["outcome"] == "succeeded"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+
+def test_a_killed_run_is_journaled_by_the_next_run(ctx):
+    """SIGKILL leaves the local lock (its pid gone) and the plan it confirmed: the next run that
+    takes the lock over journals the killed run, steps as 'state unknown'."""
+    import socket
+    import subprocess
+
+    calls: list[str] = []
+    first = RunContext.create(ctx.settings)
+    # What a killed run leaves: its plan file and its lock, held by a process that is gone.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    plan = engine.RunResult(first.run_id, "backend rollback", False, "r", "t",
+                            results=[StepResult(Step(Part.BACKEND, "vps1", "a" * 40, "b" * 40), Outcome.PLANNED)])
+    engine._save_plan(first, plan)
+    ctx.settings.locks_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.settings.locks_dir / "backend.lock").write_text(json.dumps({
+        "target": "backend", "owner": "dave", "pid": dead.pid, "host": socket.gethostname(), "acquired": 1.0,
+        "reason": "r", "run_id": first.run_id}))
+    assert engine.locks(ctx, hosts=False)["held"] is False  # its process is gone
+
+    run = engine.run(ctx, jobs(FakePart(Part.BACKEND, calls)), command="backend rollback", reason=None)
+    assert run.exit_status is ExitStatus.OK
+    killed, new = journal(ctx)
+    assert killed["run_id"] == first.run_id and killed["exit_name"] == "INTERRUPTED"
+    assert "KILLED DURING ITS APPLY" in killed["message"] and killed["who"] == "dave"
+    assert [(s["target"], s["outcome"]) for s in killed["steps"]] == [("vps1", "not_restored")]
+    assert new["run_id"] == ctx.run_id and any(first.run_id in w for w in new["warnings"])
