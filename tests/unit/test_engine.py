@@ -312,6 +312,6 @@ def test_a_killed_run_is_journaled_by_the_next_run(ctx):
     assert run.exit_status is ExitStatus.OK
     killed, new = journal(ctx)
     assert killed["run_id"] == first.run_id and killed["exit_name"] == "INTERRUPTED"
-    assert "KILLED DURING ITS APPLY" in killed["message"] and killed["who"] == "dave"
+    assert "KILLED DURING ITS APPLY" in killed["message"] and killed["who"] == first.operator
     assert [(s["target"], s["outcome"]) for s in killed["steps"]] == [("vps1", "not_restored")]
     assert new["run_id"] == ctx.run_id and any(first.run_id in w for w in new["warnings"])
