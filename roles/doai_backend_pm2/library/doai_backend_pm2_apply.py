@@ -7,6 +7,11 @@
 One task instead of three because every task costs a round trip, and this is the part of a
 rollback an outage waits on. Each step is still reported (``steps``) and the first one that
 fails stops the rest with its command and output.
+
+With I(job), the steps run as a job detached from the SSH session (doai_common's doai_job):
+a dropped connection does not stop them, and the same task run again (SSH's retries, the
+role's action plugin) attaches to the job instead of starting another. A resumed run starts a
+new job while the first may still work: an exclusive flock on the checkout makes it wait.
 """
 
 from __future__ import annotations
@@ -16,30 +21,84 @@ DOCUMENTATION = r"""
 module: doai_backend_pm2_apply
 short_description: Check out a commit, install dependencies if needed and reload PM2
 description:
-  - Runs, in order, C(git checkout --quiet --detach COMMIT), the dependency install (only when
-    I(install) is true) and C(pm2 reload|restart APP) for each app.
+  - Runs, in order, the dependency install (when I(install) is true, or with
+    I(install_if_stale) when node_modules was not installed for the lockfile of COMMIT) into a
+    staging directory, or takes COMMIT's node_modules from I(cache_dir) by rename; C(git
+    checkout --quiet --detach COMMIT); the swap of node_modules by rename (the previous one
+    kept in I(cache_dir)); C(pm2 reload|restart APP) for each app; the pruning of the cache.
+  - Holds an exclusive flock on I(path) throughout; another apply on the same checkout waits
+    for it (up to I(lock_wait) seconds).
   - Every command is an argument vector; nothing goes through a shell.
   - Does nothing in check mode (reports what it would run).
 options:
   path: {description: Git checkout of the app., type: path, required: true}
   commit: {description: Full SHA to check out., type: str, required: true}
   install: {description: Run the dependency install., type: bool, default: false}
+  install_if_stale:
+    description:
+      - After the checkout, run the install when node_modules was not installed for the
+        checked-out lockfile (npm's record, node_modules/.package-lock.json) or a dependency of
+        package.json is missing. For a resumed run and for the restore, where what an
+        interrupted job left is not known in advance.
+    type: bool
+    default: false
   install_argv: {description: The install command as a list., type: list, elements: str, required: true}
+  cache_dir:
+    description:
+      - Cache of node_modules trees, keyed by the sha256 of their lockfile. Before the checkout
+        the target's tree is taken from it by rename, or installed with I(install_argv) in a
+        staging directory there (the app keeps its node_modules meanwhile); after the checkout
+        the app's tree moves into it under the previous lockfile's hash and the target's is
+        renamed in. Empty, or on another filesystem than I(path), uses C(.<name>.node_modules)
+        next to I(path).
+    type: path
+    default: ''
+  cache_keep: {description: Trees kept in the cache (oldest dropped first); 0 keeps none., type: int, default: 3}
   pm2_bin: {description: pm2 executable., type: str, default: pm2}
   pm2_home: {description: PM2_HOME for pm2 calls., type: str, default: ''}
   pm2_mode: {description: reload or restart., type: str, choices: [reload, restart], default: reload}
   apps: {description: Apps to reload; empty means all., type: list, elements: str, default: []}
   git_bin: {description: git executable., type: str, default: git}
+  lock_wait: {description: Seconds to wait for another apply on the same checkout., type: int, default: 600}
+  job:
+    description:
+      - Run the steps as this job, detached from the SSH session, and wait for its result; a job
+        of that id that exists already is attached to, not started again. Empty runs the steps in
+        the module itself.
+    type: str
+    default: ''
+  job_dir: {description: Directory of the job files on the host., type: path, default: /var/lib/doai-rollback/jobs}
+  timeout: {description: Seconds the job may run; then it is stopped and fails., type: int, default: 900}
+  reconnect_timeout:
+    description:
+      - Used by the role's action plugin, on the controller - seconds, from the first failure of
+        the task's connection after SSH's own retries, during which the task is run again once a
+        second to attach to the job (0 - not at all).
+    type: float
+    default: 0
 author: doai-ansible contributors
 """
 
 RETURN = r"""
 steps: {description: Each command run, its rc and seconds., type: list, returned: always}
+installed: {description: Whether the dependency install ran., type: bool, returned: always}
+node_modules:
+  description: How node_modules was made ready - source (cache, install or null), installed, cache_dir, key, pruned.
+  type: dict
+  returned: success
+waited: {description: Seconds spent waiting for another apply on the checkout., type: float, returned: success}
+live_since: {description: When the PM2 reload started (epoch seconds on the host)., type: float, returned: when a job reached the reload}
+job: {description: The job id (with I(job))., type: str, returned: when a job ran}
+attached: {description: Whether this call attached to a job started earlier., type: bool, returned: when a job ran}
 """
 
+import fcntl
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.doai_job import run_job
+from ansible.module_utils.doai_npm import InstallError, NodeModules
 
 
 def main():
@@ -48,12 +107,20 @@ def main():
             path=dict(type="path", required=True),
             commit=dict(type="str", required=True),
             install=dict(type="bool", default=False),
+            install_if_stale=dict(type="bool", default=False),
             install_argv=dict(type="list", elements="str", required=True),
+            cache_dir=dict(type="path", default=""),
+            cache_keep=dict(type="int", default=3),
             pm2_bin=dict(type="str", default="pm2"),
             pm2_home=dict(type="str", default=""),
             pm2_mode=dict(type="str", choices=["reload", "restart"], default="reload"),
             apps=dict(type="list", elements="str", default=[]),
             git_bin=dict(type="str", default="git"),
+            lock_wait=dict(type="int", default=600),
+            job=dict(type="str", default=""),
+            job_dir=dict(type="path", default="/var/lib/doai-rollback/jobs"),
+            timeout=dict(type="int", default=900),
+            reconnect_timeout=dict(type="float", default=0),
         ),
         supports_check_mode=True,
     )
@@ -61,26 +128,77 @@ def main():
     if not all(c in "0123456789abcdef" for c in p["commit"]) or len(p["commit"]) < 7:
         module.fail_json(msg="commit must be a hex SHA, got %r" % p["commit"])
     pm2_env = {"PM2_HOME": p["pm2_home"]} if p["pm2_home"] else {}
-    plan = [("checkout", [p["git_bin"], "-C", p["path"], "checkout", "--quiet", "--detach", p["commit"]], {}, None)]
-    if p["install"]:
-        plan.append(("install", list(p["install_argv"]), {}, p["path"]))
-    for app in p["apps"] or ["all"]:
-        plan.append(("pm2 " + p["pm2_mode"], [p["pm2_bin"], p["pm2_mode"], app], pm2_env, p["path"]))
+    checkout = ("checkout", [p["git_bin"], "-C", p["path"], "checkout", "--quiet", "--detach", p["commit"]], {}, None)
+    install = ("install", list(p["install_argv"]), {}, "<staging>")
+    reloads = [("pm2 " + p["pm2_mode"], [p["pm2_bin"], p["pm2_mode"], app], pm2_env, p["path"]) for app in p["apps"] or ["all"]]
 
     if module.check_mode:
-        module.exit_json(changed=True, steps=[{"step": n, "argv": a} for n, a, _, _ in plan])
+        plan = [checkout] + ([install] if p["install"] else []) + reloads
+        module.exit_json(changed=True, installed=False, steps=[{"step": n, "argv": a} for n, a, _, _ in plan])
 
+    run_job(module, p["job_dir"], p["job"], lambda progress: apply(module, checkout, install, reloads, progress),
+            p["timeout"])
+
+
+def apply(module, checkout, install, reloads, progress=lambda **values: None):
+    p = module.params
+    waited = hold_checkout(module)
     steps = []
-    for name, argv, env, cwd in plan:
-        t0 = time.monotonic()
-        rc, out, err = module.run_command(argv, environ_update=env, cwd=cwd)
-        steps.append({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)})
-        if rc != 0:
-            module.fail_json(
-                msg="%s failed (rc %d): %s" % (name, rc, (err or out).strip()[-1000:]),
-                steps=steps, failed_step=name, changed=True,
-            )
-    module.exit_json(changed=True, steps=steps)
+    # node_modules is made ready before the checkout (the running release keeps its own while
+    # npm works) and swapped in by rename after it; see doai_npm.NodeModules.
+    deps = NodeModules(p["path"], p["cache_dir"], p["cache_keep"], p["install_argv"], steps=steps,
+                       run=lambda argv, cwd=None: module.run_command(argv, cwd=cwd), git_bin=p["git_bin"])
+    try:
+        deps.prepare(p["commit"], force=p["install"], if_stale=p["install_if_stale"])
+    except (InstallError, OSError) as exc:
+        module.fail_json(msg="%s; nothing was changed" % exc, steps=steps, failed_step="install",
+                         changed=False, installed=deps.installed)
+    run(module, checkout, steps)
+    try:
+        deps.swap_in()
+    except OSError as exc:
+        module.fail_json(msg="node_modules swap failed: %s" % exc, steps=steps, failed_step="node_modules swap",
+                         changed=True, installed=deps.installed)
+    # When PM2 starts the release: the health gate's restart watch counts from here.
+    progress(live_since=time.time())
+    for step in reloads:
+        run(module, step, steps)
+    deps.finish()
+    module.exit_json(changed=True, steps=steps, installed=deps.installed, node_modules=deps.report(), waited=waited)
+
+
+def hold_checkout(module):
+    """Take an exclusive flock on the checkout directory for the rest of this process (another
+    apply there waits); returns the seconds waited."""
+    p = module.params
+    try:
+        # Kept open (and, as every fd Python opens, not inherited by npm or pm2): the flock
+        # lasts until this module exits.
+        fd = os.open(p["path"], os.O_RDONLY)
+    except OSError as exc:
+        module.fail_json(msg="cannot open %s: %s; nothing was changed" % (p["path"], exc), steps=[], installed=False)
+    start = time.monotonic()
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return round(time.monotonic() - start, 3)
+        except (IOError, OSError):
+            if time.monotonic() - start > p["lock_wait"]:
+                module.fail_json(msg="another apply is still running on %s after %d s; nothing was changed by this one"
+                                 % (p["path"], p["lock_wait"]), steps=[], installed=False)
+            time.sleep(0.2)
+
+
+def run(module, step, steps):
+    name, argv, env, cwd = step
+    t0 = time.monotonic()
+    rc, out, err = module.run_command(argv, environ_update=env, cwd=cwd)
+    steps.append({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)})
+    if rc != 0:
+        module.fail_json(
+            msg="%s failed (rc %d): %s" % (name, rc, (err or out).strip()[-1000:]),
+            steps=steps, failed_step=name, changed=True, installed=name == "install",
+        )
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ description:
     version and one is expected, that version) or the deadline passes.
   - Then checks that every PM2 app is online and that no restart counter grows during a short
     stability window (a restart loop).
+  - With I(job), runs as a job detached from the SSH session (doai_common's doai_job): a
+    dropped connection does not stop it, and the same task run again attaches to it. With
+    I(until=healthy) the module returns as soon as health is good (result keys C(healthy), C(reached=healthy)) while
+    the job watches PM2 on; a second call with the job id and I(until=stable) returns the end.
   - Changes nothing. Skipped in check mode.
 options:
   health_url: {description: URL probed from the host., type: str, required: true}
   deadline: {description: Seconds to wait for health., type: float, default: 60}
   expect_version: {description: Version the health body must report (empty = any)., type: str, default: ''}
-  stable_seconds: {description: Seconds the PM2 restart counters must stay still., type: float, default: 3}
+  stable_seconds: {description: Seconds the PM2 restart counters must stay still (from I(since), else from health good)., type: float, default: 3}
   require_health:
     description:
       - When false, the health URL is probed once and reported but not required to be 2xx
@@ -30,6 +34,29 @@ options:
   pm2_bin: {description: pm2 executable., type: str, default: pm2}
   pm2_home: {description: PM2_HOME for pm2 calls., type: str, default: ''}
   apps: {description: PM2 apps that must be online (empty = all)., type: list, elements: str, default: []}
+  job: {description: Run as this job, detached from the SSH session, or attach to it; empty runs in the module., type: str, default: ''}
+  job_dir: {description: Directory of the job files on the host., type: path, default: /var/lib/doai-rollback/jobs}
+  timeout: {description: Seconds the job may run., type: int, default: 180}
+  reconnect_timeout:
+    description:
+      - Used by the role's action plugin, on the controller - seconds, from the first failure of
+        the task's connection after SSH's own retries, during which the task is run again once a
+        second to attach to the job (0 - not at all).
+    type: float
+    default: 0
+  since:
+    description:
+      - Epoch seconds (host clock) the restart watch counts from - when PM2 started the release
+        (the apply's C(live_since)) - so that a release that crashes within I(stable_seconds) of
+        its start fails; 0 - from health good. The counters are compared from health good on, at
+        least once more, whenever the window ends.
+    type: float
+    default: 0
+  until:
+    description: With I(job), return when the backend is C(healthy), or when the watch is over (C(stable)).
+    type: str
+    choices: [healthy, stable]
+    default: stable
 author: doai-ansible contributors
 """
 
@@ -37,48 +64,23 @@ RETURN = r"""
 status: {description: Last HTTP status of the health URL., type: int, returned: always}
 version: {description: Version the health body reported., type: str, returned: when reported}
 elapsed: {description: Seconds until healthy., type: float, returned: always}
-processes: {description: PM2 processes after the window., type: list, returned: always}
+processes: {description: PM2 processes after the window (when healthy, at its start)., type: list, returned: always}
+healthy: {description: Health is good; the restart watch goes on in the job., type: bool, returned: with until=healthy}
+reached: {description: C(healthy) when the module returned at health good, the watch going on., type: str, returned: with until=healthy}
+stable_seconds: {description: The length of the restart watch., type: float, returned: with until=healthy}
 """
 
-import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_pm2 import jlist
-from ansible.module_utils.urls import open_url
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
+from ansible.module_utils.doai_health import probe, reported_version
+from ansible.module_utils.doai_job import run_job
+from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist
 
 
-def probe(url, timeout):
-    try:
-        resp = open_url(url, timeout=timeout, validate_certs=True, follow_redirects="safe")
-        return resp.getcode(), resp.read(65536)
-    except HTTPError as exc:
-        try:
-            body = exc.read(65536)
-        except Exception:
-            body = b""
-        return exc.code, body
-    except (URLError, OSError, ValueError) as exc:
-        return None, str(exc).encode()
-    except Exception as exc:  # an answer that is not HTTP (an SSH banner, TLS on HTTP, ...)
-        return None, ("%s: %s" % (type(exc).__name__, exc)).encode()
-
-
-def reported_version(body):
-    try:
-        data = json.loads(body.decode("utf-8", "replace"))
-    except ValueError:
-        return None
-    if isinstance(data, dict):
-        v = data.get("version")
-        return v if isinstance(v, str) else None
-    return None
-
-
-def pm2_list(module):
+def pm2_list(module, started=None):
     p = module.params
-    procs, error = jlist(p["pm2_bin"], p["pm2_home"], p["apps"])
+    procs, error = finish_jlist(started or start_jlist(p["pm2_bin"], p["pm2_home"]), p["apps"])
     if error is not None:
         module.fail_json(msg="pm2 jlist failed: %s" % error)
     return procs
@@ -95,16 +97,30 @@ def main():
             pm2_bin=dict(type="str", default="pm2"),
             pm2_home=dict(type="str", default=""),
             apps=dict(type="list", elements="str", default=[]),
+            job=dict(type="str", default=""),
+            job_dir=dict(type="path", default="/var/lib/doai-rollback/jobs"),
+            timeout=dict(type="int", default=180),
+            reconnect_timeout=dict(type="float", default=0),
+            since=dict(type="float", default=0),
+            until=dict(type="str", choices=["healthy", "stable"], default="stable"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="health gate not run in check mode")
+    run_job(module, p["job_dir"], p["job"], lambda progress: verify(module, progress), p["timeout"],
+            until="healthy" if p["until"] == "healthy" else None)
 
+
+def verify(module, progress):
+    p = module.params
     start = time.monotonic()
+    start_epoch = time.time()
     deadline = start + p["deadline"]
-    delay = 0.1
+    # Short polls: the probe is local and cheap, and every moment healthy but not yet seen is
+    # added to what the operator waits for.
+    delay = 0.05
     status, version, last = None, None, ""
     while True:
         status, body = probe(p["health_url"], timeout=max(1.0, min(10.0, deadline - time.monotonic())))
@@ -125,18 +141,30 @@ def main():
                 status=status, version=version, unhealthy=True,
             )
         time.sleep(delay)
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 2, 0.2)
     elapsed = time.monotonic() - start
-
-    before = pm2_list(module)
+    jlist_run = start_jlist(p["pm2_bin"], p["pm2_home"])
+    # What an operator waits for: the outage is over. The watch for restarts goes on.
+    progress(healthy=True, status=status, version=version, elapsed=round(elapsed, 3),
+             stable_seconds=p["stable_seconds"])
+    t_list = time.monotonic()
+    before = pm2_list(module, jlist_run)
+    list_s = time.monotonic() - t_list  # most of it node's start-up, before PM2 answers
     if not before:
         module.fail_json(msg="no PM2 apps found%s" % (" named %s" % ", ".join(p["apps"]) if p["apps"] else ""))
     down = [x["name"] for x in before if x["status"] != "online"]
-    window_end = time.monotonic() + p["stable_seconds"]
-    while not down and time.monotonic() < window_end:
+    # The window counts from when PM2 started the release (since), else from healthy.
+    live = start - (start_epoch - p["since"]) if 0 < p["since"] <= start_epoch else start + elapsed
+    window_end = live + p["stable_seconds"]
+    looked = False
+    while not down and (not looked or time.monotonic() < window_end - 0.1):
+        looked = True
         # Watch the counters through the window; a looping app shows up as soon as it restarts.
-        time.sleep(min(0.5, max(0.0, window_end - time.monotonic())))
+        # The last look is started so that PM2 answers it about when the window ends.
+        time.sleep(min(0.5, max(0.0, window_end - time.monotonic() - list_s)))
+        t_list = time.monotonic()
         after = pm2_list(module)
+        list_s = time.monotonic() - t_list
         grown = [
             a["name"] for a in after for b in before if a["pm_id"] == b["pm_id"] and a["restarts"] > b["restarts"]
         ]

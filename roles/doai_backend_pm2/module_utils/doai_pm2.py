@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: doai-ansible contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""`pm2 jlist`, shared by the inspect and verify modules."""
+"""`pm2 jlist`, shared by the capture, inspect and verify modules."""
 
 from __future__ import annotations
 
@@ -56,3 +56,9 @@ def finish_jlist(proc, apps):
 
 def jlist(pm2_bin, pm2_home, apps):
     return finish_jlist(start_jlist(pm2_bin, pm2_home), apps)
+
+
+def unknown_apps(processes, apps):
+    """The names in ``apps`` that match no process of ``processes`` (all of PM2's) by name or id."""
+    known = set(str(x["name"]) for x in processes) | set(str(x["pm_id"]) for x in processes)
+    return [a for a in apps if a != "all" and a not in known]

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: doai-ansible contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The host lock shared by doai_host_lock and doai_backend_pm2_inspect.
+"""The host lock shared by doai_host_lock and the parts' capture modules (doai_backend_pm2_capture).
 
 A directory created atomically (mkdir) with owner.json inside: who, why, since when, which
 run. Older than the TTL it is stale and taken over (a crashed run never blocks for ever).
@@ -96,3 +96,15 @@ def release(path, run_id, force=False):
         return holder, False
     shutil.rmtree(path, ignore_errors=True)
     return holder, True
+
+
+def holder_of(path):
+    """The lock's owner.json with its age in seconds (``age_s``), or None when nobody holds it."""
+    if not os.path.isdir(path):
+        return None
+    holder = read_owner(path) or {"owner": "unknown"}
+    try:
+        holder["age_s"] = int(time.time() - os.stat(path).st_mtime)
+    except FileNotFoundError:
+        return None
+    return holder
