@@ -26,7 +26,12 @@ from doai_ansible.errors import DoaiError
 log = logging.getLogger(__name__)
 
 APP_SRC = Path(__file__).resolve().parent / "app"
-VERSIONS = ("v1", "v2", "v3")  # v1 good, v2 good (other lockfile), v3 bad (health 500)
+# v1 good, v2 good (other lockfile), v3 bad (health 500), v4 healthy at first but its server
+# exits 6 s after it starts (PM2 restarts it, and again): a crash the health gate's restart
+# watch must catch. v4 is a commit on top of v3 that HEAD never pointed at (tag only): the
+# history that v1..v3's tests read (log, reflog) is as it was without it.
+VERSIONS = ("v1", "v2", "v3", "v4")
+CRASH_AFTER_S = 6
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd")
 
 
@@ -65,6 +70,40 @@ def wait_port(port: int, deadline_s: float = 15.0) -> None:
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
     raise SandboxError(f"nothing listens on 127.0.0.1:{port} after {deadline_s:.0f} s")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (our own child, killed and not reaped) is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids below ``root`` in the process tree (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def http_health(url: str, timeout: float = 2.0) -> tuple[int | None, str | None]:
@@ -170,9 +209,6 @@ class Sandbox:
 
     # -- sshd ---------------------------------------------------------------------------
     def _start_sshd(self) -> None:
-        sshd = next((c for c in SSHD_CANDIDATES if os.access(c, os.X_OK)), None)
-        if sshd is None:
-            raise SandboxError("sshd not found", hint="apt-get install openssh-server")
         d = self.ssh_dir
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         for key in ("host_ed25519", "client_ed25519"):
@@ -182,8 +218,7 @@ class Sandbox:
         os.chmod(d / "authorized_keys", 0o600)
         host_pub = (d / "host_ed25519.pub").read_text().split()
         (d / "known_hosts").write_text(f"[127.0.0.1]:{self.ssh_port} {host_pub[0]} {host_pub[1]}\n")
-        cfg = d / "sshd_config"
-        cfg.write_text(
+        (d / "sshd_config").write_text(
             "\n".join(
                 [
                     f"Port {self.ssh_port}",
@@ -204,15 +239,60 @@ class Sandbox:
                 ]
             )
         )
+        self._spawn_sshd()
+
+    def _spawn_sshd(self) -> None:
+        """Start sshd with the sandbox's config (port, host key) and wait until it listens."""
+        sshd = next((c for c in SSHD_CANDIDATES if os.access(c, os.X_OK)), None)
+        if sshd is None:
+            raise SandboxError("sshd not found", hint="apt-get install openssh-server")
+        d = self.ssh_dir
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
         proc = subprocess.Popen(
-            [sshd, "-D", "-e", "-f", str(cfg)],
+            [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
             stdout=subprocess.DEVNULL,
             stderr=open(d / "sshd.log", "ab"),  # noqa: SIM115 (owned by the child)
             start_new_session=True,
         )
         self.sshd_pid = proc.pid
         wait_port(self.ssh_port)
+
+    def cut_ssh(self, seconds: float) -> list[int]:
+        """A dropped link: every SSH connection to the sandbox is cut and new ones are refused
+        for ``seconds``, then sshd listens again on the same port with the same host key.
+
+        Kills the listening sshd and its session processes (the sshd processes below it), as
+        an outage or an sshd crash would; what the sessions started keeps running, as it does
+        on a real host (a detached job survives, a foreground command loses its pipes).
+        Returns the pids killed."""
+        if not self.sshd_pid:
+            raise SandboxError("sshd is not running")
+        os.kill(self.sshd_pid, signal.SIGSTOP)  # accept no new session while we look
+        sessions = [pid for pid in _descendants(self.sshd_pid) if _comm(pid).startswith("sshd")]
+        killed = []
+        for pid in [self.sshd_pid, *sessions]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.sshd_pid, 0)  # our child: reap it
+        log.info("sandbox sshd down (killed %s) for %.1f s", killed, seconds)
+        time.sleep(seconds)
+        self._spawn_sshd()
+        self.save()
+        return killed
+
+    def app_processes(self) -> list[tuple[int, list[str]]]:
+        """(pid, argv) of the processes working in the app's checkout (``ps`` with cwd)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "cwd") == os.path.realpath(self.app):
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                    found.append((int(entry.name), [a.decode(errors="replace") for a in argv if a]))
+        return found
 
     def ssh_argv(self, *command: str) -> list[str]:
         d = self.ssh_dir
@@ -236,15 +316,26 @@ class Sandbox:
         shutil.copyfile(APP_SRC / "server.js", self.app / "server.js")
         shutil.copyfile(APP_SRC / ".gitignore", self.app / ".gitignore")
         for i, version in enumerate(VERSIONS):
-            src = APP_SRC / ("v1" if version == "v1" else "v2")  # v3 keeps v2's lockfile
+            src = APP_SRC / ("v1" if version == "v1" else "v2")  # v3 and v4 keep v2's lockfile
             pkg = json.loads((src / "package.json").read_text())
             pkg["version"] = f"{i + 1}.0.0"
             (self.app / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
             # The lockfile is committed as generated: v3 shares v2's byte for byte.
             shutil.copyfile(src / "package-lock.json", self.app / "package-lock.json")
             (self.app / "release.json").write_text(json.dumps({"broken": version == "v3"}) + "\n")
+            if version == "v4":
+                with (self.app / "server.js").open("a", encoding="utf-8") as fh:
+                    fh.write(f"\n// v4's bug: the worker dies {CRASH_AFTER_S} s after it starts.\n"
+                             f"setTimeout(() => process.exit(1), {CRASH_AFTER_S * 1000});\n")
             self._git("add", "-A")
-            subject = {"v1": "v1: first release", "v2": "v2: add dayjs dependency", "v3": "v3: bad release"}[version]
+            subject = {"v1": "v1: first release", "v2": "v2: add dayjs dependency", "v3": "v3: bad release",
+                       "v4": f"v4: crashes {CRASH_AFTER_S} s after start"}[version]
+            if version == "v4":  # beside the branch: not in HEAD's reflog, the default target's fallback
+                tree = self._git("write-tree").strip()
+                self.commits[version] = self._git("commit-tree", tree, "-p", "HEAD", "-m", subject).strip()
+                self._git("tag", version, self.commits[version])
+                self._git("reset", "-q", "--hard")
+                continue
             self._git("commit", "-q", "-m", subject)
             self._git("tag", version)  # releases are tagged: `--to v2` works on every host
             self.commits[version] = self._git("rev-parse", "HEAD").strip()
@@ -292,6 +383,42 @@ class Sandbox:
         _run([self.pm2, "reload", "all"], env=self.pm2_env, timeout=60)
         self.record_deploy(before, target)
 
+    def reset(self) -> Sandbox:
+        """Back to what ``start(deploy="v2")`` then ``deploy("v3")`` leaves, for the next test:
+        quicker than a new rig (sshd, the repo and PM2 stay up) and as independent (the host
+        state -- ledger, locks, jobs, node_modules cache --, the checkout, the reflog the default
+        target falls back on, node_modules, the inventory and the served release are made anew)."""
+        if not self.sshd_pid or not _running(self.sshd_pid):
+            self._spawn_sshd()
+        self._git("reset", "-q", "--hard")
+        self._git("clean", "-q", "-f", "-d", "-x", "-e", "node_modules")
+        self._git("reflog", "expire", "--expire=now", "--all")
+        for version in ("v1", "v2"):  # the reflog a fresh rig has: v1 before v2
+            self._checkout(version)
+        if not self._node_modules_match():
+            _run([self.npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=self.app)
+        shutil.rmtree(self.host_state, ignore_errors=True)
+        self.write_inventory()
+        if any(p.get("status") != "online" for p in self.pm2_processes()) or not self.pm2_processes():
+            subprocess.run([self.pm2, "delete", "all"], env=self.pm2_env, capture_output=True, timeout=60, check=False)
+            self._start_pm2()
+        else:
+            _run([self.pm2, "reload", "all"], env=self.pm2_env, timeout=60)
+        self.record_deploy(None, self.commits["v2"])
+        self.deploy("v3")
+        self.wait_health(expect_ok=False)
+        self.save()
+        return self
+
+    def _node_modules_match(self) -> bool:
+        """node_modules was installed from the checkout's lockfile (npm's own record of it)."""
+        try:
+            want = json.loads((self.app / "package-lock.json").read_text()).get("packages", {})
+            have = json.loads((self.app / "node_modules" / ".package-lock.json").read_text()).get("packages", {})
+        except (OSError, ValueError):
+            return False
+        return {k: v.get("version") for k, v in want.items() if k} == {k: v.get("version") for k, v in have.items()}
+
     def pm2_processes(self) -> list[dict[str, object]]:
         out = _run([self.pm2, "jlist"], env=self.pm2_env)
         raw = json.loads(out[out.find("["):])
@@ -318,7 +445,8 @@ class Sandbox:
         raise SandboxError(f"health {self.health_url} still {status} after {deadline_s:.0f} s")
 
     def write_inventory(self, **overrides: object) -> Path:
-        """An inventory for the sandbox host; ``overrides`` become host variables."""
+        """An inventory for the sandbox host; ``overrides`` become host variables (None drops one:
+        the role's default then applies, e.g. ``doai_backend_pm2_stable_seconds=None``)."""
         self.inventory_dir.mkdir(parents=True, exist_ok=True)
         d = self.ssh_dir
         hostvars: dict[str, object] = {
@@ -339,23 +467,27 @@ class Sandbox:
             "doai_backend_pm2_health_url": self.health_url,
             "doai_backend_pm2_state_dir": str(self.host_state),
             "doai_backend_pm2_health_timeout": 20,
+            # Short, to keep the test suite quick; a test of the default window drops it (None).
             "doai_backend_pm2_stable_seconds": 2,
         }
         hostvars.update(overrides)
+        hostvars = {k: v for k, v in hostvars.items() if v is not None}  # None: the role's default
         inv = {"all": {"children": {"backend": {"hosts": {self.host_name: hostvars}}}}}
         self.inventory.write_text(json.dumps(inv, indent=2) + "\n")  # JSON is YAML
         return self.inventory
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m doai_ansible.sandbox start|stop|deploy --workdir DIR``: the rig for Molecule,
-    the benchmarks and manual trials. ``start`` prints the sandbox as JSON."""
+    """``python -m doai_ansible.sandbox start|stop|deploy|describe|cut-ssh --workdir DIR``: the rig
+    for Molecule, the benchmarks and manual trials. ``start`` prints the sandbox as JSON;
+    ``cut-ssh`` drops every SSH connection and refuses new ones for ``--seconds``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m doai_ansible.sandbox")
-    ap.add_argument("action", choices=["start", "stop", "deploy", "describe"])
+    ap.add_argument("action", choices=["start", "stop", "deploy", "describe", "cut-ssh"])
     ap.add_argument("--workdir", required=True, type=Path)
     ap.add_argument("--version", default="v3", choices=list(VERSIONS), help="for start: deployed over v2; deploy: this")
+    ap.add_argument("--seconds", type=float, default=5.0, help="for cut-ssh: how long sshd stays down")
     args = ap.parse_args(argv)
     if args.action == "start":
         sb = Sandbox(args.workdir).start(deploy="v2")
@@ -369,6 +501,8 @@ def _main(argv: list[str] | None = None) -> int:
         sb = Sandbox.load(args.workdir)
         sb.deploy(args.version)
         print(json.dumps(sb.describe(), indent=2))
+    elif args.action == "cut-ssh":
+        Sandbox.load(args.workdir).cut_ssh(args.seconds)
     else:
         print(json.dumps(Sandbox.load(args.workdir).describe(), indent=2))
     return 0

@@ -1,27 +1,47 @@
-"""The role's own modules, run as Ansible runs them (a JSON args file), on real git repos."""
+"""The roles' own modules, run as Ansible runs them (a JSON args file), on real git repos."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-LIB = Path(__file__).resolve().parents[2] / "roles" / "doai_backend_pm2" / "library"
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+# doai_backend_pm2 depends on doai_common: Ansible puts both roles' module_utils on the path.
+MODULE_UTILS = [ROLES / "doai_common" / "module_utils", ROLES / "doai_backend_pm2" / "module_utils"]
+
+
+def _library(name: str) -> Path:
+    (found,) = ROLES.glob(f"*/library/{name}.py")
+    return found
 
 
 def module(name: str, tmp_path: Path, **args) -> dict:
     argfile = tmp_path / f"{name}-args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    # As Ansible ships them: the role's module_utils importable as ansible.module_utils.*
-    boot = (f"import sys, ansible.module_utils as m; m.__path__.append({str(LIB.parent / 'module_utils')!r}); "
+    # As Ansible ships them: the roles' module_utils importable as ansible.module_utils.*
+    boot = (f"import sys, ansible.module_utils as m; m.__path__.extend({[str(p) for p in MODULE_UTILS]!r}); "
             f"sys.argv = ['module', {str(argfile)!r}]; "
-            f"exec(compile(open({str(LIB / (name + '.py'))!r}).read(), {name!r}, 'exec'))")
+            f"exec(compile(open({str(_library(name))!r}).read(), {name!r}, 'exec'))")
     proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
     return json.loads(proc.stdout)
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+history = _load(ROLES / "doai_common" / "module_utils" / "doai_history.py")
+npm = _load(ROLES / "doai_backend_pm2" / "module_utils" / "doai_npm.py")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -31,93 +51,337 @@ def git(repo: Path, *args: str) -> str:
                           env=env).stdout.strip()
 
 
+def lockfile(deps: dict[str, str]) -> str:
+    packages = {"": {"name": "app", "dependencies": dict(deps)}}
+    packages.update({f"node_modules/{n}": {"version": v, "integrity": f"sha512-{n}-{v}"} for n, v in deps.items()})
+    return json.dumps({"name": "app", "lockfileVersion": 3, "packages": packages}, indent=2)
+
+
+def install(app: Path, lock: str) -> None:
+    """What `npm ci` leaves: the packages, and npm's record of them (node_modules/.package-lock.json)."""
+    data = json.loads(lock)
+    for key, entry in data["packages"].items():
+        if key:
+            (app / key).mkdir(parents=True, exist_ok=True)
+            (app / key / "package.json").write_text(json.dumps({"version": entry["version"]}))
+    data["packages"].pop("")
+    (app / "node_modules" / ".package-lock.json").write_text(json.dumps(data))
+
+
 @pytest.fixture
 def repo(tmp_path):
+    """v1, v2, v3 of an app; v1's lockfile differs from v2's and v3's (as in the sandbox)."""
     r = tmp_path / "app"
     r.mkdir()
     git(r, "init", "-q", "-b", "main")
+    (r / ".gitignore").write_text("node_modules/\n")
     shas = []
     for v in (1, 2, 3):
-        (r / "package.json").write_text(json.dumps({"version": f"{v}.0.0", "dependencies": {}}))
-        (r / "package-lock.json").write_text(json.dumps({"v": 1 if v == 1 else 2}))
+        deps = {"express": "4.21.2"} if v == 1 else {"express": "4.21.2", "dayjs": "1.11.13"}
+        (r / "package.json").write_text(json.dumps({"version": f"{v}.0.0", "dependencies": deps}))
+        (r / "package-lock.json").write_text(lockfile(deps))
         git(r, "add", "-A")
         git(r, "commit", "-qm", f"v{v}")
         shas.append(git(r, "rev-parse", "HEAD"))
     return r, shas
 
 
-def inspect(tmp_path, repo_path, **kw):
-    return module("doai_backend_pm2_inspect", tmp_path, path=str(repo_path), state_dir=str(tmp_path / "state"),
-                  pm2_bin="/bin/false", **kw)
+@pytest.fixture
+def pm2(tmp_path):
+    """A stand-in for pm2: `jlist` prints one online app, `api`; anything else succeeds."""
+    path = tmp_path / "pm2"
+    app = {"name": "api", "pm_id": 0, "pm2_env": {"status": "online", "restart_time": 0, "exec_mode": "cluster_mode"}}
+    path.write_text(f"#!/bin/sh\n[ \"$1\" = jlist ] && echo '{json.dumps([app])}'\nexit 0\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
 
 
-def test_reflog_default_and_plan(tmp_path, repo):
+def capture(tmp_path, repo_path, pm2, **kw):
+    kw.setdefault("ledger_path", str(tmp_path / "state" / "ledger.jsonl"))
+    return module("doai_backend_pm2_capture", tmp_path, path=str(repo_path), pm2_bin=pm2, **kw)
+
+
+def write_ledger(tmp_path, records):
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+
+
+# -- the default-target rule (roles/doai_common/module_utils/doai_history.py) ------------------------
+
+
+def deploy(a, b):
+    return {"action": "deploy", "from": a, "to": b, "result": "deployed"}
+
+
+def done(action, a, b, result="succeeded"):
+    return {"action": action, "from": a, "to": b, "result": result}
+
+
+def first(entries, current):
+    return next((e["to"] for e in history.earlier_releases(entries, current)), None)
+
+
+def test_rule_plain_deploy_history():
+    ledger = [deploy(None, "v1"), deploy("v1", "v2"), deploy("v2", "v3")]
+    assert first(ledger, "v3") == "v2"
+    # After rolling back to v2, the next default goes further back, never to v3 again.
+    ledger.append(done("rollback", "v3", "v2"))
+    assert first(ledger, "v2") == "v1"
+
+
+def test_rule_undo_cancels_the_rollback():
+    ledger = [deploy(None, "v2"), deploy("v2", "v3"), done("rollback", "v3", "v2"), done("undo", "v2", "v3")]
+    assert history.rolled_back_from(ledger) == set()
+    # v3 -> v2, undone back to v3, then a rollback without a target: v2 again.
+    assert first(ledger, "v3") == "v2"
+    # v3 is no longer "rolled back from": after v4 it is the release live before.
+    ledger.append(deploy("v3", "v4"))
+    assert first(ledger, "v4") == "v3"
+
+
+def test_rule_put_back_is_neither_rolled_back_from_nor_a_release():
+    ledger = [deploy(None, "v2"), deploy("v2", "v3"), done("rollback", "v3", "v2"), done("put-back", "v2", "v3")]
+    assert history.rolled_back_from(ledger) == {"v3"}
+    assert first(ledger, "v3") == "v2"
+
+
+def test_rule_ignores_failed_attempts_and_counts_resume_as_rollback():
+    ledger = [deploy(None, "v1"), deploy("v1", "v2"), deploy("v2", "v3"), done("rollback", "v3", "v1", "restored")]
+    assert first(ledger, "v3") == "v2"
+    ledger.append(done("resume", "v3", "v2"))
+    assert history.rolled_back_from(ledger) == {"v3"} and first(ledger, "v2") == "v1"
+
+
+def test_capture_default_target_follows_the_rule(tmp_path, repo, pm2):
+    r, (v1, v2, v3) = repo
+    write_ledger(tmp_path, [deploy(None, v2), deploy(v2, v3), done("rollback", v3, v2), done("undo", v2, v3)])
+    out = capture(tmp_path, r, pm2)
+    assert out["target"] == v2 and out["rule"].startswith("ledger:"), out
+    write_ledger(tmp_path, [deploy(None, v2), deploy(v2, v3), done("rollback", v3, v2), done("put-back", v2, v3)])
+    out = capture(tmp_path, r, pm2)
+    assert out["target"] == v2, out
+    write_ledger(tmp_path, [deploy(None, v1), deploy(v1, v2), deploy(v2, v3)])
+    install(r, git(r, "show", f"{v3}:package-lock.json"))
+    out = capture(tmp_path, r, pm2)
+    assert out["target"] == v2 and out["needs_install"] is False, out
+
+
+def test_reflog_default_and_plan(tmp_path, repo, pm2):
     r, (_v1, v2, v3) = repo
     git(r, "checkout", "-q", "--detach", v2)
     git(r, "checkout", "-q", "--detach", v3)
-    out = inspect(tmp_path, r)
-    assert out["current"] == v3 and out["target"] == v2
+    out = capture(tmp_path, r, pm2)
+    assert out["current"] == v3 and out["head"] == v3 and out["target"] == v2
     assert out["rule"].startswith("reflog:")
     assert out["lockfile_changed"] is False and out["current_version"] == "3.0.0" and out["target_version"] == "2.0.0"
     assert out["recent"][0].endswith("v3") and len(out["recent"]) == 3
+    assert out["processes"][0]["name"] == "api"
     assert out["changed"] is False
 
 
-def test_ledger_wins_and_rolled_back_from_is_skipped(tmp_path, repo):
+def test_ledger_wins_over_the_reflog(tmp_path, repo, pm2):
     r, (v1, v2, v3) = repo
-    state = tmp_path / "state"
-    state.mkdir()
-    recs = [
-        {"action": "deploy", "from": None, "to": v1, "result": "deployed"},
-        {"action": "deploy", "from": v1, "to": v3, "result": "deployed"},
-        {"action": "rollback", "from": v3, "to": v1, "result": "succeeded"},
-    ]
     git(r, "checkout", "-q", "--detach", v1)
     # Rolled back v3 -> v1: the default must not go "back" to v3, nor stay on v1.
-    (state / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
-    out = inspect(tmp_path, r)
+    recs = [deploy(None, v1), deploy(v1, v3), done("rollback", v3, v1)]
+    write_ledger(tmp_path, recs)
+    out = capture(tmp_path, r, pm2)
     # Nothing in the ledger but v1 and v3: the reflog's v2 (HEAD when it was committed) is next.
     assert out["target"] == v2 and out["rule"].startswith("reflog:"), out
-
-    recs.insert(0, {"action": "deploy", "from": None, "to": v2, "result": "deployed"})
-    (state / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
-    out = inspect(tmp_path, r)
+    write_ledger(tmp_path, [deploy(None, v2)] + recs)
+    out = capture(tmp_path, r, pm2)
     assert out["target"] == v2 and out["rule"].startswith("ledger:")
     assert out["lockfile_changed"] is True and out["needs_install"] is True
 
 
+# -- refusals: a result key per kind ------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("bad", ["../x", "-x", "a..b", "HEAD@{1}", "x y", "x\n"])
-def test_invalid_target_refused(tmp_path, repo, bad):
+def test_invalid_target_refused(tmp_path, repo, pm2, bad):
     r, _ = repo
-    out = inspect(tmp_path, r, target=bad)
+    out = capture(tmp_path, r, pm2, target=bad)
     assert out["failed"] and out["invalid_target"]
 
 
-def test_unknown_target_and_dirty_tree(tmp_path, repo):
-    r, (v1, _v2, _v3) = repo
-    out = inspect(tmp_path, r, target="0" * 40)
+def test_unknown_target(tmp_path, repo, pm2):
+    r, _ = repo
+    out = capture(tmp_path, r, pm2, target="0" * 40)
     assert out["failed"] and out["invalid_target"] and "not a commit" in out["msg"]
+
+
+def test_dirty_tree_is_refused_only_when_there_is_work(tmp_path, repo, pm2):
+    r, (v1, _v2, v3) = repo
     (r / "package.json").write_text("{}")
     (r / "new.txt").write_text("x")
-    out = inspect(tmp_path, r, target=v1)
+    out = capture(tmp_path, r, pm2, target=v1)
+    assert out["failed"] and out["dirty_tree"] and "uncommitted changes" in out["msg"]
     assert sorted(out["dirty"]) == [" M package.json", "?? new.txt"]
+    same = capture(tmp_path, r, pm2, target=v3)
+    assert not same.get("failed") and same["changes"] is False and same["dirty"]
+    allowed = capture(tmp_path, r, pm2, target=v1, refuse_dirty=False)
+    assert not allowed.get("failed") and allowed["changes"]
 
 
-def test_no_earlier_release(tmp_path):
+def test_no_earlier_release(tmp_path, pm2):
     r = tmp_path / "one"
     r.mkdir()
     git(r, "init", "-q", "-b", "main")
     (r / "a").write_text("a")
     git(r, "add", "-A")
     git(r, "commit", "-qm", "only")
-    out = inspect(tmp_path, r)
+    out = capture(tmp_path, r, pm2)
     assert out["failed"] and out["no_target"] and "--to" in out["msg"]
 
 
-def test_not_a_checkout(tmp_path):
+def test_bad_path(tmp_path, pm2):
     (tmp_path / "plain").mkdir()
-    out = inspect(tmp_path, tmp_path / "plain")
-    assert out["failed"] and "not the top of a git checkout" in out["msg"]
+    out = capture(tmp_path, tmp_path / "plain", pm2)
+    assert out["failed"] and out["bad_path"] and "not the top of a git checkout" in out["msg"]
+    out = capture(tmp_path, tmp_path / "missing", pm2)
+    assert out["failed"] and out["bad_path"]
+    out = module("doai_backend_pm2_inspect", tmp_path, path=str(tmp_path / "plain"), pm2_bin=pm2)
+    assert out["failed"] and out["bad_path"]
+
+
+def test_unknown_app_is_refused_before_the_checkout(tmp_path, repo, pm2):
+    r, (v1, _v2, v3) = repo
+    out = capture(tmp_path, r, pm2, target=v1, apps=["api", "worker"])
+    assert out["failed"] and out["unknown_app"] and out["unknown"] == ["worker"] and "worker" in out["msg"]
+    assert git(r, "rev-parse", "HEAD") == v3
+    assert capture(tmp_path, r, pm2, target=v1, apps=["api"])["processes"][0]["name"] == "api"
+    empty = tmp_path / "pm2-empty"
+    empty.write_text("#!/bin/sh\necho '[]'\n")
+    empty.chmod(0o755)
+    out = capture(tmp_path, r, str(empty), target=v1)
+    assert out["failed"] and out["unknown_app"] and "any app" in out["msg"]
+    out = capture(tmp_path, r, "/bin/false", target=v1)
+    assert out["failed"] and out["pm2_unavailable"]
+
+
+# -- the confirmed plan (pins) and resume ------------------------------------------------------------
+
+
+def test_pinned_plan_is_applied_as_confirmed(tmp_path, repo, pm2):
+    r, (v1, v2, v3) = repo
+    out = capture(tmp_path, r, pm2, pin_from=v3, pin_to=v1, target="v2-is-ignored")
+    assert out["target"] == v1 and out["current"] == v3 and out["rule"].startswith("confirmed plan")
+    assert out["needs_install"] is True
+
+
+def test_pinned_plan_refuses_when_someone_deployed_meanwhile(tmp_path, repo, pm2):
+    r, (v1, v2, v3) = repo
+    lock = tmp_path / "state" / "backend.lock"
+    out = capture(tmp_path, r, pm2, pin_from=v2, pin_to=v1, lock_path=str(lock), run_id="A")
+    assert out["failed"] and out["drifted"] and out["head"] == v3
+    assert out["msg"] == (f"live commit is {v3[:12]}, not {v2[:12]} as planned (someone deployed meanwhile); "
+                          "plan again")
+    assert not lock.exists()  # refused: the lock it took is released
+
+
+@pytest.mark.parametrize("pins", [{"pin_from": "abc", "pin_to": "def"}, {"pin_from": "0" * 40, "pin_to": "0" * 40}])
+def test_pins_must_be_full_shas_of_the_checkout(tmp_path, repo, pm2, pins):
+    r, _ = repo
+    out = capture(tmp_path, r, pm2, **pins)
+    assert out["failed"] and out["invalid_target"]
+
+
+def test_resume_continues_under_the_same_run_lock(tmp_path, repo, pm2):
+    r, (v1, _v2, v3) = repo
+    lock = tmp_path / "state" / "backend.lock"
+    first_run = capture(tmp_path, r, pm2, pin_from=v3, pin_to=v1, lock_path=str(lock), run_id="R1", owner="alice")
+    assert first_run["locked_by_us"]
+    # The host dropped out after the checkout; the same run resumes.
+    git(r, "checkout", "-q", "--detach", v1)
+    out = capture(tmp_path, r, pm2, pin_from=v3, pin_to=v1, resume=True, lock_path=str(lock), run_id="R1")
+    assert out["locked_by_us"] and out["changes"] is True and out["current"] == v3 and out["head"] == v1
+    assert out["needs_install"] is True  # node_modules was never installed for v1's lockfile
+    install(r, git(r, "show", f"{v1}:package-lock.json"))
+    out = capture(tmp_path, r, pm2, pin_from=v3, pin_to=v1, resume=True, lock_path=str(lock), run_id="R1")
+    assert out["needs_install"] is False and out["changes"] is True
+    # Another run cannot resume it, and the lock stays with its run.
+    other = capture(tmp_path, r, pm2, pin_from=v3, pin_to=v1, resume=True, lock_path=str(lock), run_id="R2")
+    assert other["failed"] and other["locked"] and lock.exists()
+
+
+def test_resume_refuses_a_third_commit_and_needs_the_plan(tmp_path, repo, pm2):
+    r, (v1, v2, v3) = repo
+    git(r, "checkout", "-q", "--detach", v2)
+    out = capture(tmp_path, r, pm2, pin_from=v3, pin_to=v1, resume=True)
+    assert out["failed"] and out["drifted"] and f"not {v3[:12]} or {v1[:12]} as planned" in out["msg"]
+    out = capture(tmp_path, r, pm2, resume=True)
+    assert out["failed"] and out["invalid_target"] and "doai_backend_pm2_pins" in out["msg"]
+
+
+# -- what node_modules was installed for ---------------------------------------------------------------
+
+
+def test_installed_matches_npm_record(tmp_path):
+    app = tmp_path / "app"
+    lock_a = lockfile({"express": "4.21.2", "dayjs": "1.11.13"})
+    lock_b = lockfile({"express": "4.21.2"})
+    assert npm.installed_matches(str(app), lock_a) is False  # nothing installed
+    install(app, lock_a)
+    assert npm.installed_matches(str(app), lock_a) is True
+    assert npm.installed_matches(str(app), lock_b) is False  # dayjs is extraneous for b
+    data = json.loads(lock_a)
+    data["packages"]["node_modules/dayjs"]["integrity"] = "sha512-other"
+    assert npm.installed_matches(str(app), json.dumps(data)) is False
+    data = json.loads(lock_a)
+    data["packages"]["node_modules/jest"] = {"version": "29.0.0", "dev": True}
+    assert npm.installed_matches(str(app), json.dumps(data), omit_dev=True) is True
+    assert npm.installed_matches(str(app), json.dumps(data), omit_dev=False) is False
+    assert npm.omits_dev(["npm", "ci", "--omit=dev"]) and npm.omits_dev(["npm", "ci", "--omit", "dev"])
+    assert not npm.omits_dev(["npm", "ci"])
+
+
+def test_apply_installs_only_when_node_modules_is_stale(tmp_path, repo, pm2):
+    r, (v1, v2, v3) = repo
+    install(r, git(r, "show", f"{v3}:package-lock.json"))
+    fake_npm = tmp_path / "npm"
+    # What `npm ci` leaves for v1 (express only), in the directory it runs in.
+    fake_npm.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'npm.log'}\nmkdir -p node_modules/express\n"
+                        "echo '{}' > node_modules/express/package.json\n"
+                        "cp package-lock.json node_modules/.package-lock.json\n")
+    fake_npm.chmod(0o755)
+    args = dict(path=str(r), install_argv=[str(fake_npm), "ci", "--omit=dev"], pm2_bin=pm2, install_if_stale=True,
+                cache_dir=str(tmp_path / "state" / "node_modules"))
+    out = module("doai_backend_pm2_apply", tmp_path, commit=v2, **args)  # same lockfile as v3
+    assert out["changed"] and out["installed"] is False and git(r, "rev-parse", "HEAD") == v2
+    assert [s["step"] for s in out["steps"]] == ["checkout", "pm2 reload"]
+    out = module("doai_backend_pm2_apply", tmp_path, commit=v1, **args)  # v1's lockfile differs
+    assert out["installed"] is True and (tmp_path / "npm.log").read_text() == "ci --omit=dev\n", out
+    assert not out.get("failed") and git(r, "rev-parse", "HEAD") == v1
+    assert [s["step"] for s in out["steps"]] == ["install", "checkout", "node_modules swap", "pm2 reload"]
+    assert not (r / "node_modules" / "dayjs").exists()  # v1's tree is live, v3's is in the cache
+    assert out["node_modules"]["source"] == "install"
+    assert len(list((tmp_path / "state" / "node_modules").glob("*/node_modules/dayjs"))) == 1
+
+
+def test_apply_waits_for_another_apply_on_the_checkout(tmp_path, repo, pm2):
+    r, (_v1, v2, _v3) = repo
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(1.5)"), str(r)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = module("doai_backend_pm2_apply", tmp_path, path=str(r), commit=v2, install_argv=["true"], pm2_bin=pm2)
+        assert out["changed"] and out["waited"] >= 0.5, out
+        blocked = subprocess.Popen([sys.executable, "-c", (
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(5)"), str(r)], stdout=subprocess.PIPE, text=True)
+        assert blocked.stdout.readline().strip() == "held"
+        out = module("doai_backend_pm2_apply", tmp_path, path=str(r), commit=v2, install_argv=["true"], pm2_bin=pm2,
+                     lock_wait=1)
+        blocked.kill()
+        blocked.wait()
+        assert out["failed"] and "another apply" in out["msg"]
+    finally:
+        holder.wait()
+
+
+# -- the lock and the ledger (role doai_common) ---------------------------------------------------------
 
 
 def test_host_lock_takes_refuses_releases(tmp_path):
@@ -129,8 +393,8 @@ def test_host_lock_takes_refuses_releases(tmp_path):
     # Releasing with someone else's run id leaves the lock alone.
     keep = module("doai_host_lock", tmp_path, path=path, run_id="B", state="absent")
     assert not keep["changed"] and os.path.isdir(path)
-    done = module("doai_host_lock", tmp_path, path=path, run_id="A", state="absent")
-    assert done["changed"] and not os.path.exists(path)
+    done_ = module("doai_host_lock", tmp_path, path=path, run_id="A", state="absent")
+    assert done_["changed"] and not os.path.exists(path)
 
 
 def test_stale_host_lock_is_taken_over(tmp_path):
@@ -141,29 +405,59 @@ def test_stale_host_lock_is_taken_over(tmp_path):
     assert b["changed"] and b["holder"]["owner"] == "bob" and b.get("warnings")
 
 
-def test_inspect_takes_the_lock_and_releases_it_when_it_fails(tmp_path, repo):
+def test_capture_takes_the_lock_and_releases_it_when_it_refuses(tmp_path, repo, pm2):
     r, (v1, _v2, _v3) = repo
     lock = tmp_path / "state" / "backend.lock"
-    out = inspect(tmp_path, r, target=v1, lock_path=str(lock), run_id="A", owner="alice")
+    out = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="A", owner="alice")
     assert out["locked_by_us"] and json.loads((lock / "owner.json").read_text())["owner"] == "alice"
-    other = inspect(tmp_path, r, target=v1, lock_path=str(lock), run_id="B", owner="bob")
+    other = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="B", owner="bob")
     assert other["failed"] and other["locked"] and "alice" in other["msg"]
+    status = module("doai_backend_pm2_inspect", tmp_path, path=str(r), pm2_bin=pm2, lock_path=str(lock))
+    assert status["host_lock"]["owner"] == "alice" and status["host_lock"]["age_s"] >= 0
     module("doai_host_lock", tmp_path, path=str(lock), run_id="A", state="absent")
-    bad = inspect(tmp_path, r, target="0" * 40, lock_path=str(lock), run_id="C", owner="carol")
+    bad = capture(tmp_path, r, pm2, target="0" * 40, lock_path=str(lock), run_id="C", owner="carol")
     assert bad["failed"] and bad["invalid_target"]
-    assert not lock.exists()  # the failed capture did not leave its lock behind
+    assert not lock.exists()  # the refused capture did not leave its lock behind
+    planned = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="D", plan_only=True)
+    assert planned["locked_by_us"] is False and not lock.exists()
 
 
-def test_ledger_appends(tmp_path):
+def test_ledger_appends_known_actions(tmp_path):
     path = tmp_path / "l" / "ledger.jsonl"
-    for i in range(2):
-        out = module("doai_ledger", tmp_path, path=str(path), record={"action": "rollback", "n": i})
+    for i, action in enumerate(("rollback", "undo", "put-back", "resume")):
+        out = module("doai_ledger", tmp_path, path=str(path), record={"action": action, "n": i})
         assert out["changed"]
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert [x["n"] for x in lines] == [0, 1] and all("at" in x for x in lines)
+    assert [x["n"] for x in lines] == [0, 1, 2, 3] and all("at" in x for x in lines)
+    bad = module("doai_ledger", tmp_path, path=str(path), record={"action": "rolback"})
+    assert bad["failed"] and len(path.read_text().splitlines()) == 4
 
 
-def test_health_probe_survives_a_non_http_answer(tmp_path, repo):
+def test_ledger_record_releases_only_its_own_run_lock(tmp_path):
+    lock = str(tmp_path / "state" / "backend.lock")
+    ledger_ = str(tmp_path / "state" / "ledger.jsonl")
+    assert module("doai_host_lock", tmp_path, path=lock, run_id="A")["changed"]
+    other = module("doai_ledger", tmp_path, path=ledger_, release_lock=lock, record={"action": "rollback", "run_id": "B"})
+    assert other["changed"] and other["lock_released"] is False and os.path.isdir(lock)
+    own = module("doai_ledger", tmp_path, path=ledger_, release_lock=lock, record={"action": "rollback", "run_id": "A"})
+    assert own["lock_released"] is True and not os.path.exists(lock)
+    assert len(Path(ledger_).read_text().splitlines()) == 2
+
+
+# -- the status probe --------------------------------------------------------------------------------
+
+
+def test_inspect_reports_and_takes_no_lock(tmp_path, repo, pm2):
+    r, (_v1, _v2, v3) = repo
+    out = module("doai_backend_pm2_inspect", tmp_path, path=str(r), pm2_bin=pm2,
+                 lock_path=str(tmp_path / "state" / "backend.lock"))
+    assert not out.get("failed"), out
+    assert out["current"] == v3 and out["current_version"] == "3.0.0" and out["branch"] == "main"
+    assert out["host_lock"] is None and out["health_status"] is None and out["processes"][0]["name"] == "api"
+    assert not (tmp_path / "state").exists()
+
+
+def test_health_probe_survives_a_non_http_answer(tmp_path, repo, pm2):
     """A health URL that points at the wrong port (here: something that talks like sshd)."""
     import socket
     import threading
@@ -185,10 +479,109 @@ def test_health_probe_survives_a_non_http_answer(tmp_path, repo):
     r, (v1, v2, v3) = repo
     url = f"http://127.0.0.1:{srv.getsockname()[1]}/api/health"
     try:
-        out = inspect(tmp_path, r, target=v1, health_url=url)
+        out = capture(tmp_path, r, pm2, target=v1, health_url=url)
         assert not out.get("failed"), out
         assert out["health_status"] is None and out["healthy"] is False
         ver = module("doai_backend_pm2_verify", tmp_path, health_url=url, deadline=0.5, pm2_bin="/bin/false")
         assert ver["failed"] and ver["unhealthy"] and "no answer" in ver["msg"]
     finally:
         srv.close()
+
+
+# -- jobs detached from the SSH session (doai_common's doai_job) ------------------------------------
+
+
+def health_server(version="1.0.0"):
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps({"status": "ok", "version": version}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/api/health"
+
+
+def test_verify_job_reports_healthy_then_the_watch_attaches_to_it(tmp_path, pm2):
+    import io
+    import time
+
+    sys.path.insert(0, str(ROLES.parent))
+    from doai_ansible.render import Progress
+
+    srv, url = health_server()
+    jobs = tmp_path / "jobs"
+    args = dict(health_url=url, deadline=5, expect_version="1.0.0", stable_seconds=1.5, pm2_bin=pm2,
+                job="run-1-verify", job_dir=str(jobs))
+    try:
+        t0 = time.monotonic()
+        healthy = module("doai_backend_pm2_verify", tmp_path, until="healthy", **args)
+        assert time.monotonic() - t0 < 1.4, "returned at healthy, not after the watch"
+        assert healthy["healthy"] is True and healthy["version"] == "1.0.0" and healthy["stable_seconds"] == 1.5
+        assert healthy["job"] == "run-1-verify" and healthy["attached"] is False and healthy["reached"] == "healthy"
+        # The job watches on without the module that started it.
+        assert json.loads((jobs / "run-1-verify.json").read_text())["state"] == "running"
+        out = io.StringIO()
+        Progress(out, enabled=True)({"event": "runner_on_ok", "event_data": {"host": "vps1", "task": "Wait",
+                                                                             "res": healthy}})
+        assert "vps1: healthy on 1.0.0 at" in out.getvalue()
+        assert "watching for restarts for 1.5 s" in out.getvalue()
+
+        stable = module("doai_backend_pm2_verify", tmp_path, until="stable", **args)
+        assert time.monotonic() - t0 >= 1.5 and not stable.get("failed"), stable
+        assert stable["attached"] is True and stable["processes"][0]["status"] == "online"
+        assert json.loads((jobs / "run-1-verify.json").read_text())["state"] == "done"
+    finally:
+        srv.shutdown()
+
+
+def test_apply_job_is_attached_to_not_run_twice(tmp_path, repo, pm2):
+    r, (_v1, v2, _v3) = repo
+    fake_pm2 = tmp_path / "pm2-slow"
+    fake_pm2.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'pm2.log'}\nsleep 1\n")
+    fake_pm2.chmod(0o755)
+    args = dict(path=str(r), commit=v2, install_argv=["true"], pm2_bin=str(fake_pm2), job="run-2-apply",
+                job_dir=str(tmp_path / "jobs"))
+    import threading
+
+    first = {}
+    t = threading.Thread(target=lambda: first.update(module("doai_backend_pm2_apply", tmp_path, **args)))
+    t.start()
+    second = module("doai_backend_pm2_apply", tmp_path, **args)  # a retried connection runs it again
+    t.join()
+    assert first["changed"] and second["changed"] and not first.get("failed") and not second.get("failed")
+    assert sorted([first["attached"], second["attached"]]) == [False, True]
+    assert first["steps"] == second["steps"]
+    assert (tmp_path / "pm2.log").read_text() == "reload all\n"  # one reload, not two
+    assert git(r, "rev-parse", "HEAD") == v2
+
+
+# -- the roles' interfaces stay in step ------------------------------------------------------------
+
+
+def test_defaults_argument_specs_readme_and_example_inventory_agree():
+    import yaml
+
+    role = ROLES / "doai_backend_pm2"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    options = specs["main"]["options"]
+    assert set(options) == set(defaults)
+    for name, spec in options.items():
+        assert spec["default"] == defaults[name], name
+        assert spec.get("description"), name
+    for name, spec in specs["status"]["options"].items():
+        assert spec["default"] == defaults[name], name
+    readme = (role / "README.md").read_text()
+    assert [n for n in defaults if f"{n}:" not in readme] == []
+    example = yaml.safe_load((ROLES.parent / "inventory" / "example" / "group_vars" / "backend.yml").read_text())
+    assert example == defaults
