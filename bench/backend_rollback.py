@@ -13,13 +13,19 @@ N runs of:
 Methods:
   tool:   doai-rollback backend rollback --to SHA --yes -o json   (fresh state dir each run:
           no warm SSH master connection)
+  playbook: ansible-playbook playbooks/backend-pm2-rollback.yml -e doai_backend_pm2_target=SHA,
+          as an operator runs it directly (fresh ControlPath dir each run); only with --methods;
+          `playbook:DIR` runs the playbook of another checkout of this repository (e.g. a copy of
+          an earlier version), interleaved with the others for a fair comparison
   manual: ssh root@host 'cd APP && git checkout SHA && npm ci --production && pm2 restart all'
           then poll health -- the runbook's section 2 as one plain ssh script
 
 Prints medians (and min/max) per scenario and method, and the tool/manual ratio of the
-medians of time-to-healthy; writes bench/results/backend_rollback.json. No assertions.
+medians of time-to-healthy, and the tail (command end minus healthy); writes
+bench/results/backend_rollback.json. No assertions.
 
     .venv/bin/python bench/backend_rollback.py --runs 5
+    .venv/bin/python bench/backend_rollback.py --runs 5 --methods playbook --set doai_backend_pm2_stable_seconds=10
 """
 
 from __future__ import annotations
@@ -99,6 +105,17 @@ def run_tool(sb: Sandbox, sha: str) -> subprocess.Popen:
     )
 
 
+def run_playbook(sb: Sandbox, sha: str, extra: dict[str, object], root: Path = ROOT) -> subprocess.Popen:
+    cp = Path(tempfile.mkdtemp(prefix="dbc-", dir="/tmp"))  # no warm SSH master connection
+    env = dict(os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    xv = {"doai_backend_pm2_target": sha, "doai_backend_pm2_reason": "bench", **extra}
+    return subprocess.Popen(
+        ["ansible-playbook", "-i", str(sb.inventory), "playbooks/backend-pm2-rollback.yml", "-e", json.dumps(xv)],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
 def run_manual(sb: Sandbox, sha: str) -> subprocess.Popen:
     # The runbook's commands, verbatim but for the sandbox's paths and PM2_HOME.
     script = (f"cd {sb.app} && git checkout -q {sha} && npm ci --production --no-audit --no-fund >/dev/null 2>&1"
@@ -106,31 +123,47 @@ def run_manual(sb: Sandbox, sha: str) -> subprocess.Popen:
     return subprocess.Popen(sb.ssh_argv(script), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def one(sb: Sandbox, method: str, target: str) -> dict[str, float | int | None]:
+def one(sb: Sandbox, method: str, target: str, extra: dict[str, object] | None = None) -> dict[str, float | int | None]:
     sb.deploy("v3")  # reset: the bad release is live
     sb.wait_health(expect_ok=False)
     sha = sb.commits[target]
     with Load(f"http://127.0.0.1:{sb.app_port}/") as load:
         t0 = time.monotonic()
-        proc = (run_tool if method == "tool" else run_manual)(sb, sha)
+        if method.startswith("playbook"):
+            root = Path(method.split(":", 1)[1]) if ":" in method else ROOT
+            proc = run_playbook(sb, sha, extra or {}, root)
+        else:
+            proc = (run_tool if method == "tool" else run_manual)(sb, sha)
         healthy = wait_healthy(sb, VERSION[target], t0)
         _, err = proc.communicate(timeout=300)
         wall = time.monotonic() - t0
         time.sleep(1.0)  # keep the load on a little after: late failures count too
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return {"to_healthy_s": healthy, "wall_s": wall, "requests": load.sent, "failed": load.failed}
+    return {"to_healthy_s": healthy, "wall_s": wall, "tail_s": wall - healthy if healthy is not None else None,
+            "requests": load.sent, "failed": load.failed}
 
 
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def by_median(report: dict, method: str) -> float:
+    return report[method]["to_healthy_s"]["median"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--methods", default="tool,manual", help="comma-separated: tool, manual, playbook")
+    ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                    help="an extra var for the playbook method (repeatable)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backend_rollback.json")
     args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    extra = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+             for k, v in (kv.split("=", 1) for kv in args.set)}
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="doai-bench-"))
     sb = Sandbox(wd / "sb")
     results: dict[str, dict[str, list[dict]]] = {}
@@ -138,15 +171,16 @@ def main() -> int:
         sb.start(deploy="v2")
         # Warm-up: npm's cache and PM2's daemon, so neither method pays for a cold start.
         one(sb, "manual", "v1")
-        one(sb, "tool", "v2")
+        one(sb, methods[0], "v2", extra)
         for scenario, target in SCENARIOS.items():
-            results[scenario] = {"tool": [], "manual": []}
+            results[scenario] = {m: [] for m in methods}
             for i in range(args.runs):
-                for method in ("tool", "manual") if i % 2 == 0 else ("manual", "tool"):  # alternate order
-                    r = one(sb, method, target)
+                for method in methods if i % 2 == 0 else methods[::-1]:  # alternate order
+                    r = one(sb, method, target, extra)
                     results[scenario][method].append(r)
                     print(f"{scenario:19} {method:6} run {i + 1}: healthy {r['to_healthy_s']:.2f} s, "
-                          f"command {r['wall_s']:.2f} s, failed {r['failed']}/{r['requests']}", flush=True)
+                          f"command {r['wall_s']:.2f} s, tail {r['tail_s']:.2f} s, failed {r['failed']}/{r['requests']}",
+                          flush=True)
     finally:
         sb.stop()
         if args.workdir is None:
@@ -154,24 +188,27 @@ def main() -> int:
 
     report: dict[str, dict] = {}
     print(f"\nmedians of {args.runs} runs (min-max); ratio = tool / manual")
-    print(f"{'scenario':19} {'method':6} {'to healthy s':>22} {'command s':>22} {'failed requests':>18}")
+    width = max(8, *(len(m) for m in methods))
+    print(f"{'scenario':19} {'method':{width}} {'to healthy s':>22} {'command s':>22} {'tail s':>22} {'failed requests':>18}")
     for scenario, by in results.items():
         report[scenario] = {}
         for method, runs in by.items():
             th = summary([r["to_healthy_s"] for r in runs])
             wall = summary([r["wall_s"] for r in runs])
+            tail = summary([r["tail_s"] for r in runs])
             failed = summary([r["failed"] for r in runs])
-            report[scenario][method] = {"to_healthy_s": th, "wall_s": wall, "failed": failed,
+            report[scenario][method] = {"to_healthy_s": th, "wall_s": wall, "tail_s": tail, "failed": failed,
                                         "requests": summary([r["requests"] for r in runs]), "runs": runs}
-            print(f"{scenario:19} {method:6} {th['median']:8.2f} ({th['min']:.2f}-{th['max']:.2f}) "
+            print(f"{scenario:19} {method:{width}} {th['median']:8.2f} ({th['min']:.2f}-{th['max']:.2f}) "
                   f"{wall['median']:8.2f} ({wall['min']:.2f}-{wall['max']:.2f}) "
+                  f"{tail['median']:8.2f} ({tail['min']:.2f}-{tail['max']:.2f}) "
                   f"{failed['median']:6.0f} ({failed['min']:.0f}-{failed['max']:.0f})")
-        ratio = report[scenario]["tool"]["to_healthy_s"]["median"] / report[scenario]["manual"]["to_healthy_s"]["median"]
-        report[scenario]["ratio_to_healthy"] = ratio
-        print(f"{scenario:19} ratio tool/manual, time to healthy: {ratio:.2f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "backend_rollback.json").write_text(json.dumps(report, indent=2) + "\n")
+        if "tool" in by and "manual" in by:
+            ratio = by_median(report[scenario], "tool") / by_median(report[scenario], "manual")
+            report[scenario]["ratio_to_healthy"] = ratio
+            print(f"{scenario:19} ratio tool/manual, time to healthy: {ratio:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

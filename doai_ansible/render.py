@@ -45,7 +45,14 @@ class Progress:
         data = event.get("event_data") or {}
         task = data.get("task", "")
         host = data.get("host", "")
-        if kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+        res = data.get("res") or {}
+        if kind == "runner_on_ok" and res.get("reached") == "healthy" and res.get("stable_seconds") is not None:
+            # A role's health gate reports health as soon as it is good, then watches for restarts:
+            # the operator learns here that the outage is over.
+            version = f" on {res['version']}" if res.get("version") else ""
+            self.note(f"{host}: healthy{version} at {time.monotonic() - self.t0:.1f} s, "
+                      f"watching for restarts for {float(res['stable_seconds']):g} s")
+        elif kind == "runner_on_ok" and res.get("changed"):
             self.note(f"{host}: {task} (changed)")
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             msg = (data.get("res") or {}).get("msg", "")
