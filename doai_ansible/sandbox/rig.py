@@ -392,8 +392,10 @@ class Sandbox:
             self._spawn_sshd()
         self._git("reset", "-q", "--hard")
         self._git("clean", "-q", "-f", "-d", "-x", "-e", "node_modules")
+        # The reflog a fresh rig has: v1, then v2 (a checkout of the commit HEAD is on logs nothing).
+        self._checkout("v2")
         self._git("reflog", "expire", "--expire=now", "--all")
-        for version in ("v1", "v2"):  # the reflog a fresh rig has: v1 before v2
+        for version in ("v1", "v2"):
             self._checkout(version)
         if not self._node_modules_match():
             _run([self.npm, "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=self.app)

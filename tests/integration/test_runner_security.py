@@ -20,6 +20,13 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def sandbox(fresh_sandbox):
+    """A rig of its own per test: an SSH master connection that an earlier test left open
+    (ControlPersist) would be reused without a new host key check, hiding a wrong known_hosts."""
+    return fresh_sandbox
+
 STATUS = "backend-pm2-status.yml"
 
 
