@@ -84,9 +84,12 @@ def run(
                     parts=[j.part.name for j in ordered])
     try:
         with _locks(ctx, ordered, reason, dry_run):
-            planned = _plan(ctx, ordered, run)
-            if planned is not None:
-                _decide(ctx, planned, run, confirm, revert_on_failure, reason)
+            if not dry_run and confirm is None and len(ordered) == 1 and ordered[0].part.one_pass(ordered[0].request):
+                _one_pass(ctx, ordered[0], run)
+            else:
+                planned = _plan(ctx, ordered, run)
+                if planned is not None:
+                    _decide(ctx, planned, run, confirm, revert_on_failure, reason)
     except DoaiError as exc:  # the lock, or a refusal while planning: nothing was changed
         _refused(run, exc)
     except BaseException:  # Ctrl-C, a bug: journal what is known, then let it go on
@@ -129,6 +132,9 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
         plan = json.loads((ctx.settings.runs_dir / held.run_id / PLAN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         plan = None
+    if plan is not None and not plan.get("steps"):  # killed in a one-pass run: what it did is unknown
+        plan["steps"] = [{"part": p, "target": "?", "from": None, "to": None, "changes": True}
+                         for p in plan.get("parts", [])]
     if plan is None:  # killed before its plan was confirmed: it changed nothing
         message = "killed before it applied anything (found when run {} took its lock over)"
         steps: list[dict[str, Any]] = []
@@ -145,6 +151,20 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
     record.setdefault("started", held.to_dict()["acquired_iso"])
     Journal(ctx.settings.journal_path).append_record(record)
     ctx.warn(f"run {held.run_id} by {held.owner} was killed and had not been journaled: " + message.format(ctx.run_id))
+
+
+def _one_pass(ctx: RunContext, job: Job, run: RunResult) -> None:
+    """One part, nothing to confirm: plan and apply in one go (a separate plan run would delay
+    the moment the outage ends); refusals raise before anything changed, as a plan's do."""
+    _save_plan(ctx, run)  # no steps yet: a killed run is recorded as "state unknown" all the same
+    ctx.say(f"rolling back the {job.part.name} ({job.request.action})")
+    with _deferred_signals(ctx) as stop:
+        run.results = job.part.plan_and_apply(ctx, job.request)
+    run.exit_status = _exit_status(run.results, None)
+    run.message = _summary(run, None)
+    if stop.signal is not None and run.exit_status is ExitStatus.OK:
+        run.exit_status = ExitStatus.INTERRUPTED
+        run.message = f"stopped by {stop.signal} after the step at work finished: " + run.message
 
 
 def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | None:

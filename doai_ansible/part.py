@@ -135,6 +135,15 @@ class PartBase(abc.ABC):
     def undo_request(self, record: Mapping[str, Any]) -> Request | None:
         """The request that rolls this part forward to what a journaled run found."""
 
+    def one_pass(self, request: Request) -> bool:
+        """Whether :meth:`plan_and_apply` can serve this request when nothing needs confirming."""
+        return False
+
+    def plan_and_apply(self, ctx: RunContext, request: Request) -> list[StepResult]:
+        """Plan and apply in one go (all or nothing, raising like ``plan`` when nothing changed):
+        for a part whose separate plan costs the outage time, e.g. a second playbook run."""
+        raise NotImplementedError
+
     # -- helpers for subclasses ------------------------------------------------------------------
     def steps_of(self, record: Mapping[str, Any], outcome: str = "succeeded") -> list[Mapping[str, Any]]:
         """The journaled steps of this part with the given outcome."""

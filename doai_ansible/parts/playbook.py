@@ -79,7 +79,9 @@ def reports(pb: PlaybookRun, key: str) -> dict[str, HostReport]:
 
 
 def refusal_error(refused: list[HostReport]) -> DoaiError:
-    """One error for hosts that refused before changing anything: locked (5), unreachable (7), else 2."""
+    """One error for hosts that refused before changing anything: locked (5), unreachable (7), else 2.
+    Hosts stopped only because another one failed (all or nothing) say nothing of their own."""
+    refused = [r for r in refused if r.failure is not None] or refused
     text = "; ".join(f"{r.host}: {r.failure_text()}" for r in refused)
     if any(r.failure is not None and r.failure.flags.get("locked") for r in refused):
         return LockedError(text, hint="another run holds the host lock: `doai-rollback status` shows it")
@@ -181,9 +183,13 @@ class PlaybookPart(PartBase):
 
         def on_event(event: dict[str, Any]) -> None:
             data = event.get("event_data") or {}
-            if (started is not None and event.get("event") == "runner_on_start"
-                    and data.get("task_action") in self.apply_modules and data.get("host")):
-                started.add(data["host"])
+            if started is not None and data.get("task_action") in self.apply_modules and data.get("host"):
+                # A skipped task starts too (its condition is checked on the worker): only an
+                # apply that was not skipped may have changed the host.
+                if event.get("event") == "runner_on_start":
+                    started.add(data["host"])
+                elif event.get("event") == "runner_on_skipped":
+                    started.discard(data["host"])
             if (self.logs_task and event.get("event") == "runner_on_ok" and data.get("task") == self.logs_task
                     and data.get("host")):
                 res = data.get("res") or {}
@@ -218,6 +224,48 @@ class PlaybookPart(PartBase):
         if refused:
             raise refusal_error(refused)
         return [self.step_from_report(h, r.stats) for h, r in reps.items()]
+
+    # -- one pass: plan and apply in one playbook run ------------------------------------------------
+    def one_pass(self, request: Request) -> bool:
+        """Whether a request can be planned and applied in one run (nothing to confirm): the
+        capture on every host comes first and stops them all when one refuses (all or nothing)."""
+        return request.action == "rollback" and not request.targets
+
+    def plan_and_apply(self, ctx: RunContext, request: Request) -> list[StepResult]:
+        """The plan and the apply of :meth:`one_pass` requests in one playbook run: it saves the
+        second ansible-playbook start and capture. Raises like ``plan`` when nothing changed."""
+        started, t0 = utcnow(), time.monotonic()
+        begun: set[str] = set()
+        pb = self.run(ctx, self.extravars(ctx, request, target=request.to or ""), limit=request.limit, started=begun)
+        reps = reports(pb, self.stats_key)
+        if not reps:
+            if request.limit:
+                hosts = group_hosts(ctx, self.group)
+                raise UsageError(f"--limit {request.limit} matches no host of the {self.name} group `{self.group}`",
+                                 hint=f"its hosts: {', '.join(hosts)}" if hosts else f"the group `{self.group}` is empty")
+            if not pb.ok:
+                raise pb.error(f"{self.name} rollback failed")
+            raise UsageError(f"no {self.name} hosts in the inventory {ctx.settings.inventory}", hint=self.needs)
+        for host in begun:
+            if not reps[host].started:
+                reps[host].stats["status"] = "started"
+        refused = [r for r in reps.values() if not r.started and r.status != "unchanged"]
+        if refused and not any(r.started for r in reps.values()):
+            raise refusal_error(refused)
+        results = []
+        for host, rep in reps.items():
+            step = self.step_from_report(host, rep.stats)
+            if rep.status == "unchanged":
+                results.append(StepResult(step, Outcome.UNCHANGED, "already there: nothing to do"))
+            elif not rep.started:
+                results.append(StepResult(step, Outcome.REFUSED, rep.failure_text(), started, utcnow()))
+            elif rep.status == "started":
+                results.append(self._resume(ctx, step, request, rep, started))
+            else:
+                results.append(self._result(step, rep, started, time.monotonic() - t0, pb))
+        if any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results):
+            results = self._put_back_others(ctx, results, request)
+        return sorted(results, key=lambda r: r.step.target)
 
     # -- apply ---------------------------------------------------------------------------------------
     def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
