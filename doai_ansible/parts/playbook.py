@@ -213,17 +213,22 @@ class PlaybookPart(PartBase):
         pb = self.run(ctx, self.extravars(ctx, request, **target_vars), limit=limit, check=True, label="plan")
         reps = reports(pb, self.stats_key)
         if not reps:
-            if limit:
-                hosts = group_hosts(ctx, self.group)
-                raise UsageError(f"--limit {limit} matches no host of the {self.name} group `{self.group}`",
-                                 hint=f"its hosts: {', '.join(hosts)}" if hosts else f"the group `{self.group}` is empty")
-            if not pb.ok:
-                raise pb.error(f"{self.name} plan failed")
-            raise UsageError(f"no {self.name} hosts in the inventory {ctx.settings.inventory}", hint=self.needs)
+            raise self._no_hosts(ctx, pb, limit, "plan")
         refused = [r for r in reps.values() if r.failure is not None or r.status not in ("planned", "unchanged")]
         if refused:
             raise refusal_error(refused)
         return [self.step_from_report(h, r.stats) for h, r in reps.items()]
+
+    def _no_hosts(self, ctx: RunContext, pb: PlaybookRun, limit: str | None, what: str) -> DoaiError:
+        """Why a run reported no host: a --limit that matches none (its group's hosts listed),
+        a failed run, or an empty group."""
+        if limit:
+            hosts = group_hosts(ctx, self.group)
+            return UsageError(f"--limit {limit} matches no host of the {self.name} group `{self.group}`",
+                              hint=f"its hosts: {', '.join(hosts)}" if hosts else f"the group `{self.group}` is empty")
+        if not pb.ok:
+            return pb.error(f"{self.name} {what} failed")
+        return UsageError(f"no {self.name} hosts in the inventory {ctx.settings.inventory}", hint=self.needs)
 
     # -- one pass: plan and apply in one playbook run ------------------------------------------------
     def one_pass(self, request: Request) -> bool:
@@ -239,13 +244,7 @@ class PlaybookPart(PartBase):
         pb = self.run(ctx, self.extravars(ctx, request, target=request.to or ""), limit=request.limit, started=begun)
         reps = reports(pb, self.stats_key)
         if not reps:
-            if request.limit:
-                hosts = group_hosts(ctx, self.group)
-                raise UsageError(f"--limit {request.limit} matches no host of the {self.name} group `{self.group}`",
-                                 hint=f"its hosts: {', '.join(hosts)}" if hosts else f"the group `{self.group}` is empty")
-            if not pb.ok:
-                raise pb.error(f"{self.name} rollback failed")
-            raise UsageError(f"no {self.name} hosts in the inventory {ctx.settings.inventory}", hint=self.needs)
+            raise self._no_hosts(ctx, pb, request.limit, "rollback")
         for host in begun:
             if not reps[host].started:
                 reps[host].stats["status"] = "started"
