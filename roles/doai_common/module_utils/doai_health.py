@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: doai-ansible contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One probe of a health URL, shared by the capture, inspect and verify modules."""
+"""One probe of a health URL, shared by the modules of every backend role (capture, inspect, verify)."""
 
 from __future__ import annotations
 
