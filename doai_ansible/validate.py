@@ -59,3 +59,27 @@ def run_id(value: str) -> str:
     if not _RUN_ID_RE.fullmatch(value or ""):
         raise ValidationError(f"{value!r} is not a run id (see `doai-rollback history`)")
     return value
+
+
+# Docker: a tag, and an image id written with its algorithm (a bare hex string is a tag: CI
+# systems tag images with commit SHAs). Mirrored in roles/doai_backend_docker/vars/main.yml.
+DOCKER_TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+IMAGE_ID_PATTERN = r"sha256:[0-9a-f]{12,64}"
+_TAG_RE = re.compile(DOCKER_TAG_PATTERN)
+_IMAGE_ID_RE = re.compile(IMAGE_ID_PATTERN)
+
+
+def image_ref(value: str | None, *, option: str = "--to") -> str | None:
+    """A Docker tag or image id (``sha256:<12-64 hex>``), or None (the role's default tag)."""
+    if value is None:
+        return None
+    if value == "":
+        raise ValidationError(f"{option} is empty: give a tag or an image id, or leave {option} out")
+    if not (_TAG_RE.fullmatch(value) or _IMAGE_ID_RE.fullmatch(value)):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ValidationError(
+            f"{option} {shown!r} is neither a Docker tag nor an image id",
+            hint="a tag: letters, digits and _ . - (not starting with . or -), at most 128; an image id: "
+            "sha256:<hex> as `docker images --no-trunc` shows it",
+        )
+    return value

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from doai_ansible.part import PartBase
 
 REGISTRY: dict[Part, str] = {
-    Part.BACKEND: "doai_ansible.parts.backend_pm2:BackendPart",
+    Part.BACKEND: "doai_ansible.parts.backend:BackendPart",
     Part.DASHBOARD: "doai_ansible.parts.dashboard:DashboardPart",
 }
 

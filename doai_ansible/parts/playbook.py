@@ -134,6 +134,11 @@ class PlaybookPart(PartBase):
     resume_deadline_s: ClassVar[float] = 120.0
     resume_pause_s: ClassVar[float] = 3.0
 
+    def __init__(self, fixed_vars: Mapping[str, Any] | None = None) -> None:
+        #: Extra vars every playbook run of this part gets (the backend dispatcher passes the
+        #: mode it chose, so a playbook's own host filter agrees with it).
+        self.fixed_vars: dict[str, Any] = dict(fixed_vars or {})
+
     # -- to be provided by a subclass --------------------------------------------------------------
     def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
         raise NotImplementedError
@@ -155,13 +160,14 @@ class PlaybookPart(PartBase):
     # -- running the playbook -----------------------------------------------------------------------
     def extravars(self, ctx: RunContext, request: Request, **more: Any) -> dict[str, Any]:
         p = self.var_prefix
-        xv: dict[str, Any] = {
+        xv: dict[str, Any] = dict(self.fixed_vars)
+        xv.update({
             f"{p}_health_gate": request.health_gate,
             f"{p}_reason": request.options.get("reason") or "",
             f"{p}_operator": ctx.operator,
             f"{p}_run_id": ctx.run_id,
             f"{p}_action": request.action,
-        }
+        })
         xv.update({f"{p}_{k}" if not k.startswith(p) else k: v for k, v in more.items()})
         return xv
 
@@ -196,7 +202,8 @@ class PlaybookPart(PartBase):
                 log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(log_dir / f"{data['host']}-{self.logs_name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(f"{res.get('stdout', '')}\n{res.get('stderr', '')}\n")
+                    # a command's output, or a debug task's message (the Docker role's container logs)
+                    fh.write(f"{res.get('stdout', res.get('msg', ''))}\n{res.get('stderr', '')}\n")
             if ctx.progress is not None:
                 ctx.progress(event)
 
@@ -245,8 +252,8 @@ class PlaybookPart(PartBase):
         reps = reports(pb, self.stats_key)
         if not reps:
             raise self._no_hosts(ctx, pb, request.limit, "rollback")
-        for host in begun:
-            if not reps[host].started:
+        for host in begun:  # cut before it could report (a host that reported, e.g. refused, said so)
+            if not reps[host].status:
                 reps[host].stats["status"] = "started"
         refused = [r for r in reps.values() if not r.started and r.status != "unchanged"]
         if refused and not any(r.started for r in reps.values()):
@@ -279,7 +286,7 @@ class PlaybookPart(PartBase):
                       started=begun)
         reps = reports(pb, self.stats_key)
         for host in begun:  # cut before it could report: it may have changed
-            if host in reps and not reps[host].started:
+            if host in reps and not reps[host].status:
                 reps[host].stats["status"] = "started"
         results: list[StepResult] = []
         refused: list[HostReport] = []
@@ -385,7 +392,8 @@ class PlaybookPart(PartBase):
 
     # -- status --------------------------------------------------------------------------------------
     def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
-        pb = run_playbook(ctx.settings, self.status_playbook, limit=limit, on_event=ctx.progress)
+        pb = run_playbook(ctx.settings, self.status_playbook, limit=limit, on_event=ctx.progress,
+                          extravars=dict(self.fixed_vars) or None)
         self._warn(ctx, pb)
         reps = reports(pb, self.status_stats_key)
         if not reps and limit:
@@ -419,7 +427,8 @@ class PlaybookPart(PartBase):
         if not self.release_playbook:
             return super().release_host_lock(ctx, host, run_id)
         pb = run_playbook(ctx.settings, self.release_playbook, limit=host, log_dir=ctx.log_dir / "release-lock",
-                          extravars={f"{self.var_prefix}_release_run_id": run_id}, on_event=ctx.progress)
+                          extravars={**self.fixed_vars, f"{self.var_prefix}_release_run_id": run_id},
+                          on_event=ctx.progress)
         self._warn(ctx, pb)
         rep = reports(pb, self.release_stats_key).get(host)
         if rep is None:

@@ -1,0 +1,76 @@
+"""What the Ansible inventory says about hosts, read on the controller before any playbook runs:
+which backend hosts a ``--limit`` selects, and which mode (PM2 or Docker) each one runs.
+
+Read in-process with Ansible's own inventory and variable managers (group_vars/host_vars
+included), ~0.1 s; an inventory that needs more than that (a vault-encrypted file, a plugin
+that wants the CLI's setup) is read by ``ansible-inventory --list`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from doai_ansible.errors import ConfigError
+
+MODE_VAR = "doai_backend_mode"
+MODES = ("pm2", "docker")
+DEFAULT_MODE = "pm2"
+
+
+def _in_process(inventory: Path, group: str, limit: str | None) -> dict[str, dict[str, Any]]:
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    inv = InventoryManager(loader=loader, sources=[str(inventory)])
+    if limit:
+        inv.subset(limit)
+    variables = VariableManager(loader=loader, inventory=inv)
+    return {h.name: variables.get_vars(host=h) for h in inv.get_hosts(group)}
+
+
+def _by_command(inventory: Path, group: str, limit: str | None) -> dict[str, dict[str, Any]]:
+    from doai_ansible.runner import ansible_playbook_bin
+
+    exe = Path(ansible_playbook_bin()).with_name("ansible-inventory")
+    argv = [str(exe), "-i", str(inventory), "--list", "--export"] + (["--limit", limit] if limit else [])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "ANSIBLE_NOCOLOR": "1"}).stdout
+    data = json.loads(out)
+    hostvars = (data.get("_meta") or {}).get("hostvars") or {}
+
+    def walk(name: str, seen: set[str]) -> list[str]:
+        if name in seen:
+            return []
+        seen.add(name)
+        node = data.get(name) or {}
+        return list(node.get("hosts", [])) + [h for c in node.get("children", []) for h in walk(c, seen)]
+
+    return {h: hostvars.get(h, {}) for h in sorted(set(walk(group, set())))}
+
+
+def group_vars(inventory: Path, group: str, limit: str | None = None) -> dict[str, dict[str, Any]]:
+    """host -> its variables, for the hosts of ``group`` that ``limit`` selects."""
+    try:
+        return _in_process(inventory, group, limit)
+    except Exception:  # noqa: BLE001 - anything the in-process read cannot do, the CLI can
+        try:
+            return _by_command(inventory, group, limit)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            raise ConfigError("inventory", f"{inventory} could not be read: {exc}") from None
+
+
+def backend_modes(inventory: Path, limit: str | None = None, *, group: str = "backend") -> dict[str, str]:
+    """host -> ``pm2`` or ``docker`` (``doai_backend_mode``, per host or group; pm2 when unset)."""
+    modes = {}
+    for host, hv in group_vars(inventory, group, limit).items():
+        mode = hv.get(MODE_VAR, DEFAULT_MODE) or DEFAULT_MODE
+        if mode not in MODES:
+            raise ConfigError("inventory", f"{host}: {MODE_VAR} is {mode!r}; it must be one of {', '.join(MODES)}")
+        modes[host] = mode
+    return modes

@@ -1,0 +1,249 @@
+"""The backend part: the Node API on the VPS hosts, run under PM2 (a git checkout) or Docker
+(a Compose service), host by host as the inventory says (``doai_backend_mode``: pm2, the
+default, or docker; per host or per group). ``--mode`` overrides the inventory for one run.
+
+This class only dispatches: each host goes to the part of its mode
+(:class:`~doai_ansible.parts.backend_pm2.BackendPart`,
+:class:`~doai_ansible.parts.backend_docker.BackendDockerPart`), which runs that mode's playbook
+limited to those hosts. A fleet with both modes is planned in both (all or nothing), applied
+mode by mode, and a failure in one puts the other's hosts back too: the pool never serves
+mixed releases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from doai_ansible import validate
+from doai_ansible.context import RunContext
+from doai_ansible.errors import DoaiError, UsageError, ValidationError
+from doai_ansible.inventory import MODE_VAR, MODES, backend_modes
+from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
+from doai_ansible.part import PartBase, Request
+from doai_ansible.parts.backend_docker import BackendDockerPart
+from doai_ansible.parts.backend_pm2 import BackendPart as BackendPM2Part
+from doai_ansible.parts.playbook import PlaybookPart
+
+
+def _commit_or_image(value: str, option: str) -> str:
+    """Before the mode of each host is known: a value one of the two modes can take."""
+    try:
+        return validate.git_ref(value, option=option) or value
+    except ValidationError:
+        try:
+            return validate.image_ref(value, option=option) or value
+        except ValidationError:
+            raise ValidationError(
+                f"{option} {value[:80]!r} is neither a commit SHA or ref (PM2 hosts) nor a Docker tag or image id "
+                "(Docker hosts)", hint="letters, digits and . _ / - only; an image id as sha256:<hex>") from None
+
+
+class BackendPart(PartBase):
+    part = Part.BACKEND
+    needs = "hosts in the inventory group `backend`"
+    group = "backend"
+
+    def __init__(self) -> None:
+        self.modes: dict[str, PlaybookPart] = {
+            "pm2": BackendPM2Part(fixed_vars={MODE_VAR: "pm2"}),
+            "docker": BackendDockerPart(fixed_vars={MODE_VAR: "docker"}),
+        }
+        self._splits: dict[tuple[Any, ...], dict[str, list[str]]] = {}
+
+    def configured(self, ctx: RunContext) -> bool:
+        return True  # the inventory decides; status() says configured=False when it has no hosts
+
+    # -- which hosts run which mode ------------------------------------------------------------------
+    def split(self, ctx: RunContext, limit: str | None, override: str | None = None,
+              hosts: list[str] | None = None) -> dict[str, list[str]]:
+        """mode -> hosts, for the hosts ``limit`` (or the list ``hosts``) selects; raises when none."""
+        pattern = ",".join(hosts) if hosts else limit
+        modes = backend_modes(ctx.settings.inventory, pattern, group=self.group)
+        if hosts:
+            missing = sorted(set(hosts) - set(modes))
+            if missing:
+                raise UsageError(f"{', '.join(missing)}: not in the backend group of {ctx.settings.inventory}")
+        if not modes:
+            if limit:
+                every = sorted(backend_modes(ctx.settings.inventory, None, group=self.group))
+                raise UsageError(f"--limit {limit} matches no host of the backend group `{self.group}`",
+                                 hint=f"its hosts: {', '.join(every)}" if every else f"the group `{self.group}` is empty")
+            raise UsageError(f"no backend hosts in the inventory {ctx.settings.inventory}", hint=self.needs)
+        out: dict[str, list[str]] = {}
+        for host, mode in sorted(modes.items()):
+            out.setdefault(override or mode, []).append(host)
+        return {m: out[m] for m in MODES if m in out}
+
+    def _sub_request(self, mode: str, request: Request, hosts: list[str]) -> Request:
+        to = request.to
+        if to is not None:  # strict now that the mode is known
+            to = validate.image_ref(to) if mode == "docker" else validate.git_ref(to)
+        targets = {h: t for h, t in request.targets.items() if h in hosts}
+        for host, value in targets.items():
+            if mode == "docker":
+                validate.image_ref(value, option=f"target of {host}")
+            else:
+                validate.git_ref(value, option=f"target of {host}")
+        return dataclasses.replace(request, to=to, limit=",".join(hosts), targets=targets)
+
+    def _plan_split(self, ctx: RunContext, request: Request) -> list[tuple[str, Request]]:
+        """(mode, request for its hosts) for each mode, every value checked for its mode; the
+        inventory is read once per request (the CLI's check and the plan share it)."""
+        key = (str(ctx.settings.inventory), request.limit, request.options.get("mode"), tuple(sorted(request.targets)))
+        if key not in self._splits:
+            self._splits[key] = self.split(ctx, request.limit, request.options.get("mode"),
+                                           sorted(request.targets) or None)
+        return [(mode, self._sub_request(mode, request, hosts)) for mode, hosts in self._splits[key].items()]
+
+    @staticmethod
+    def _mark(mode: str, steps: list[Step]) -> list[Step]:
+        for s in steps:
+            s.details["mode"] = mode
+        return steps
+
+    # -- a run ---------------------------------------------------------------------------------------
+    def request(self, *, to: str | None = None, limit: str | None = None, reason: str | None = None,
+                action: str = "rollback", targets: Mapping[str, str] | None = None,
+                health_gate: bool = True, mode: str | None = None, ctx: RunContext | None = None) -> Request:
+        """With ``ctx`` (the CLI passes it) the inventory is read now: a --limit that matches no
+        backend host and a --to the hosts' mode cannot take are refused before anything runs;
+        without it, the same checks come at the plan, still before any host is contacted."""
+        if mode is not None and mode not in MODES:
+            raise ValidationError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+        if to is not None:
+            _commit_or_image(to, "--to")
+        checked = {validate.host_limit(host) or host: _commit_or_image(value, f"target of {host}")
+                   for host, value in (targets or {}).items()}
+        req = Request(action=action, to=to, limit=validate.host_limit(limit), targets=checked,
+                      health_gate=health_gate, options={"reason": validate.reason(reason), "mode": mode})
+        if ctx is not None:
+            self._plan_split(ctx, req)
+        return req
+
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        steps: list[Step] = []
+        for mode, sub in self._plan_split(ctx, request):  # all validated before the first plan runs
+            steps += self._mark(mode, self.modes[mode].plan(ctx, sub))
+        return sorted(steps, key=lambda s: s.target)
+
+    def one_pass(self, request: Request) -> bool:
+        return request.action == "rollback" and not request.targets
+
+    def plan_and_apply(self, ctx: RunContext, request: Request) -> list[StepResult]:
+        subs = self._plan_split(ctx, request)
+        if len(subs) == 1:
+            mode, sub = subs[0]
+            results = self.modes[mode].plan_and_apply(ctx, sub)
+            self._mark(mode, [r.step for r in results])
+            return results
+        # Both modes: plan every host first (all or nothing), then apply mode by mode.
+        steps: list[Step] = []
+        for mode, sub in subs:
+            steps += self._mark(mode, self.modes[mode].plan(ctx, sub))
+        return self.apply(ctx, steps, request)
+
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        by_mode: dict[str, list[Step]] = {}
+        for s in steps:
+            by_mode.setdefault(s.details.get("mode") or "pm2", []).append(s)
+        results: list[StepResult] = []
+        for mode in [m for m in MODES if m in by_mode]:
+            mode_steps = by_mode[mode]
+            if results and any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results):
+                results += [StepResult(s, Outcome.REFUSED, "not started: a host of the other mode failed",
+                                       utcnow(), utcnow()) for s in mode_steps]
+                continue
+            sub = self._sub_request(mode, request, [s.target for s in mode_steps])
+            try:
+                done = self.modes[mode].apply(ctx, mode_steps, sub)
+            except DoaiError as exc:
+                if not results:
+                    raise  # nothing changed anywhere yet
+                done = [StepResult(s, Outcome.REFUSED, f"refused: {exc}", utcnow(), utcnow()) for s in mode_steps]
+            self._mark(mode, [r.step for r in done])
+            if results and any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in done):
+                results = self._put_back(ctx, results)
+            results += done
+        return sorted(results, key=lambda r: r.step.target)
+
+    def _put_back(self, ctx: RunContext, results: list[StepResult]) -> list[StepResult]:
+        back = self.revert(ctx, results, "a host of the other mode failed")
+        for r in back:
+            if r.outcome is Outcome.RESTORED:
+                r.message = "rolled back, then put back because a host of the other mode failed"
+        return back
+
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        out: list[StepResult] = []
+        for mode in MODES:
+            mine = [r for r in results if (r.step.details.get("mode") or "pm2") == mode]
+            if mine:
+                out += self.modes[mode].revert(ctx, mine, reason)
+        return sorted(out, key=lambda r: r.step.target)
+
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        targets = {s["target"]: s["from"] for s in self.steps_of(record) if s.get("from")}
+        if not targets:
+            return None
+        return self.request(action="undo", targets=targets, health_gate=False)
+
+    # -- prepare (PM2 hosts: the node_modules a rollback needs, into each host's cache) -----------
+    def prepare(self, ctx: RunContext, request: Request, *, check: bool = False) -> dict[str, Any]:
+        split = self.split(ctx, request.limit, request.options.get("mode"))
+        if "pm2" not in split:
+            raise UsageError("nothing to prepare: prepare installs node_modules on PM2 hosts, and "
+                             f"{', '.join(split.get('docker', []))} run the backend in Docker",
+                             hint="a Docker rollback pulls its image while the current container serves")
+        return self.modes["pm2"].prepare(ctx, self._sub_request("pm2", request, split["pm2"]), check=check)
+
+    def prepare_lines(self, report: Mapping[str, Any]) -> list[str]:
+        return self.modes["pm2"].prepare_lines(report)
+
+    # -- status and locks ----------------------------------------------------------------------------
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        try:
+            split = self.split(ctx, limit)
+        except UsageError:
+            if limit:
+                raise
+            return {"part": self.name, "configured": False, "hosts": {}, "reachable": True, "healthy": True}
+        hosts: dict[str, Any] = {}
+        reachable = True
+        for mode, names in split.items():
+            st = self.modes[mode].status(ctx, limit=",".join(names))
+            reachable = reachable and st.get("reachable", True)
+            for host, h in st["hosts"].items():
+                h["mode"] = mode
+                hosts[host] = h
+        return {"part": self.name, "configured": bool(hosts), "hosts": dict(sorted(hosts.items())),
+                "reachable": reachable, "healthy": all(h["healthy"] for h in hosts.values())}
+
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        if not st.get("configured", True):
+            return [f"backend: not configured ({self.needs})"]
+        lines: list[str] = []
+        for host, h in st["hosts"].items():
+            mode = h.get("mode") or "pm2"
+            lines += self.modes[mode].status_lines({"configured": True, "hosts": {host: h}})
+        return lines or [f"backend: no hosts in the inventory ({self.needs})"]
+
+    def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        st = self.status(ctx, limit=limit)
+        return {"healthy": st["healthy"], "reachable": st["reachable"],
+                "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+
+    def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
+        out = []
+        for host, h in self.status(ctx)["hosts"].items():
+            if h.get("host_lock"):
+                out.append(dict(h["host_lock"], host=host))
+            elif h.get("error"):
+                out.append({"host": host, "error": h["error"]})
+        return out
+
+    def release_host_lock(self, ctx: RunContext, host: str, run_id: str) -> dict[str, Any]:
+        split = self.split(ctx, None, hosts=[host])
+        mode = next(iter(split))
+        return self.modes[mode].release_host_lock(ctx, host, run_id)

@@ -1,0 +1,151 @@
+"""The backend part, Docker mode: the backend runs as a Compose service on the VPS hosts whose
+inventory says ``doai_backend_mode: docker``.
+
+The work on the hosts is done by ``playbooks/backend-docker-rollback.yml`` (role
+``doai_backend_docker``) through :class:`PlaybookPart`, as for the PM2 mode: the plan resolves
+every host's from -> to as *image ids* (the tag as the registry serves it now, read from its
+manifest, nothing pulled); the apply pins those ids, so a ``:current`` or a registry tag that
+moved since the plan refuses before any change; the journal and the host's ledger record ids,
+so ``undo`` brings back exactly the image that was live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from doai_ansible import validate
+from doai_ansible.context import RunContext
+from doai_ansible.model import Part, Step, StepResult
+from doai_ansible.part import Request
+from doai_ansible.parts.playbook import HostReport, PlaybookPart
+
+
+def _int(value: Any, default: int = -1) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def short_id(image_id: str | None) -> str:
+    return (image_id or "?").split(":", 1)[-1][:12]
+
+
+def _label(image_id: str | None, version: str | None, ref: str | None = None) -> str:
+    if not image_id:
+        return "?"
+    text = short_id(image_id)
+    if ref and not ref.startswith("sha256:"):
+        text = f"{ref.rsplit('/', 1)[-1]} {text}"
+    return f"{text} ({version})" if version else text
+
+
+class BackendDockerPart(PlaybookPart):
+    part = Part.BACKEND
+    mode = "docker"
+    needs = "hosts in the inventory group `backend` with doai_backend_mode: docker"
+    playbook = "backend-docker-rollback.yml"
+    status_playbook = "backend-docker-status.yml"
+    release_playbook = "backend-docker-release-lock.yml"
+    stats_key = "doai_backend_docker"
+    status_stats_key = "doai_backend_docker_status"
+    release_stats_key = "doai_backend_docker_release"
+    logs_task = "Read the last container log lines"
+    logs_name = "container"
+    apply_modules = ("doai_backend_docker_apply",)
+    var_prefix = "doai_backend_docker"
+    group = "backend"
+
+    def request(self, *, to: str | None = None, limit: str | None = None, reason: str | None = None,
+                action: str = "rollback", targets: Mapping[str, str] | None = None,
+                health_gate: bool = True) -> Request:
+        targets = {validate.host_limit(h) or h: validate.image_ref(c, option="target") or c
+                   for h, c in (targets or {}).items()}
+        return Request(action=action, to=validate.image_ref(to), limit=validate.host_limit(limit),
+                       targets=targets, health_gate=health_gate, options={"reason": validate.reason(reason)})
+
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        if request.targets:  # undo: each host to its own image id
+            by_image: dict[str, list[str]] = {}
+            for host, image in request.targets.items():
+                by_image.setdefault(image, []).append(host)
+            steps = []
+            for image, hosts in sorted(by_image.items()):
+                steps += self.plan_hosts(ctx, request, {"target": image}, ",".join(sorted(hosts)))
+            return sorted(steps, key=lambda s: s.target)
+        return self.plan_hosts(ctx, request, {"target": request.to or ""}, request.limit)
+
+    def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
+        container = st.get("container") or {}
+        details = {
+            "mode": self.mode,
+            "from_label": _label(st.get("from"), st.get("from_version"), "current"),
+            "to_label": _label(st.get("to"), st.get("to_version"), st.get("to_ref")),
+            "from_version": st.get("from_version"),
+            "to_version": st.get("to_version"),
+            "to_ref": st.get("to_ref"),
+            "from_health": st.get("from_health"),
+            "container": container.get("name"),
+            "container_image": container.get("image"),
+        }
+        notes = [f"target: {st.get('to_ref')} (chosen by {st.get('rule')})"]
+        if st.get("container_differs"):
+            notes.append(f"the container runs {short_id(container.get('image'))}, not :current: the rollback "
+                         "recreates it on the target, a put-back on :current's image")
+        return Step(Part.BACKEND, host, st.get("from"), st.get("to"), rule=st.get("rule") or "",
+                    details=details, notes=notes)
+
+    def was_healthy(self, step: Step) -> bool:
+        return 200 <= _int(step.details.get("from_health")) < 300
+
+    def finish_details(self, result: StepResult, report: HostReport) -> None:
+        st = report.stats
+        for key in ("health_version", "container"):
+            if st.get(key) is not None:
+                result.step.details[f"after_{key}" if key == "container" else key] = st.get(key)
+
+    # -- status -----------------------------------------------------------------------------------
+    def host_status(self, host: str, st: dict[str, Any], error: str | None) -> dict[str, Any]:
+        code = _int(st.get("health_status"))
+        container = st.get("container") or {}
+        current = ((st.get("images") or {}).get((st.get("tags") or {}).get("current", "current")) or {})
+        st["mode"] = self.mode
+        st["image_id"] = container.get("image")
+        st["healthy"] = bool(not error and not st.get("docker_error") and 200 <= code < 300
+                             and container.get("running"))
+        st["current_id"] = current.get("id")
+        return st
+
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        lines = []
+        for host, h in st["hosts"].items():
+            lines += self.host_lines(host, h)
+        return lines or [f"backend: no Docker hosts ({self.needs})"]
+
+    def host_lines(self, host: str, h: dict[str, Any]) -> list[str]:
+        state = "healthy" if h.get("healthy") else "UNHEALTHY"
+        c = h.get("container") or {}
+        images = h.get("images") or {}
+        tags = h.get("tags") or {}
+        cur = images.get(tags.get("current", "current")) or {}
+        lines = [(f"backend {host}: {state}  docker image {short_id(c.get('image'))}"
+                 f" ({cur.get('version') or '?'})  health HTTP {h.get('health_status')}"
+                 f" version {h.get('health_version') or '?'}")]
+        if c:
+            lines.append(f"    container {c.get('name')} {c.get('status')} restarts={c.get('restart_count')}")
+        else:
+            lines.append("    no container for the service")
+        for role, tag in tags.items():
+            img = images.get(tag)
+            lines.append(f"    {h.get('image', '')}:{tag} -> {short_id(img.get('id')) if img else '(none)'}"
+                         + (f" ({img.get('version')})" if img and img.get("version") else "")
+                         + ("  <- running" if img and img.get("id") == c.get("image") and role == "current" else ""))
+        if h.get("docker_error"):
+            lines.append(f"    docker: {h['docker_error']}")
+        if h.get("host_lock"):
+            lines.append(f"    LOCKED by {h['host_lock'].get('owner')} since {h['host_lock'].get('since')}"
+                         f" (run {h['host_lock'].get('run_id')})")
+        if h.get("error"):
+            lines.append(f"    error: {h['error']}")
+        return lines

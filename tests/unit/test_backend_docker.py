@@ -1,0 +1,140 @@
+"""The backend's Docker mode without a Docker engine: which Compose a host gets, input patterns
+(the controller's and the role's agree), and which hosts go to which mode (a real inventory read
+by Ansible's own inventory code)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from doai_ansible import validate
+from doai_ansible.context import RunContext
+from doai_ansible.errors import UsageError, ValidationError
+from doai_ansible.parts.backend import BackendPart
+from doai_ansible.settings import load_settings
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "doai_backend_docker"
+_spec = importlib.util.spec_from_file_location("doai_docker", ROLE / "module_utils" / "doai_docker.py")
+dd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dd)
+
+
+# -- Compose v2 or v1 ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("setting", "v2", "v1", "want"),
+    [
+        ("auto", True, "/usr/bin/docker-compose", ["docker", "compose"]),  # v2 preferred
+        ("auto", False, "/usr/bin/docker-compose", ["/usr/bin/docker-compose"]),
+        ("auto", True, None, ["docker", "compose"]),
+        ("v1", True, "/usr/bin/docker-compose", ["/usr/bin/docker-compose"]),
+        ("v2", True, None, ["docker", "compose"]),
+    ],
+)
+def test_compose_choice(setting, v2, v1, want):
+    assert dd.choose_compose(setting, "docker", v2, v1) == want
+
+
+@pytest.mark.parametrize(("setting", "v2", "v1"), [("auto", False, None), ("v2", False, "/x/docker-compose"),
+                                                   ("v1", True, None)])
+def test_compose_missing_is_a_refusal_naming_what_is_missing(setting, v2, v1):
+    with pytest.raises(dd.DockerError) as exc:
+        dd.choose_compose(setting, "docker", v2, v1)
+    assert exc.value.kind == "compose_unavailable"
+    assert "available on this host" in str(exc.value)
+
+
+def test_compose_setting_is_checked():
+    with pytest.raises(dd.DockerError) as exc:
+        dd.choose_compose("v3", "docker", True, None)
+    assert exc.value.kind == "invalid_setting"
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("good", ["previous", "v1.2.3", "2026-11-20_3", "a1b2c3d", "sha256:" + "a" * 64,
+                                  "sha256:0123456789ab"])
+def test_image_refs_accepted(good):
+    assert validate.image_ref(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "-x", ".x", "a:b", "a/b", "x y", "$(id)", "sha256:XYZ", "sha256:abc",
+                                 "t" * 129, "previous;rm -rf /"])
+def test_image_refs_refused(bad):
+    with pytest.raises(ValidationError):
+        validate.image_ref(bad)
+
+
+def test_role_patterns_mirror_the_controllers():
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    assert role_vars["doai_backend_docker__tag_pattern"] == "^" + validate.DOCKER_TAG_PATTERN + r"\Z"
+    assert role_vars["doai_backend_docker__id_pattern"] == "^" + validate.IMAGE_ID_PATTERN + r"\Z"
+    assert dd.TAG_RE.pattern == validate.DOCKER_TAG_PATTERN + r"\Z"
+    assert dd.IMAGE_ID_RE.pattern == validate.IMAGE_ID_PATTERN + r"\Z"
+    repo = re.compile(role_vars["doai_backend_docker__repo_pattern"])
+    for name in ("doai-backend", "registry.example.com/doai-backend", "127.0.0.1:5000/doai/backend",
+                 "localhost:5000/a_b", "ghcr.io/acme/doai-backend"):
+        assert repo.match(name) and dd.REPO_RE.match(name), name
+    for name in ("Doai", "-x", "registry.example.com/", "a//b", "a/b:tag", "a b", "reg:99999999/x"):
+        assert not dd.REPO_RE.match(name), name
+        assert not repo.match(name), name
+
+
+@pytest.mark.parametrize(("repo", "loopback"), [
+    ("127.0.0.1:5000/doai-backend", True), ("localhost:5000/x", True), ("127.9.9.9/x", True),
+    ("registry.example.com/doai-backend", False), ("doai-backend", False), ("128.0.0.1:5000/x", False),
+    ("library/doai-backend", False),
+])
+def test_plain_http_only_for_a_loopback_registry(repo, loopback):
+    assert dd.registry_is_loopback(repo) is loopback
+
+
+# -- which hosts run which mode ----------------------------------------------------------------------
+@pytest.fixture
+def ctx(tmp_path: Path) -> RunContext:
+    inv = tmp_path / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(json.dumps({"all": {"children": {"backend": {
+        "hosts": {"vps1": {}, "vps2": {"doai_backend_mode": "pm2"}},
+        "children": {"backend_docker": {"hosts": {"dock1": {}, "dock2": {}}}}}}}}))
+    (inv / "group_vars" / "backend_docker.yml").write_text("doai_backend_mode: docker\n")
+    settings = load_settings(None, inventory=inv / "hosts.yml", state_dir=tmp_path / "state", env={})
+    return RunContext.create(settings)
+
+
+def test_modes_come_from_host_and_group_vars(ctx):
+    part = BackendPart()
+    assert part.split(ctx, None) == {"pm2": ["vps1", "vps2"], "docker": ["dock1", "dock2"]}
+    assert part.split(ctx, "backend_docker") == {"docker": ["dock1", "dock2"]}
+    assert part.split(ctx, "vps1,dock2") == {"pm2": ["vps1"], "docker": ["dock2"]}
+    assert part.split(ctx, "vps1", override="docker") == {"docker": ["vps1"]}
+
+
+def test_a_limit_matching_no_backend_host_is_refused_before_anything_runs(ctx):
+    with pytest.raises(UsageError) as exc:
+        BackendPart().request(limit="vps9", ctx=ctx)
+    assert "matches no host" in str(exc.value) and "dock1" in str(exc.value)
+
+
+def test_to_is_checked_for_the_mode_of_the_hosts(ctx):
+    part = BackendPart()
+    # a..b is a valid Docker tag but not a git ref: refused for PM2 hosts, taken for Docker ones
+    with pytest.raises(ValidationError, match="commit SHA or ref"):
+        part.request(to="a..b", limit="vps1", ctx=ctx)
+    assert part.request(to="a..b", limit="dock1", ctx=ctx).to == "a..b"
+    # a ref with a slash is a git ref, not a tag
+    with pytest.raises(ValidationError, match="Docker tag"):
+        part.request(to="release/v2", limit="dock1", ctx=ctx)
+    with pytest.raises(ValidationError, match="neither"):
+        part.request(to="$(id)", ctx=ctx)
+    with pytest.raises(ValidationError, match="--mode"):
+        part.request(mode="k8s", ctx=ctx)
+
+
+def test_a_bad_mode_in_the_inventory_is_a_configuration_error(ctx, tmp_path):
+    (tmp_path / "inventory" / "group_vars" / "backend_docker.yml").write_text("doai_backend_mode: podman\n")
+    with pytest.raises(UsageError, match="doai_backend_mode is 'podman'"):
+        BackendPart().split(ctx, None)
