@@ -90,3 +90,32 @@ def sandbox(_module_sandbox) -> Sandbox:  # noqa: F821
 @pytest.fixture
 def cli_env(sandbox, state_dir: Path) -> dict[str, str]:
     return {"DOAI_INVENTORY": str(sandbox.inventory), "DOAI_STATE_DIR": str(state_dir)}
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRig]:  # noqa: F821
+    """One Docker VPS stand-in for the whole session: a dockerd, a registry with the images
+    (v1, v2, v3, bad; :previous -> v2, :current -> v3), the VPS's sshd. Stopped by PID at the end.
+    Tests take ``docker_rig`` (reset before each) rather than this."""
+    from doai_ansible.sandbox.docker_rig import DockerRig
+
+    rig = DockerRig(tmp_path_factory.mktemp("dk"))
+    try:
+        rig.start()
+        rig.used = False  # type: ignore[attr-defined]
+        yield rig
+    finally:
+        rig.stop()
+        rig.cleanup()
+
+
+@pytest.fixture
+def docker_rig(docker_engine) -> DockerRig:  # noqa: F821
+    """The session's Docker VPS reset to its initial state before each test (v3 pulled as
+    :current and running under compose, no :previous/:rollback locally, empty host state;
+    ~1 s: see DockerRig.reset)."""
+    rig = docker_engine
+    if rig.used:
+        rig.reset()
+    rig.used = True
+    return rig

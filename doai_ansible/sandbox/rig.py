@@ -165,10 +165,8 @@ class Sandbox:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, *, deploy: str = "v2") -> Sandbox:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ssh_port = free_port()
+        self.start_ssh()
         self.app_port = free_port()
-        self._start_sshd()
         self._make_repo()
         self.write_inventory()
         self._checkout(deploy)
@@ -176,6 +174,14 @@ class Sandbox:
         self._start_pm2()
         self.record_deploy(None, self.commits[deploy])
         self.save()
+        return self
+
+    def start_ssh(self) -> Sandbox:
+        """Only the VPS's sshd (keys, known_hosts, config) on a free loopback port: no app, no
+        PM2. ``start`` begins with it; the Docker rig (docker_rig.py) uses it alone."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ssh_port = free_port()
+        self._start_sshd()
         return self
 
     def describe(self) -> dict[str, object]:
