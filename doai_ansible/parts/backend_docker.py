@@ -77,7 +77,7 @@ class BackendDockerPart(PlaybookPart):
         return self.plan_hosts(ctx, request, {"target": request.to or ""}, request.limit)
 
     def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
-        container = st.get("container") or {}
+        container = st.get("container") if isinstance(st.get("container"), dict) else {}
         details = {
             "mode": self.mode,
             "from_label": _label(st.get("from"), st.get("from_version"), "current"),
@@ -96,14 +96,20 @@ class BackendDockerPart(PlaybookPart):
         return Step(Part.BACKEND, host, st.get("from"), st.get("to"), rule=st.get("rule") or "",
                     details=details, notes=notes)
 
+    def pin(self, step: Step) -> dict[str, Any]:
+        # The plan read the tag from the registry without pulling: the apply pulls it by this
+        # ref and must find the planned id behind it.
+        ref = step.details.get("to_ref")
+        return {**super().pin(step), **({"ref": ref} if ref and not ref.startswith("sha256:") else {})}
+
     def was_healthy(self, step: Step) -> bool:
         return 200 <= _int(step.details.get("from_health")) < 300
 
     def finish_details(self, result: StepResult, report: HostReport) -> None:
         st = report.stats
-        for key in ("health_version", "container"):
+        for key in ("health_version", "container_id"):
             if st.get(key) is not None:
-                result.step.details[f"after_{key}" if key == "container" else key] = st.get(key)
+                result.step.details[key] = st.get(key)
 
     # -- status -----------------------------------------------------------------------------------
     def host_status(self, host: str, st: dict[str, Any], error: str | None) -> dict[str, Any]:

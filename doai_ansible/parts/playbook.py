@@ -154,6 +154,10 @@ class PlaybookPart(PartBase):
     def finish_details(self, result: StepResult, report: HostReport) -> None:
         """Copy what the apply reported into the result's details."""
 
+    def pin(self, step: Step) -> dict[str, Any]:
+        """A step's entry in ``<prefix>_pins``: the plan's values the apply must find and reach."""
+        return {"from": step.current, "to": step.desired}
+
     def configured(self, ctx: RunContext) -> bool:
         return True  # the inventory decides; status() says configured=False when it has no hosts
 
@@ -277,7 +281,7 @@ class PlaybookPart(PartBase):
     def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
         started, t0 = utcnow(), time.monotonic()
         by_host = {s.target: s for s in steps}
-        pins = {s.target: {"from": s.current, "to": s.desired} for s in steps}
+        pins = {s.target: self.pin(s) for s in steps}
         # The pins decide; the common target is passed too, for a role that reads only that.
         common = {s.desired for s in steps}
         target = common.pop() if len(common) == 1 else ""
@@ -323,7 +327,7 @@ class PlaybookPart(PartBase):
         """The host dropped out after it started: when it is back, finish or undo this run's work."""
         t0 = time.monotonic()
         deadline = t0 + self.resume_deadline_s
-        pins = {step.target: {"from": step.current, "to": step.desired}}
+        pins = {step.target: self.pin(step)}
         last = first
         attempt = 0
         ctx.warn(f"{step.target}: lost during the {request.action} ({first.failure_text()}); resuming it")
@@ -345,7 +349,7 @@ class PlaybookPart(PartBase):
                           time.monotonic() - t0)
 
     def _by_hand(self, ctx: RunContext, step: Step, rep: HostReport) -> str:
-        pins = json.dumps({f"{self.var_prefix}_pins": {step.target: {"from": step.current, "to": step.desired}}})
+        pins = json.dumps({f"{self.var_prefix}_pins": {step.target: self.pin(step)}})
         return (f"state unknown after the SSH link was lost ({rep.failure_text()}); when {step.target} is "
                 f"reachable, finish or undo this run's work with: ansible-playbook -i {ctx.settings.inventory} "
                 f"{ctx.settings.playbook(self.playbook)} -l {step.target} -e {self.var_prefix}_resume=true "

@@ -186,6 +186,10 @@ def main():
             docker.tag(p["from_id"], current_ref)
             if p["rollback_prev"]:
                 docker.tag(p["rollback_prev"], rollback_ref)
+            elif docker.image_id(rollback_ref) == p["from_id"]:
+                # There was no :rollback before: drop the tag this run added. Only a tag goes
+                # (:current holds the same image), never an image.
+                docker.run(["image", "rm", "--no-prune", rollback_ref], kind="retag_failed")
             docker.up()
             c, code, version, _ = wait_healthy(docker, p, p["from_id"], p["deadline"], "",
                                                p["restore_requires_health"])

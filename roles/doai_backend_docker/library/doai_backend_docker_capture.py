@@ -34,6 +34,7 @@ options:
   target: {description: A tag or sha256 image id; empty for previous_tag., type: str, default: ""}
   pin_from: {description: The confirmed plan's from image id., type: str, default: ""}
   pin_to: {description: The confirmed plan's to image id., type: str, default: ""}
+  pin_ref: {description: The IMAGE:TAG the plan resolved pin_to from (pulled when pin_to is not on the host)., type: str, default: ""}
   docker_bin: {description: The docker client., type: str, default: docker}
   docker_host: {description: DOCKER_HOST for every call; empty for the default., type: str, default: ""}
   insecure_registry: {description: Plain HTTP to the registry (always for a loopback registry)., type: bool, default: false}
@@ -83,6 +84,7 @@ def main():
             current_tag=dict(type="str", default="current"), previous_tag=dict(type="str", default="previous"),
             rollback_tag=dict(type="str", default="rollback"), target=dict(type="str", default=""),
             pin_from=dict(type="str", default=""), pin_to=dict(type="str", default=""),
+            pin_ref=dict(type="str", default=""),
             docker_bin=dict(type="str", default="docker"), docker_host=dict(type="str", default=""),
             insecure_registry=dict(type="bool", default=False),
             project_dir=dict(type="path", required=True), service=dict(type="str", required=True),
@@ -112,6 +114,8 @@ def main():
     for name in ("pin_from", "pin_to"):
         if p[name] and not FULL_ID_RE.match(p[name]):
             refuse("invalid_target", "%s %r is not a full image id (sha256:<64 hex>)" % (name, p[name]))
+    if p["pin_ref"] and not (p["pin_ref"].startswith(p["image"] + ":") and TAG_RE.match(p["pin_ref"].rsplit(":", 1)[1])):
+        refuse("invalid_target", "pin ref %r is not %s:<tag>" % (p["pin_ref"], p["image"]))
     if not SERVICE_RE.match(p["service"]):
         refuse("invalid_target", "service %r is not a Compose service name" % p["service"])
 
@@ -135,10 +139,16 @@ def main():
         container = docker.container()
         rollback_prev = docker.image_id("%s:%s" % (p["image"], p["rollback_tag"]))
 
+        # A confirmed plan whose live image moved: refuse before pulling anything.
+        if p["pin_from"] and cur["id"] != p["pin_from"] and not (p["resume"] and cur["id"] == p["pin_to"]):
+            refuse("drifted", "%s is now %s, not %s as planned: someone deployed since the plan"
+                   % (current_ref, short(cur["id"]), short(p["pin_from"])))
         # The target, as an image id.
         if p["pin_to"]:
             rule = "the confirmed plan"
-            ref = target or p["pin_to"]
+            # On the host already (an undo, a put-back, a resumed run), else pulled by the
+            # plan's ref; the id behind it must still be the planned one.
+            ref = p["pin_to"] if docker.image(p["pin_to"]) or not p["pin_ref"] else p["pin_ref"].rsplit(":", 1)[1]
         elif target and IMAGE_ID_RE.match(target):
             rule = "--to image id"
             ref = target
@@ -175,9 +185,6 @@ def main():
         if p["pin_to"] and target_id != p["pin_to"]:
             refuse("drifted", "%s is now %s, not %s as planned: the registry's tag moved since the plan"
                    % (full_ref, short(target_id), short(p["pin_to"])))
-        if p["pin_from"] and cur["id"] != p["pin_from"] and not (p["resume"] and cur["id"] == p["pin_to"]):
-            refuse("drifted", "%s is now %s, not %s as planned: someone deployed since the plan"
-                   % (current_ref, short(cur["id"]), short(p["pin_from"])))
         from_id = p["pin_from"] if (p["resume"] and p["pin_from"]) else cur["id"]
         running_target = bool(container and container["running"] and container["image"] == target_id)
         changes = not (cur["id"] == target_id and running_target)
