@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Benchmark: Docker backend rollback, this role's order (pull first) vs the runbook's (down first).
+
+On the Docker rig (doai_ansible/sandbox/docker_rig.py: a dockerd of its own, a loopback
+registry, busybox images FROM scratch, compose project `doai` with service `api`, the "VPS"
+reached over a loopback sshd), for each method, N runs of:
+  reset: v3 (the bad release) running as :current, the registry's :previous -> v2, no
+  :previous/:rollback on the host; not timed
+  start a load generator on GET / (~50 requests/s; every version answers 200 there)
+  start the method; a poller (every 20 ms) measures the time until /api/health answers 200
+  with version 2.0.0 ("time to healthy"); the method's own wall time is recorded too
+  keep the load on 1 s after the method ends; count failed requests (connection errors,
+  timeouts, non-200) and the longest stretch of consecutive failures ("outage": from the send
+  time of the first failed request to that of the next request answered 200)
+
+Methods:
+  tool:     doai-rollback backend rollback --yes -o json  (fresh state dir each run: no warm
+            SSH master connection; the masters a run leaves are closed after it, untimed)
+  playbook: ansible-playbook playbooks/backend-docker-rollback.yml, as an operator runs it
+            directly (fresh ControlPath dir each run)
+  runbook:  the runbook's section 2 "Docker rollback", its commands in its order, as argv lists
+            run *locally* with the rig's DOCKER_HOST (no SSH round trips: this favours the
+            runbook): docker-compose down; docker tag :current :rollback; docker pull
+            :previous; docker tag :previous :current; docker-compose up -d
+  reordered-manual: the same manual commands in the role's order: docker pull :previous;
+            docker tag :current :rollback; docker tag :previous :current;
+            docker-compose up -d --no-deps api  (separates the effect of the order from the
+            tool's overhead)
+
+`--set VAR=VALUE` becomes a host variable in the rig's inventory, for the tool and the
+playbook alike (e.g. `--set doai_backend_docker_stable_seconds=10`, the role's default; the
+rig's inventory says 2). The order of the methods alternates from run to run.
+
+Prints medians (min-max) per method; writes bench/results/backend_docker.json. No assertions.
+
+    .venv/bin/python bench/backend_docker.py --runs 5
+    .venv/bin/python bench/backend_docker.py --runs 5 --set doai_backend_docker_stable_seconds=10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from doai_ansible.sandbox import http_health  # noqa: E402
+from doai_ansible.sandbox.docker_rig import COMPOSE, DOCKER, SERVICE, DockerRig  # noqa: E402
+
+TARGET_VERSION = "2.0.0"  # :previous -> v2
+METHODS = ("tool", "playbook", "runbook", "reordered-manual")
+
+
+class Load:
+    """GET / at a fixed rate until stopped; records (send time, ok) of every request."""
+
+    def __init__(self, url: str, rate: float = 50.0) -> None:
+        self.url, self.period = url, 1.0 / rate
+        self.results: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        deadline = next_at + 300  # bounded, whatever happens
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            sent = time.monotonic()
+            ok = False
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:  # noqa: S310 (loopback)
+                    r.read()
+                    ok = r.status == 200
+            except (urllib.error.URLError, OSError):
+                pass
+            self.results.append((sent, ok))
+            next_at += self.period
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    @property
+    def sent(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for _, ok in self.results if not ok)
+
+    def longest_gap(self) -> float:
+        """The longest stretch of consecutive failed requests, in seconds (0 when none failed)."""
+        longest, first_fail = 0.0, None
+        for sent, ok in self.results:
+            if not ok and first_fail is None:
+                first_fail = sent
+            elif ok and first_fail is not None:
+                longest, first_fail = max(longest, sent - first_fail), None
+        if first_fail is not None:  # still failing at the end
+            longest = max(longest, self.results[-1][0] + self.period - first_fail)
+        return longest
+
+    def __enter__(self) -> Load:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def wait_healthy(rig: DockerRig, t0: float, deadline_s: float = 120) -> float | None:
+    while time.monotonic() - t0 < deadline_s:
+        status, v = http_health(rig.health_url, timeout=1)
+        if status == 200 and v == TARGET_VERSION:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+class Steps(threading.Thread):
+    """Manual commands (argv lists), one after the other, locally against the rig's dockerd;
+    stops at the first that fails. Records each command's duration."""
+
+    def __init__(self, rig: DockerRig, commands: list[list[str]]) -> None:
+        super().__init__(daemon=True)
+        self.rig, self.commands = rig, commands
+        self.returncode: int | None = None
+        self.err = ""
+        self.durations: list[tuple[str, float]] = []
+
+    def run(self) -> None:
+        for argv in self.commands:
+            t = time.monotonic()
+            proc = subprocess.run(argv, cwd=self.rig.project_dir, env=self.rig.env, capture_output=True,
+                                  text=True, stdin=subprocess.DEVNULL, timeout=300, check=False)
+            name = " ".join([Path(argv[0]).name, *argv[1:2]])
+            self.durations.append((name, round(time.monotonic() - t, 3)))
+            if proc.returncode != 0:
+                self.returncode, self.err = proc.returncode, f"{argv}: {proc.stderr[-2000:]}"
+                return
+        self.returncode = 0
+
+
+def runbook_commands(rig: DockerRig) -> list[list[str]]:
+    repo = rig.image_repo  # doai-backend in the runbook; the rig's registry prefixes it
+    return [
+        [COMPOSE, "down"],
+        [DOCKER, "tag", f"{repo}:current", f"{repo}:rollback"],
+        [DOCKER, "pull", f"{repo}:previous"],
+        [DOCKER, "tag", f"{repo}:previous", f"{repo}:current"],
+        [COMPOSE, "up", "-d"],
+    ]
+
+
+def reordered_commands(rig: DockerRig) -> list[list[str]]:
+    repo = rig.image_repo
+    return [
+        [DOCKER, "pull", f"{repo}:previous"],
+        [DOCKER, "tag", f"{repo}:current", f"{repo}:rollback"],
+        [DOCKER, "tag", f"{repo}:previous", f"{repo}:current"],
+        [COMPOSE, "up", "-d", "--no-deps", SERVICE],
+    ]
+
+
+def close_masters(tmp: Path) -> None:
+    """Close the SSH ControlMaster connections (ControlPersist=120s) a run left below ``tmp``,
+    then remove it: every process this benchmark starts ends with it. Not timed."""
+    for sock in tmp.rglob("*"):
+        if sock.is_socket():
+            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "x"], capture_output=True,
+                           timeout=10, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_tool(rig: DockerRig, state: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    env.update(DOAI_INVENTORY=str(rig.inventory), DOAI_STATE_DIR=str(state))
+    return subprocess.Popen(
+        [sys.executable, "-m", "doai_ansible", "backend", "rollback", "--yes", "-o", "json", "--reason", "bench"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def run_playbook(rig: DockerRig, cp: Path) -> subprocess.Popen:
+    env = dict(os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.Popen(
+        ["ansible-playbook", "-i", str(rig.inventory), "playbooks/backend-docker-rollback.yml",
+         "-e", json.dumps({"doai_backend_docker_reason": "bench"})],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def one(rig: DockerRig, method: str, hostvars: dict[str, object]) -> dict[str, object]:
+    rig.reset()  # untimed: v3 live, :previous -> v2 in the registry only
+    rig.write_inventory(**hostvars)
+    v2 = rig.image_ids["v2"]
+    steps: Steps | None = None
+    tmp = Path(tempfile.mkdtemp(prefix="dbd-", dir="/tmp"))  # fresh each run: no warm SSH master connection
+    try:
+        with Load(rig.root_url) as load:
+            time.sleep(0.5)  # the load runs against the healthy v3 first
+            t0 = time.monotonic()
+            if method == "tool":
+                proc = run_tool(rig, tmp)
+            elif method == "playbook":
+                proc = run_playbook(rig, tmp)
+            else:
+                steps = Steps(rig, runbook_commands(rig) if method == "runbook" else reordered_commands(rig))
+                steps.start()
+            healthy = wait_healthy(rig, t0)
+            if steps is None:
+                out, err = proc.communicate(timeout=300)
+                rc = proc.returncode
+                err_text = (err or b"").decode()[-2000:] + (out or b"").decode()[-2000:]
+            else:
+                steps.join(timeout=300)
+                rc, err_text = steps.returncode, steps.err
+            wall = time.monotonic() - t0
+            time.sleep(1.0)  # keep the load on a little after: late failures count too
+    finally:
+        close_masters(tmp)
+    if rc != 0:
+        raise SystemExit(f"{method} failed ({rc}): {err_text}")
+    if rig.container_image_id() != v2 or rig.health() != (200, TARGET_VERSION):
+        raise SystemExit(f"{method}: the api does not run v2 afterwards: {rig.container_image_id()} {rig.health()}")
+    return {"to_healthy_s": healthy, "wall_s": wall, "tail_s": wall - healthy if healthy is not None else None,
+            "requests": load.sent, "failed": load.failed, "outage_s": load.longest_gap(),
+            "steps": steps.durations if steps else None}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: " + ", ".join(METHODS))
+    ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                    help="a host variable in the rig's inventory, for tool and playbook (repeatable)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backend_docker.json")
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"unknown method {m!r}")
+    hostvars = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+                for k, v in (kv.split("=", 1) for kv in args.set)}
+    wd = args.workdir or Path(tempfile.mkdtemp(prefix="doai-bench-dk-"))
+    rig = DockerRig(wd / "rig")
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    try:
+        rig.start()
+        for method in methods:  # warm-up, discarded: page cache, Ansible's imports, compose's
+            one(rig, method, hostvars)
+        for i in range(args.runs):
+            for method in methods if i % 2 == 0 else methods[::-1]:  # alternate order
+                r = one(rig, method, hostvars)
+                results[method].append(r)
+                print(f"{method:16} run {i + 1}: healthy {r['to_healthy_s']:.2f} s, command {r['wall_s']:.2f} s, "
+                      f"failed {r['failed']}/{r['requests']}, outage {r['outage_s']:.2f} s"
+                      + (f", steps {r['steps']}" if r["steps"] else ""), flush=True)
+    finally:
+        rig.stop()
+        rig.cleanup()
+        if args.workdir is None:
+            shutil.rmtree(wd, ignore_errors=True)
+
+    report: dict[str, object] = {"runs": args.runs, "hostvars": hostvars,
+                                 "runbook_method": "argv lists run locally with the rig's DOCKER_HOST (no ssh)",
+                                 "methods": {}}
+    print(f"\nmedians of {args.runs} runs (min-max)")
+    print(f"{'method':16} {'to healthy s':>20} {'command s':>20} {'failed requests':>16} {'outage s':>20}")
+    for method, runs in results.items():
+        th = summary([r["to_healthy_s"] for r in runs])
+        wall = summary([r["wall_s"] for r in runs])
+        failed = summary([r["failed"] for r in runs])
+        outage = summary([r["outage_s"] for r in runs])
+        report["methods"][method] = {"to_healthy_s": th, "wall_s": wall, "failed": failed, "outage_s": outage,
+                                     "tail_s": summary([r["tail_s"] for r in runs]),
+                                     "requests": summary([r["requests"] for r in runs]), "runs": runs}
+        print(f"{method:16} {th['median']:6.2f} ({th['min']:.2f}-{th['max']:.2f}) "
+              f"{wall['median']:6.2f} ({wall['min']:.2f}-{wall['max']:.2f}) "
+              f"{failed['median']:5.0f} ({failed['min']:.0f}-{failed['max']:.0f}) "
+              f"{outage['median']:6.2f} ({outage['min']:.2f}-{outage['max']:.2f})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
