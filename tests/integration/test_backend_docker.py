@@ -209,3 +209,50 @@ def test_playbook_runs_directly_and_skips_pm2_hosts(docker_rig, state_dir, tmp_p
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert rig.health() == (200, "2.0.0")
     assert "unreachable=1" not in proc.stdout  # the PM2 host was never contacted
+
+
+# -- the SSH link drops in the middle of the apply ------------------------------------------------
+def _cut_when_healthy(rig, seconds: float, box: dict) -> None:
+    """Cut the link once the apply job on the host reports the target healthy (the controller
+    then waits on the job's restart watch); remember whether the job outlived the cut."""
+    import time
+
+    jobs = Path(rig.host_state) / "jobs"
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        for path in jobs.glob("*-apply.json"):
+            try:
+                job = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if job.get("state") == "running" and "healthy" in (job.get("progress") or {}):
+                box["killed"] = rig.vps.cut_ssh(seconds)
+                box["job"] = path
+                return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("seconds", "resumed"), [(4, False), (20, True)])
+def test_link_cut_during_the_restart_watch(docker_rig, state_dir, seconds, resumed):
+    """A short drop is ridden out by attaching to the job again; a long one loses the host,
+    and the CLI resumes this run's work when it is back. Either way the run ends whole."""
+    import threading
+
+    rig = docker_rig
+    inv = rig.write_inventory(doai_backend_docker_stable_seconds=8)
+    box: dict = {}
+    fault = threading.Thread(target=_cut_when_healthy, args=(rig, seconds, box), daemon=True)
+    fault.start()
+    res = run_cli("backend", "rollback", "--yes", "-o", "json",
+                  env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(state_dir)})
+    fault.join(timeout=150)
+    assert box.get("killed"), "the link was never cut"
+    assert res.code == 0, res.stdout + res.stderr
+    (step,) = res.json()["steps"]
+    assert step["outcome"] == "succeeded"
+    assert ("resumed" in step["message"]) is resumed, step
+    assert json.loads(box["job"].read_text())["result"]["status"] == "succeeded"  # the job outlived the cut
+    assert rig.health() == (200, "2.0.0") and rig.container_image_id() == rig.image_ids["v2"]
+    assert rig.image_id(f"{rig.image_repo}:rollback") == rig.image_ids["v3"]
+    assert not (Path(rig.host_state) / "backend.lock").exists()
+    assert [e["result"] for e in ledger(rig)] == ["succeeded"]
