@@ -138,3 +138,16 @@ def test_a_bad_mode_in_the_inventory_is_a_configuration_error(ctx, tmp_path):
     (tmp_path / "inventory" / "group_vars" / "backend_docker.yml").write_text("doai_backend_mode: podman\n")
     with pytest.raises(UsageError, match="doai_backend_mode is 'podman'"):
         BackendPart().split(ctx, None)
+
+
+def test_defaults_argument_specs_and_example_inventory_agree():
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    assert set(specs["main"]["options"]) == set(defaults)
+    for entry in ("main", "status", "release_lock"):
+        for name, spec in specs[entry]["options"].items():
+            assert spec["default"] == defaults[name], (entry, name)
+            assert spec.get("description"), name
+    example = yaml.safe_load((ROLE.parents[1] / "inventory" / "example" / "group_vars" / "backend_docker.yml").read_text())
+    assert example.pop("doai_backend_mode") == "docker"
+    assert example == defaults
