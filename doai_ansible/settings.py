@@ -236,6 +236,78 @@ class VercelSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """The database part: where the migrations live and how the rollback transaction behaves.
+    The database URL is a secret and comes only from the environment (``DOAI_DATABASE_URL``)."""
+
+    url: Secret | None = dataclasses.field(default=None, repr=False)
+    project_dir: Path = Path(".")  # the folder holding supabase/
+    migrations_dir: str = "supabase/migrations"
+    rollbacks_dir: str = "supabase/rollbacks"  # down files, named like their migrations
+    schemas: tuple[str, ...] = ("public",)  # the application's schemas (snapshot, integrity checks)
+    snapshot_dir: Path | None = None  # default: <state_dir>/snapshots
+    lock_timeout_s: float = 5.0  # SET LOCAL lock_timeout of the rollback transaction
+    statement_timeout_s: float = 300.0  # SET LOCAL statement_timeout of each statement
+    pg_bin_dir: Path | None = None  # where pg_dump/pg_restore/psql are (default: PATH)
+
+    @property
+    def migrations_path(self) -> Path:
+        return self.project_dir / self.migrations_dir
+
+    @property
+    def rollbacks_path(self) -> Path:
+        return self.project_dir / self.rollbacks_dir
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any], env: Mapping[str, str], base: Path) -> DatabaseSettings:
+        d = dict(data or {})
+        for env_name, key in (("DOAI_DATABASE_PROJECT_DIR", "project_dir"), ("DOAI_DATABASE_SNAPSHOT_DIR", "snapshot_dir"),
+                              ("DOAI_PG_BIN_DIR", "pg_bin_dir")):
+            if env.get(env_name):
+                d[key] = env[env_name]
+        known = {"project_dir", "migrations_dir", "rollbacks_dir", "schemas", "snapshot_dir", "lock_timeout",
+                 "statement_timeout", "pg_bin_dir"}
+        unknown = set(d) - known
+        if "url" in unknown:
+            raise ConfigError("database.url", "must not be in the config file: it holds a password",
+                              hint="export DOAI_DATABASE_URL instead")
+        if unknown:
+            raise ConfigError(f"database.{min(unknown)}", "unknown setting", hint=f"known: {', '.join(sorted(known))}")
+
+        def path(key: str) -> Path | None:
+            value = d.get(key)
+            if value in (None, ""):
+                return None
+            p = Path(str(value)).expanduser()
+            return p if p.is_absolute() else base / p
+
+        schemas = d.get("schemas", ["public"])
+        if isinstance(schemas, str):
+            schemas = [schemas]
+        if not isinstance(schemas, list) or not schemas or not all(
+                isinstance(x, str) and re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", x) for x in schemas):
+            raise ConfigError("database.schemas", "must be a list of schema names (lower case)")
+        if set(schemas) & {"auth", "storage", "supabase_migrations", "pg_catalog", "information_schema"}:
+            raise ConfigError("database.schemas", "lists a schema Supabase manages; name the application's own")
+        for key in ("migrations_dir", "rollbacks_dir"):
+            value = d.get(key, getattr(cls, key))
+            if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/"):
+                raise ConfigError(f"database.{key}", "must be a relative path inside project_dir")
+        url = env.get("DOAI_DATABASE_URL")
+        return cls(
+            url=Secret(url) if url else None,
+            project_dir=path("project_dir") or base,
+            migrations_dir=d.get("migrations_dir", cls.migrations_dir),
+            rollbacks_dir=d.get("rollbacks_dir", cls.rollbacks_dir),
+            schemas=tuple(schemas),
+            snapshot_dir=path("snapshot_dir"),
+            lock_timeout_s=_positive("database.lock_timeout", d.get("lock_timeout", cls.lock_timeout_s)),
+            statement_timeout_s=_positive("database.statement_timeout", d.get("statement_timeout", cls.statement_timeout_s)),
+            pg_bin_dir=path("pg_bin_dir"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     config_path: Path | None
     inventory: Path
@@ -244,6 +316,11 @@ class Settings:
     lock_ttl_s: float = 3600.0
     keep_artifacts: bool = False
     vercel: VercelSettings = dataclasses.field(default_factory=VercelSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.database.snapshot_dir or self.state_dir / "snapshots"
 
     @property
     def journal_path(self) -> Path:
@@ -288,7 +365,7 @@ def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     return user if user.is_file() else None
 
 
-TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel"}
+TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database"}
 
 
 def load_settings(
@@ -352,4 +429,13 @@ def load_settings(
         lock_ttl_s=lock_ttl,
         keep_artifacts=keep,
         vercel=VercelSettings.build(vercel, env),
+        database=DatabaseSettings.build(_mapping("database", data.get("database")), env, base),
     )
+
+
+def _mapping(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping")
+    return value

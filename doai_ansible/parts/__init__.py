@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[Part, str] = {
     Part.BACKEND: "doai_ansible.parts.backend:BackendPart",
+    Part.DATABASE: "doai_ansible.parts.database:DatabasePart",
     Part.DASHBOARD: "doai_ansible.parts.dashboard:DashboardPart",
 }
 

@@ -1,0 +1,161 @@
+"""The database URL: parsed once, its password kept in a :class:`~doai_ansible.settings.Secret`,
+masked in every message, handed to psycopg as a keyword (never in a DSN string that an error
+could echo) and to the client tools through a 0600 ``PGPASSFILE`` that is removed afterwards:
+never on a command line, never in a child's environment."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+
+from doai_ansible.errors import ConfigError, DoaiError, UnreachableError
+from doai_ansible.settings import Secret, is_secret_env_name
+
+TRANSACTION_POOLER_PORT = 6543
+CONNECT_TIMEOUT_S = 10
+_ALLOWED_PARAMS = {"sslmode", "sslrootcert", "connect_timeout", "application_name", "options", "target_session_attrs"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DbUrl:
+    host: str
+    port: int
+    user: str
+    dbname: str
+    password: Secret = dataclasses.field(repr=False)
+    params: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, secret: Secret | None) -> DbUrl:
+        if not secret:
+            raise ConfigError("DOAI_DATABASE_URL", "environment variable is not set",
+                              hint="export the direct (port 5432) or session-pooler connection string")
+        raw = secret.reveal()
+        try:
+            u = urlsplit(raw)
+            port = u.port or 5432
+        except ValueError:
+            raise ConfigError("DOAI_DATABASE_URL", "is not a postgresql:// URL") from None
+        if u.scheme not in ("postgresql", "postgres") or not u.hostname:
+            raise ConfigError("DOAI_DATABASE_URL", "is not a postgresql://user:password@host:port/db URL")
+        params = tuple(parse_qsl(u.query))
+        bad = sorted({k for k, _ in params} - _ALLOWED_PARAMS)
+        if bad:
+            raise ConfigError("DOAI_DATABASE_URL", f"unsupported parameter {bad[0]!r}",
+                              hint=f"supported: {', '.join(sorted(_ALLOWED_PARAMS))}")
+        url = cls(host=u.hostname, port=port, user=unquote(u.username or "postgres"),
+                  dbname=unquote(u.path.lstrip("/") or "postgres"), password=Secret(unquote(u.password or "")),
+                  params=params)
+        if port == TRANSACTION_POOLER_PORT:
+            raise ConfigError(
+                "DOAI_DATABASE_URL",
+                f"port {port} is Supabase's transaction pooler, which pg_dump and pg_restore cannot use "
+                "(and which cannot hold the rollback's transaction settings)",
+                hint="use the direct connection (db.<project>.supabase.co:5432) or the session pooler (port 5432)")
+        return url
+
+    @property
+    def label(self) -> str:
+        """Where, for messages and the journal: no user, no password."""
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def masked(self) -> str:
+        return f"postgresql://{self.user}:***@{self.label}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the password (raw and URL-encoded) replaced by ***."""
+        pw = self.password.reveal()
+        if pw:
+            for form in {pw, quote(pw, safe=""), quote_plus(pw)}:
+                text = text.replace(form, "***")
+        return text
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "dbname": self.dbname,
+                              "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "doai-rollback"}
+        kw.update(dict(self.params))
+        if self.password:
+            kw["password"] = self.password.reveal()
+        return kw
+
+    def connect(self, *, autocommit: bool = False):  # type: ignore[no-untyped-def]
+        import psycopg
+
+        try:
+            return psycopg.connect(autocommit=autocommit, **self.connect_kwargs())
+        except psycopg.OperationalError as exc:
+            raise UnreachableError(f"database {self.label}: {self.scrub(str(exc)).strip()}",
+                                   hint="check DOAI_DATABASE_URL, the network and the server") from None
+
+    @contextlib.contextmanager
+    def client_env(self) -> Iterator[dict[str, str]]:
+        """The environment for pg_dump / pg_restore / psql: connection by PG* variables, the
+        password in a 0600 PGPASSFILE removed on exit; no secret-named variable of ours."""
+        env = {k: v for k, v in os.environ.items() if not is_secret_env_name(k) and not k.startswith("PG")}
+        env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user, PGDATABASE=self.dbname,
+                   PGAPPNAME="doai-rollback", PGCONNECT_TIMEOUT=str(CONNECT_TIMEOUT_S))
+        for key, value in self.params:
+            if key == "sslmode":
+                env["PGSSLMODE"] = value
+            elif key == "sslrootcert":
+                env["PGSSLROOTCERT"] = value
+        d = tempfile.mkdtemp(prefix="doai-pgpass-")
+        try:
+            path = Path(d) / "pgpass"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+            def esc(v: str) -> str:
+                return v.replace("\\", "\\\\").replace(":", "\\:")
+
+            with os.fdopen(fd, "w") as fh:
+                fh.write(":".join([esc(self.host), str(self.port), esc(self.dbname), esc(self.user),
+                                   esc(self.password.reveal())]) + "\n")
+            env["PGPASSFILE"] = str(path)
+            yield env
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class ToolError(DoaiError):
+    """A PostgreSQL client tool failed."""
+
+
+def tool(name: str, bin_dir: Path | None) -> str:
+    """The path of pg_dump / pg_restore / psql."""
+    if bin_dir is not None:
+        p = bin_dir / name
+        if not os.access(p, os.X_OK):
+            raise ConfigError("database.pg_bin_dir", f"{p} is not an executable")
+        return str(p)
+    found = shutil.which(name)
+    if not found:
+        raise ConfigError(name, "not found on PATH",
+                          hint="apt-get install postgresql-client (the server's major version or newer)")
+    return found
+
+
+def tool_major(path: str) -> int:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    m = re.search(r"(\d+)(?:\.\d+)?", out)
+    if not m:
+        raise ConfigError(path, f"cannot tell its version from {out.strip()!r}")
+    return int(m.group(1))
+
+
+def run_tool(url: DbUrl, argv: list[str], *, timeout: float = 3600, what: str) -> subprocess.CompletedProcess[str]:
+    """Run a client tool with the connection in its environment; raise ToolError (scrubbed)."""
+    with url.client_env() as env:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise ToolError(f"{what} failed (exit {proc.returncode}): {url.scrub(proc.stderr.strip())[-1500:]}")
+    return proc

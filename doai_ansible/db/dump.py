@@ -1,0 +1,174 @@
+"""Snapshots (``pg_dump -Fc`` of the application schemas and the migration history, with a
+checksum and a manifest) and restores (one transaction, owners and grants of the schemas left as
+they are, independent of what else ``public`` holds)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from doai_ansible.db import migrations as mig
+from doai_ansible.db.conn import DbUrl, ToolError, run_tool, tool, tool_major
+from doai_ansible.errors import ConfigError, ValidationError
+from doai_ansible.settings import DatabaseSettings, ensure_private_dir
+
+HISTORY_SCHEMA = "supabase_migrations"
+# A TOC entry of `pg_restore -l`: "<id>; <catalog oid> <oid> <DESC ...> <schema> <name> <owner>"
+_TOC_SCHEMA = re.compile(r"^\d+;\s+\d+\s+\d+\s+(?:SCHEMA|COMMENT|ACL)\s+-\s+(?:SCHEMA\s+)?(\S+)")
+
+
+def server_major(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version_num")
+        return int(cur.fetchone()[0]) // 10000
+
+
+def preflight_tools(conn: Any, db: DatabaseSettings) -> dict[str, str]:
+    """pg_dump, pg_restore and psql of at least the server's major version, or a clear refusal."""
+    major = server_major(conn)
+    found = {}
+    for name in ("pg_dump", "pg_restore", "psql"):
+        path = tool(name, db.pg_bin_dir)
+        have = tool_major(path)
+        if have < major:
+            raise ConfigError(
+                name, f"{path} is version {have}, older than the server's {major}: it cannot dump or restore it",
+                hint=f"install postgresql-client-{major} (Debian/Ubuntu: the PGDG repository apt.postgresql.org) "
+                     f"and point database.pg_bin_dir (or DOAI_PG_BIN_DIR) at /usr/lib/postgresql/{major}/bin")
+        found[name] = path
+    return found
+
+
+def _row_counts(conn: Any, schemas: tuple[str, ...]) -> dict[str, int]:
+    return {t: mig.row_count(conn, t) or 0 for t in mig.tables(conn, schemas)}
+
+
+def snapshot(url: DbUrl, conn: Any, db: DatabaseSettings, directory: Path, *, label: str) -> dict[str, Any]:
+    """Dump the application schemas and the migration history; returns the manifest."""
+    tools = preflight_tools(conn, db)
+    ensure_private_dir(directory, parents=True)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', url.dbname)}-{stamp}-{label}.dump"
+    schemas = tuple(db.schemas) + (HISTORY_SCHEMA,)
+    argv = [tools["pg_dump"], "--format=custom", "--no-password", f"--file={path}"]
+    argv += [f"--schema={s}" for s in schemas]
+    try:
+        run_tool(url, argv, what="pg_dump")
+    except (ToolError, subprocess.TimeoutExpired):
+        path.unlink(missing_ok=True)
+        raise
+    os.chmod(path, 0o600)
+    hist = mig.history(conn)
+    manifest = {
+        "file": str(path), "sha256": mig.sha256_file(path), "bytes": path.stat().st_size,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "database": url.label, "server_version": server_version(conn), "schemas": list(schemas),
+        "last_migration": hist[-1]["version"] if hist else None,
+        "applied": [h["version"] for h in hist],
+        "row_counts": _row_counts(conn, schemas),
+        "label": label,
+    }
+    manifest_path(path).write_text(json.dumps(manifest, indent=2) + "\n")
+    os.chmod(manifest_path(path), 0o600)
+    return manifest
+
+
+def server_version(conn: Any) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        return str(cur.fetchone()[0])
+
+
+def manifest_path(dump: Path) -> Path:
+    return dump.with_suffix(".json")
+
+
+def read_manifest(dump: Path) -> dict[str, Any]:
+    """The manifest of a snapshot, after checking the file against its checksum."""
+    if not dump.is_file():
+        raise ValidationError(f"{dump}: no such snapshot file")
+    try:
+        manifest = json.loads(manifest_path(dump).read_text())
+    except (OSError, ValueError):
+        raise ValidationError(f"{dump}: its manifest {manifest_path(dump).name} is missing or unreadable",
+                              hint="restore only snapshots taken by `doai-rollback database snapshot`") from None
+    have = mig.sha256_file(dump)
+    if have != manifest.get("sha256"):
+        raise ValidationError(f"{dump}: checksum {have[:12]} does not match its manifest's {str(manifest.get('sha256'))[:12]}"
+                              ": the file is damaged or was changed; not restoring it")
+    return manifest
+
+
+def _drop_statements(conn: Any, schemas: list[str]) -> list[str]:
+    """DROP ... CASCADE for every object in ``schemas`` that no extension owns (the schemas
+    themselves, their owners and grants stay as they are)."""
+    from psycopg import sql
+
+    not_ext = ("NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cls}::regclass AND d.objid = {oid} "
+               "AND d.deptype = 'e')")
+    out: list[str] = []
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.relkind, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = ANY(%s) AND c.relkind IN ('v', 'm', 'r', 'p', 'f', 'S') AND "
+            + not_ext.format(cls="'pg_class'", oid="c.oid")
+            + " AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+              "AND d.objid = c.oid AND d.deptype IN ('a', 'i')))"
+            " ORDER BY CASE c.relkind WHEN 'v' THEN 0 WHEN 'm' THEN 1 WHEN 'S' THEN 3 ELSE 2 END, 2, 3", (schemas,))
+        kinds = {"v": "VIEW", "m": "MATERIALIZED VIEW", "r": "TABLE", "p": "TABLE", "f": "FOREIGN TABLE", "S": "SEQUENCE"}
+        for kind, sch, name in cur.fetchall():
+            out.append(sql.SQL("DROP {} IF EXISTS {} CASCADE").format(sql.SQL(kinds[kind]), sql.Identifier(sch, name))
+                       .as_string(conn))
+        cur.execute(
+            "SELECT p.oid::regprocedure::text, p.prokind FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = ANY(%s) AND " + not_ext.format(cls="'pg_proc'", oid="p.oid"), (schemas,))
+        for sig, kind in cur.fetchall():
+            word = {"p": "PROCEDURE", "a": "AGGREGATE"}.get(kind, "FUNCTION")
+            out.append(f"DROP {word} IF EXISTS {sig} CASCADE")
+        cur.execute(
+            "SELECT n.nspname, t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname = ANY(%s) AND t.typtype IN ('e', 'd', 'c', 'r') AND "
+            "(t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') AND "
+            + not_ext.format(cls="'pg_type'", oid="t.oid"), (schemas,))
+        for sch, name in cur.fetchall():
+            out.append(sql.SQL("DROP TYPE IF EXISTS {} CASCADE").format(sql.Identifier(sch, name)).as_string(conn))
+    return out
+
+
+def existing_schemas(conn: Any, names: list[str]) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (names,))
+        return {r[0] for r in cur.fetchall()}
+
+
+def restore(url: DbUrl, conn: Any, db: DatabaseSettings, dump: Path, manifest: dict[str, Any]) -> None:
+    """Replace the snapshot's schemas' contents with the snapshot, in ONE transaction (psql
+    --single-transaction): every object of those schemas is dropped first (what else `public`
+    held does not make it fail), then the dump's objects, data, owners and table grants are
+    created; the schemas themselves, their owners and grants are left as they are."""
+    tools = preflight_tools(conn, db)
+    schemas = list(manifest["schemas"])
+    keep = existing_schemas(conn, schemas)
+    toc = run_tool(url, [tools["pg_restore"], "--list", str(dump)], what="pg_restore --list").stdout
+    lines = [line for line in toc.splitlines()
+             if not ((m := _TOC_SCHEMA.match(line)) and m.group(1) in keep)]
+    with tempfile.TemporaryDirectory(prefix="doai-restore-") as d:
+        listing = Path(d) / "toc.list"
+        listing.write_text("\n".join(lines) + "\n")
+        body = run_tool(url, [tools["pg_restore"], "--no-password", f"--use-list={listing}", "--file=-", str(dump)],
+                        what="pg_restore").stdout
+        script = Path(d) / "restore.sql"
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"SET LOCAL lock_timeout = '{int(db.lock_timeout_s * 1000)}ms';\n")
+            for stmt in _drop_statements(conn, schemas):
+                fh.write(stmt + ";\n")
+            fh.write(body)
+        run_tool(url, [tools["psql"], "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
+                       "--single-transaction", f"--file={script}"], what="the restore (psql, one transaction)")

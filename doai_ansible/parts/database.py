@@ -1,0 +1,406 @@
+"""The database part: Supabase migrations on PostgreSQL, rolled back by their down files.
+
+Supabase has no down migrations (``migration repair --status reverted`` only deletes history
+rows; ``migration down`` resets the whole database). Here a migration
+``supabase/migrations/<version>_<name>.sql`` is undone by its down file
+``supabase/rollbacks/<version>_<name>.sql``:
+
+* plan (read-only): the migrations to undo, newest first, their down files and checksums, and
+  the data at risk (tables dropped or emptied, columns dropped, with row counts);
+* apply: refuses when data is at risk without ``--accept-data-loss`` and when the history or a
+  down file changed since the plan; takes a snapshot (``pg_dump -Fc``) and refuses to go on
+  without it; then every down statement and the matching history deletes run in ONE
+  transaction with a lock timeout and a statement timeout, rolled back whole on any error
+  (which names the file, statement and line); then verifies (history, tables gone or intact
+  with their row counts, foreign keys valid) and restores the snapshot if that fails;
+* revert and ``undo``: restore the snapshot the run took (after a snapshot of the present).
+
+The password in ``DOAI_DATABASE_URL`` never reaches a message, a command line or a child's
+environment (:mod:`doai_ansible.db.conn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from doai_ansible import validate
+from doai_ansible.context import RunContext
+from doai_ansible.db import dump
+from doai_ansible.db import migrations as mig
+from doai_ansible.db.conn import DbUrl, ToolError
+from doai_ansible.db.sqlsplit import split
+from doai_ansible.errors import DoaiError, UsageError, ValidationError
+from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
+from doai_ansible.part import PartBase, Request
+
+MAX_LAST = 100
+
+
+class DownFailed(DoaiError):
+    pass
+
+
+def _version(value: str | None, option: str = "--to") -> str | None:
+    if value is None:
+        return None
+    if not mig.VERSION_RE.match(value):
+        raise ValidationError(f"{option} {value[:40]!r} is not a migration version (14 digits, e.g. 20261120000000)",
+                              hint="`doai-rollback database status` lists them")
+    return value
+
+
+def _risk_text(at_risk: list[dict[str, Any]]) -> str | None:
+    items = [f"{r['table']} ({r['what']}, {r['rows']:,} {'values' if r.get('column') else 'rows'})"
+             for r in at_risk if r.get("rows")]
+    return "; ".join(items) or None
+
+
+class DatabasePart(PartBase):
+    part = Part.DATABASE
+    needs = "DOAI_DATABASE_URL and the supabase/migrations folder (database.project_dir)"
+
+    def _url(self, ctx: RunContext) -> DbUrl:
+        return DbUrl.parse(ctx.settings.database.url)
+
+    def configured(self, ctx: RunContext) -> bool:
+        db = ctx.settings.database
+        return bool(db.url) and db.migrations_path.is_dir()
+
+    # -- status ------------------------------------------------------------------------------------
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        db = ctx.settings.database
+        url = self._url(ctx)
+        files = mig.on_disk(db.migrations_path, db.rollbacks_path)
+        st: dict[str, Any] = {"part": self.name, "configured": True, "database": url.label,
+                              "migrations_dir": str(db.migrations_path), "rollbacks_dir": str(db.rollbacks_path)}
+        try:
+            conn = url.connect(autocommit=True)
+        except DoaiError as exc:
+            return dict(st, reachable=False, healthy=False, error=str(exc), migrations=[])
+        with conn:
+            hist = mig.history(conn)
+            applied = {h["version"]: h for h in hist}
+            rows = []
+            for version in sorted(set(files) | set(applied)):
+                m = files.get(version)
+                rows.append({"version": version, "name": (m.name if m else applied[version].get("name")),
+                             "local": m is not None, "applied": version in applied,
+                             "down_file": str(m.down) if m and m.down else None,
+                             "touches": m.touches() if m else []})
+            not_valid = mig.foreign_keys_not_valid(conn, db.schemas)
+            server = dump.server_version(conn)
+        missing = [r["version"] for r in rows if r["applied"] and not r["local"]]
+        st.update(reachable=True, server_version=server, migrations=rows,
+                  last_applied=hist[-1]["version"] if hist else None,
+                  applied_not_local=missing, foreign_key_problems=not_valid,
+                  healthy=not not_valid)
+        return st
+
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        if not st.get("configured", True):
+            return [f"database: not configured ({self.needs})"]
+        if not st.get("reachable"):
+            return [f"database {st.get('database')}: UNREACHABLE: {st.get('error')}"]
+        state = "healthy" if st.get("healthy") else "UNHEALTHY"
+        lines = [(f"database {st['database']}: {state}  PostgreSQL {st.get('server_version')}"
+                 f"  last applied {st.get('last_applied') or '(none)'}")]
+        for r in st.get("migrations") or []:
+            where = "applied" if r["applied"] else "pending"
+            if not r["local"]:
+                where += ", NOT in the migrations folder"
+            down = "down file" if r["down_file"] else "no down file (restore only)"
+            touches = ", ".join(r["touches"]) or "-"
+            lines.append(f"    {r['version']} {r['name'] or '?'}: {where}; {down}; tables: {touches}")
+        for p in st.get("foreign_key_problems") or []:
+            lines.append(f"    {p}")
+        return lines
+
+    # -- a run -------------------------------------------------------------------------------------
+    def request(self, *, to: str | None = None, last: int | None = None, accept_data_loss: bool = False,
+                reason: str | None = None, action: str = "rollback", targets: Mapping[str, str] | None = None,
+                health_gate: bool = True, restore_file: str | None = None, limit: str | None = None) -> Request:
+        if action == "rollback" and restore_file is None:
+            if (to is None) == (last is None):
+                raise UsageError("give --to VERSION or --last N (the migrations to undo)")
+            to = _version(to)
+            if last is not None and not 1 <= int(last) <= MAX_LAST:
+                raise ValidationError(f"--last must be 1..{MAX_LAST}")
+        options: dict[str, Any] = {"reason": validate.reason(reason), "accept_data_loss": bool(accept_data_loss),
+                                   "last": int(last) if last is not None else None}
+        if restore_file is not None:
+            options["restore_file"] = str(Path(restore_file).expanduser().absolute())
+        return Request(action=action, to=to, targets=dict(targets or {}), health_gate=health_gate, options=options)
+
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        db = ctx.settings.database
+        url = self._url(ctx)
+        restore_file = request.options.get("restore_file") or (
+            next(iter(request.targets.values())) if request.action in ("undo", "put-back") and request.targets else None)
+        with url.connect(autocommit=True) as conn:
+            dump.preflight_tools(conn, db)
+            hist = mig.history(conn)
+            if restore_file:
+                return [self._plan_restore(conn, url, Path(restore_file), hist, request)]
+            return [self._plan_rollback(conn, url, db, hist, request)]
+
+    def _plan_restore(self, conn: Any, url: DbUrl, path: Path, hist: list[dict[str, Any]], request: Request) -> Step:
+        manifest = dump.read_manifest(path)
+        if manifest.get("database") != url.label:
+            raise ValidationError(f"{path.name} is a snapshot of {manifest.get('database')}, not of {url.label}")
+        current = hist[-1]["version"] if hist else "(none)"
+        step = Step(Part.DATABASE, url.label, current, manifest.get("last_migration") or "(none)",
+                    rule=f"{request.action}: the snapshot {path.name} taken {manifest.get('created')}",
+                    details={"restore_file": str(path), "manifest": manifest, "kind": "restore",
+                             "from_label": f"migrations up to {current}",
+                             "to_label": f"snapshot {path.name} (migrations up to {manifest.get('last_migration')})"})
+        step.at_risk = (f"everything in {', '.join(manifest['schemas'])} is replaced by the snapshot of "
+                        f"{manifest.get('created')}: rows written since then are lost (a snapshot of now is taken first)")
+        step.notes = [f"checksum {manifest['sha256'][:12]} verified", "one transaction: all of it or nothing"]
+        return step
+
+    def _plan_rollback(self, conn: Any, url: DbUrl, db: Any, hist: list[dict[str, Any]], request: Request) -> Step:
+        applied = [h["version"] for h in hist]
+        if not applied:
+            raise ValidationError(f"{url.label} has no applied migration ({mig.HISTORY} is empty or missing)")
+        if request.to is not None:
+            if request.to not in applied:
+                raise ValidationError(f"--to {request.to} is not an applied migration of {url.label}",
+                                      hint=f"applied: {', '.join(applied[-8:])}")
+            undo = [v for v in applied if v > request.to]
+            rule = f"--to {request.to}"
+        else:
+            n = request.options["last"]
+            if n > len(applied):
+                raise ValidationError(f"--last {n}: only {len(applied)} migration(s) are applied")
+            undo = applied[-n:]
+            rule = f"--last {n}"
+        target = request.to if request.to is not None else (applied[-len(undo) - 1] if len(applied) > len(undo) else "(none)")
+        current = applied[-1]
+        if not undo:
+            return Step(Part.DATABASE, url.label, current, target, rule=rule,
+                        details={"kind": "rollback", "migrations": [], "from_label": current, "to_label": target})
+        files = mig.on_disk(db.migrations_path, db.rollbacks_path)
+        missing = [v for v in undo if v not in files]
+        if missing:
+            raise ValidationError(f"migration(s) {', '.join(missing)} are applied but not in {db.migrations_path}",
+                                  hint="run from the project's checkout at the deployed commit")
+        no_down = [files[v].file_name for v in undo if files[v].down is None]
+        if no_down:
+            raise ValidationError(
+                f"no down file for {', '.join(no_down)} in {db.rollbacks_path}: it cannot be undone by SQL",
+                hint="restore a snapshot taken before it: `doai-rollback database restore FILE` "
+                     "(snapshots are in the state dir's snapshots/ folder)")
+        items, at_risk = [], []
+        for v in sorted(undo, reverse=True):
+            m = files[v]
+            items.append({"version": v, "name": m.name, "file": str(m.path), "sha256": m.sha256,
+                          "down_file": str(m.down), "down_sha256": m.down_sha256,
+                          "statements": len(split(m.down.read_text(encoding="utf-8"))), "creates": m.creates()})
+            for r in m.at_risk():
+                r["rows"] = (mig.values_in_column(conn, r["table"], r["column"]) if r.get("column")
+                             else mig.row_count(conn, r["table"]) or 0)
+                r["migration"] = v
+                at_risk.append(r)
+        counts = {t: mig.row_count(conn, t) or 0 for t in mig.tables(conn, db.schemas)}
+        step = Step(Part.DATABASE, url.label, current, target, rule=rule,
+                    details={"kind": "rollback", "migrations": items, "at_risk_tables": at_risk,
+                             "row_counts": counts, "applied": applied, "schemas": list(db.schemas),
+                             "from_label": f"{current} ({len(applied)} applied)",
+                             "to_label": f"{target} (undo {len(undo)}: {', '.join(i['version'] + ' ' + i['name'] for i in items)})"})
+        step.at_risk = _risk_text(at_risk)
+        step.notes = [f"undo {i['version']} {i['name']} with {Path(i['down_file']).name} ({i['statements']} statements)"
+                      for i in items]
+        step.notes.append("a snapshot is taken first; then one transaction (lock timeout "
+                          f"{db.lock_timeout_s:g} s, statement timeout {db.statement_timeout_s:g} s)")
+        if step.at_risk:
+            step.notes.append("data at risk (below): running it needs --accept-data-loss")
+        return step
+
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        results = []
+        for step in steps:
+            if step.part is not Part.DATABASE:
+                continue
+            if step.details.get("kind") == "restore":
+                results.append(self._apply_restore(ctx, step, request))
+            elif not step.changes:
+                results.append(StepResult(step, Outcome.UNCHANGED, "nothing to undo", utcnow(), utcnow()))
+            else:
+                results.append(self._apply_rollback(ctx, step, request))
+        return results
+
+    def _snapshot(self, ctx: RunContext, url: DbUrl, conn: Any, label: str) -> dict[str, Any]:
+        ctx.say(f"database {url.label}: snapshot before any change")
+        return dump.snapshot(url, conn, ctx.settings.database, ctx.settings.snapshot_dir, label=label)
+
+    def _apply_rollback(self, ctx: RunContext, step: Step, request: Request) -> StepResult:
+        db = ctx.settings.database
+        url = self._url(ctx)
+        started = utcnow()
+        if step.at_risk and not request.options.get("accept_data_loss"):
+            raise ValidationError(f"data at risk: {step.at_risk}",
+                                  hint="run again with --accept-data-loss once you have read the plan")
+        for item in step.details["migrations"]:  # the files the operator confirmed
+            for key, sha in (("down_file", item["down_sha256"]), ("file", item["sha256"])):
+                if not Path(item[key]).is_file() or mig.sha256_file(Path(item[key])) != sha:
+                    raise ValidationError(f"{item[key]} changed since the plan; nothing was changed",
+                                          hint="plan again and read the new plan")
+        with url.connect(autocommit=True) as conn:
+            if [h["version"] for h in mig.history(conn)] != step.details["applied"]:
+                raise ValidationError(f"the migration history of {url.label} changed since the plan, not as planned; "
+                                      "nothing was changed", hint="plan again")
+            try:
+                snap = self._snapshot(ctx, url, conn, ctx.run_id)
+            except (DoaiError, OSError) as exc:
+                return StepResult(step, Outcome.FAILED, f"the snapshot failed, so nothing was changed: {exc}",
+                                  started, utcnow())
+            step.details["snapshot"] = snap["file"]
+            try:
+                self._run_down(conn, step, db)
+            except DownFailed as exc:
+                return StepResult(step, Outcome.FAILED, f"{exc}; the transaction was rolled back: nothing was changed",
+                                  started, utcnow())
+            except ValidationError:
+                raise  # the history moved under the lock: nothing was changed
+            problems = self._verify(conn, step, db)
+            if not problems:
+                ctx.say(f"database {url.label}: rolled back to {step.desired}; verified")
+                return StepResult(step, Outcome.SUCCEEDED, f"snapshot {Path(snap['file']).name}", started, utcnow())
+            ctx.warn(f"database {url.label}: verify failed after the rollback: {'; '.join(problems)}")
+            return self._restore_result(ctx, url, conn, step, Path(snap["file"]), snap, started,
+                                        f"verify failed: {'; '.join(problems)}")
+
+    def _run_down(self, conn: Any, step: Step, db: Any) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(db.lock_timeout_s * 1000)}ms")))
+            cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
+                sql.Literal(f"{int(db.statement_timeout_s * 1000)}ms")))
+            try:
+                cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier("supabase_migrations",
+                                                                                             "schema_migrations")))
+            except psycopg.Error as exc:
+                raise DownFailed(f"could not lock {mig.HISTORY}: {str(exc).strip()}") from None
+            cur.execute(f"SELECT version FROM {mig.HISTORY} ORDER BY version")  # noqa: S608 - fixed name
+            if [r[0] for r in cur.fetchall()] != step.details["applied"]:
+                raise ValidationError("the migration history changed since the plan, not as planned; nothing was changed")
+            for item in step.details["migrations"]:
+                down = Path(item["down_file"])
+                for st in split(down.read_text(encoding="utf-8")):
+                    try:
+                        cur.execute(st.sql.encode())  # bytes: no placeholder interpretation
+                    except psycopg.Error as exc:
+                        raise DownFailed(f"statement {st.index} (line {st.line}) of {down.name} failed: "
+                                         f"{str(exc).strip().splitlines()[0]} [{st.first_line}]") from None
+                cur.execute(f"DELETE FROM {mig.HISTORY} WHERE version = %s", (item["version"],))  # noqa: S608
+
+    def _verify(self, conn: Any, step: Step, db: Any) -> list[str]:
+        """History at the target; tables the undone migrations created gone; the others there
+        with the row counts the plan saw (but those the down files empty); foreign keys valid."""
+        problems = []
+        applied = [h["version"] for h in mig.history(conn)]
+        undone = {i["version"] for i in step.details["migrations"]}
+        want = [v for v in step.details["applied"] if v not in undone]
+        if applied != want:
+            problems.append(f"history is {applied[-3:]}, expected {want[-3:]}")
+        created = {t for i in step.details["migrations"] for t in i["creates"]}
+        touched = {r["table"] for r in step.details["at_risk_tables"]}
+        for t in created:
+            if mig.row_count(conn, t) is not None:
+                problems.append(f"{t} still exists")
+        for t, n in step.details["row_counts"].items():
+            if t in created or t in touched:
+                continue
+            have = mig.row_count(conn, t)
+            if have != n:
+                problems.append(f"{t} has {have} rows, {n} before")
+        problems += mig.invalid_foreign_keys(conn, tuple(db.schemas))
+        return problems
+
+    def _restore_result(self, ctx: RunContext, url: DbUrl, conn: Any, step: Step, path: Path,
+                        manifest: dict[str, Any], started: str, why: str) -> StepResult:
+        try:
+            dump.restore(url, conn, ctx.settings.database, path, manifest)
+            bad = self._verify_restore(conn, manifest)
+            if bad:
+                raise DoaiError("; ".join(bad))
+        except (DoaiError, OSError) as exc:
+            return StepResult(step, Outcome.NOT_RESTORED,
+                              f"{why}; restoring {path} FAILED: {url.scrub(str(exc))} — restore it by hand: "
+                              f"doai-rollback database restore {path}", started, utcnow())
+        return StepResult(step, Outcome.RESTORED, f"{why}; the snapshot {path.name} was restored", started, utcnow())
+
+    @staticmethod
+    def _verify_restore(conn: Any, manifest: dict[str, Any]) -> list[str]:
+        bad = []
+        for t, n in (manifest.get("row_counts") or {}).items():
+            have = mig.row_count(conn, t)
+            if have != n:
+                bad.append(f"{t} has {have} rows after the restore, {n} in the snapshot")
+        hist = [h["version"] for h in mig.history(conn)]
+        if hist != manifest.get("applied", hist):
+            bad.append("the migration history differs from the snapshot's")
+        return bad
+
+    def _apply_restore(self, ctx: RunContext, step: Step, request: Request) -> StepResult:
+        url = self._url(ctx)
+        started = utcnow()
+        path = Path(step.details["restore_file"])
+        manifest = dump.read_manifest(path)  # again: the file the operator confirmed, unchanged
+        if manifest["sha256"] != step.details["manifest"]["sha256"]:
+            raise ValidationError(f"{path} changed since the plan; nothing was changed")
+        with url.connect(autocommit=True) as conn:
+            try:
+                before = self._snapshot(ctx, url, conn, f"{ctx.run_id}-before-restore")
+            except (DoaiError, OSError) as exc:
+                return StepResult(step, Outcome.FAILED, f"the snapshot of the present failed, so nothing was changed: {exc}",
+                                  started, utcnow())
+            step.details["snapshot"] = before["file"]
+            try:
+                dump.restore(url, conn, ctx.settings.database, path, manifest)
+            except (ToolError, OSError) as exc:
+                return StepResult(step, Outcome.FAILED, f"{url.scrub(str(exc))}; the restore ran in one transaction: "
+                                  "nothing was changed", started, utcnow())
+            bad = self._verify_restore(conn, manifest)
+            if bad:
+                return self._restore_result(ctx, url, conn, step, Path(before["file"]), before, started,
+                                            "verify after the restore failed: " + "; ".join(bad))
+        return StepResult(step, Outcome.SUCCEEDED, f"restored {path.name}; the state before is in "
+                          f"{Path(before['file']).name}", started, utcnow())
+
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        out = []
+        url = self._url(ctx)
+        for r in results:
+            snap = r.step.details.get("snapshot")
+            if r.outcome is not Outcome.SUCCEEDED or not snap:
+                out.append(r)
+                continue
+            ctx.say(f"database {url.label}: restoring the snapshot {Path(snap).name} ({reason or 'revert'})")
+            with url.connect(autocommit=True) as conn:
+                back = self._restore_result(ctx, url, conn, r.step, Path(snap), dump.read_manifest(Path(snap)),
+                                            r.started or utcnow(), reason or "revert")
+            out.append(back)
+        return out
+
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        for s in self.steps_of(record):
+            snap = (s.get("details") or {}).get("snapshot")
+            if snap:
+                return self.request(action="undo", targets={s["target"]: snap}, health_gate=False)
+        return None
+
+    def take_snapshot(self, ctx: RunContext) -> dict[str, Any]:
+        """``database snapshot``: a snapshot now (changes nothing)."""
+        url = self._url(ctx)
+        with url.connect(autocommit=True) as conn:
+            return self._snapshot(ctx, url, conn, ctx.run_id)
+
+    def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        st = self.status(ctx)
+        return {"healthy": st["healthy"], "reachable": st["reachable"], "targets": {st["database"]: st["healthy"]}}
+
