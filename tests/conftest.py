@@ -119,3 +119,31 @@ def docker_rig(docker_engine) -> DockerRig:  # noqa: F821
         rig.reset()
     rig.used = True
     return rig
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgRig]:  # noqa: F821
+    """One PostgreSQL for the whole session, shaped like the DoAi Supabase project, every
+    fixture migration (tests/fixtures/supabase) applied by the Supabase CLI; stopped by PID at
+    the end. Tests take ``pg_rig`` (reset before each) rather than this."""
+    from doai_ansible.sandbox.pg_rig import PgRig
+
+    rig = PgRig(tmp_path_factory.mktemp("pg"))
+    try:
+        rig.start()
+        rig.used = False  # type: ignore[attr-defined]
+        yield rig
+    finally:
+        rig.stop()
+        rig.cleanup()
+
+
+@pytest.fixture
+def pg_rig(pg_server) -> PgRig:  # noqa: F821
+    """The session's PostgreSQL with database ``doai`` made anew from the template before each
+    test (~0.2 s: see PgRig.reset)."""
+    rig = pg_server
+    if rig.used:
+        rig.reset()
+    rig.used = True
+    return rig
