@@ -189,6 +189,26 @@ def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: s
     return run_jobs(opts, [job], command="backend rollback", reason=reason, question="Roll the backend back as shown?")
 
 
+@backend.command("prepare")
+@click.option("--to", "to", metavar="REF", default=None,
+              help="Commit SHA or ref (default: the release live before the current one, as a rollback).")
+@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups (comma-separated).")
+@common_options
+@pass_opts
+def backend_prepare(opts: Options, to: str | None, limit: str | None) -> ExitStatus:
+    """Install the node_modules a rollback would need into each host's cache, so that the
+    rollback is a rename, not an npm ci. Changes neither the app nor PM2: run it at the end of
+    every deploy, or at any time. --dry-run says what it would do."""
+    part = parts_registry.get("backend")
+    report = part.prepare(opts.context(), part.request(to=to, limit=limit), check=opts.dry_run)
+    if opts.json:
+        emit_json(report)
+    else:
+        for line in part.prepare_lines(report):
+            click.echo(line)
+    return ExitStatus(report["exit_status"])
+
+
 @backend.command("status")
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
 @common_options

@@ -11,6 +11,9 @@ The work on the hosts is done by ``playbooks/backend-pm2-rollback.yml`` (role
   back are put back too, so the pool never serves mixed releases.
 * a host whose SSH link dropped after it started is resumed when it comes back: the role
   (``doai_backend_pm2_resume``) finishes or undoes the work of this run and releases its lock.
+* prepare (:meth:`BackendPart.prepare`, ``playbooks/backend-pm2-prepare.yml``): not a rollback;
+  installs the node_modules tree of the commit a rollback would go to into each host's cache,
+  so that rollback is a rename instead of an ``npm ci``. Changes neither the app nor PM2.
 """
 
 from __future__ import annotations
@@ -20,13 +23,26 @@ from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
+from doai_ansible.errors import ExitStatus
 from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
-from doai_ansible.parts.playbook import HostReport, PlaybookPart
+from doai_ansible.parts.playbook import HostReport, PlaybookPart, refusal_error, reports
+from doai_ansible.runner import run_playbook
 
 ROLLBACK_PLAYBOOK = "backend-pm2-rollback.yml"
 STATUS_PLAYBOOK = "backend-pm2-status.yml"
 RELEASE_PLAYBOOK = "backend-pm2-release-lock.yml"
+PREPARE_PLAYBOOK = "backend-pm2-prepare.yml"
+PREPARE_STATS_KEY = "doai_backend_pm2_prepare"
+# What the prepare reports per host, as an operator reads it.
+PREPARE_WORDS = {
+    "prepared": "prepared",
+    "already_prepared": "already prepared",
+    "not_needed": "not needed (the live node_modules is the target's lockfile)",
+    "would_prepare": "would prepare (dry run)",
+    "no_lockfile": "not possible (the target has no lockfile)",
+    "cache_disabled": "not possible (doai_backend_pm2_node_modules_cache_keep is 0)",
+}
 STATS_KEY = "doai_backend_pm2"
 STATUS_STATS_KEY = "doai_backend_pm2_status"
 PM2_LOGS_TASK = "Read the last PM2 log lines"
@@ -87,12 +103,15 @@ class BackendPart(PlaybookPart):
             "from_version": st.get("from_version"),
             "to_version": st.get("to_version"),
             "needs_install": bool(st.get("needs_install")),
+            "install_from_cache": bool(st.get("install_from_cache")),
             "recent": st.get("recent") or [],
             "processes": st.get("processes") or [],
             "lockfile_sha256": st.get("lockfile_sha256"),
             "from_health": st.get("from_health"),
         }
-        notes = [f"dependencies: {'npm ci' if details['needs_install'] else 'unchanged'}"]
+        deps = ("node_modules from the cache (rename)" if details["install_from_cache"] else "npm ci") \
+            if details["needs_install"] else "unchanged"
+        notes = [f"dependencies: {deps}"]
         if details["recent"]:
             notes.append("last commits: " + "; ".join(details["recent"]))
         return Step(Part.BACKEND, host, st.get("from"), st.get("to"), rule=st.get("rule") or "",
@@ -105,6 +124,8 @@ class BackendPart(PlaybookPart):
         st = report.stats
         if st.get("health_version") is not None:
             result.step.details["health_version"] = st.get("health_version")
+        if isinstance(st.get("node_modules"), Mapping):  # source: cache (a rename) or install (npm ci)
+            result.step.details["node_modules"] = dict(st["node_modules"])
 
     # -- status -----------------------------------------------------------------------------------
     def host_status(self, host: str, st: dict[str, Any], error: str | None) -> dict[str, Any]:
@@ -135,3 +156,52 @@ class BackendPart(PlaybookPart):
                 lines.append(f"    error: {h['error']}")
         return lines or [f"backend: no hosts in the inventory ({self.needs})"]
 
+
+    # -- prepare: the node_modules a rollback would need, installed ahead of time -------------------
+    prepare_playbook: str = PREPARE_PLAYBOOK
+    prepare_stats_key: str = PREPARE_STATS_KEY
+
+    def prepare(self, ctx: RunContext, request: Request, *, check: bool = False) -> dict[str, Any]:
+        """On each host: resolve the target as a rollback would (``request.to``, else the release
+        live before) and install its node_modules into the cache unless it is there or live.
+        Returns ``{"part", "dry_run", "hosts": {host: report}, "ok", "exit_status"}``; raises like
+        a plan when no host got that far (bad target, unreachable, --limit matching nothing)."""
+        pb = run_playbook(ctx.settings, self.prepare_playbook, extravars={**self.fixed_vars, f"{self.var_prefix}_target": request.to or ""},
+                          limit=request.limit, check=check, log_dir=ctx.log_dir / "prepare", on_event=ctx.progress,
+                          timeout_s=self.apply_run_timeout_s)
+        self._warn(ctx, pb)
+        reps = reports(pb, self.prepare_stats_key)
+        if not reps:
+            raise self._no_hosts(ctx, pb, request.limit, "prepare")
+        failed = [r for r in reps.values() if r.failure is not None or not r.status]
+        if failed and len(failed) == len(reps) and all(r.unreachable or r.failure is None or r.failure.flags
+                                                       for r in failed):
+            raise refusal_error(failed)  # nothing ran anywhere: a refusal, exit 2 (or 5, 7)
+        hosts: dict[str, dict[str, Any]] = {}
+        worst = ExitStatus.OK
+        for host, rep in reps.items():
+            st = dict(rep.stats)
+            if rep.failure is not None or not rep.status:
+                st["status"] = "unreachable" if rep.unreachable else "failed"
+                st["error"] = rep.failure_text()
+                code = (ExitStatus.UNREACHABLE if rep.unreachable
+                        else ExitStatus.USAGE if rep.failure is not None and rep.failure.flags else ExitStatus.ERROR)
+                worst = max(worst, code)
+            hosts[host] = st
+        return {"part": self.name, "command": "backend prepare", "dry_run": check, "hosts": hosts,
+                "ok": worst == ExitStatus.OK, "exit_status": int(worst), "exit_name": worst.name,
+                "log_file": str(pb.log_file) if pb.log_file else None}
+
+    def prepare_lines(self, report: Mapping[str, Any]) -> list[str]:
+        lines = []
+        for host, h in report["hosts"].items():
+            if h.get("error"):
+                lines.append(f"backend {host}: prepare FAILED: {h['error']} (the app was not touched)")
+                continue
+            target = _label(h.get("target"), h.get("target_version"))
+            key = (h.get("lockfile_sha256") or "-")[:12]
+            secs = h.get("install_seconds")
+            took = f", npm ci {float(secs):.1f} s" if secs not in (None, "", "None") else ""
+            lines.append(f"backend {host}: {PREPARE_WORDS.get(h.get('status') or '', h.get('status'))}: target {target}"
+                         f" (by {h.get('rule') or '?'}), lockfile sha256 {key}{took}")
+        return lines

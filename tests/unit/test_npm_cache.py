@@ -218,3 +218,88 @@ def test_tree_left_in_staging_by_an_interrupted_apply_goes_back_into_the_cache(a
     assert not (cache / v3_key).exists()
     nm = roll(r, c["v3"], argv, cache)  # the next apply puts it back first, then takes it
     assert nm.source == "cache" and len(npm_calls(r)) == 1
+
+
+# -- prepare: the rollback's tree installed into the cache ahead of time ------------------------------
+def prepare(app_path, target, argv, cache, keep=3, **kw):
+    return npm.prepare_cache(str(app_path), str(cache), keep, argv, run, target, **kw)
+
+
+def test_prepare_installs_once_and_the_rollback_takes_it_by_rename(app, tmp_path):
+    r, c, argv = app
+    cache = tmp_path / "state" / "node_modules"
+    live, head = inode(r), git(r, "rev-parse", "HEAD")
+    v1_key = sha256(lockfile({"express": "4.21.2"}))
+
+    out = prepare(r, c["v1"], argv, cache)
+    assert out["status"] == npm.PREPARED and out["key"] == v1_key and out["lockfile"] == "package-lock.json"
+    (call,) = npm_calls(r)
+    assert call.startswith(str(cache / ".prepare-"))  # in a directory of its own, not the app
+    assert inode(r) == live and git(r, "rev-parse", "HEAD") == head and git(r, "status", "--porcelain") == ""
+    entry = cache / v1_key
+    assert sorted(os.listdir(entry)) == ["manifest.json", "node_modules"]
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["lockfile_sha256"] == v1_key and manifest["commit"] == c["v1"] and manifest["prepared"]
+    assert sorted(os.listdir(cache)) == [v1_key]  # no staging left
+    prepared = (entry / "node_modules" / "express" / "package.json").stat().st_ino
+
+    assert prepare(r, c["v1"], argv, cache)["status"] == npm.ALREADY  # idempotent
+    assert len(npm_calls(r)) == 1 and sorted(os.listdir(cache)) == [v1_key]
+
+    nm = roll(r, c["v1"], argv, cache)  # the rollback: a rename, npm does not run
+    assert nm.source == "cache" and not nm.installed and len(npm_calls(r)) == 1
+    assert inode(r) == prepared
+    v3_key = sha256(git(r, "show", f"{c['v3']}:package-lock.json") + "\n")
+    assert sorted(os.listdir(cache)) == [v3_key]  # the replaced tree is parked: undo is a rename too
+    assert (cache / v3_key / "node_modules" / "express" / "package.json").stat().st_ino == live
+
+
+def test_prepare_not_needed_dry_run_and_disabled(app, tmp_path):
+    r, c, argv = app
+    cache = tmp_path / "cache"
+    assert prepare(r, c["v2"], argv, cache)["status"] == npm.NOT_NEEDED  # v2's lockfile is live
+    assert prepare(r, c["v1"], argv, cache, check_mode=True)["status"] == npm.WOULD_PREPARE
+    assert prepare(r, c["v1"], argv, cache, keep=0)["status"] == npm.DISABLED
+    assert npm_calls(r) == [] and not cache.exists()
+
+
+def test_prepare_replaces_a_damaged_entry_and_a_failed_install_leaves_nothing(app, tmp_path, monkeypatch):
+    r, c, argv = app
+    cache = tmp_path / "cache"
+    v1_key = sha256(lockfile({"express": "4.21.2"}))
+    (cache / v1_key / "node_modules").mkdir(parents=True)  # no manifest: damaged
+    monkeypatch.setenv("FAKE_NPM_FAIL", "1")
+    with pytest.raises(npm.InstallError):
+        prepare(r, c["v1"], argv, cache)
+    assert os.listdir(cache) == []  # the damaged entry and the staging are gone
+    monkeypatch.delenv("FAKE_NPM_FAIL")
+    assert prepare(r, c["v1"], argv, cache)["status"] == npm.PREPARED
+    assert sorted(os.listdir(cache)) == [v1_key]
+
+
+def test_a_rollback_leaves_a_live_prepare_alone_and_prepare_prunes_only_without_an_apply(app, tmp_path):
+    import fcntl
+
+    r, c, argv = app
+    cache = tmp_path / "cache"
+    mine = cache / f".prepare-{os.getpid()}-abcd"  # a prepare still running (this process)
+    dead = cache / ".prepare-999999999-abcd"  # one that was killed
+    for d in (mine, dead):
+        (d / "node_modules").mkdir(parents=True)
+    roll(r, c["v1"], argv, cache)  # its tidy runs
+    assert mine.is_dir() and not dead.exists()
+    for n, key in enumerate(("a" * 64, "b" * 64, "c" * 64)):
+        (cache / key / "node_modules").mkdir(parents=True)
+        (cache / key / "manifest.json").write_text(json.dumps({"lockfile_sha256": key, "cached": n}))
+    fd = os.open(r, os.O_RDONLY)  # an apply holds the checkout's flock
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert npm.prune_unless_applying(str(r), str(cache), 1, None) == ([], True)
+    finally:
+        os.close(fd)
+    dropped, skipped = npm.prune_unless_applying(str(r), str(cache), 1, "a" * 64)
+    # Oldest first, never the one in use: v3's tree (parked by the rollback just now) stays.
+    assert not skipped and dropped == ["b" * 64, "c" * 64]
+    v3_key = sha256(git(r, "show", f"{c['v3']}:package-lock.json") + "\n")
+    assert sorted(p for p in os.listdir(cache) if not p.startswith(".")) == sorted(["a" * 64, v3_key])
+    assert sorted(p for p in os.listdir(cache) if p.startswith(".")) == [mine.name]  # nothing aside left

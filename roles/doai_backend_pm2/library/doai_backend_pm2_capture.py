@@ -59,6 +59,7 @@ options:
     default: true
   ledger_path: {description: The host's ledger (JSON lines)., type: path, required: true}
   install_argv: {description: The install command (tells whether dev dependencies count)., type: list, elements: str, default: [npm, ci, --omit=dev]}
+  cache_dir: {description: The node_modules cache (tells whether a planned install is a rename from it)., type: path, default: ''}
   git_bin: {description: git executable., type: str, default: git}
   pm2_bin: {description: pm2 executable., type: str, default: pm2}
   pm2_home: {description: PM2_HOME for pm2 calls (empty = pm2 default)., type: str, default: ''}
@@ -85,7 +86,8 @@ head: {description: Full SHA of the live commit now., type: str, returned: alway
 target: {description: Full SHA of the resolved target., type: str, returned: success}
 rule: {description: How the target was chosen., type: str, returned: success}
 changes: {description: Whether there is work to do (target differs from the live commit, or resume)., type: bool, returned: success}
-needs_install: {description: Whether npm ci is planned., type: bool, returned: success}
+needs_install: {description: Whether new node_modules are planned (npm ci, or a tree from the cache)., type: bool, returned: success}
+install_from_cache: {description: Whether the planned node_modules is in the cache now (a rename, no npm ci)., type: bool, returned: success}
 recent: {description: The last commits (short sha and subject)., type: list, returned: success}
 processes: {description: PM2 processes of the apps (name, status, restarts)., type: list, returned: success}
 locked_by_us: {description: Whether this run holds the host lock., type: bool, returned: success}
@@ -102,12 +104,12 @@ pm2_unavailable: {description: Refused, pm2 jlist failed (see pm2_error)., type:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_checkout import FULL_SHA_RE, REF_RE, Checkout
+from ansible.module_utils.doai_checkout import FULL_SHA_RE, Checkout
 from ansible.module_utils.doai_health import probe
-from ansible.module_utils.doai_history import earlier_releases, read_ledger, rolled_back_from
 from ansible.module_utils.doai_lock import Locked, acquire, check, release
-from ansible.module_utils.doai_npm import LOCKFILES, deps_missing, file_sha256, installed_matches, omits_dev
+from ansible.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
 from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist, unknown_apps
+from ansible.module_utils.doai_target import resolve_target
 
 
 def main():
@@ -121,6 +123,7 @@ def main():
             refuse_dirty=dict(type="bool", default=True),
             ledger_path=dict(type="path", required=True),
             install_argv=dict(type="list", elements="str", default=["npm", "ci", "--omit=dev"]),
+            cache_dir=dict(type="path", default=""),
             git_bin=dict(type="str", default="git"),
             pm2_bin=dict(type="str", default="pm2"),
             pm2_home=dict(type="str", default=""),
@@ -178,7 +181,7 @@ def capture(module):
         base, target, rule = pinned_target(module, co, head)
     else:
         base = head
-        target, rule = requested_target(module, co) if p["target"] else default_target(module, co, head)
+        target, rule = resolve_target(module, co, head)  # shared with the prepare module
     changes = p["resume"] or target != head
     plan = dict(current=base, current_short=base[:12], head=head, target=target, target_short=target[:12],
                 rule=rule, changes=changes, branch=co.branch(), recent=co.recent(p["log_count"]),
@@ -218,46 +221,26 @@ def pinned_target(module, co, head):
     return pin_from, pin_to, "confirmed plan: %s -> %s%s" % (pin_from[:12], pin_to[:12], ", resumed" if p["resume"] else "")
 
 
-def requested_target(module, co):
-    ref = module.params["target"]
-    if not REF_RE.fullmatch(ref):
-        module.fail_json(msg="target %r is not a commit SHA or ref name" % ref, invalid_target=True)
-    target = co.resolve(ref)
-    if not target:
-        module.fail_json(msg="target %r is not a commit in %s (fetch it first?)" % (ref, co.path), invalid_target=True)
-    return target, "requested: %s" % ref
-
-
-def default_target(module, co, head):
-    """The release live before ``head``: the ledger first, else git's reflog; see doai_history."""
-    ledger = read_ledger(module.params["ledger_path"])
-    for e in earlier_releases(ledger, head):
-        if co.resolve(e["to"]) == e["to"]:
-            return e["to"], "ledger: live before %s (%s %s by %s)" % (
-                head[:12], e.get("action", "deploy"), e.get("at", "?"), e.get("who", "?"))
-    skip = rolled_back_from(ledger)
-    for n, cand in enumerate(co.reflog()):
-        if cand != head and cand not in skip and co.resolve(cand) == cand:
-            return cand, "reflog: HEAD@{%d}, the commit checked out before %s" % (n, head[:12])
-    module.fail_json(
-        msg="no earlier release to roll back to in the ledger or the reflog; name one with --to",
-        no_target=True, recent=co.recent(module.params["log_count"]), current=head,
-    )
-
-
 def plan_install(module, co, base, target, changes):
     """Whether `npm ci` is planned: the lockfile differs between the two commits or a
     dependency is missing; on resume, node_modules was not installed for the target's lockfile."""
     p = module.params
     lock_changed = changes and base != target and co.differ(base, target, LOCKFILES)
-    missing = deps_missing(p["path"], co.show(target, "package.json"))
-    if p["resume"]:
+    package_json = co.show(target, "package.json")
+    missing = deps_missing(p["path"], package_json)
+    lockfile = None
+    if p["resume"] or lock_changed or missing:
         lockfile = next((text for text in (co.show(target, name) for name in LOCKFILES) if text is not None), None)
+    if p["resume"]:
         stale = lockfile is not None and not installed_matches(p["path"], lockfile, omits_dev(p["install_argv"]))
         needs = stale or missing
     else:
         needs = changes and (lock_changed or missing)
+    # A tree in the cache (kept by an earlier rollback, or by `prepare`): the apply renames it in.
+    from_cache = bool(needs) and cached_tree(p["path"], p["cache_dir"], lockfile, package_json,
+                                             omits_dev(p["install_argv"])) is not None
     return dict(lockfile_changed=lock_changed, deps_missing=missing, needs_install=bool(needs),
+                install_from_cache=from_cache,
                 lockfile_sha256=file_sha256(os.path.join(p["path"], "package-lock.json")))
 
 

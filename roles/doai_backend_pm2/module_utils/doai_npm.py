@@ -82,6 +82,9 @@ MANIFEST = "manifest.json"
 _STAGING = ".staging-"
 _TRASH = ".trash-"
 _STAGED_FILES = ("package.json", ".npmrc") + LOCKFILES  # what `npm ci` reads of the app
+# A prepare's own directories (staging, trash): .prepare-<pid>-<token>[-...]. Nobody but that
+# process touches them while it lives (it runs beside a rollback, without the apply's flock).
+_PREPARE = ".prepare-"
 
 
 class InstallError(Exception):
@@ -351,6 +354,10 @@ class NodeModules(object):
             path = os.path.join(self.root, name)
             if path == self._staged:
                 continue
+            if name.startswith(_PREPARE):
+                if not _prepare_alive(name):  # a prepare still installing keeps its directory
+                    shutil.rmtree(path, ignore_errors=True)
+                continue
             if name.startswith(_STAGING):
                 manifest = read_manifest(path)
                 key = manifest.get("lockfile_sha256") if manifest else None
@@ -363,3 +370,183 @@ class NodeModules(object):
                 shutil.rmtree(path, ignore_errors=True)
             elif name.startswith(_TRASH):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+# -- prepare: the tree a rollback will need, installed into the cache ahead of time ---------------
+#
+# Run at the end of a deploy (and at any time): the target a rollback would go to gets its tree
+# in the cache now, so that the rollback is a rename. It never touches the app's checkout, its
+# node_modules or PM2, and it takes no lock a rollback waits on: it installs in a directory of
+# its own (.prepare-<pid>-<token>, left alone by a rollback's tidy while this process lives) and
+# renames the finished tree into the cache in one step (a rename onto an existing entry fails:
+# whoever got there first wins). It prunes only while no apply runs (a non-blocking try of the
+# apply's flock on the app directory), moving the dropped entries aside before deleting them.
+
+PREPARED, ALREADY, NOT_NEEDED, WOULD_PREPARE, NO_LOCKFILE, DISABLED = (
+    "prepared", "already_prepared", "not_needed", "would_prepare", "no_lockfile", "cache_disabled")
+
+
+def _prepare_alive(name):
+    """Whether the process that owns the prepare directory ``name`` (.prepare-<pid>-...) lives."""
+    try:
+        pid = int(name[len(_PREPARE):].split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
+
+
+def _try_flock(path):
+    """A non-blocking exclusive flock on ``path`` (the apply holds one on the app directory
+    while it runs): the open fd, or None when an apply holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except (IOError, OSError):
+        os.close(fd)
+        return None
+
+
+def entry_ready(nm, key, lockfile, package_json):
+    """The cache entry ``key`` holds a tree installed for ``lockfile`` (as a rollback checks it)."""
+    entry = os.path.join(nm.root, key)
+    manifest = read_manifest(entry) if os.path.isdir(entry) else None
+    return bool(manifest and manifest.get("lockfile_sha256") == key
+                and nm.ready_for(lockfile, package_json, where=entry))
+
+
+def cached_tree(app, cache_dir, lockfile, package_json, omit_dev=True):
+    """The cache key of ``lockfile`` when the cache holds a tree installed for it (a rollback
+    to it takes the tree by rename), else None. Read only."""
+    if lockfile is None:
+        return None
+    key = lockfile_key(lockfile)
+    entry = os.path.join(cache_root(app, cache_dir), key)
+    manifest = read_manifest(entry) if os.path.isdir(entry) else None
+    if not manifest or manifest.get("lockfile_sha256") != key:
+        return None
+    if not installed_matches(entry, lockfile, omit_dev) or deps_missing(entry, package_json):
+        return None
+    return key
+
+
+def prepare_cache(app, cache_dir, keep, install_argv, run, target, git_bin="git", check_mode=False):
+    """Make the cache hold the node_modules tree of commit ``target`` (a full SHA). Returns a
+    dict: ``status`` (one of PREPARED, ALREADY, NOT_NEEDED, WOULD_PREPARE, NO_LOCKFILE,
+    DISABLED), ``key`` (the sha256 of the target's lockfile), ``lockfile`` (its name),
+    ``cache_dir``, ``steps``, ``pruned``, ``prune_skipped``. Raises InstallError when npm fails
+    (nothing is left behind)."""
+    nm = NodeModules(app, cache_dir, keep, install_argv, run, git_bin=git_bin)
+    out = {"cache_dir": nm.root, "key": None, "lockfile": None, "steps": nm.steps, "pruned": [],
+           "prune_skipped": False}
+    name, lockfile = nm._lockfile(target)
+    package_json = nm._show(target, "package.json")
+    out["lockfile"] = name
+    if lockfile is None:
+        out["status"] = NO_LOCKFILE  # `npm ci` needs one; nothing to key a tree by
+        return out
+    key = out["key"] = lockfile_key(lockfile)
+    if nm.ready_for(lockfile, package_json):
+        out["status"] = NOT_NEEDED  # the live tree is it: a rollback installs nothing
+        return out
+    if keep <= 0:
+        out["status"] = DISABLED
+        return out
+    if entry_ready(nm, key, lockfile, package_json):
+        out["status"] = ALREADY
+        return out
+    if check_mode:
+        out["status"] = WOULD_PREPARE
+        return out
+    os.makedirs(nm.root, exist_ok=True)
+    _tidy_prepares(nm.root)
+    token = "%s%d-%s" % (_PREPARE, os.getpid(), os.urandom(4).hex())
+    entry = os.path.join(nm.root, key)
+    if os.path.isdir(entry):  # damaged (a rollback would drop it too): set it aside
+        try:
+            os.rename(entry, os.path.join(nm.root, token + "-trash"))
+        except OSError:
+            pass
+    staging = os.path.join(nm.root, token)
+    os.mkdir(staging)
+    try:
+        files = {"package.json": package_json, name: lockfile, ".npmrc": nm._show(target, ".npmrc")}
+        for fname, text in files.items():
+            if text is not None:
+                with open(os.path.join(staging, fname), "w", encoding="utf-8", errors="surrogateescape") as fh:
+                    fh.write(text)
+        t0 = time.monotonic()
+        rc, stdout, stderr = run(nm.install_argv, cwd=staging)
+        step = {"step": "install", "argv": nm.install_argv, "cwd": staging, "rc": rc,
+                "seconds": round(time.monotonic() - t0, 3)}
+        nm.steps.append(step)
+        if rc != 0:
+            raise InstallError("install failed (rc %d): %s" % (rc, (stderr or stdout).strip()[-1000:]))
+        if not nm.ready_for(lockfile, package_json, where=staging):
+            step["rc"] = -1
+            raise InstallError("install left a node_modules that does not match the lockfile of %s" % target[:12])
+        for fname in files:  # the entry holds the tree and its manifest, as a rollback leaves one
+            if os.path.lexists(os.path.join(staging, fname)):
+                os.remove(os.path.join(staging, fname))
+        _write_manifest(staging, {"lockfile_sha256": key, "commit": target, "cached": time.time(),
+                                  "cached_at": _now(), "prepared": True, "install_argv": nm.install_argv})
+        try:
+            os.rename(staging, entry)  # atomic; fails when the entry exists (someone was quicker)
+            out["status"] = PREPARED
+        except OSError:
+            if not entry_ready(nm, key, lockfile, package_json):
+                raise
+            out["status"] = ALREADY
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _tidy_prepares(nm.root, mine=token)
+    out["pruned"], out["prune_skipped"] = prune_unless_applying(nm.app, nm.root, keep, key)
+    return out
+
+
+def _tidy_prepares(root, mine=None):
+    """Remove the prepare directories of dead processes, and ``mine`` (this run's, by prefix)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(_PREPARE) and ((mine and name.startswith(mine)) or not _prepare_alive(name)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def prune_unless_applying(app, root, keep, in_use):
+    """Prune the cache to ``keep`` entries (never ``in_use``) when no apply runs on ``app``:
+    (dropped keys, skipped). The entries go aside by rename under the apply's flock (quick), then
+    are deleted without it."""
+    fd = _try_flock(app)
+    if fd is None:
+        return [], True
+    doomed = []
+    try:
+        listed = [e for e in entries(root) if e[0] != in_use]
+        for key, path, _ in listed[:max(0, len(listed) - keep)]:
+            aside = os.path.join(root, "%s%d-%s-pruned" % (_PREPARE, os.getpid(), os.urandom(4).hex()))
+            try:
+                os.rename(path, aside)
+            except OSError:
+                continue
+            doomed.append((key, aside))
+    finally:
+        os.close(fd)
+    for _, aside in doomed:
+        shutil.rmtree(aside, ignore_errors=True)
+    return [k for k, _ in doomed], False
