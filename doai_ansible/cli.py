@@ -170,22 +170,27 @@ def cli(ctx: click.Context) -> None:
 # -- backend --------------------------------------------------------------------------------
 @cli.group()
 def backend() -> None:
-    """Backend API on the VPS (git + PM2)."""
+    """Backend API on the VPS: git + PM2, or Docker Compose (doai_backend_mode in the inventory)."""
 
 
 @backend.command("rollback")
-@click.option("--to", "to", metavar="REF", default=None,
-              help="Commit SHA or ref (default: the release live before the current one).")
+@click.option("--to", "to", metavar="REF|TAG|IMAGE_ID", default=None,
+              help="PM2 hosts: a commit SHA or ref (default: the release live before the current one). "
+              "Docker hosts: a tag or an image id sha256:<hex> (default: the `previous` tag).")
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups (comma-separated).")
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and host ledger).")
+@click.option("--mode", type=click.Choice(["pm2", "docker"]), default=None,
+              help="Override the inventory's doai_backend_mode for the hosts of this run.")
 @common_options
 @pass_opts
-def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: str | None) -> ExitStatus:
-    """Check out an earlier commit on every backend host (all or nothing), reinstall
-    dependencies if the lockfile differs, reload PM2 and wait for health; on failure put the
-    previous commit back."""
+def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: str | None,
+                     mode: str | None) -> ExitStatus:
+    """Roll every backend host back (all or nothing) and wait for health; on failure put the
+    previous release back. PM2 hosts: check out an earlier commit, reinstall dependencies if the
+    lockfile differs, reload PM2. Docker hosts: pull the target image while the current
+    container serves, tag :current as :rollback and the target as :current, `compose up -d`."""
     part = parts_registry.get("backend")
-    job = engine.Job(part, part.request(to=to, limit=limit, reason=reason))
+    job = engine.Job(part, part.request(to=to, limit=limit, reason=reason, mode=mode, ctx=opts.context()))
     return run_jobs(opts, [job], command="backend rollback", reason=reason, question="Roll the backend back as shown?")
 
 
@@ -214,7 +219,7 @@ def backend_prepare(opts: Options, to: str | None, limit: str | None) -> ExitSta
 @common_options
 @pass_opts
 def backend_status(opts: Options, limit: str | None) -> ExitStatus:
-    """Live commit, PM2 processes and health of each backend host."""
+    """Per backend host: live commit and PM2 processes, or running image and container; health."""
     validate.host_limit(limit)
     return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit), one="backend")
 
@@ -281,6 +286,74 @@ def dashboard_rollback_cmd(opts: Options, to: str | None, reason: str | None) ->
     job = engine.Job(part, part.request(to=to, reason=validate.reason(reason)))
     return run_jobs(opts, [job], command="dashboard rollback", reason=reason,
                     question="Roll the dashboard back as shown?")
+
+
+# -- database ------------------------------------------------------------------------------------
+@cli.group()
+def database() -> None:
+    """Supabase database (PostgreSQL): migrations undone by their down files, snapshots, restore.
+
+    The connection string comes only from DOAI_DATABASE_URL (direct or session-pooler
+    connection); its password is never printed, passed on a command line or to a child's
+    environment.
+    """
+
+
+@database.command("status")
+@common_options
+@pass_opts
+def database_status_cmd(opts: Options) -> ExitStatus:
+    """Applied and local migrations (as `supabase migration list`), down files, tables touched."""
+    return render_status(opts, engine.status(opts.context(), only=["database"]), one="database")
+
+
+@database.command("snapshot")
+@common_options
+@pass_opts
+def database_snapshot_cmd(opts: Options) -> ExitStatus:
+    """pg_dump -Fc of the application schemas and the migration history, with a checksum and a
+    manifest (time, server version, last migration, row counts). Changes nothing."""
+    part = parts_registry.get("database")
+    manifest = part.take_snapshot(opts.context())  # type: ignore[attr-defined]
+    if opts.json:
+        emit_json(manifest)
+    else:
+        click.echo(f"snapshot {manifest['file']}")
+        click.echo(f"    sha256 {manifest['sha256']}  {manifest['bytes']:,} bytes  last migration "
+                   f"{manifest['last_migration']}  tables: {len(manifest['row_counts'])}")
+    return ExitStatus.OK
+
+
+@database.command("rollback")
+@click.option("--to", "to", metavar="VERSION", default=None, help="Undo every migration applied after this one.")
+@click.option("--last", "last", type=click.IntRange(1, 100), default=None, help="Undo the last N migrations.")
+@click.option("--accept-data-loss", is_flag=True,
+              help="Needed when a down file drops or empties tables or columns that hold rows (the plan lists them).")
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
+@common_options
+@pass_opts
+def database_rollback_cmd(opts: Options, to: str | None, last: int | None, accept_data_loss: bool,
+                          reason: str | None) -> ExitStatus:
+    """Undo migrations with their down files (supabase/rollbacks/), newest first: a snapshot
+    first, then every down statement and history delete in ONE transaction, then verify."""
+    part = parts_registry.get("database")
+    job = engine.Job(part, part.request(to=to, last=last, accept_data_loss=accept_data_loss, reason=reason))
+    return run_jobs(opts, [job], command="database rollback", reason=reason,
+                    question="Undo these migrations as shown?")
+
+
+@database.command("restore")
+@click.argument("snapshot", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
+@common_options
+@pass_opts
+def database_restore_cmd(opts: Options, snapshot: Path, reason: str | None) -> ExitStatus:
+    """Restore a snapshot (checksum checked first) in one transaction, after a snapshot of the
+    present; then verify row counts and history."""
+    part = parts_registry.get("database")
+    job = engine.Job(part, part.request(restore_file=str(snapshot), reason=reason))
+    return run_jobs(opts, [job], command="database restore", reason=reason,
+                    question="Replace the database's application schemas with this snapshot?")
 
 
 # -- journal, undo, lock ----------------------------------------------------------------------

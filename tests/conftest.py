@@ -128,7 +128,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgRig]:  # n
     the end. Tests take ``pg_rig`` (reset before each) rather than this."""
     from doai_ansible.sandbox.pg_rig import PgRig
 
-    rig = PgRig(tmp_path_factory.mktemp("pg"))
+    rig = PgRig(tmp_path_factory.mktemp("pg"), password=CANARY + "-pg")  # the canary test looks for it
     try:
         rig.start()
         rig.used = False  # type: ignore[attr-defined]

@@ -100,7 +100,7 @@ class DbUrl:
     def client_env(self) -> Iterator[dict[str, str]]:
         """The environment for pg_dump / pg_restore / psql: connection by PG* variables, the
         password in a 0600 PGPASSFILE removed on exit; no secret-named variable of ours."""
-        env = {k: v for k, v in os.environ.items() if not is_secret_env_name(k) and not k.startswith("PG")}
+        env = plain_env()
         env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user, PGDATABASE=self.dbname,
                    PGAPPNAME="doai-rollback", PGCONNECT_TIMEOUT=str(CONNECT_TIMEOUT_S))
         for key, value in self.params:
@@ -143,8 +143,15 @@ def tool(name: str, bin_dir: Path | None) -> str:
     return found
 
 
+def plain_env() -> dict[str, str]:
+    """This process's environment without any secret-named variable (DOAI_DATABASE_URL, tokens)
+    and without PG* connection settings: what a child that needs no connection gets."""
+    return {k: v for k, v in os.environ.items() if not is_secret_env_name(k) and not k.startswith("PG")}
+
+
 def tool_major(path: str) -> int:
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False,
+                         env=plain_env()).stdout
     m = re.search(r"(\d+)(?:\.\d+)?", out)
     if not m:
         raise ConfigError(path, f"cannot tell its version from {out.strip()!r}")

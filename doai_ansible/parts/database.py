@@ -150,7 +150,8 @@ class DatabasePart(PartBase):
         if manifest.get("database") != url.label:
             raise ValidationError(f"{path.name} is a snapshot of {manifest.get('database')}, not of {url.label}")
         current = hist[-1]["version"] if hist else "(none)"
-        step = Step(Part.DATABASE, url.label, current, manifest.get("last_migration") or "(none)",
+        # A restore always changes the database: from its live history to the snapshot (by file).
+        step = Step(Part.DATABASE, url.label, current, f"snapshot {path.name}",
                     rule=f"{request.action}: the snapshot {path.name} taken {manifest.get('created')}",
                     details={"restore_file": str(path), "manifest": manifest, "kind": "restore",
                              "from_label": f"migrations up to {current}",
@@ -240,8 +241,8 @@ class DatabasePart(PartBase):
         url = self._url(ctx)
         started = utcnow()
         if step.at_risk and not request.options.get("accept_data_loss"):
-            raise ValidationError(f"data at risk: {step.at_risk}",
-                                  hint="run again with --accept-data-loss once you have read the plan")
+            raise ValidationError(f"data at risk: {step.at_risk}; once you have read the plan, run it with "
+                                  "--accept-data-loss (a snapshot is taken first)")
         for item in step.details["migrations"]:  # the files the operator confirmed
             for key, sha in (("down_file", item["down_sha256"]), ("file", item["sha256"])):
                 if not Path(item[key]).is_file() or mig.sha256_file(Path(item[key])) != sha:

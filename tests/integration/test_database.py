@@ -1,0 +1,234 @@
+"""The database part against a real PostgreSQL shaped like a Supabase project (tests/fixtures/
+supabase, applied by the real Supabase CLI), through the CLI as a user runs it; the Supabase CLI
+is the independent judge of what is applied."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from doai_ansible.sandbox.pg_rig import PgRig
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+V1, V2, V3 = "20261101000000", "20261110000000", "20261120000000"
+
+
+def env_for(rig, project: Path, state_dir: Path) -> dict[str, str]:
+    return {"DOAI_DATABASE_URL": rig.url, "DOAI_DATABASE_PROJECT_DIR": str(project), "DOAI_STATE_DIR": str(state_dir)}
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return PgRig.project(tmp_path / "project")
+
+
+@pytest.fixture
+def env(pg_rig, project, state_dir) -> dict[str, str]:
+    return env_for(pg_rig, project, state_dir)
+
+
+def state(rig) -> dict[str, object]:
+    """Everything a refused or failed run must leave exactly as it was."""
+    return {"history": rig.applied_versions(), "checksums": rig.table_checksums(),
+            "catalog": rig.catalog_fingerprint(), "grants": rig.grants_on_public()}
+
+
+def journal(state_dir: Path) -> list[dict]:
+    path = state_dir / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_status_lists_applied_migrations_down_files_and_tables(pg_rig, env):
+    res = run_cli("database", "status", env=env)
+    assert res.code == 0, res.stderr
+    assert f"last applied {V3}" in res.stdout
+    data = run_cli("database", "status", "-o", "json", env=env).json()
+    rows = {m["version"]: m for m in data["migrations"]}
+    assert set(rows) == {V1, V2, V3} and all(r["applied"] and r["down_file"] for r in rows.values())
+    assert "public.device_issues" in rows[V3]["touches"] and "public.devices" in rows[V3]["touches"]
+    assert {v for v, r in rows.items() if r["applied"]} == pg_rig.supabase_applied()
+
+
+def test_rollback_of_the_last_migration_and_the_supabase_cli_agrees(pg_rig, env, project, state_dir):
+    rig = pg_rig
+    before = rig.catalog_fingerprint()
+    plan = run_cli("database", "rollback", "--last", "1", "--dry-run", env=env)
+    assert plan.code == 0, plan.stderr
+    assert "device_issues" in plan.stdout and "at risk" in plan.stdout and "--accept-data-loss" in plan.stdout
+    res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    assert rig.applied_versions() == [V1, V2]
+    assert rig.supabase_applied(project) == {V1, V2}  # the judge sees the same history
+    assert "public.device_issues" not in rig.row_counts()
+    columns = [r[0] for r in rig.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'devices'")]
+    assert "last_issue_at" not in columns  # the whole migration undone, not only its table
+    (step,) = res.json()["steps"]
+    snap = Path(step["details"]["snapshot"])
+    assert snap.is_file() and json.loads(snap.with_suffix(".json").read_text())["last_migration"] == V3
+    # Round trip: Supabase rolls forward cleanly, to the very schema the rollback started from.
+    up = rig.supabase("migration", "up", project=project)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert rig.applied_versions() == [V1, V2, V3]
+    assert rig.catalog_fingerprint() == before
+
+
+def test_a_down_file_failing_half_way_changes_nothing(pg_rig, tmp_path, state_dir):
+    rig = pg_rig
+    project = PgRig.project(tmp_path / "p", variant="down-fails")
+    before = state(rig)
+    res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", "-o", "json",
+                  env=env_for(rig, project, state_dir))
+    assert res.code == 3, res.stdout + res.stderr  # failed, and as it was
+    (step,) = res.json()["steps"]
+    assert step["outcome"] == "failed"
+    assert "statement 2" in step["message"] and f"{V3}_device_issues.sql" in step["message"]
+    assert "rolled back" in step["message"] and "nothing was changed" in step["message"]
+    assert state(rig) == before
+    assert rig.supabase_applied(project) == {V1, V2, V3}
+
+
+def test_snapshot_then_restore_gives_the_same_data_and_keeps_grants(pg_rig, env):
+    rig = pg_rig
+    rig.sql("DO $$ BEGIN CREATE ROLE reporter NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    rig.sql("GRANT USAGE ON SCHEMA public TO reporter")
+    rig.sql("GRANT SELECT ON public.devices TO reporter")
+    before = state(rig)
+    snap = run_cli("database", "snapshot", "-o", "json", env=env)
+    assert snap.code == 0, snap.stderr
+    manifest = snap.json()
+    assert manifest["row_counts"]["public.system_logs"] == rig.row_counts()["public.system_logs"]
+    assert not any(s in manifest["schemas"] for s in ("auth", "storage"))
+    # Later: rows written, a table dropped, an object the snapshot does not hold.
+    rig.sql("INSERT INTO public.system_logs (device_id, level, message) SELECT id, 'info', 'later' FROM public.devices")
+    rig.sql("DROP TABLE public.device_issues")
+    rig.sql("CREATE TABLE public.scratch (x int)")
+    res = run_cli("database", "restore", manifest["file"], "--yes", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    after = state(rig)
+    assert after["checksums"] == before["checksums"] and after["history"] == before["history"]
+    assert after["grants"] == before["grants"]
+    assert rig.sql("SELECT has_schema_privilege('reporter', 'public', 'USAGE'), "
+                   "has_table_privilege('reporter', 'public.devices', 'SELECT')")[0] == (True, True)
+    assert rig.sql("SELECT count(*) FROM auth.users")[0][0] == 1  # Supabase's schemas untouched
+    # the present was kept before it was replaced
+    (step,) = res.json()["steps"]
+    assert Path(step["details"]["snapshot"]).is_file()
+
+
+def test_a_damaged_snapshot_is_refused(pg_rig, env):
+    snap = run_cli("database", "snapshot", "-o", "json", env=env).json()
+    with open(snap["file"], "ab") as fh:
+        fh.write(b"x")
+    before = state(pg_rig)
+    res = run_cli("database", "restore", snap["file"], "--yes", env=env)
+    assert res.code == 2 and "checksum" in res.stderr
+    assert state(pg_rig) == before
+
+
+def test_data_at_risk_needs_accept_data_loss(pg_rig, env, state_dir):
+    before = state(pg_rig)
+    res = run_cli("database", "rollback", "--to", V2, "--yes", env=env)
+    assert res.code == 2, res.stdout + res.stderr
+    assert "data at risk" in res.stderr and "--accept-data-loss" in res.stderr
+    assert state(pg_rig) == before
+    assert not list((state_dir / "snapshots").glob("*.dump")) if (state_dir / "snapshots").exists() else True
+    assert journal(state_dir)[-1]["exit_name"] == "USAGE"
+
+
+def test_a_migration_without_down_file_points_to_restore(pg_rig, tmp_path, state_dir):
+    rig = pg_rig
+    project = PgRig.project(tmp_path / "p", variant="no-down")
+    up = rig.supabase("migration", "up", project=project)
+    assert up.returncode == 0, up.stdout + up.stderr
+    before = state(rig)
+    res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss",
+                  env=env_for(rig, project, state_dir))
+    assert res.code == 2, res.stdout + res.stderr
+    assert "cannot be undone by SQL" in res.stderr and "database restore" in res.stderr
+    assert state(rig) == before
+
+
+def test_undo_restores_what_the_rollback_found(pg_rig, env):
+    rig = pg_rig
+    before = state(rig)
+    res = run_cli("database", "rollback", "--to", V1, "--yes", "--accept-data-loss", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    assert rig.applied_versions() == [V1]
+    undo = run_cli("undo", res.json()["run_id"], "--yes", env=env)
+    assert undo.code == 0, undo.stdout + undo.stderr
+    after = state(rig)
+    assert after["history"] == before["history"] and after["checksums"] == before["checksums"]
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (["--to", "2026"], "14 digits"), (["--to", "20990101000000"], "not an applied migration"),
+    (["--last", "9"], "only 3"), ([], "--to VERSION or --last N"),
+])
+def test_bad_targets_are_refused(pg_rig, env, args, text):
+    before = state(pg_rig)
+    res = run_cli("database", "rollback", *args, "--yes", env=env)
+    assert res.code == 2, res.stdout + res.stderr
+    assert text in res.stderr
+    assert state(pg_rig) == before
+
+
+def test_transaction_pooler_url_is_refused(pg_rig, env):
+    bad = dict(env, DOAI_DATABASE_URL=pg_rig.url.replace(f":{pg_rig.port}/", ":6543/"))
+    res = run_cli("database", "status", env=bad)
+    assert res.code == 2 and "transaction pooler" in res.stderr and "session pooler" in res.stderr
+
+
+def test_the_password_never_leaks(pg_rig, env, state_dir):
+    """Not in any output, journal, log, snapshot manifest, nor on any process's command line or
+    in its environment while the tool and its pg_dump/psql children run."""
+    password = pg_rig.password
+    assert password.startswith("canary-")
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        me = os.getpid()
+        while not stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit() or int(pid) == me:
+                    continue
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    environ = Path(f"/proc/{pid}/environ").read_bytes()
+                except OSError:
+                    continue
+                # The tool itself holds DOAI_DATABASE_URL: the operator gave it so. Its children
+                # (pg_dump, pg_restore, psql) and everything else must not.
+                if b"doai_ansible" in cmdline or b"pytest" in cmdline:
+                    continue
+                for name, data in (("cmdline", cmdline), ("environ", environ)):
+                    if password.encode() in data:
+                        seen.append(f"{pid} {name}: {cmdline[:200]!r}")
+            time.sleep(0.01)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    bad_env = dict(env, DOAI_DATABASE_URL=env["DOAI_DATABASE_URL"].replace("@127.0.0.1", "x@127.0.0.1"))
+    outputs = [
+        run_cli("database", "status", env=env), run_cli("database", "snapshot", env=env),
+        run_cli("database", "rollback", "--last", "2", "--yes", "--accept-data-loss", "-o", "json", env=env),
+        run_cli("database", "status", env=bad_env),  # a wrong password: the error must not echo it
+        run_cli("history", "-o", "json", env=env),
+    ]
+    stop.set()
+    t.join()
+    # the child processes were looked at: the run's own command lines are in what was scanned
+    assert outputs[2].code == 0, outputs[2].stderr
+    assert outputs[3].code != 0
+    assert not seen, seen
+    for res in outputs:
+        assert password not in res.stdout and password not in res.stderr
+    leaked = [str(p) for p in state_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert leaked == []
