@@ -232,3 +232,38 @@ def test_the_password_never_leaks(pg_rig, env, state_dir):
         assert password not in res.stdout and password not in res.stderr
     leaked = [str(p) for p in state_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_a_lock_held_by_the_app_times_out_and_changes_nothing(pg_rig, project, state_dir, tmp_path):
+    """Mid-run fault: the app holds a lock on a table the down file drops; the rollback waits
+    only the lock timeout, then rolls the whole transaction back."""
+    import psycopg
+
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"database:\n  project_dir: {project}\n  lock_timeout: 1\n")
+    env = dict(env_for(pg_rig, project, state_dir), DOAI_CONFIG=str(cfg))
+    before = state(pg_rig)
+    with psycopg.connect(**pg_rig.dsn_kwargs()) as holder:
+        holder.execute("LOCK TABLE public.device_issues IN ACCESS SHARE MODE")  # a long-running reader
+        t0 = time.monotonic()
+        res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", "-o", "json", env=env)
+        waited = time.monotonic() - t0
+        holder.rollback()
+    assert res.code == 3, res.stdout + res.stderr
+    (step,) = res.json()["steps"]
+    assert "lock timeout" in step["message"] and "nothing was changed" in step["message"]
+    assert waited < 60  # bounded by the lock timeout, not by the reader
+    assert state(pg_rig) == before
+
+
+def test_client_tools_older_than_the_server_are_refused_with_what_to_install(pg_rig, env, tmp_path):
+    bindir = tmp_path / "oldbin"
+    bindir.mkdir()
+    for name in ("pg_dump", "pg_restore", "psql"):
+        (bindir / name).write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) 12.22'\n")
+        (bindir / name).chmod(0o755)
+    before = state(pg_rig)
+    res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", env=dict(env, DOAI_PG_BIN_DIR=str(bindir)))
+    assert res.code == 2, res.stdout + res.stderr
+    assert "older than the server's 15" in res.stderr and "postgresql-client-15" in res.stderr
+    assert state(pg_rig) == before
