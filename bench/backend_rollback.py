@@ -2,9 +2,13 @@
 """Benchmark: backend rollback with doai-rollback vs the runbook's manual steps.
 
 On the sandbox rig (real sshd on 127.0.0.1, PM2 cluster of 2, a git-deployed Express app),
-for each scenario -- lockfile unchanged (v3 -> v2) and changed (v3 -> v1) -- and each method,
+for each scenario -- lockfile unchanged (v3 -> v2), changed (v3 -> v1), and changed on a host
+prepared for it (v3 -> v1 after `doai-rollback backend prepare --to v1`) -- and each method,
 N runs of:
-  reset: deploy v3 (the bad release) the way the pipeline does; not timed
+  reset: deploy v3 (the bad release) the way the pipeline does; not timed (this leaves the
+  host's node_modules cache without v1's tree: the pipeline installs in place)
+  prepared scenario, tool and playbook methods only: `doai-rollback backend prepare --to SHA`
+  (what the deploy pipeline runs at its end); not timed
   start a load generator on GET / (~50 requests/s; every version answers 200 there)
   start the method; a poller measures the time until /api/health answers 200 with the
   target's version ("time to healthy"); the method's own wall time is recorded too
@@ -49,7 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 from doai_ansible.sandbox import Sandbox, http_health  # noqa: E402
 
-SCENARIOS = {"lockfile-unchanged": "v2", "lockfile-changed": "v1"}
+# scenario -> (target, prepare the host first)
+SCENARIOS = {"lockfile-unchanged": ("v2", False), "lockfile-changed": ("v1", False),
+             "lockfile-changed-prepared": ("v1", True)}
 VERSION = {"v1": "1.0.0", "v2": "2.0.0"}
 
 
@@ -95,14 +101,34 @@ def wait_healthy(sb: Sandbox, version: str, t0: float, deadline_s: float = 120) 
     return None
 
 
-def run_tool(sb: Sandbox, sha: str) -> subprocess.Popen:
+def tool_env(sb: Sandbox) -> dict[str, str]:
     state = Path(tempfile.mkdtemp(prefix="dbs-", dir="/tmp"))
-    env = dict(os.environ, DOAI_INVENTORY=str(sb.inventory), DOAI_STATE_DIR=str(state))
+    return dict(os.environ, DOAI_INVENTORY=str(sb.inventory), DOAI_STATE_DIR=str(state))
+
+
+def run_tool(sb: Sandbox, sha: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "doai_ansible", "backend", "rollback", "--to", sha, "--yes", "-o", "json",
          "--reason", "bench"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT, env=tool_env(sb), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+
+
+def prepare_host(sb: Sandbox, sha: str) -> str:
+    """`doai-rollback backend prepare --to SHA`, as a deploy pipeline's last step; its status."""
+    proc = subprocess.run([sys.executable, "-m", "doai_ansible", "backend", "prepare", "--to", sha, "-o", "json"],
+                          cwd=ROOT, env=tool_env(sb), capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return next(iter(json.loads(proc.stdout)["hosts"].values()))["status"]
+
+
+def deps_source(out: bytes | None) -> str | None:
+    """Where the tool's rollback took node_modules from (cache or install), from its JSON."""
+    try:
+        return json.loads(out or b"{}")["steps"][0]["details"].get("node_modules", {}).get("source")
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return None
 
 
 def run_playbook(sb: Sandbox, sha: str, extra: dict[str, object], root: Path = ROOT) -> subprocess.Popen:
@@ -123,10 +149,12 @@ def run_manual(sb: Sandbox, sha: str) -> subprocess.Popen:
     return subprocess.Popen(sb.ssh_argv(script), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def one(sb: Sandbox, method: str, target: str, extra: dict[str, object] | None = None) -> dict[str, float | int | None]:
+def one(sb: Sandbox, method: str, target: str, extra: dict[str, object] | None = None,
+        prepared: bool = False) -> dict[str, float | int | str | None]:
     sb.deploy("v3")  # reset: the bad release is live
     sb.wait_health(expect_ok=False)
     sha = sb.commits[target]
+    prep = prepare_host(sb, sha) if prepared and method != "manual" else None  # untimed
     with Load(f"http://127.0.0.1:{sb.app_port}/") as load:
         t0 = time.monotonic()
         if method.startswith("playbook"):
@@ -135,13 +163,14 @@ def one(sb: Sandbox, method: str, target: str, extra: dict[str, object] | None =
         else:
             proc = (run_tool if method == "tool" else run_manual)(sb, sha)
         healthy = wait_healthy(sb, VERSION[target], t0)
-        _, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=300)
         wall = time.monotonic() - t0
         time.sleep(1.0)  # keep the load on a little after: late failures count too
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed ({proc.returncode}): {err.decode()[-2000:]}")
     return {"to_healthy_s": healthy, "wall_s": wall, "tail_s": wall - healthy if healthy is not None else None,
-            "requests": load.sent, "failed": load.failed}
+            "requests": load.sent, "failed": load.failed, "prepare": prep,
+            "node_modules": deps_source(out) if method == "tool" else None}
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -159,6 +188,7 @@ def main() -> int:
     ap.add_argument("--methods", default="tool,manual", help="comma-separated: tool, manual, playbook")
     ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                     help="an extra var for the playbook method (repeatable)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backend_rollback.json")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -172,15 +202,17 @@ def main() -> int:
         # Warm-up: npm's cache and PM2's daemon, so neither method pays for a cold start.
         one(sb, "manual", "v1")
         one(sb, methods[0], "v2", extra)
-        for scenario, target in SCENARIOS.items():
+        for scenario in [s for s in args.scenarios.split(",") if s]:
+            target, prepared = SCENARIOS[scenario]
             results[scenario] = {m: [] for m in methods}
             for i in range(args.runs):
                 for method in methods if i % 2 == 0 else methods[::-1]:  # alternate order
-                    r = one(sb, method, target, extra)
+                    r = one(sb, method, target, extra, prepared)
                     results[scenario][method].append(r)
-                    print(f"{scenario:19} {method:6} run {i + 1}: healthy {r['to_healthy_s']:.2f} s, "
-                          f"command {r['wall_s']:.2f} s, tail {r['tail_s']:.2f} s, failed {r['failed']}/{r['requests']}",
-                          flush=True)
+                    print(f"{scenario:25} {method:6} run {i + 1}: healthy {r['to_healthy_s']:.2f} s, "
+                          f"command {r['wall_s']:.2f} s, tail {r['tail_s']:.2f} s, failed {r['failed']}/{r['requests']}"
+                          + (f", prepare: {r['prepare']}" if r["prepare"] else "")
+                          + (f", node_modules: {r['node_modules']}" if r["node_modules"] else ""), flush=True)
     finally:
         sb.stop()
         if args.workdir is None:
@@ -189,7 +221,7 @@ def main() -> int:
     report: dict[str, dict] = {}
     print(f"\nmedians of {args.runs} runs (min-max); ratio = tool / manual")
     width = max(8, *(len(m) for m in methods))
-    print(f"{'scenario':19} {'method':{width}} {'to healthy s':>22} {'command s':>22} {'tail s':>22} {'failed requests':>18}")
+    print(f"{'scenario':25} {'method':{width}} {'to healthy s':>22} {'command s':>22} {'tail s':>22} {'failed requests':>18}")
     for scenario, by in results.items():
         report[scenario] = {}
         for method, runs in by.items():
@@ -199,14 +231,14 @@ def main() -> int:
             failed = summary([r["failed"] for r in runs])
             report[scenario][method] = {"to_healthy_s": th, "wall_s": wall, "tail_s": tail, "failed": failed,
                                         "requests": summary([r["requests"] for r in runs]), "runs": runs}
-            print(f"{scenario:19} {method:{width}} {th['median']:8.2f} ({th['min']:.2f}-{th['max']:.2f}) "
+            print(f"{scenario:25} {method:{width}} {th['median']:8.2f} ({th['min']:.2f}-{th['max']:.2f}) "
                   f"{wall['median']:8.2f} ({wall['min']:.2f}-{wall['max']:.2f}) "
                   f"{tail['median']:8.2f} ({tail['min']:.2f}-{tail['max']:.2f}) "
                   f"{failed['median']:6.0f} ({failed['min']:.0f}-{failed['max']:.0f})")
         if "tool" in by and "manual" in by:
             ratio = by_median(report[scenario], "tool") / by_median(report[scenario], "manual")
             report[scenario]["ratio_to_healthy"] = ratio
-            print(f"{scenario:19} ratio tool/manual, time to healthy: {ratio:.2f}")
+            print(f"{scenario:25} ratio tool/manual, time to healthy: {ratio:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
