@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -149,6 +150,7 @@ def plain_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not is_secret_env_name(k) and not k.startswith("PG")}
 
 
+@functools.lru_cache(maxsize=16)
 def tool_major(path: str) -> int:
     out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False,
                          env=plain_env()).stdout

@@ -29,11 +29,12 @@ def server_major(conn: Any) -> int:
         return int(cur.fetchone()[0]) // 10000
 
 
-def preflight_tools(conn: Any, db: DatabaseSettings) -> dict[str, str]:
+def preflight_tools(conn: Any, db: DatabaseSettings,
+                    names: tuple[str, ...] = ("pg_dump", "pg_restore", "psql")) -> dict[str, str]:
     """pg_dump, pg_restore and psql of at least the server's major version, or a clear refusal."""
     major = server_major(conn)
     found = {}
-    for name in ("pg_dump", "pg_restore", "psql"):
+    for name in names:
         path = tool(name, db.pg_bin_dir)
         have = tool_major(path)
         if have < major:
@@ -50,28 +51,40 @@ def _row_counts(conn: Any, schemas: tuple[str, ...]) -> dict[str, int]:
 
 
 def snapshot(url: DbUrl, conn: Any, db: DatabaseSettings, directory: Path, *, label: str) -> dict[str, Any]:
-    """Dump the application schemas and the migration history; returns the manifest."""
-    tools = preflight_tools(conn, db)
+    """Dump the application schemas and the migration history; returns the manifest. The row
+    counts and the history in the manifest are read in the very snapshot pg_dump dumps
+    (``pg_export_snapshot`` + ``pg_dump --snapshot``): exact even while the app writes."""
+    import psycopg
+
+    tools = preflight_tools(conn, db, ("pg_dump",))
     ensure_private_dir(directory, parents=True)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', url.dbname)}-{stamp}-{label}.dump"
     schemas = tuple(db.schemas) + (HISTORY_SCHEMA,)
-    argv = [tools["pg_dump"], "--format=custom", "--no-password", f"--file={path}"]
-    argv += [f"--schema={s}" for s in schemas]
-    try:
-        run_tool(url, argv, what="pg_dump")
-    except (ToolError, subprocess.TimeoutExpired):
-        path.unlink(missing_ok=True)
-        raise
+    with url.connect() as sconn:
+        sconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        sconn.read_only = True
+        with sconn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            exported = cur.fetchone()[0]
+        argv = [tools["pg_dump"], "--format=custom", "--no-password", f"--snapshot={exported}", f"--file={path}"]
+        argv += [f"--schema={s}" for s in schemas]
+        try:
+            run_tool(url, argv, what="pg_dump")
+        except (ToolError, subprocess.TimeoutExpired):
+            path.unlink(missing_ok=True)
+            raise
+        hist = mig.history(sconn)
+        counts = _row_counts(sconn, schemas)
+        sconn.rollback()
     os.chmod(path, 0o600)
-    hist = mig.history(conn)
     manifest = {
         "file": str(path), "sha256": mig.sha256_file(path), "bytes": path.stat().st_size,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "database": url.label, "server_version": server_version(conn), "schemas": list(schemas),
         "last_migration": hist[-1]["version"] if hist else None,
         "applied": [h["version"] for h in hist],
-        "row_counts": _row_counts(conn, schemas),
+        "row_counts": counts,
         "label": label,
     }
     manifest_path(path).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -141,6 +154,28 @@ def _drop_statements(conn: Any, schemas: list[str]) -> list[str]:
     return out
 
 
+def _checks(conn: Any, manifest: dict[str, Any]) -> str:
+    """The restore's verify, at the end of its own transaction (what the app writes after the
+    commit cannot make it fail): every table with the snapshot's row count, the history as in
+    the snapshot. A mismatch raises, and the whole restore rolls back."""
+    from psycopg import sql
+
+    lines = []
+    for table, n in sorted((manifest.get("row_counts") or {}).items()):
+        schema, name = table.split(".", 1)
+        lines.append(sql.SQL("DO $doai$ BEGIN IF (SELECT count(*) FROM {}) <> {} THEN RAISE EXCEPTION {}; END IF; END $doai$;")
+                     .format(sql.Identifier(schema, name), sql.Literal(int(n)),
+                             sql.Literal(f"restore check: {table} does not hold the snapshot's {n} rows")).as_string(conn))
+    versions = manifest.get("applied")
+    if versions is not None:
+        lines.append(sql.SQL("DO $doai$ BEGIN IF (SELECT coalesce(array_agg(version ORDER BY version), '{{}}') FROM {}) "
+                             "<> {}::text[] THEN RAISE EXCEPTION 'restore check: the migration history differs from "
+                             "the snapshot''s'; END IF; END $doai$;")
+                     .format(sql.Identifier("supabase_migrations", "schema_migrations"), sql.Literal(list(versions)))
+                     .as_string(conn))
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def existing_schemas(conn: Any, names: list[str]) -> set[str]:
     with conn.cursor() as cur:
         cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (names,))
@@ -170,5 +205,6 @@ def restore(url: DbUrl, conn: Any, db: DatabaseSettings, dump: Path, manifest: d
             for stmt in _drop_statements(conn, schemas):
                 fh.write(stmt + ";\n")
             fh.write(body)
+            fh.write(_checks(conn, manifest))
         run_tool(url, [tools["psql"], "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
                        "--single-transaction", f"--file={script}"], what="the restore (psql, one transaction)")

@@ -24,7 +24,7 @@ from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.parts.backend_docker import BackendDockerPart
 from doai_ansible.parts.backend_pm2 import BackendPart as BackendPM2Part
-from doai_ansible.parts.playbook import PlaybookPart
+from doai_ansible.parts.playbook import PlaybookPart, locks_of
 
 
 def _commit_or_image(value: str, option: str) -> str:
@@ -235,13 +235,7 @@ class BackendPart(PartBase):
                 "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
 
     def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
-        out = []
-        for host, h in self.status(ctx)["hosts"].items():
-            if h.get("host_lock"):
-                out.append(dict(h["host_lock"], host=host))
-            elif h.get("error"):
-                out.append({"host": host, "error": h["error"]})
-        return out
+        return locks_of(self.status(ctx))
 
     def release_host_lock(self, ctx: RunContext, host: str, run_id: str) -> dict[str, Any]:
         split = self.split(ctx, None, hosts=[host])

@@ -204,10 +204,9 @@ class DatabasePart(PartBase):
                              else mig.row_count(conn, r["table"]) or 0)
                 r["migration"] = v
                 at_risk.append(r)
-        counts = {t: mig.row_count(conn, t) or 0 for t in mig.tables(conn, db.schemas)}
         step = Step(Part.DATABASE, url.label, current, target, rule=rule,
                     details={"kind": "rollback", "migrations": items, "at_risk_tables": at_risk,
-                             "row_counts": counts, "applied": applied, "schemas": list(db.schemas),
+                             "tables": mig.tables(conn, db.schemas), "applied": applied, "schemas": list(db.schemas),
                              "from_label": f"{current} ({len(applied)} applied)",
                              "to_label": f"{target} (undo {len(undo)}: {', '.join(i['version'] + ' ' + i['name'] for i in items)})"})
         step.at_risk = _risk_text(at_risk)
@@ -265,13 +264,8 @@ class DatabasePart(PartBase):
                                   started, utcnow())
             except ValidationError:
                 raise  # the history moved under the lock: nothing was changed
-            problems = self._verify(conn, step, db)
-            if not problems:
-                ctx.say(f"database {url.label}: rolled back to {step.desired}; verified")
-                return StepResult(step, Outcome.SUCCEEDED, f"snapshot {Path(snap['file']).name}", started, utcnow())
-            ctx.warn(f"database {url.label}: verify failed after the rollback: {'; '.join(problems)}")
-            return self._restore_result(ctx, url, conn, step, Path(snap["file"]), snap, started,
-                                        f"verify failed: {'; '.join(problems)}")
+        ctx.say(f"database {url.label}: rolled back to {step.desired}; verified")
+        return StepResult(step, Outcome.SUCCEEDED, f"snapshot {Path(snap['file']).name}", started, utcnow())
 
     def _run_down(self, conn: Any, step: Step, db: Any) -> None:
         import psycopg
@@ -298,10 +292,15 @@ class DatabasePart(PartBase):
                         raise DownFailed(f"statement {st.index} (line {st.line}) of {down.name} failed: "
                                          f"{str(exc).strip().splitlines()[0]} [{st.first_line}]") from None
                 cur.execute(f"DELETE FROM {mig.HISTORY} WHERE version = %s", (item["version"],))  # noqa: S608
+            # Verified before the commit, in the transaction: a failed check changes nothing, and
+            # what the app writes meanwhile (other sessions) cannot fail it.
+            problems = self._verify(conn, step, db)
+            if problems:
+                raise DownFailed("verify failed: " + "; ".join(problems))
 
     def _verify(self, conn: Any, step: Step, db: Any) -> list[str]:
-        """History at the target; tables the undone migrations created gone; the others there
-        with the row counts the plan saw (but those the down files empty); foreign keys valid."""
+        """History at the target; the tables the undone migrations created gone, every other
+        table still there; foreign keys validated (PostgreSQL then guarantees no orphan)."""
         problems = []
         applied = [h["version"] for h in mig.history(conn)]
         undone = {i["version"] for i in step.details["migrations"]}
@@ -309,17 +308,11 @@ class DatabasePart(PartBase):
         if applied != want:
             problems.append(f"history is {applied[-3:]}, expected {want[-3:]}")
         created = {t for i in step.details["migrations"] for t in i["creates"]}
-        touched = {r["table"] for r in step.details["at_risk_tables"]}
-        for t in created:
-            if mig.row_count(conn, t) is not None:
-                problems.append(f"{t} still exists")
-        for t, n in step.details["row_counts"].items():
-            if t in created or t in touched:
-                continue
-            have = mig.row_count(conn, t)
-            if have != n:
-                problems.append(f"{t} has {have} rows, {n} before")
-        problems += mig.invalid_foreign_keys(conn, tuple(db.schemas))
+        dropped = {r["table"] for r in step.details["at_risk_tables"] if r["what"] == "dropped"}
+        left = set(mig.tables(conn, tuple(db.schemas)))
+        problems += [f"{t} still exists" for t in sorted(created & left)]
+        problems += [f"{t} is gone" for t in sorted(set(step.details["tables"]) - created - dropped - left)]
+        problems += mig.foreign_keys_not_valid(conn, tuple(db.schemas))
         return problems
 
     def _restore_result(self, ctx: RunContext, url: DbUrl, conn: Any, step: Step, path: Path,
@@ -337,15 +330,10 @@ class DatabasePart(PartBase):
 
     @staticmethod
     def _verify_restore(conn: Any, manifest: dict[str, Any]) -> list[str]:
-        bad = []
-        for t, n in (manifest.get("row_counts") or {}).items():
-            have = mig.row_count(conn, t)
-            if have != n:
-                bad.append(f"{t} has {have} rows after the restore, {n} in the snapshot")
-        hist = [h["version"] for h in mig.history(conn)]
-        if hist != manifest.get("applied", hist):
-            bad.append("the migration history differs from the snapshot's")
-        return bad
+        """After the commit (row counts and history were checked inside the restore's transaction):
+        every table of the snapshot is there."""
+        have = set(mig.tables(conn, tuple(manifest.get("schemas") or ())))
+        return [f"{t} is missing after the restore" for t in manifest.get("row_counts") or {} if t not in have]
 
     def _apply_restore(self, ctx: RunContext, step: Step, request: Request) -> StepResult:
         url = self._url(ctx)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -91,25 +90,24 @@ def refusal_error(refused: list[HostReport]) -> DoaiError:
 
 
 def group_hosts(ctx: RunContext, group: str) -> list[str]:
-    """The hosts of an inventory group (for error messages only: it costs an ansible-inventory run)."""
-    from doai_ansible.runner import ansible_playbook_bin
+    """The hosts of an inventory group (for error messages only), [] when it cannot be read."""
+    from doai_ansible.inventory import group_vars
 
-    exe = Path(ansible_playbook_bin()).with_name("ansible-inventory")
     try:
-        out = subprocess.run([str(exe), "-i", str(ctx.settings.inventory), "--list"], capture_output=True,
-                             text=True, timeout=60, check=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}).stdout
-        data = json.loads(out)
-    except (OSError, subprocess.SubprocessError, ValueError):
+        return sorted(group_vars(ctx.settings.inventory, group))
+    except DoaiError:
         return []
 
-    def walk(name: str, seen: set[str]) -> list[str]:
-        if name in seen:
-            return []
-        seen.add(name)
-        node = data.get(name) or {}
-        return list(node.get("hosts", [])) + [h for child in node.get("children", []) for h in walk(child, seen)]
 
-    return sorted(set(walk(group, set())))
+def locks_of(st: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The host locks a status report shows (``host_locks``), or the error of a host not read."""
+    out = []
+    for host, h in st["hosts"].items():
+        if h.get("host_lock"):
+            out.append(dict(h["host_lock"], host=host))
+        elif h.get("error"):
+            out.append({"host": host, "error": h["error"]})
+    return out
 
 
 class PlaybookPart(PartBase):
@@ -416,13 +414,7 @@ class PlaybookPart(PartBase):
                 "healthy": all(h["healthy"] for h in hosts.values())}
 
     def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
-        out = []
-        for host, h in self.status(ctx)["hosts"].items():
-            if h.get("host_lock"):
-                out.append(dict(h["host_lock"], host=host))
-            elif h.get("error"):
-                out.append({"host": host, "error": h["error"]})
-        return out
+        return locks_of(self.status(ctx))
 
     release_playbook: ClassVar[str | None] = None
     release_stats_key: ClassVar[str] = ""
