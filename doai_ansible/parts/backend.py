@@ -19,7 +19,7 @@ from typing import Any
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, UsageError, ValidationError
-from doai_ansible.inventory import MODE_VAR, MODES, backend_modes
+from doai_ansible.inventory import MODE_VAR, MODES, backend_modes, declares_modes
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.parts.backend_docker import BackendDockerPart
@@ -76,21 +76,28 @@ class BackendPart(PartBase):
             out.setdefault(override or mode, []).append(host)
         return {m: out[m] for m in MODES if m in out}
 
-    def _sub_request(self, mode: str, request: Request, hosts: list[str]) -> Request:
+    def _sub_request(self, mode: str, request: Request, hosts: list[str] | None) -> Request:
+        """The request for one mode's part: its hosts (None: the request's own --limit)."""
         to = request.to
         if to is not None:  # strict now that the mode is known
             to = validate.image_ref(to) if mode == "docker" else validate.git_ref(to)
-        targets = {h: t for h, t in request.targets.items() if h in hosts}
+        targets = {h: t for h, t in request.targets.items() if hosts is None or h in hosts}
         for host, value in targets.items():
             if mode == "docker":
                 validate.image_ref(value, option=f"target of {host}")
             else:
                 validate.git_ref(value, option=f"target of {host}")
-        return dataclasses.replace(request, to=to, limit=",".join(hosts), targets=targets)
+        return dataclasses.replace(request, to=to, limit=request.limit if hosts is None else ",".join(hosts),
+                                   targets=targets)
 
     def _plan_split(self, ctx: RunContext, request: Request) -> list[tuple[str, Request]]:
         """(mode, request for its hosts) for each mode, every value checked for its mode; the
         inventory is read once per request (the CLI's check and the plan share it)."""
+        if (not request.options.get("mode") and not request.targets
+                and not declares_modes(ctx.settings.inventory)):
+            # Every host runs PM2: no need to read the inventory first (the PM2 part says what a
+            # --limit that matches no host should say, from its own run).
+            return [("pm2", self._sub_request("pm2", request, None))]
         key = (str(ctx.settings.inventory), request.limit, request.options.get("mode"), tuple(sorted(request.targets)))
         if key not in self._splits:
             self._splits[key] = self.split(ctx, request.limit, request.options.get("mode"),

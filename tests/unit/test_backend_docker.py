@@ -151,3 +151,35 @@ def test_defaults_argument_specs_and_example_inventory_agree():
     example = yaml.safe_load((ROLE.parents[1] / "inventory" / "example" / "group_vars" / "backend_docker.yml").read_text())
     assert example.pop("doai_backend_mode") == "docker"
     assert example == defaults
+
+
+def test_an_inventory_that_never_names_a_mode_is_not_read_before_a_run(tmp_path):
+    from doai_ansible.inventory import declares_modes
+
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    hosts = inv / "hosts.yml"
+    hosts.write_text("all:\n  children:\n    backend:\n      hosts:\n        vps1: {}\n")
+    assert declares_modes(hosts) is False
+    (inv / "group_vars").mkdir()
+    (inv / "group_vars" / "backend.yml").write_text("doai_backend_pm2_path: /srv/app\n")
+    assert declares_modes(hosts) is False
+    (inv / "host_vars").mkdir()
+    (inv / "host_vars" / "vps1.yml").write_text("doai_backend_mode: docker\n")
+    assert declares_modes(hosts) is True  # then it is read, host by host
+    (inv / "host_vars" / "vps1.yml").unlink()
+    plugin = tmp_path / "aws_ec2.yml"
+    plugin.write_text("plugin: amazon.aws.aws_ec2\n")
+    assert declares_modes(plugin) is True  # a plugin may set anything
+    assert declares_modes(inv) is False  # a folder of static files
+
+
+def test_pm2_only_inventory_goes_straight_to_the_pm2_part(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  children:\n    backend:\n      hosts:\n        vps1: {}\n")
+    ctx = RunContext.create(load_settings(None, inventory=inv, state_dir=tmp_path / "state", env={}))
+    part = BackendPart()
+    ((mode, sub),) = part._plan_split(ctx, part.request(limit="vps9"))
+    assert mode == "pm2" and sub.limit == "vps9"  # the PM2 run says that vps9 matches nothing
+    with pytest.raises(ValidationError):  # --to still checked for PM2 before anything runs
+        part.request(to="a..b", ctx=ctx)
