@@ -324,6 +324,38 @@ def database_snapshot_cmd(opts: Options) -> ExitStatus:
     return ExitStatus.OK
 
 
+@database.command("snapshots")
+@click.option("--prune", "keep", type=int, default=None, metavar="KEEP",
+              help="Delete all but the KEEP newest intact snapshots (asks; --yes without a terminal).")
+@common_options
+@pass_opts
+def database_snapshots_cmd(opts: Options, keep: int | None) -> ExitStatus:
+    """The snapshots taken so far (by `snapshot`, before every rollback and restore), newest
+    first, each checked against its checksum; --prune KEEP removes the older ones."""
+    part = parts_registry.get("database")
+    ctx = opts.context()
+    snaps = part.snapshots(ctx)  # type: ignore[attr-defined]
+    deleted: list[str] = []
+    if keep is not None and not opts.dry_run:
+        doomed = [s["file"] for s in snaps if s["intact"]][max(keep, 1):]
+        if doomed and not opts.yes:
+            if not sys.stdin.isatty():
+                raise UsageError("--prune deletes snapshots: add --yes to confirm")
+            if not click.confirm(f"Delete {len(doomed)} snapshot(s), keeping the {keep} newest?", default=False):
+                return ExitStatus.INTERRUPTED
+        deleted = part.prune_snapshots(ctx, keep)  # type: ignore[attr-defined]
+    if opts.json:
+        emit_json({"snapshots": snaps, "deleted": deleted})
+        return ExitStatus.OK
+    for s in snaps:
+        state = "deleted" if s["file"] in deleted else ("ok" if s["intact"] else f"DAMAGED: {s['problem']}")
+        click.echo(f"{s['created'] or '?'}  {s['database'] or '?'}  last migration {s['last_migration'] or '?'}"
+                   f"  {s['bytes']:,} bytes  {state}\n    {s['file']}")
+    if not snaps:
+        click.echo(f"no snapshots in {ctx.settings.snapshot_dir}")
+    return ExitStatus.OK
+
+
 @database.command("rollback")
 @click.option("--to", "to", metavar="VERSION", default=None, help="Undo every migration applied after this one.")
 @click.option("--last", "last", type=click.IntRange(1, 100), default=None, help="Undo the last N migrations.")

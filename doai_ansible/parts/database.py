@@ -389,6 +389,36 @@ class DatabasePart(PartBase):
         with url.connect(autocommit=True) as conn:
             return self._snapshot(ctx, url, conn, ctx.run_id)
 
+    def snapshots(self, ctx: RunContext) -> list[dict[str, Any]]:
+        """The snapshots in the snapshot folder, newest first, each with its manifest and
+        whether the file still matches its checksum."""
+        out = []
+        folder = ctx.settings.snapshot_dir
+        for dump_file in sorted(folder.glob("*.dump"), key=lambda p: p.stat().st_mtime, reverse=True) \
+                if folder.is_dir() else []:
+            try:
+                manifest = dump.read_manifest(dump_file)
+                ok, problem = True, None
+            except ValidationError as exc:
+                manifest, ok, problem = {}, False, exc.message
+            out.append({"file": str(dump_file), "bytes": dump_file.stat().st_size, "intact": ok, "problem": problem,
+                        "created": manifest.get("created"), "database": manifest.get("database"),
+                        "last_migration": manifest.get("last_migration"), "label": manifest.get("label")})
+        return out
+
+    def prune_snapshots(self, ctx: RunContext, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest intact snapshots (and their manifests); a damaged
+        one is never deleted by this (a human looks at it). Returns the files deleted."""
+        if keep < 1:
+            raise ValidationError("--keep must be at least 1: the newest snapshot is never pruned")
+        gone = []
+        for snap in [s for s in self.snapshots(ctx) if s["intact"]][keep:]:
+            path = Path(snap["file"])
+            path.unlink()
+            dump.manifest_path(path).unlink(missing_ok=True)
+            gone.append(str(path))
+        return gone
+
     def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
         st = self.status(ctx)
         return {"healthy": st["healthy"], "reachable": st["reachable"], "targets": {st["database"]: st["healthy"]}}

@@ -305,3 +305,18 @@ def test_the_app_keeps_writing_during_snapshot_rollback_and_restore(pg_rig, env)
     res = run_cli("database", "restore", manifest["file"], "--yes", env=env)
     assert res.code == 0, res.stdout + res.stderr
     assert rig.row_counts()["public.system_logs"] == manifest["row_counts"]["public.system_logs"]
+
+
+def test_snapshots_are_listed_and_pruned_only_when_asked(pg_rig, env, state_dir):
+    files = [run_cli("database", "snapshot", "-o", "json", env=env).json()["file"] for _ in range(3)]
+    listed = run_cli("database", "snapshots", "-o", "json", env=env).json()
+    assert [s["file"] for s in listed["snapshots"]] == files[::-1] and all(s["intact"] for s in listed["snapshots"])
+    # deleting needs an explicit yes; without one nothing is deleted
+    refused = run_cli("database", "snapshots", "--prune", "1", env=env)
+    assert refused.code == 2 and all(Path(f).exists() for f in files)
+    with open(files[0], "ab") as fh:  # a damaged one is left for a human, never pruned
+        fh.write(b"x")
+    pruned = run_cli("database", "snapshots", "--prune", "1", "--yes", "-o", "json", env=env).json()
+    assert pruned["deleted"] == [files[1]]
+    assert Path(files[2]).exists() and Path(files[0]).exists() and not Path(files[1]).exists()
+    assert not Path(files[1]).with_suffix(".json").exists()
