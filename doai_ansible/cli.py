@@ -195,15 +195,16 @@ def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: s
 
 
 @backend.command("prepare")
-@click.option("--to", "to", metavar="REF", default=None,
-              help="Commit SHA or ref (default: the release live before the current one, as a rollback).")
+@click.option("--to", "to", metavar="REF|TAG", default=None,
+              help="The rollback's target, as for `backend rollback` (default: the same default).")
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups (comma-separated).")
 @common_options
 @pass_opts
 def backend_prepare(opts: Options, to: str | None, limit: str | None) -> ExitStatus:
-    """Install the node_modules a rollback would need into each host's cache, so that the
-    rollback is a rename, not an npm ci. Changes neither the app nor PM2: run it at the end of
-    every deploy, or at any time. --dry-run says what it would do."""
+    """Fetch what a rollback would need ahead of time. PM2 hosts: the target's node_modules into
+    the host's cache, so the rollback is a rename, not an npm ci. Docker hosts: the target image
+    pulled, so the rollback's pull has nothing to fetch. Changes nothing live: run it at the end
+    of every deploy, or at any time. --dry-run says what it would do."""
     part = parts_registry.get("backend")
     report = part.prepare(opts.context(), part.request(to=to, limit=limit), check=opts.dry_run)
     if opts.json:

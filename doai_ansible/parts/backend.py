@@ -18,7 +18,7 @@ from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
-from doai_ansible.errors import DoaiError, UsageError, ValidationError
+from doai_ansible.errors import DoaiError, ExitStatus, UsageError, ValidationError
 from doai_ansible.inventory import MODE_VAR, MODES, backend_modes, declares_modes
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
@@ -198,15 +198,24 @@ class BackendPart(PartBase):
 
     # -- prepare (PM2 hosts: the node_modules a rollback needs, into each host's cache) -----------
     def prepare(self, ctx: RunContext, request: Request, *, check: bool = False) -> dict[str, Any]:
-        split = self.split(ctx, request.limit, request.options.get("mode"))
-        if "pm2" not in split:
-            raise UsageError("nothing to prepare: prepare installs node_modules on PM2 hosts, and "
-                             f"{', '.join(split.get('docker', []))} run the backend in Docker",
-                             hint="a Docker rollback pulls its image while the current container serves")
-        return self.modes["pm2"].prepare(ctx, self._sub_request("pm2", request, split["pm2"]), check=check)
+        """Each host prepared by its mode (PM2: node_modules into the cache; Docker: the image
+        pulled); one report, the worst exit status of the modes."""
+        reports = [(mode, self.modes[mode].prepare(ctx, sub, check=check))
+                   for mode, sub in self._plan_split(ctx, request)]
+        merged = dict(reports[0][1], hosts={})
+        for mode, rep in reports:
+            for host, h in rep["hosts"].items():
+                merged["hosts"][host] = dict(h, mode=mode)
+        worst = max(int(rep["exit_status"]) for _, rep in reports)
+        merged.update(exit_status=worst, ok=worst == 0, exit_name=ExitStatus(worst).name,
+                      log_file=[rep.get("log_file") for _, rep in reports][0])
+        return merged
 
     def prepare_lines(self, report: Mapping[str, Any]) -> list[str]:
-        return self.modes["pm2"].prepare_lines(report)
+        lines: list[str] = []
+        for host, h in report["hosts"].items():
+            lines += self.modes[h.get("mode") or "pm2"].prepare_lines({"hosts": {host: h}})
+        return lines
 
     # -- status and locks ----------------------------------------------------------------------------
     def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:

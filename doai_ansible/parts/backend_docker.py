@@ -51,6 +51,8 @@ class BackendDockerPart(PlaybookPart):
     stats_key = "doai_backend_docker"
     status_stats_key = "doai_backend_docker_status"
     release_stats_key = "doai_backend_docker_release"
+    prepare_playbook = "backend-docker-prepare.yml"
+    prepare_stats_key = "doai_backend_docker_prepare"
     logs_task = "Read the last container log lines"
     logs_name = "container"
     apply_modules = ("doai_backend_docker_apply",)
@@ -101,6 +103,18 @@ class BackendDockerPart(PlaybookPart):
         # ref and must find the planned id behind it.
         ref = step.details.get("to_ref")
         return {**super().pin(step), **({"ref": ref} if ref and not ref.startswith("sha256:") else {})}
+
+    def prepare_lines(self, report: Mapping[str, Any]) -> list[str]:
+        words = {"prepared": "prepared (pulled)", "already_prepared": "already prepared",
+                 "would_prepare": "would pull"}
+        lines = []
+        for host, h in report["hosts"].items():
+            if h.get("error"):
+                lines.append(f"backend {host}: prepare FAILED: {h['error']} (the service was not touched)")
+                continue
+            lines.append(f"backend {host}: {words.get(h.get('status') or '', h.get('status'))}: "
+                         f"{_label(h.get('target'), h.get('target_version'), h.get('target_ref'))} (by {h.get('rule')})")
+        return lines
 
     def was_healthy(self, step: Step) -> bool:
         return 200 <= _int(step.details.get("from_health")) < 300

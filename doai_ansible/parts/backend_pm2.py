@@ -23,11 +23,9 @@ from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
-from doai_ansible.errors import ExitStatus
 from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
-from doai_ansible.parts.playbook import HostReport, PlaybookPart, refusal_error, reports
-from doai_ansible.runner import run_playbook
+from doai_ansible.parts.playbook import HostReport, PlaybookPart
 
 ROLLBACK_PLAYBOOK = "backend-pm2-rollback.yml"
 STATUS_PLAYBOOK = "backend-pm2-status.yml"
@@ -158,39 +156,8 @@ class BackendPart(PlaybookPart):
 
 
     # -- prepare: the node_modules a rollback would need, installed ahead of time -------------------
-    prepare_playbook: str = PREPARE_PLAYBOOK
-    prepare_stats_key: str = PREPARE_STATS_KEY
-
-    def prepare(self, ctx: RunContext, request: Request, *, check: bool = False) -> dict[str, Any]:
-        """On each host: resolve the target as a rollback would (``request.to``, else the release
-        live before) and install its node_modules into the cache unless it is there or live.
-        Returns ``{"part", "dry_run", "hosts": {host: report}, "ok", "exit_status"}``; raises like
-        a plan when no host got that far (bad target, unreachable, --limit matching nothing)."""
-        pb = run_playbook(ctx.settings, self.prepare_playbook, extravars={**self.fixed_vars, f"{self.var_prefix}_target": request.to or ""},
-                          limit=request.limit, check=check, log_dir=ctx.log_dir / "prepare", on_event=ctx.progress,
-                          timeout_s=self.apply_run_timeout_s)
-        self._warn(ctx, pb)
-        reps = reports(pb, self.prepare_stats_key)
-        if not reps:
-            raise self._no_hosts(ctx, pb, request.limit, "prepare")
-        failed = [r for r in reps.values() if r.failure is not None or not r.status]
-        if failed and len(failed) == len(reps) and all(r.unreachable or r.failure is None or r.failure.flags
-                                                       for r in failed):
-            raise refusal_error(failed)  # nothing ran anywhere: a refusal, exit 2 (or 5, 7)
-        hosts: dict[str, dict[str, Any]] = {}
-        worst = ExitStatus.OK
-        for host, rep in reps.items():
-            st = dict(rep.stats)
-            if rep.failure is not None or not rep.status:
-                st["status"] = "unreachable" if rep.unreachable else "failed"
-                st["error"] = rep.failure_text()
-                code = (ExitStatus.UNREACHABLE if rep.unreachable
-                        else ExitStatus.USAGE if rep.failure is not None and rep.failure.flags else ExitStatus.ERROR)
-                worst = max(worst, code)
-            hosts[host] = st
-        return {"part": self.name, "command": "backend prepare", "dry_run": check, "hosts": hosts,
-                "ok": worst == ExitStatus.OK, "exit_status": int(worst), "exit_name": worst.name,
-                "log_file": str(pb.log_file) if pb.log_file else None}
+    prepare_playbook = PREPARE_PLAYBOOK
+    prepare_stats_key = PREPARE_STATS_KEY
 
     def prepare_lines(self, report: Mapping[str, Any]) -> list[str]:
         lines = []

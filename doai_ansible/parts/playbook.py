@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from doai_ansible.context import RunContext
-from doai_ansible.errors import DoaiError, LockedError, UnreachableError, UsageError, ValidationError
+from doai_ansible.errors import DoaiError, ExitStatus, LockedError, UnreachableError, UsageError, ValidationError
 from doai_ansible.model import Outcome, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.runner import HostFailure, PlaybookRun, run_playbook
@@ -433,6 +433,48 @@ class PlaybookPart(PartBase):
             raise refusal_error([rep])
         return {"host": host, "run_id": run_id, "released": bool(rep.stats.get("released")),
                 "holder": rep.stats.get("holder")}
+
+    # -- prepare: what a rollback would fetch, fetched ahead of time (no change to the live app) ------
+    prepare_playbook: ClassVar[str | None] = None
+    prepare_stats_key: ClassVar[str] = ""
+
+    def prepare(self, ctx: RunContext, request: Request, *, check: bool = False) -> dict[str, Any]:
+        """On each host: resolve the target as a rollback would (``request.to``, else the role's
+        default) and fetch what the rollback would need (PM2: the node_modules into the cache;
+        Docker: the image). Returns ``{"part", "dry_run", "hosts": {host: report}, "ok",
+        "exit_status"}``; raises like a plan when no host got that far (bad target, unreachable,
+        --limit matching nothing)."""
+        if not self.prepare_playbook:
+            raise UsageError(f"the {self.name} part has nothing to prepare")
+        pb = run_playbook(ctx.settings, self.prepare_playbook,
+                          extravars={**self.fixed_vars, f"{self.var_prefix}_target": request.to or ""},
+                          limit=request.limit, check=check, log_dir=ctx.log_dir / "prepare", on_event=ctx.progress,
+                          timeout_s=self.apply_run_timeout_s)
+        self._warn(ctx, pb)
+        reps = reports(pb, self.prepare_stats_key)
+        if not reps:
+            raise self._no_hosts(ctx, pb, request.limit, "prepare")
+        failed = [r for r in reps.values() if r.failure is not None or not r.status]
+        if failed and len(failed) == len(reps) and all(r.unreachable or r.failure is None or r.failure.flags
+                                                       for r in failed):
+            raise refusal_error(failed)  # nothing ran anywhere: a refusal, exit 2 (or 5, 7)
+        hosts: dict[str, dict[str, Any]] = {}
+        worst = ExitStatus.OK
+        for host, rep in reps.items():
+            st = dict(rep.stats)
+            if rep.failure is not None or not rep.status:
+                st["status"] = "unreachable" if rep.unreachable else "failed"
+                st["error"] = rep.failure_text()
+                code = (ExitStatus.UNREACHABLE if rep.unreachable
+                        else ExitStatus.USAGE if rep.failure is not None and rep.failure.flags else ExitStatus.ERROR)
+                worst = max(worst, code)
+            hosts[host] = st
+        return {"part": self.name, "command": "backend prepare", "dry_run": check, "hosts": hosts,
+                "ok": worst == ExitStatus.OK, "exit_status": int(worst), "exit_name": worst.name,
+                "log_file": str(pb.log_file) if pb.log_file else None}
+
+    def prepare_lines(self, report: Mapping[str, Any]) -> list[str]:
+        return [f"{self.name} {host}: {h.get('status')}" for host, h in report["hosts"].items()]
 
     def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
         st = self.status(ctx, limit=limit)

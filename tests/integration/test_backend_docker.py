@@ -256,3 +256,26 @@ def test_link_cut_during_the_restart_watch(docker_rig, state_dir, seconds, resum
     assert rig.image_id(f"{rig.image_repo}:rollback") == rig.image_ids["v3"]
     assert not (Path(rig.host_state) / "backend.lock").exists()
     assert [e["result"] for e in ledger(rig)] == ["succeeded"]
+
+
+def test_prepare_pulls_the_rollback_image_and_changes_nothing_live(docker_rig, env):
+    rig = docker_rig
+    before = snapshot(rig)
+    plan = run_cli("backend", "prepare", "--dry-run", "-o", "json", env=env)
+    assert plan.code == 0, plan.stderr
+    assert plan.json()["hosts"]["sandbox-docker"]["status"] == "would_prepare"
+    assert snapshot(rig) == before
+    res = run_cli("backend", "prepare", "-o", "json", env=env)
+    assert res.code == 0, res.stderr
+    host = res.json()["hosts"]["sandbox-docker"]
+    assert host["status"] == "prepared" and host["target"] == rig.image_ids["v2"] and host["mode"] == "docker"
+    after = snapshot(rig)
+    assert after["ids"]["previous"] == rig.image_ids["v2"]  # pulled ...
+    assert {k: v for k, v in after["ids"].items() if k != "previous"} == \
+        {k: v for k, v in before["ids"].items() if k != "previous"}  # ... and nothing the service uses moved
+    assert after["health"] == before["health"] and after["container"] == before["container"]
+    again = run_cli("backend", "prepare", env=env)
+    assert again.code == 0 and "already prepared" in again.stdout
+    # the rollback then finds the image there
+    assert run_cli("backend", "rollback", "--yes", env=env).code == 0
+    assert rig.health() == (200, "2.0.0")
