@@ -147,3 +147,46 @@ def pg_rig(pg_server) -> PgRig:  # noqa: F821
         rig.reset()
     rig.used = True
     return rig
+
+
+@pytest.fixture(scope="session")
+def agent_pcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentRig]:  # noqa: F821
+    """The desktop agent's stand-in PCs (Linux, not Windows): one loopback sshd for the whole
+    session serving every PC of the group ``agents``. Stopped by PID at the end. Tests take
+    ``agent_fleet`` (a fresh fleet per test) rather than this."""
+    from doai_ansible.sandbox.agent_rig import AgentRig
+
+    rig = AgentRig(tmp_path_factory.mktemp("ag"), pcs=4, unreachable=1)
+    try:
+        rig.start()
+        rig.used = False  # type: ignore[attr-defined]
+        yield rig
+    finally:
+        rig.stop()
+        rig.cleanup()
+
+
+@pytest.fixture
+def agent_fleet(agent_pcs) -> Iterator[Callable[..., AgentRig]]:  # noqa: F821
+    """A factory: ``agent_fleet(n=4, unreachable=1, app_failed=False, users=("alice", "bob"),
+    config_location="app-current")`` gives the session's stand-in PCs made anew with those
+    options (folders seeded, one agent per PC and user running 2.0.0, inventory written;
+    ~0.2 s for 4 PCs, ~1.3 s for 48: see AgentRig.reset). Every agent is stopped after the test."""
+    rig = agent_pcs
+
+    def make(n: int = 4, unreachable: int = 1, **options: object) -> AgentRig:  # noqa: F821
+        if rig.used or (n, unreachable) != (rig.n_pcs, rig.n_unreachable) or options:
+            rig.reset(pcs=n, unreachable=unreachable, **{**_AGENT_FLEET_DEFAULTS, **options})
+        rig.used = True
+        return rig
+
+    try:
+        yield make
+    finally:
+        rig.kill_all()
+        rig.used = True
+
+
+_AGENT_FLEET_DEFAULTS: dict[str, object] = {
+    "users": ("alice", "bob"), "bare_users": ("guest",), "app_failed": False, "config_location": "app-current",
+}
