@@ -1,0 +1,242 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: doai-ansible contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: doai_agent_posix
+short_description: The desktop agent's primitives on a Linux stand-in PC (observe, stop, rename, copy, mark, start, verify)
+description:
+  - Called by the doai_agent_swap action plugin, one step per call, on POSIX hosts that stand in for the
+    Windows PCs. C(observe) changes nothing. Nothing is ever deleted.
+options:
+  op:
+    description: The primitive.
+    type: str
+    required: true
+    choices: [observe, stop, rename, copy_config, marker, start, verify]
+  root: {description: The user's agent folder (every op but observe)., type: path}
+  users: {description: observe - target users; empty for every profile that has the folder., type: list, elements: str, default: []}
+  profiles_root: {description: observe - the directory holding the user profiles., type: path, default: /home}
+  local_path: {description: observe - the folder's parent inside a profile., type: str, default: .local/share}
+  folder_name: {description: observe - the agent folder's name., type: str, default: DoAi-Desktop-Agent}
+  version_file: {description: The version file inside an app folder., type: str, default: VERSION}
+  pid_file: {description: The agent's pid file, relative to root., type: str, default: agent.pid}
+  marker: {description: The marker file, relative to root., type: str, default: .doai-rollback.json}
+  content: {description: marker - the marker's content., type: dict}
+  src: {description: rename, copy_config - source relative to root., type: str}
+  dest: {description: rename, copy_config - destination relative to root., type: str}
+  keep_as: {description: copy_config - where an existing destination is kept, relative to root., type: str}
+  retries: {description: rename - attempts., type: int, default: 1}
+  delay: {description: rename - seconds between attempts., type: float, default: 1}
+  timeout: {description: stop, verify - seconds to wait., type: float, default: 30}
+  command: {description: start - argv; the element C({current}) or a prefix C({current}/) names app-current., type: list, elements: str}
+  expected: {description: verify - the version app-current must hold (empty - any)., type: str, default: ""}
+author: doai-ansible contributors
+"""
+
+EXAMPLES = r"""
+- name: Observe every profile that has the agent folder
+  doai_agent_posix:
+    op: observe
+    profiles_root: /home
+"""
+
+RETURN = r"""
+users: {description: observe - per user the folder, app dirs (version, config), running, marker., type: list, returned: success}
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+DIRS = ("app-current", "app-backup", "app-failed")
+
+
+def _read_version(d, version_file):
+    try:
+        with open(os.path.join(d, version_file)) as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def _pid(root, pid_file):
+    try:
+        with open(os.path.join(root, pid_file)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is gone for our purpose.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def observe(p):
+    root_all = p["profiles_root"]
+    users = p["users"] or sorted(u for u in _listdir(root_all)
+                                 if os.path.isdir(os.path.join(root_all, u, p["local_path"], p["folder_name"])))
+    out = []
+    for user in users:
+        home = os.path.join(root_all, user)
+        if not os.path.isdir(home):
+            out.append({"user": user, "root": None, "profile": False, "folder": False})
+            continue
+        root = os.path.join(home, p["local_path"], p["folder_name"])
+        dirs = {}
+        for name in DIRS:
+            d = os.path.join(root, name)
+            dirs[name] = ({"version": _read_version(d, p["version_file"]),
+                           "config": os.path.isfile(os.path.join(d, "config.json"))} if os.path.isdir(d) else None)
+        marker = None
+        try:
+            with open(os.path.join(root, p["marker"])) as f:
+                marker = json.load(f)
+        except (OSError, ValueError):
+            pass
+        out.append({"user": user, "root": root, "profile": True, "folder": os.path.isdir(root), "dirs": dirs,
+                    "running": _pid(root, p["pid_file"]) is not None, "marker": marker})
+    return out
+
+
+def _listdir(d):
+    try:
+        return os.listdir(d)
+    except OSError:
+        return []
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            op=dict(type="str", required=True,
+                    choices=["observe", "stop", "rename", "copy_config", "marker", "start", "verify"]),
+            root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
+            profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
+            folder_name=dict(type="str", default="DoAi-Desktop-Agent"),
+            version_file=dict(type="str", default="VERSION"), pid_file=dict(type="str", default="agent.pid"),
+            marker=dict(type="str", default=".doai-rollback.json"), content=dict(type="dict"),
+            src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"),
+            retries=dict(type="int", default=1), delay=dict(type="float", default=1),
+            timeout=dict(type="float", default=30), command=dict(type="list", elements="str"),
+            expected=dict(type="str", default=""),
+        ),
+        required_if=[("op", "stop", ["root"]), ("op", "rename", ["root", "src", "dest"]),
+                     ("op", "copy_config", ["root", "src", "dest", "keep_as"]), ("op", "marker", ["root", "content"]),
+                     ("op", "start", ["root", "command"]), ("op", "verify", ["root"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    op = p["op"]
+    if op == "observe":
+        module.exit_json(changed=False, users=observe(p))
+    if module.check_mode:
+        module.exit_json(changed=False, skipped=True, msg="check mode: %s not run" % op)
+    root = p["root"]
+    at = lambda rel: os.path.join(root, rel)  # noqa: E731
+
+    if op == "stop":
+        pid = _pid(root, p["pid_file"])
+        if pid is None:
+            module.exit_json(changed=False, stopped=[])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + p["timeout"]
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            module.fail_json(msg="agent still running after %s s: %d" % (p["timeout"], pid), still_running=[pid])
+        module.exit_json(changed=True, stopped=[pid])
+
+    if op == "rename":
+        src, dest = at(p["src"]), at(p["dest"])
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if os.path.lexists(dest):
+                    raise FileExistsError("%s exists" % dest)
+                os.rename(src, dest)
+                break
+            except OSError as exc:
+                if attempt >= max(1, p["retries"]):
+                    module.fail_json(msg="rename %s -> %s failed after %d attempts: %s"
+                                     % (p["src"], p["dest"], attempt, exc), attempts=attempt)
+                time.sleep(p["delay"])
+        module.exit_json(changed=True, attempts=attempt)
+
+    if op == "copy_config":
+        src, dest = at(p["src"]), at(p["dest"])
+        if not os.path.isfile(src):
+            module.exit_json(changed=False, copied=False, kept=False)
+        kept = False
+        if os.path.lexists(dest):
+            os.rename(dest, at(p["keep_as"]))
+            kept = True
+        with open(src, "rb") as f:
+            data = f.read()
+        tmp = dest + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, dest)
+        module.exit_json(changed=True, copied=True, kept=kept)
+
+    if op == "marker":
+        path = at(p["marker"])
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(p["content"], f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        module.exit_json(changed=True)
+
+    if op == "start":
+        current = at("app-current")
+        argv = [current + a[len("{current}"):] if a == "{current}" or a.startswith("{current}/") else a
+                for a in p["command"]]
+        with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
+            proc = subprocess.Popen(argv, cwd=current, stdin=devnull_in, stdout=devnull_out, stderr=devnull_out,
+                                    start_new_session=True, close_fds=True)
+        with open(at(p["pid_file"]), "w") as f:
+            f.write("%d\n" % proc.pid)
+        module.exit_json(changed=True, pid=proc.pid)
+
+    if op == "verify":
+        deadline = time.monotonic() + p["timeout"]
+        while True:
+            pid = _pid(root, p["pid_file"])
+            if pid is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        version = _read_version(at("app-current"), p["version_file"])
+        result = dict(changed=False, running=pid is not None, pid=pid, version=version)
+        if pid is None or (p["expected"] and version != p["expected"]):
+            module.fail_json(msg="verify: running=%s, app-current version %s, expected %s"
+                             % (pid is not None, version, p["expected"] or "any"), **result)
+        module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
