@@ -630,6 +630,10 @@ class AgentRig:
             "doai_agent_pid_file": "agent.pid",
             "doai_agent_lock_file": ".locked",
             "doai_agent_posix_python": AGENT_PYTHON,
+            # The same under the names of roles/doai_agent/defaults/main.yml as of this commit.
+            "doai_agent_posix_profiles_root": str(self.profiles_root(pc)),
+            "doai_agent_posix_local_path": str(AGENT_DIR.parent),
+            "doai_agent_posix_start_command": [AGENT_PYTHON, "{current}/agent.py"],
         }
         if pc in self.unreachable:
             hv["ansible_port"] = self.closed_port
