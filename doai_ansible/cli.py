@@ -289,6 +289,53 @@ def dashboard_rollback_cmd(opts: Options, to: str | None, reason: str | None) ->
                     question="Roll the dashboard back as shown?")
 
 
+# -- agent ---------------------------------------------------------------------------------------
+@cli.group()
+def agent() -> None:
+    """Desktop agent on the PCs (group `agents`): the runbook's rename swap, per PC and user.
+
+    Windows PCs over WinRM (HTTPS, certificate validation, NTLM/Kerberos; the password only from
+    DOAI_WINRM_PASSWORD or vault); the same role runs on Linux stand-in PCs for tests.
+    """
+
+
+@agent.command("rollback")
+@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups (comma-separated).")
+@click.option("--user", "users", metavar="USER", multiple=True,
+              help="Only this user's folder (repeatable; default: every profile that has the agent).")
+@click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks).")
+@click.option("--max-fail-percent", type=int, default=None,
+              help="Stop after a batch whose failed PCs exceed this percentage (default: never stop).")
+@click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
+              help="Only the PCs that run did not finish (failed, put back, unreachable).")
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and the PCs' markers).")
+@common_options
+@pass_opts
+def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...], batch: str | None,
+                       max_fail_percent: int | None, rerun: str | None, reason: str | None) -> ExitStatus:
+    """Swap app-backup in for app-current on every PC (an unreachable or refusing PC does not
+    stop the others): stop the agent, keep config.json, start it again and verify; a failed
+    step puts that user's folder back. Ends with a result per PC and user."""
+    part = parts_registry.get("agent")
+    if rerun is not None:
+        if limit:
+            raise UsageError("--rerun-failed chooses the PCs itself: leave --limit out")
+        record = Journal(opts.settings().journal_path).find(validate.run_id(rerun))
+        limit = part.rerun_limit(record)  # type: ignore[attr-defined]
+    job = engine.Job(part, part.request(limit=limit, users=list(users), batch=batch,  # type: ignore[call-arg]
+                                        max_fail_percent=max_fail_percent, reason=reason))
+    return run_jobs(opts, [job], command="agent rollback", reason=reason, question="Roll the agent back as shown?")
+
+
+@agent.command("status")
+@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups.")
+@common_options
+@pass_opts
+def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
+    """Per PC and user: app-current and app-backup versions and what a rollback would do."""
+    return render_status(opts, engine.status(opts.context(), only=["agent"], limit=limit), one="agent")
+
+
 # -- database ------------------------------------------------------------------------------------
 @cli.group()
 def database() -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from doai_ansible.part import PartBase
 
 REGISTRY: dict[Part, str] = {
+    Part.AGENT: "doai_ansible.parts.agent:AgentPart",
     Part.BACKEND: "doai_ansible.parts.backend:BackendPart",
     Part.DATABASE: "doai_ansible.parts.database:DatabasePart",
     Part.DASHBOARD: "doai_ansible.parts.dashboard:DashboardPart",

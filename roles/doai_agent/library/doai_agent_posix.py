@@ -25,6 +25,7 @@ options:
   folder_name: {description: observe - the agent folder's name., type: str, default: DoAi-Desktop-Agent}
   version_file: {description: The version file inside an app folder., type: str, default: VERSION}
   pid_file: {description: The agent's pid file, relative to root., type: str, default: agent.pid}
+  lock_file: {description: "A file in a folder listing the pids that hold it open (stand-in PCs only: a rename waits until none runs).", type: str, default: .locked}
   marker: {description: The marker file, relative to root., type: str, default: .doai-rollback.json}
   content: {description: marker - the marker's content., type: dict}
   src: {description: rename, copy_config - source relative to root., type: str}
@@ -119,6 +120,20 @@ def observe(p):
     return out
 
 
+def _lock_holders(d, lock_file):
+    """The live pids a lock file in ``d`` names: the stand-in PCs' way of saying "files in use"
+    (Windows refuses to rename a folder whose files a process holds open; Linux does not, so
+    the stand-ins write their pid into <app dir>/<lock_file> and the rename waits them out)."""
+    if not lock_file:
+        return []
+    try:
+        with open(os.path.join(d, lock_file)) as f:
+            pids = [int(x) for x in f.read().split() if x.strip().isdigit()]
+    except (IOError, OSError):
+        return []
+    return [pid for pid in pids if _alive(pid)]
+
+
 def _listdir(d):
     try:
         return os.listdir(d)
@@ -135,6 +150,7 @@ def main():
             profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
             folder_name=dict(type="str", default="DoAi-Desktop-Agent"),
             version_file=dict(type="str", default="VERSION"), pid_file=dict(type="str", default="agent.pid"),
+            lock_file=dict(type="str", default=".locked"),
             marker=dict(type="str", default=".doai-rollback.json"), content=dict(type="dict"),
             src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"),
             retries=dict(type="int", default=1), delay=dict(type="float", default=1),
@@ -175,6 +191,9 @@ def main():
             try:
                 if os.path.lexists(dest):
                     raise FileExistsError("%s exists" % dest)
+                holders = _lock_holders(src, p["lock_file"])
+                if holders:
+                    raise OSError("%s is in use (locked by pid %s)" % (p["src"], ", ".join(map(str, holders))))
                 os.rename(src, dest)
                 break
             except OSError as exc:

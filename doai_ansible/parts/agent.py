@@ -1,0 +1,240 @@
+"""The agent part: the DoAi desktop agent on a fleet of PCs (group ``agents``), rolled back by
+the runbook's rename swap, per PC and user (``playbooks/agent-rollback.yml``, role
+``doai_agent``: its action plugin decides what to do for each observed folder in one place and
+carries it out with the Windows modules, or POSIX ones on the Linux stand-in PCs).
+
+Unlike the backend pool, a fleet is not all or nothing: a PC that is unreachable or refuses
+(folder or backup missing) is reported, and the others go on. Each step is one PC and user;
+the result table says which were rolled back, unchanged, refused, put back or not, and
+``--rerun-failed RUN`` runs the PCs a run did not finish again (a swap left half done is
+resumed from its marker file).
+
+Not done yet (issue 10): the reinstall, the Socket.IO check in verify, pins of the plan's
+versions at apply, a Windows host lock and ledger (the marker file is the per-user record).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from doai_ansible import validate
+from doai_ansible.context import RunContext
+from doai_ansible.errors import UsageError, ValidationError
+from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
+from doai_ansible.part import Request
+from doai_ansible.parts.playbook import PlaybookPart, reports
+
+_USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}\Z")
+_BATCH_RE = re.compile(r"[1-9][0-9]{0,3}%?\Z")
+
+
+def _step(host: str, u: Mapping[str, Any]) -> Step:
+    user = u.get("user") or "?"
+    step = Step(Part.AGENT, f"{host}/{user}", u.get("from"), u.get("to") if u.get("status") != "unchanged" else u.get("from"),
+                rule=u.get("reason") or "", details={"host": host, "user": user, "root": u.get("root"),
+                                                      "plan_status": u.get("status"),
+                                                      "steps": [s.get("op") for s in u.get("steps") or []]})
+    step.details["from_label"] = f"app-current {u.get('from') or '?'}"
+    step.details["to_label"] = f"app-backup {u.get('to') or '?'}"
+    if u.get("status") == "planned":
+        step.notes = ["; ".join(f"{s.get('op')} {s.get('src', '')}->{s.get('dest', '')}".replace(" ->", "")
+                                for s in u.get("steps") or [])]
+    return step
+
+
+class AgentPart(PlaybookPart):
+    part = Part.AGENT
+    needs = "PCs in the inventory group `agents`"
+    playbook = "agent-rollback.yml"
+    stats_key = "doai_agent"
+    var_prefix = "doai_agent"
+    group = "agents"
+    apply_modules = ("doai_agent_swap",)
+
+    def configured(self, ctx: RunContext) -> bool:
+        """Whether the inventory has agent PCs (read locally, no connection)."""
+        from doai_ansible.errors import DoaiError
+        from doai_ansible.inventory import group_vars
+
+        try:
+            return bool(group_vars(ctx.settings.inventory, self.group))
+        except DoaiError:
+            return True  # let the run say what is wrong with the inventory
+
+    # -- a run -------------------------------------------------------------------------------------
+    def request(self, *, limit: str | None = None, users: list[str] | tuple[str, ...] | None = None,
+                batch: str | None = None, max_fail_percent: int | None = None, reason: str | None = None,
+                action: str = "rollback", targets: Mapping[str, str] | None = None, health_gate: bool = True,
+                to: str | None = None) -> Request:
+        if to is not None:
+            raise ValidationError("the agent goes back to each PC's own app-backup: there is no --to")
+        if action != "rollback":
+            raise ValidationError(f"the agent cannot {action!r} yet: roll forward by hand (see the role's README)")
+        for u in users or ():
+            if not _USER_RE.match(u):
+                raise ValidationError(f"--user {u!r} is not a user name")
+        if batch is not None and not _BATCH_RE.match(str(batch)):
+            raise ValidationError(f"--batch {batch!r}: a number of PCs or a percentage (10, 25%)")
+        if max_fail_percent is not None and not 0 <= int(max_fail_percent) <= 100:
+            raise ValidationError("--max-fail-percent must be 0..100")
+        return Request(action=action, limit=validate.host_limit(limit), health_gate=health_gate,
+                       options={"reason": validate.reason(reason), "users": list(users or []),
+                                "batch": batch, "max_fail_percent": max_fail_percent})
+
+    def _vars(self, ctx: RunContext, request: Request) -> dict[str, Any]:
+        xv: dict[str, Any] = {"doai_agent_run_id": ctx.run_id}
+        if request.options.get("users"):
+            xv["doai_agent_users"] = request.options["users"]
+        if request.options.get("batch"):
+            xv["doai_agent_serial"] = request.options["batch"]
+        if request.options.get("max_fail_percent") is not None:
+            xv["doai_agent_max_fail_percentage"] = int(request.options["max_fail_percent"])
+        return xv
+
+    def _run(self, ctx: RunContext, request: Request, *, check: bool, label: str) -> dict[str, Any]:
+        started: set[str] = set()
+        pb = self.run(ctx, self._vars(ctx, request), limit=request.limit, check=check, label=label, started=started)
+        reps = reports(pb, self.stats_key)
+        if not reps:
+            raise self._no_hosts(ctx, pb, request.limit, "rollback")
+        return {"pb": pb, "reports": reps, "started": started}
+
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        run = self._run(ctx, request, check=True, label="plan")
+        steps: list[Step] = []
+        for host, rep in run["reports"].items():
+            users = rep.stats.get("users") or []
+            if rep.unreachable or not users:
+                why = rep.failure_text() if rep.failure is not None else (rep.stats.get("error") or "no user has the agent")
+                kind = "unreachable" if rep.unreachable else "refused"
+                step = Step(Part.AGENT, f"{host}/*", None, kind, rule="",
+                            details={"host": host, "user": None, "plan_status": kind, "error": why,
+                                     "from_label": "?", "to_label": f"{kind.upper()}: will not be rolled back"})
+                step.notes = [f"{'UNREACHABLE' if rep.unreachable else 'refused'}: {why}"]
+                steps.append(step)
+                continue
+            for u in users:
+                step = _step(host, u)
+                if u.get("status") == "refused":
+                    step.notes = [f"refused: {u.get('reason')}"]
+                    step.desired = step.current  # nothing will change for this user
+                steps.append(step)
+        return steps
+
+    def one_pass(self, request: Request) -> bool:
+        return request.action == "rollback"
+
+    def plan_and_apply(self, ctx: RunContext, request: Request) -> list[StepResult]:
+        return self._apply(ctx, request)
+
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        hosts = sorted({s.details["host"] for s in steps if s.details.get("plan_status") == "planned"})
+        results = [StepResult(s, Outcome.UNCHANGED if s.details.get("plan_status") == "unchanged" else Outcome.REFUSED,
+                              self._plan_message(s), utcnow(), utcnow())
+                   for s in steps if s.details["host"] not in hosts]
+        if hosts:
+            import dataclasses
+
+            results += self._apply(ctx, dataclasses.replace(request, limit=",".join(hosts)))
+        return sorted(results, key=lambda r: r.step.target)
+
+    @staticmethod
+    def _plan_message(s: Step) -> str:
+        status = s.details.get("plan_status")
+        if status == "unchanged":
+            return "already rolled back: nothing to do"
+        return (s.details.get("error") or s.rule or status or "refused") + "; nothing was changed"
+
+    def _apply(self, ctx: RunContext, request: Request) -> list[StepResult]:
+        started = utcnow()
+        run = self._run(ctx, request, check=False, label="apply")
+        results: list[StepResult] = []
+        for host, rep in run["reports"].items():
+            users = rep.stats.get("users") or []
+            if not users:
+                step = Step(Part.AGENT, f"{host}/*", None, None, details={"host": host, "user": None})
+                if host in run["started"] and not rep.unreachable:
+                    outcome, msg = Outcome.NOT_RESTORED, f"state unknown: {rep.failure_text()}; rerun with --rerun-failed"
+                elif host in run["started"]:
+                    outcome, msg = Outcome.NOT_RESTORED, (f"lost during the swap ({rep.failure_text()}): a half-done "
+                                                          "swap is resumed from its marker by --rerun-failed")
+                else:
+                    outcome, msg = Outcome.FAILED, f"{rep.failure_text()}; nothing was changed (--rerun-failed)"
+                results.append(StepResult(step, outcome, msg, started, utcnow()))
+                continue
+            for u in users:
+                step = _step(host, u)
+                status = u.get("status")
+                if status == "changed":
+                    outcome, msg = Outcome.SUCCEEDED, f"app-current is now {u.get('to')}; agent running"
+                elif status == "unchanged":
+                    outcome, msg = Outcome.UNCHANGED, "already rolled back: nothing to do"
+                elif status == "refused":
+                    step.desired = step.current
+                    outcome, msg = Outcome.REFUSED, f"{u.get('reason')}; nothing was changed"
+                elif status == "failed" and u.get("restored"):
+                    outcome, msg = Outcome.RESTORED, f"{u.get('error')}; put back as it was"
+                elif status == "failed" and not u.get("done"):
+                    outcome, msg = Outcome.FAILED, f"{u.get('error')}; nothing was changed"
+                else:
+                    outcome = Outcome.NOT_RESTORED
+                    msg = f"{u.get('error')}; could NOT be put back: {u.get('undo_error') or '?'}"
+                results.append(StepResult(step, outcome, msg, started, utcnow()))
+        return sorted(results, key=lambda r: r.step.target)
+
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        if any(r.outcome is Outcome.SUCCEEDED for r in results):
+            ctx.warn("the agent's swaps are not put back automatically when a later part fails: "
+                     "each PC keeps app-failed for a swap back by hand (see roles/doai_agent/README.md)")
+        return results
+
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        return None
+
+    def rerun_limit(self, record: Mapping[str, Any]) -> str:
+        """The PCs a journaled run did not finish: failed, put back, not restored, unreachable."""
+        bad = sorted({(s.get("details") or {}).get("host") or s["target"].split("/")[0]
+                      for s in record.get("steps", [])
+                      if s.get("part") == self.name and s.get("outcome") not in ("succeeded", "unchanged", "planned")})
+        if not bad:
+            raise UsageError(f"run {record.get('run_id')} left no agent PC to rerun")
+        return ",".join(bad)
+
+    # -- status: the plan of every PC, read-only ------------------------------------------------------
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        steps = self.plan(ctx, self.request(limit=limit))
+        hosts: dict[str, Any] = {}
+        for s in steps:
+            h = hosts.setdefault(s.details["host"], {"users": {}, "healthy": True})
+            if s.details.get("user") is None:
+                h.update(error=s.details.get("error"), healthy=False,
+                         unreachable=s.details.get("plan_status") == "unreachable")
+                continue
+            h["users"][s.details["user"]] = {"current": s.current, "backup": s.details.get("to_label"),
+                                            "plan": s.details.get("plan_status"), "reason": s.rule}
+        return {"part": self.name, "configured": bool(hosts), "hosts": hosts,
+                "reachable": not any(h.get("unreachable") for h in hosts.values()),
+                "healthy": all(h["healthy"] for h in hosts.values())}
+
+    def host_status(self, host: str, st: dict[str, Any], error: str | None) -> dict[str, Any]:
+        return st
+
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        if not st.get("configured", True):
+            return [f"agent: no PCs ({self.needs})"]
+        lines = []
+        for host, h in st["hosts"].items():
+            if h.get("error"):
+                lines.append(f"agent {host}: {'UNREACHABLE' if h.get('unreachable') else 'ERROR'}: {h['error']}")
+                continue
+            for user, u in h["users"].items():
+                lines.append(f"agent {host} {user}: app-current {u['current'] or '?'}, {u['backup']}; "
+                             f"rollback would be: {u['plan']}{(' (' + u['reason'] + ')') if u['reason'] else ''}")
+        return lines
+
+    def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        st = self.status(ctx, limit=limit)
+        return {"healthy": st["healthy"], "reachable": st["reachable"],
+                "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}

@@ -1,0 +1,116 @@
+"""The agent rollback end to end through the CLI, against Linux stand-in PCs over the loopback
+sshd (doai_ansible/sandbox/agent_rig.py). This is NOT Windows coverage: it runs the role's POSIX
+primitives and the one decision both OSes share; the Windows module calls are covered by
+tests/unit/test_agent_decide.py with recorded results, and molecule/agent_windows is for a real
+Windows host."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+FAST = {"doai_agent_rename_delay": 1, "doai_agent_rename_retries": 3, "doai_agent_stop_timeout": 10,
+        "doai_agent_verify_timeout": 10}
+
+
+def env_for(rig, state_dir: Path, **hostvars: object) -> dict[str, str]:
+    return {"DOAI_INVENTORY": str(rig.write_inventory(**{**FAST, **hostvars})), "DOAI_STATE_DIR": str(state_dir)}
+
+
+def by_target(res) -> dict[str, dict]:
+    return {s["target"]: s for s in res.json()["steps"]}
+
+
+def test_fleet_rollback_keeps_config_and_goes_on_past_an_unreachable_pc(agent_fleet, state_dir):
+    rig = agent_fleet(n=3, unreachable=1)
+    env = env_for(rig, state_dir)
+    plan = run_cli("agent", "rollback", "--dry-run", env=env)
+    assert plan.code == 0, plan.stderr
+    assert "UNREACHABLE" in plan.stdout and rig.folder_state("pc01", "alice")["app-current"] == "2.0.0"
+    res = run_cli("agent", "rollback", "--yes", "--reason", "agent 2.0.0 crashes", "-o", "json", env=env)
+    assert res.code == 3, res.stdout + res.stderr  # one PC failed (unreachable), nothing changed on it
+    steps = by_target(res)
+    for pc in ("pc01", "pc02"):
+        for user in ("alice", "bob"):
+            assert steps[f"{pc}/{user}"]["outcome"] == "succeeded", steps[f"{pc}/{user}"]
+            st = rig.folder_state(pc, user)
+            assert (st["app-current"], st["app-backup"], st["app-failed"]) == ("1.9.0", None, "2.0.0")
+            assert rig.config_checksum(pc, user) == rig.config_checksums[f"{pc}/{user}"]  # the user's config kept
+            assert rig.agent_running(pc, user) and rig.agent_version(pc, user) == "1.9.0"
+    assert steps["pc03/*"]["outcome"] == "failed" and "nothing was changed" in steps["pc03/*"]["message"]
+    assert "guest" not in str(steps)  # a profile without the agent is not a target
+    # a second run changes nothing on the PCs it rolled back
+    again = run_cli("agent", "rollback", "--yes", "--limit", "pc01,pc02", "-o", "json", env=env)
+    assert again.code == 0, again.stdout + again.stderr
+    assert {s["outcome"] for s in again.json()["steps"]} == {"unchanged"}
+    # the PC comes back: only it is run again
+    rig.reset(pcs=3, unreachable=0, users=("alice", "bob"), bare_users=("guest",))
+    rerun = run_cli("agent", "rollback", "--yes", "--rerun-failed", res.json()["run_id"], "-o", "json",
+                    env=env_for(rig, state_dir))
+    assert rerun.code == 0, rerun.stdout + rerun.stderr
+    assert {s["target"].split("/")[0] for s in rerun.json()["steps"]} == {"pc03"}
+    assert rig.folder_state("pc03", "alice")["app-current"] == "1.9.0"
+
+
+def test_a_folder_locked_for_good_is_put_back_and_the_agent_runs_again(agent_fleet, state_dir):
+    rig = agent_fleet(n=1, unreachable=0)
+    rig.lock("pc01", "bob", app="app-backup")  # an antivirus scan holding the backup open
+    res = run_cli("agent", "rollback", "--yes", "-o", "json", env=env_for(rig, state_dir))
+    assert res.code == 3, res.stdout + res.stderr
+    steps = by_target(res)
+    assert steps["pc01/alice"]["outcome"] == "succeeded"
+    assert steps["pc01/bob"]["outcome"] == "restored", steps["pc01/bob"]
+    assert "in use" in steps["pc01/bob"]["message"]
+    st = rig.folder_state("pc01", "bob")
+    assert (st["app-current"], st["app-backup"]) == ("2.0.0", "1.9.0")  # as it was
+    assert rig.agent_running("pc01", "bob") and rig.agent_version("pc01", "bob") == "2.0.0"
+    assert rig.config_checksum("pc01", "bob") == rig.config_checksums["pc01/bob"]
+
+
+def test_a_short_lock_and_a_slow_exit_are_waited_out(agent_fleet, state_dir):
+    rig = agent_fleet(n=1, unreachable=0)
+    rig.set_slow_exit("pc01", "alice", 2)
+    rig.lock("pc01", "bob", app="app-current", seconds=1.5)
+    res = run_cli("agent", "rollback", "--yes", "-o", "json", env=env_for(rig, state_dir))
+    assert res.code == 0, res.stdout + res.stderr
+    assert {s["outcome"] for s in res.json()["steps"]} == {"succeeded"}
+    assert rig.folder_state("pc01", "bob")["app-current"] == "1.9.0"
+
+
+def test_a_missing_backup_is_refused_for_that_user_only_and_an_old_failed_is_kept(agent_fleet, state_dir):
+    rig = agent_fleet(n=1, unreachable=0, app_failed=True)
+    shutil.rmtree(rig.folder("pc01", "bob") / "app-backup")
+    before_bob = rig.folder_state("pc01", "bob")
+    res = run_cli("agent", "rollback", "--yes", "-o", "json", env=env_for(rig, state_dir))
+    steps = by_target(res)
+    assert steps["pc01/bob"]["outcome"] == "refused" and "app-backup" in steps["pc01/bob"]["message"]
+    assert rig.folder_state("pc01", "bob") == before_bob
+    assert steps["pc01/alice"]["outcome"] == "succeeded"
+    extra = rig.folder_state("pc01", "alice")["extra"]
+    assert any(e.startswith("app-failed-") for e in extra), extra  # the earlier incident's app-failed, kept
+
+
+def test_one_user_and_batches(agent_fleet, state_dir):
+    rig = agent_fleet(n=3, unreachable=0)
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "--batch", "1", "-o", "json",
+                  env=env_for(rig, state_dir))
+    assert res.code == 0, res.stdout + res.stderr
+    assert sorted(by_target(res)) == ["pc01/alice", "pc02/alice", "pc03/alice"]
+    assert rig.folder_state("pc02", "bob")["app-current"] == "2.0.0"
+
+
+@pytest.mark.parametrize("args", [["--user", "al;ice"], ["--batch", "ten"], ["--max-fail-percent", "120"],
+                                  ["--to", "1.9.0"], ["--limit", "pc01;rm"]])
+def test_bad_input_is_refused_before_any_connection(agent_fleet, state_dir, args):
+    rig = agent_fleet(n=1, unreachable=0)
+    before = rig.folder_state("pc01", "alice")
+    res = run_cli("agent", "rollback", *args, "--yes", env=env_for(rig, state_dir))
+    assert res.code == 2, res.stdout + res.stderr
+    assert not (state_dir / "runs").exists()
+    assert rig.folder_state("pc01", "alice") == before
