@@ -15,6 +15,7 @@ versions at apply, a Windows host lock and ledger (the marker file is the per-us
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +26,10 @@ from doai_ansible.errors import UsageError, ValidationError
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import PlaybookPart, reports
+from doai_ansible.settings import Secret
 
+WINRM_PASSWORD_ENV = "DOAI_WINRM_PASSWORD"
+WINRM_PASSWORD_VAR = "doai_agent_winrm_password"
 _USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}\Z")
 _BATCH_RE = re.compile(r"[1-9][0-9]{0,3}%?\Z")
 
@@ -83,8 +87,15 @@ class AgentPart(PlaybookPart):
                        options={"reason": validate.reason(reason), "users": list(users or []),
                                 "batch": batch, "max_fail_percent": max_fail_percent})
 
+    def secrets(self) -> dict[str, Any]:
+        """The WinRM password, from DOAI_WINRM_PASSWORD only (else the inventory's, e.g. vault)."""
+        value = os.environ.get(WINRM_PASSWORD_ENV)
+        return {WINRM_PASSWORD_VAR: Secret(value)} if value else {}
+
     def _vars(self, ctx: RunContext, request: Request) -> dict[str, Any]:
         xv: dict[str, Any] = {"doai_agent_run_id": ctx.run_id}
+        if not self.secrets():
+            xv[WINRM_PASSWORD_VAR] = ""  # nothing to ask: the playbook's prompt is skipped
         if request.options.get("users"):
             xv["doai_agent_users"] = request.options["users"]
         if request.options.get("batch"):

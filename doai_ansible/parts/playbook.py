@@ -149,6 +149,11 @@ class PlaybookPart(PartBase):
         """Whether the host was healthy when planned (a put-back then requires health)."""
         return True
 
+    def secrets(self) -> dict[str, Any]:
+        """Secrets the playbook asks for (``vars_prompt``), typed at Ansible's own prompt by the
+        runner: never in extra vars, files or the environment Ansible records."""
+        return {}
+
     def finish_details(self, result: StepResult, report: HostReport) -> None:
         """Copy what the apply reported into the result's details."""
 
@@ -179,7 +184,7 @@ class PlaybookPart(PartBase):
         log_dir = ctx.log_dir / label if label else ctx.log_dir
         pb = run_playbook(ctx.settings, self.playbook, extravars=extravars, limit=limit, check=check,
                           log_dir=log_dir, on_event=self._on_event(ctx, log_dir, started),
-                          timeout_s=None if check else self.apply_run_timeout_s)
+                          timeout_s=None if check else self.apply_run_timeout_s, secrets=self.secrets() or None)
         self._warn(ctx, pb)
         return pb
 

@@ -114,3 +114,20 @@ def test_bad_input_is_refused_before_any_connection(agent_fleet, state_dir, args
     assert res.code == 2, res.stdout + res.stderr
     assert not (state_dir / "runs").exists()
     assert rig.folder_state("pc01", "alice") == before
+
+
+def test_the_winrm_password_never_leaks(agent_fleet, state_dir):
+    """DOAI_WINRM_PASSWORD reaches Ansible only at its own prompt (the stand-in PCs speak SSH
+    with keys, so it is set for WinRM/psrp and unused here): not in any output, journal, log or
+    kept ansible-runner artifact."""
+    from tests.conftest import CANARY
+
+    rig = agent_fleet(n=2, unreachable=0)
+    password = CANARY + "-winrm"
+    env = dict(env_for(rig, state_dir), DOAI_WINRM_PASSWORD=password, DOAI_KEEP_ARTIFACTS="1")
+    res = run_cli("agent", "rollback", "--yes", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    assert password not in res.stdout + res.stderr
+    files = [p for p in state_dir.rglob("*") if p.is_file()]
+    assert any("artifacts" in str(p) for p in files)  # the runner's files were kept, and read
+    assert [str(p) for p in files if password.encode() in p.read_bytes()] == []
