@@ -131,3 +131,28 @@ def test_the_winrm_password_never_leaks(agent_fleet, state_dir):
     files = [p for p in state_dir.rglob("*") if p.is_file()]
     assert any("artifacts" in str(p) for p in files)  # the runner's files were kept, and read
     assert [str(p) for p in files if password.encode() in p.read_bytes()] == []
+
+
+def test_a_pc_that_cannot_reach_the_backends_socketio_port_is_put_back(agent_fleet, state_dir):
+    """Scenario C's check in the verify: with the backend's Socket.IO port closed the swap is
+    put back; with it listening the rollback succeeds."""
+    import socket
+
+    rig = agent_fleet(n=1, unreachable=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json",
+                  env=env_for(rig, state_dir, doai_agent_socketio_host="127.0.0.1", doai_agent_socketio_port=closed))
+    assert res.code == 3, res.stdout + res.stderr
+    (step,) = res.json()["steps"]
+    assert step["outcome"] == "restored" and "Socket.IO" in step["message"]
+    assert rig.folder_state("pc01", "alice")["app-current"] == "2.0.0" and rig.agent_running("pc01", "alice")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        ok = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json",
+                     env=env_for(rig, state_dir, doai_agent_socketio_host="127.0.0.1", doai_agent_socketio_port=port))
+    assert ok.code == 0, ok.stdout + ok.stderr
+    assert rig.folder_state("pc01", "alice")["app-current"] == "1.9.0"

@@ -505,3 +505,20 @@ def test_posix_end_to_end(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.stem for p in FIX.glob("*.json")))
 def test_fixtures_are_valid_json(name):
     assert isinstance(fixture(name), dict)
+
+
+def test_socketio_reach_is_checked_after_verify_when_configured():
+    obs = {"user": "alice", "root": "C:\\Users\\alice\\AppData\\Local\\DoAi-Desktop-Agent", "folder": True,
+           "dirs": {"app-current": {"version": "2.0.0", "config": True}, "app-backup": {"version": "1.9.0", "config": True},
+                    "app-failed": None}, "running": True, "marker": None}
+    without = swap.decide(obs, {})
+    assert "reach" not in [s["op"] for s in without["steps"]]
+    plan = swap.decide(obs, {"socketio_host": "api.doai.me", "socketio_port": 443, "socketio_timeout": 4})
+    ops = [s["op"] for s in plan["steps"]]
+    assert ops.index("reach") == ops.index("verify") + 1 and ops[-1] == "marker"
+    step = plan["steps"][ops.index("reach")]
+    ((module, args),) = swap.windows_calls(step, {"root": obs["root"], "user": "alice", "agent_kind": "process"})
+    assert module == "ansible.windows.win_powershell" and args["script"] == swap.PS_REACH
+    assert args["parameters"] == {"Host_": "api.doai.me", "Port": 443, "TimeoutSeconds": 4}
+    ((module, args),) = swap.posix_calls(step, {"root": "/home/alice/x"})
+    assert args == {"op": "reach", "root": "/home/alice/x", "host": "api.doai.me", "port": 443, "timeout": 4}

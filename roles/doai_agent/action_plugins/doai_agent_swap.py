@@ -57,10 +57,15 @@ ARGUMENT_SPEC = dict(
     config_required=dict(type="bool", default=False),
     run_id=dict(type="str", default=""),
     stamp=dict(type="str", default=""),
+    # Verify also that the PC reaches the backend's Socket.IO port (host empty: not checked).
+    socketio_host=dict(type="str", default=""),
+    socketio_port=dict(type="int", default=3001),
+    socketio_timeout=dict(type="int", default=5),
 )
 
 DECIDE_DEFAULTS = dict(stamp="19700101T000000Z", run_id="", half_finished="resume", config_required=False,
-                       stop_timeout=30, rename_retries=10, rename_delay=3, verify_timeout=30)
+                       stop_timeout=30, rename_retries=10, rename_delay=3, verify_timeout=30,
+                       socketio_host="", socketio_port=3001, socketio_timeout=5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,10 +113,16 @@ def decide(observed, options=None):
         return {"op": "copy_config", "src": "%s/%s" % (FAILED, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
                 "keep_as": "%s/%s.doai-%s" % (CURRENT, CONFIG, stamp)}
 
+    def reach():
+        # The agent talks Socket.IO to the backend: where configured, the PC must reach its port.
+        if not o["socketio_host"]:
+            return []
+        return [{"op": "reach", "host": o["socketio_host"], "port": o["socketio_port"], "timeout": o["socketio_timeout"]}]
+
     def tail(frm, to, kept, carry_config):
         steps = [config_copy()] if carry_config else []
-        return steps + [{"op": "start"}, {"op": "verify", "version": to, "timeout": o["verify_timeout"]},
-                        mark("done", frm, to, kept)]
+        return steps + [{"op": "start"}, {"op": "verify", "version": to, "timeout": o["verify_timeout"]}] + reach() + \
+            [mark("done", frm, to, kept)]
 
     def put_back_tail(frm, to, kept):
         return [mark("put_back", frm, to, kept), {"op": "start"},
@@ -345,6 +356,19 @@ Start-ScheduledTask -TaskName $TaskName
 $Ansible.Changed = $true
 """
 
+PS_REACH = r"""param([string]$Host_, [int]$Port, [int]$TimeoutSeconds)
+$ErrorActionPreference = 'Stop'
+$client = New-Object System.Net.Sockets.TcpClient
+try {
+  $wait = $client.BeginConnect($Host_, $Port, $null, $null)
+  if (-not $wait.AsyncWaitHandle.WaitOne($TimeoutSeconds * 1000) -or -not $client.Connected) {
+    throw "the backend's Socket.IO port ${Host_}:$Port is not reachable from this PC"
+  }
+  $client.EndConnect($wait)
+} finally { $client.Close() }
+$Ansible.Changed = $false
+"""
+
 PS_VERIFY = r"""param([string]$Root, [string]$VersionFile, [string]$ExeName, [string]$Expected, [int]$TimeoutSeconds,
       [string]$ServiceName)
 $ErrorActionPreference = 'Stop'
@@ -410,6 +434,8 @@ def windows_calls(step, ctx):
                                       "username": ctx["user"], "logon_type": "interactive_token",
                                       "run_level": "limited", "multiple_instances": 2}),
                 _ps(PS_START_TASK, TaskName=task)]
+    if op == "reach":
+        return [_ps(PS_REACH, Host_=step["host"], Port=step["port"], TimeoutSeconds=step["timeout"])]
     if op == "verify":
         return [_ps(PS_VERIFY, Root=root, VersionFile=ctx["version_file"], ExeName=ctx["exe_name"],
                     Expected=step["version"] or "", TimeoutSeconds=step["timeout"],
@@ -432,6 +458,8 @@ def posix_calls(step, ctx):
         args.update(src=step["src"], dest=step["dest"], retries=step["retries"], delay=step["delay"])
     elif op == "copy_config":
         args.update(src=step["src"], dest=step["dest"], keep_as=step["keep_as"])
+    elif op == "reach":
+        args.update(host=step["host"], port=step["port"], timeout=step["timeout"])
     elif op == "marker":
         args.update(marker=MARKER, content=step["content"])
     elif op == "start":

@@ -17,7 +17,7 @@ options:
     description: The primitive.
     type: str
     required: true
-    choices: [observe, stop, rename, copy_config, marker, start, verify]
+    choices: [observe, stop, rename, copy_config, marker, start, verify, reach]
   root: {description: The user's agent folder (every op but observe)., type: path}
   users: {description: observe - target users; empty for every profile that has the folder., type: list, elements: str, default: []}
   profiles_root: {description: observe - the directory holding the user profiles., type: path, default: /home}
@@ -27,6 +27,8 @@ options:
   pid_file: {description: The agent's pid file, relative to root., type: str, default: agent.pid}
   lock_file: {description: "A file in a folder listing the pids that hold it open (stand-in PCs only: a rename waits until none runs).", type: str, default: .locked}
   marker: {description: The marker file, relative to root., type: str, default: .doai-rollback.json}
+  host: {description: reach - the backend's Socket.IO host., type: str, default: ""}
+  port: {description: reach - its port., type: int, default: 0}
   content: {description: marker - the marker's content., type: dict}
   src: {description: rename, copy_config - source relative to root., type: str}
   dest: {description: rename, copy_config - destination relative to root., type: str}
@@ -53,6 +55,7 @@ users: {description: observe - per user the folder, app dirs (version, config), 
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -145,7 +148,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             op=dict(type="str", required=True,
-                    choices=["observe", "stop", "rename", "copy_config", "marker", "start", "verify"]),
+                    choices=["observe", "stop", "rename", "copy_config", "marker", "start", "verify", "reach"]),
+            host=dict(type="str", default=""), port=dict(type="int", default=0),
             root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
             profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
             folder_name=dict(type="str", default="DoAi-Desktop-Agent"),
@@ -241,6 +245,14 @@ def main():
         with open(at(p["pid_file"]), "w") as f:
             f.write("%d\n" % proc.pid)
         module.exit_json(changed=True, pid=proc.pid)
+
+    if op == "reach":  # read-only: answered in check mode too
+        try:
+            socket.create_connection((p["host"], p["port"]), timeout=p["timeout"]).close()
+        except (OSError, ValueError) as exc:
+            module.fail_json(msg="the backend's Socket.IO port %s:%s is not reachable from this PC: %s"
+                             % (p["host"], p["port"], exc))
+        module.exit_json(changed=False, reachable=True)
 
     if op == "verify":
         deadline = time.monotonic() + p["timeout"]
