@@ -92,6 +92,25 @@ def cli_env(sandbox, state_dir: Path) -> dict[str, str]:
     return {"DOAI_INVENTORY": str(sandbox.inventory), "DOAI_STATE_DIR": str(state_dir)}
 
 
+def _running(rig):  # any rig with start, stop and cleanup
+    """A session rig: started, yielded, then stopped by PID and its files removed, whatever happens."""
+    try:
+        rig.start()
+        rig.used = False
+        yield rig
+    finally:
+        rig.stop()
+        rig.cleanup()
+
+
+def _reset(rig):
+    """The session rig, reset to its initial state unless no test has used it yet."""
+    if rig.used:
+        rig.reset()
+    rig.used = True
+    return rig
+
+
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRig]:  # noqa: F821
     """One Docker VPS stand-in for the whole session: a dockerd, a registry with the images
@@ -100,13 +119,7 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRi
     from doai_ansible.sandbox.docker_rig import DockerRig
 
     rig = DockerRig(tmp_path_factory.mktemp("dk"))
-    try:
-        rig.start()
-        rig.used = False  # type: ignore[attr-defined]
-        yield rig
-    finally:
-        rig.stop()
-        rig.cleanup()
+    yield from _running(rig)
 
 
 @pytest.fixture
@@ -114,11 +127,7 @@ def docker_rig(docker_engine) -> DockerRig:  # noqa: F821
     """The session's Docker VPS reset to its initial state before each test (v3 pulled as
     :current and running under compose, no :previous/:rollback locally, empty host state;
     ~1 s: see DockerRig.reset)."""
-    rig = docker_engine
-    if rig.used:
-        rig.reset()
-    rig.used = True
-    return rig
+    return _reset(docker_engine)
 
 
 @pytest.fixture(scope="session")
@@ -129,24 +138,14 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgRig]:  # n
     from doai_ansible.sandbox.pg_rig import PgRig
 
     rig = PgRig(tmp_path_factory.mktemp("pg"), password=CANARY + "-pg")  # the canary test looks for it
-    try:
-        rig.start()
-        rig.used = False  # type: ignore[attr-defined]
-        yield rig
-    finally:
-        rig.stop()
-        rig.cleanup()
+    yield from _running(rig)
 
 
 @pytest.fixture
 def pg_rig(pg_server) -> PgRig:  # noqa: F821
     """The session's PostgreSQL with database ``doai`` made anew from the template before each
     test (~0.2 s: see PgRig.reset)."""
-    rig = pg_server
-    if rig.used:
-        rig.reset()
-    rig.used = True
-    return rig
+    return _reset(pg_server)
 
 
 @pytest.fixture(scope="session")
@@ -157,13 +156,7 @@ def agent_pcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentRig]:  
     from doai_ansible.sandbox.agent_rig import AgentRig
 
     rig = AgentRig(tmp_path_factory.mktemp("ag"), pcs=4, unreachable=1)
-    try:
-        rig.start()
-        rig.used = False  # type: ignore[attr-defined]
-        yield rig
-    finally:
-        rig.stop()
-        rig.cleanup()
+    yield from _running(rig)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from doai_ansible.sandbox.rig import Sandbox, SandboxError, _running, free_port, http_health, wait_port
+from doai_ansible.sandbox.rig import Sandbox, SandboxError, _running, free_port, http_health, wait_health, wait_port
 
 log = logging.getLogger(__name__)
 
@@ -591,17 +591,7 @@ class DockerRig:
         return http_health(self.health_url)
 
     def wait_health(self, *, expect_ok: bool | None = True, deadline_s: float = 30.0) -> tuple[int | None, str | None]:
-        """Wait until the app answers (2xx when ``expect_ok``; not 2xx when False; any when None)."""
-        end = time.monotonic() + deadline_s
-        delay = 0.05
-        status, version = None, None
-        while time.monotonic() < end:
-            status, version = self.health()
-            if status is not None and (expect_ok is None or (200 <= status < 300) == expect_ok):
-                return status, version
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise SandboxError(f"health {self.health_url} still {status} after {deadline_s:.0f} s")
+        return wait_health(self.health_url, expect_ok=expect_ok, deadline_s=deadline_s)
 
     def write_inventory(self, **overrides: object) -> Path:
         """An inventory for the Docker VPS (reached over the sandbox sshd); ``overrides`` become

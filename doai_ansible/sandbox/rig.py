@@ -123,6 +123,20 @@ def http_health(url: str, timeout: float = 2.0) -> tuple[int | None, str | None]
     return status, version
 
 
+def wait_health(url: str, *, expect_ok: bool | None = True, deadline_s: float = 30.0) -> tuple[int | None, str | None]:
+    """Wait until ``url`` answers: 2xx when ``expect_ok``, not 2xx when False, anything when None."""
+    end = time.monotonic() + deadline_s
+    delay = 0.05
+    status, version = None, None
+    while time.monotonic() < end:
+        status, version = http_health(url)
+        if status is not None and (expect_ok is None or (200 <= status < 300) == expect_ok):
+            return status, version
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise SandboxError(f"health {url} still {status} after {deadline_s:.0f} s")
+
+
 class Sandbox:
     """The rig. ``Sandbox(workdir).start()``; then ``deploy('v3')``; ``stop()`` at the end."""
 
@@ -440,17 +454,7 @@ class Sandbox:
         return http_health(self.health_url)
 
     def wait_health(self, *, expect_ok: bool | None = True, deadline_s: float = 30.0) -> tuple[int | None, str | None]:
-        """Wait until the app answers (2xx when ``expect_ok``; any status when None)."""
-        end = time.monotonic() + deadline_s
-        delay = 0.05
-        status, version = None, None
-        while time.monotonic() < end:
-            status, version = self.health()
-            if status is not None and (expect_ok is None or (200 <= status < 300) == expect_ok):
-                return status, version
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise SandboxError(f"health {self.health_url} still {status} after {deadline_s:.0f} s")
+        return wait_health(self.health_url, expect_ok=expect_ok, deadline_s=deadline_s)
 
     def write_inventory(self, **overrides: object) -> Path:
         """An inventory for the sandbox host; ``overrides`` become host variables (None drops one:

@@ -60,6 +60,7 @@ import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.doai_proc import pid_alive
 
 DIRS = ("app-current", "app-backup", "app-failed")
 
@@ -78,22 +79,7 @@ def _pid(root, pid_file):
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is gone for our purpose.
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return pid if pid_alive(pid) else None
 
 
 def observe(p):
@@ -134,7 +120,7 @@ def _lock_holders(d, lock_file):
             pids = [int(x) for x in f.read().split() if x.strip().isdigit()]
     except (IOError, OSError):
         return []
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if pid_alive(pid)]
 
 
 def _listdir(d):
@@ -181,9 +167,9 @@ def main():
             module.exit_json(changed=False, stopped=[])
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + p["timeout"]
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             module.fail_json(msg="agent still running after %s s: %d" % (p["timeout"], pid), still_running=[pid])
         module.exit_json(changed=True, stopped=[pid])
 

@@ -171,10 +171,7 @@ def take_lock(module):
 def capture(module):
     """Steps 2-7, read only: the live state and the plan, or a refusal."""
     p = module.params
-    co = Checkout(module, p["path"], p["git_bin"])
-    if not co.is_top():
-        module.fail_json(msg="%s is not the top of a git checkout on this host; set doai_backend_pm2_path" % p["path"],
-                         bad_path=True)
+    co = Checkout(module, p["path"], p["git_bin"]).require_top()
     pm2 = start_jlist(p["pm2_bin"], p["pm2_home"])  # node's start-up is the slowest probe: overlap it
     head = co.head()
     if p["pin_to"] or p["resume"]:

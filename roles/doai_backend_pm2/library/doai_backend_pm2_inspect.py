@@ -63,10 +63,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    co = Checkout(module, p["path"], p["git_bin"])
-    if not co.is_top():
-        module.fail_json(msg="%s is not the top of a git checkout on this host; set doai_backend_pm2_path" % p["path"],
-                         bad_path=True)
+    co = Checkout(module, p["path"], p["git_bin"]).require_top()
     pm2 = start_jlist(p["pm2_bin"], p["pm2_home"])
     current = co.head()
     status, body = probe(p["health_url"], timeout=5) if p["health_url"] else (None, b"")

@@ -69,10 +69,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    co = Checkout(module, p["path"], p["git_bin"])
-    if not co.is_top():
-        module.fail_json(msg="%s is not the top of a git checkout on this host; set doai_backend_pm2_path" % p["path"],
-                         bad_path=True)
+    co = Checkout(module, p["path"], p["git_bin"]).require_top()
     head = co.head()
     target, rule = resolve_target(module, co, head)
     info = dict(head=head, head_short=head[:12], target=target, target_short=target[:12], rule=rule,

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: doai-ansible contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Read-only git probes of an app checkout, shared by the capture and inspect modules."""
+"""Read-only git probes of an app checkout, shared by the capture, inspect and prepare modules."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ class Checkout(object):
             return False
         rc, out, _ = self.git(["rev-parse", "--show-toplevel"], check=False)
         return rc == 0 and os.path.realpath(out.strip()) == os.path.realpath(self.path)
+
+    def require_top(self):
+        """Fail the module (result key bad_path) unless the path is the top of a git work tree."""
+        if not self.is_top():
+            self.module.fail_json(msg="%s is not the top of a git checkout on this host; set doai_backend_pm2_path"
+                                  % self.path, bad_path=True)
+        return self
 
     def head(self):
         return self.git(["rev-parse", "--verify", "HEAD^{commit}"])[1].strip()

@@ -24,6 +24,8 @@ import re
 import signal
 import time
 
+from ansible.module_utils.doai_proc import pid_alive
+
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 POLL_S = 0.05
 KEEP_S = 7 * 86400  # job files older than this are removed when a job starts
@@ -52,20 +54,6 @@ def read_job(path):
             return json.load(fh)
     except (IOError, OSError, ValueError):
         return None
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    try:  # a zombie has finished
-        with open("/proc/%d/stat" % pid, encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (IOError, OSError, IndexError):
-        return True
 
 
 def _prune(job_dir):
@@ -177,7 +165,7 @@ def run_job(module, job_dir, job, work, timeout, until=None):
         if data and until and until in (data.get("progress") or {}):
             module.exit_json(**dict(data["progress"], job=job, attached=attached, changed=False, reached=until))
         pid = (data or {}).get("pid")
-        if data is not None and pid and not _alive(pid):
+        if data is not None and pid and not pid_alive(pid):
             data = read_job(path)  # it may have finished between the two reads
             if not data or data.get("state") != "done":
                 module.fail_json(msg="job %s (pid %s) ended without a result" % (job, pid), job=job)
