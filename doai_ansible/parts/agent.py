@@ -166,8 +166,11 @@ class AgentPart(PlaybookPart):
             users = rep.stats.get("users") or []
             if not users:
                 step = Step(Part.AGENT, f"{host}/*", None, None, details={"host": host, "user": None})
-                if host in run["started"] and not rep.unreachable:
-                    outcome, msg = Outcome.NOT_RESTORED, f"state unknown: {rep.failure_text()}; rerun with --rerun-failed"
+                if not rep.unreachable and rep.failure is not None:
+                    # The plugin reports its users once it has observed them: with none, it failed
+                    # before any step (a bad role variable, the observe itself).
+                    why = rep.stats.get("error") or rep.failure_text()
+                    outcome, msg = Outcome.REFUSED, f"{why}; nothing was changed"
                 elif host in run["started"]:
                     outcome, msg = Outcome.NOT_RESTORED, (f"lost during the swap ({rep.failure_text()}): a half-done "
                                                           "swap is resumed from its marker by --rerun-failed")
@@ -193,6 +196,9 @@ class AgentPart(PlaybookPart):
                     outcome = Outcome.NOT_RESTORED
                     msg = f"{u.get('error')}; could NOT be put back: {u.get('undo_error') or '?'}"
                 results.append(StepResult(step, outcome, msg, started, utcnow()))
+        if results and all(r.outcome is Outcome.REFUSED for r in results):
+            # Nothing was changed anywhere: a refusal (exit 2), like a plan that refuses.
+            raise ValidationError("; ".join(sorted({f"{r.step.target}: {r.message}" for r in results}))[:2000])
         return sorted(results, key=lambda r: r.step.target)
 
     def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:

@@ -156,3 +156,16 @@ def test_a_pc_that_cannot_reach_the_backends_socketio_port_is_put_back(agent_fle
                      env=env_for(rig, state_dir, doai_agent_socketio_host="127.0.0.1", doai_agent_socketio_port=port))
     assert ok.code == 0, ok.stdout + ok.stderr
     assert rig.folder_state("pc01", "alice")["app-current"] == "1.9.0"
+
+
+@pytest.mark.parametrize(("var", "value", "named"), [
+    ("doai_agent_os", "solaris", "os"), ("doai_agent_kind", "daemon", "agent_kind"),
+    ("doai_agent_stop_timeout", "soon", "stop_timeout"), ("doai_agent_half_finished", "guess", "half_finished"),
+])
+def test_a_wrong_role_variable_is_a_refusal_that_names_it(agent_fleet, state_dir, var, value, named):
+    rig = agent_fleet(n=1, unreachable=0)
+    before = rig.folder_state("pc01", "alice")
+    res = run_cli("agent", "rollback", "--yes", env=env_for(rig, state_dir, **{var: value}))
+    assert res.code == 2, res.stdout + res.stderr
+    assert named in res.stderr and "nothing was changed" in res.stderr
+    assert rig.folder_state("pc01", "alice") == before and rig.agent_running("pc01", "alice")
