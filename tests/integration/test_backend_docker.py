@@ -279,3 +279,20 @@ def test_prepare_pulls_the_rollback_image_and_changes_nothing_live(docker_rig, e
     # the rollback then finds the image there
     assert run_cli("backend", "rollback", "--yes", env=env).code == 0
     assert rig.health() == (200, "2.0.0")
+
+
+@pytest.mark.parametrize(("var", "value", "named"), [
+    ("doai_backend_docker_service", "nope", "service 'nope' is not in the Compose project"),
+    ("doai_backend_docker_project_name", "Bad Name", "doai_backend_docker_project_name"),
+    ("doai_backend_docker_health_url", "ftp://127.0.0.1/x", "doai_backend_docker_health_url"),
+    ("doai_backend_docker_compose", "v3", "doai_backend_docker_compose"),
+])
+def test_a_wrong_inventory_value_is_refused_before_the_retag(docker_rig, state_dir, var, value, named):
+    rig = docker_rig
+    before = snapshot(rig)
+    env = {"DOAI_INVENTORY": str(rig.write_inventory(**{var: value})), "DOAI_STATE_DIR": str(state_dir)}
+    res = run_cli("backend", "rollback", "--yes", env=env)
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert named in res.stderr
+    assert snapshot(rig) == before
+    assert not (Path(rig.host_state) / "backend.lock").exists()

@@ -74,13 +74,9 @@ logs: {description: The container's last log lines., type: str, returned: always
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_docker import Docker, DockerError
+from ansible.module_utils.doai_docker import Docker, DockerError, short
 from ansible.module_utils.doai_health import probe, reported_version
 from ansible.module_utils.doai_job import run_job
-
-
-def short(image_id):
-    return (image_id or "?").split(":", 1)[-1][:12]
 
 
 class Failed(Exception):
@@ -154,7 +150,7 @@ def main():
         container = None
         try:
             live = docker.image_id(current_ref)
-            if live == p["from_id"]:
+            if live == p["from_id"] and p["from_id"] != p["to_id"]:
                 docker.tag(p["from_id"], rollback_ref)  # the failed release, kept for forensics
                 result["changed"] = True
                 docker.tag(p["to_id"], current_ref)
@@ -177,10 +173,13 @@ def main():
         except (Failed, DockerError) as exc:
             failure = str(exc)
         result["failure"] = failure
-        if container is None:
-            container = docker.container() if _safe(docker) else None
-        if container:
-            result["logs"] = docker.logs(container["id"], p["log_lines"])
+        try:  # forensics only: nothing here may keep the put-back from running
+            if container is None:
+                container = docker.container() if _safe(docker) else None
+            if container:
+                result["logs"] = docker.logs(container["id"], p["log_lines"])
+        except Exception as exc:  # noqa: BLE001
+            result["logs"] = "container logs not read: %s" % exc
         # Put the captured image back: :current (and :rollback as it was), recreate, verify.
         try:
             docker.tag(p["from_id"], current_ref)

@@ -39,6 +39,9 @@ options:
   docker_host: {description: DOCKER_HOST for every call; empty for the default., type: str, default: ""}
   insecure_registry: {description: Plain HTTP to the registry (always for a loopback registry)., type: bool, default: false}
   project_dir: {description: The Compose project directory., type: path, required: true}
+  project_name: {description: Compose project name; empty for Compose's default., type: str, default: ""}
+  compose: {description: auto (v2 plugin preferred), v2 or v1., type: str, default: auto}
+  compose_v1_bin: {description: The docker-compose (v1) executable., type: str, default: docker-compose}
   service: {description: The Compose service., type: str, required: true}
   health_url: {description: Health URL probed from the host., type: str, required: true}
 author: doai-ansible contributors
@@ -64,14 +67,10 @@ container: {description: The service's container (id, image, running, restart_co
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_docker import (FULL_ID_RE, IMAGE_ID_RE, REPO_RE, SERVICE_RE, TAG_RE, Docker,
-                                              DockerError, registry_is_loopback)
+from ansible.module_utils.doai_docker import (FULL_ID_RE, IMAGE_ID_RE, PROJECT_NAME_RE, REPO_RE, SERVICE_RE, TAG_RE,
+                                              Docker, DockerError, registry_is_loopback, short)
 from ansible.module_utils.doai_health import probe, reported_version
 from ansible.module_utils.doai_lock import Locked, acquire, check, release
-
-
-def short(image_id):
-    return (image_id or "?").split(":", 1)[-1][:12]
 
 
 def main():
@@ -88,6 +87,8 @@ def main():
             docker_bin=dict(type="str", default="docker"), docker_host=dict(type="str", default=""),
             insecure_registry=dict(type="bool", default=False),
             project_dir=dict(type="path", required=True), service=dict(type="str", required=True),
+            project_name=dict(type="str", default=""), compose=dict(type="str", default="auto"),
+            compose_v1_bin=dict(type="str", default="docker-compose"),
             health_url=dict(type="str", required=True),
         ),
         supports_check_mode=True,
@@ -118,6 +119,9 @@ def main():
         refuse("invalid_target", "pin ref %r is not %s:<tag>" % (p["pin_ref"], p["image"]))
     if not SERVICE_RE.match(p["service"]):
         refuse("invalid_target", "service %r is not a Compose service name" % p["service"])
+    if p["project_name"] and not PROJECT_NAME_RE.match(p["project_name"]):
+        refuse("invalid_target", "project_name %r is not a Compose project name (lower case, digits, _ -)"
+               % p["project_name"])
 
     try:
         if p["plan_only"]:
@@ -128,11 +132,16 @@ def main():
     except Locked as exc:
         module.fail_json(msg=str(exc), locked=True, holder=exc.holder, changed=False)
 
-    docker = Docker(module, p["docker_bin"], p["docker_host"], project_dir=p["project_dir"], service=p["service"],
+    docker = Docker(module, p["docker_bin"], p["docker_host"], p["compose"], p["compose_v1_bin"], p["project_dir"],
+                    p["project_name"], p["service"],
                     insecure_registry=p["insecure_registry"] or registry_is_loopback(p["image"]))
     current_ref = "%s:%s" % (p["image"], p["current_tag"])
     try:
         docker.ping()
+        # Compose, its file and the service, read now: a mistake here must refuse before the
+        # retag, not fail the `up -d` after it.
+        if p["service"] not in docker.services():
+            refuse("invalid_target", "service %r is not in the Compose project at %s" % (p["service"], p["project_dir"]))
         cur = docker.image(current_ref)
         if cur is None:
             refuse("no_current", "%s is not on this host: nothing to roll back from" % current_ref)
@@ -193,6 +202,8 @@ def main():
         code, body = probe(p["health_url"], 3)
     except DockerError as exc:
         refuse(exc.kind, str(exc))
+    except (ValueError, KeyError, TypeError) as exc:  # an answer we cannot read: refuse, release the lock
+        refuse("docker_unavailable", "unexpected answer from docker: %s" % exc)
 
     module.exit_json(
         changed=pulled, current=from_id, current_short=short(from_id), current_version=cur["version"],

@@ -31,6 +31,14 @@ _LIST_TYPES = ("application/vnd.docker.distribution.manifest.list.v2+json",
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
 
 
+PROJECT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
+
+
+def short(image_id):
+    """The 12 hex digits an operator sees in `docker images`."""
+    return (image_id or "?").split(":", 1)[-1][:12]
+
+
 class DockerError(Exception):
     """A docker or compose command failed; ``kind`` says which step (result key)."""
 
@@ -80,7 +88,8 @@ class Docker(object):
         self.env.update({"COMPOSE_INTERACTIVE_NO_CLI": "1", "DOCKER_CLI_HINTS": "false"})
         self.compose_setting = compose
         self.compose_v1_bin = compose_v1_bin
-        self.project_dir = project_dir
+        # Compose records the directory as given, without a trailing slash: compare like with like.
+        self.project_dir = os.path.normpath(project_dir) if project_dir else project_dir
         self.project_name = project_name
         self.service = service
         self.insecure_registry = insecure_registry
@@ -141,7 +150,7 @@ class Docker(object):
         pulling: for a plan that changes nothing. Manifest lists pick this host's platform."""
         args = ["manifest", "inspect"] + (["--insecure"] if self.insecure_registry else [])
         _, out, _ = self.run(args + [ref], kind="registry_failed")
-        manifest = json.loads(out)
+        manifest = _json_or_fail(out, ref)
         if manifest.get("mediaType") in _LIST_TYPES or "manifests" in manifest:
             arch = _ARCH.get(platform.machine(), platform.machine())
             chosen = [m for m in manifest.get("manifests") or []
@@ -152,7 +161,7 @@ class Docker(object):
             repo = ref.rsplit("@", 1)[0]
             repo = repo if "/" in repo and ":" not in repo.rsplit("/", 1)[1] else repo.rsplit(":", 1)[0]
             _, out, _ = self.run(args + ["%s@%s" % (repo, chosen[0]["digest"])], kind="registry_failed")
-            manifest = json.loads(out)
+            manifest = _json_or_fail(out, ref)
         digest = (manifest.get("config") or {}).get("digest")
         if not digest or not FULL_ID_RE.match(digest):
             raise DockerError("%s: the registry's manifest names no image config" % ref, "registry_failed")
@@ -176,8 +185,12 @@ class Docker(object):
         if not ids:
             return None
         _, out, _ = self.run(["inspect"] + ids, kind="docker_unavailable")
+        try:
+            inspected = json.loads(out)
+        except ValueError:
+            raise DockerError("docker inspect answered no JSON: %s" % out[:200], "docker_unavailable")
         found = []
-        for c in json.loads(out):
+        for c in inspected:
             state = c.get("State") or {}
             found.append({
                 "id": c.get("Id"), "name": (c.get("Name") or "").lstrip("/"), "image": c.get("Image"),
@@ -190,6 +203,12 @@ class Docker(object):
         found.sort(key=lambda c: (c["running"], c["started_at"] or ""), reverse=True)
         return found[0]
 
+    def services(self):
+        """The services of the Compose project (``compose config --services``: reads the file,
+        changes nothing); raises DockerError(compose_unavailable/invalid_target)."""
+        _, out, _ = self.compose(["config", "--services"], kind="invalid_target")
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
     def up(self):
         """``compose up -d --no-deps SERVICE``: recreates the container when the image behind
         its tag changed, nothing else (other services and their volumes are left alone)."""
@@ -198,3 +217,13 @@ class Docker(object):
     def logs(self, container_id, lines):
         rc, out, err = self.run(["logs", "--tail", str(int(lines)), "--timestamps", container_id], check=False)
         return (out + err)[-65536:]
+
+
+def _json_or_fail(out, ref):
+    try:
+        data = json.loads(out)
+    except ValueError:
+        raise DockerError("%s: the registry answered no manifest (%s)" % (ref, out.strip()[:200]), "registry_failed")
+    if not isinstance(data, dict):
+        raise DockerError("%s: the registry answered no manifest" % ref, "registry_failed")
+    return data
