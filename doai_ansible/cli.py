@@ -373,7 +373,7 @@ def database_snapshot_cmd(opts: Options) -> ExitStatus:
 
 
 @database.command("snapshots")
-@click.option("--prune", "keep", type=int, default=None, metavar="KEEP",
+@click.option("--prune", "keep", type=click.IntRange(1), default=None, metavar="KEEP",
               help="Delete all but the KEEP newest intact snapshots (asks; --yes without a terminal).")
 @common_options
 @pass_opts
@@ -385,7 +385,7 @@ def database_snapshots_cmd(opts: Options, keep: int | None) -> ExitStatus:
     snaps = part.snapshots(ctx)  # type: ignore[attr-defined]
     deleted: list[str] = []
     if keep is not None and not opts.dry_run:
-        doomed = [s["file"] for s in snaps if s["intact"]][max(keep, 1):]
+        doomed = [s["file"] for s in snaps if s["intact"]][keep:]
         if doomed and not opts.yes:
             if not sys.stdin.isatty():
                 raise UsageError("--prune deletes snapshots: add --yes to confirm")

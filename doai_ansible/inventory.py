@@ -39,8 +39,11 @@ def _by_command(inventory: Path, group: str, limit: str | None) -> dict[str, dic
 
     exe = Path(ansible_playbook_bin()).with_name("ansible-inventory")
     argv = [str(exe), "-i", str(inventory), "--list", "--export"] + (["--limit", limit] if limit else [])
+    from doai_ansible.settings import is_secret_env_name
+
+    env = {k: v for k, v in os.environ.items() if not is_secret_env_name(k)}  # an inventory script gets no secret
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True,
-                         env={**os.environ, "ANSIBLE_NOCOLOR": "1"}).stdout
+                         env={**env, "ANSIBLE_NOCOLOR": "1"}).stdout
     data = json.loads(out)
     hostvars = (data.get("_meta") or {}).get("hostvars") or {}
 

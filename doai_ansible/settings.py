@@ -171,6 +171,14 @@ def _positive(key: str, value: Any) -> float:
     return f
 
 
+def _seconds(key: str, value: Any) -> float:
+    """A PostgreSQL timeout in seconds: at least 1 ms (0 would turn it off), at most ~24 days."""
+    f = _positive(key, value)
+    if not 0.001 <= f <= 2_147_483:  # also refuses nan and inf
+        raise ConfigError(key, f"{value!r} seconds is out of range (0.001 to 2147483)")
+    return f
+
+
 def _opt_str(key: str, value: Any, pattern: str | None = None) -> str | None:
     if value is None or value == "":
         return None
@@ -301,8 +309,8 @@ class DatabaseSettings:
             rollbacks_dir=d.get("rollbacks_dir", cls.rollbacks_dir),
             schemas=tuple(schemas),
             snapshot_dir=path("snapshot_dir"),
-            lock_timeout_s=_positive("database.lock_timeout", d.get("lock_timeout", cls.lock_timeout_s)),
-            statement_timeout_s=_positive("database.statement_timeout", d.get("statement_timeout", cls.statement_timeout_s)),
+            lock_timeout_s=_seconds("database.lock_timeout", d.get("lock_timeout", cls.lock_timeout_s)),
+            statement_timeout_s=_seconds("database.statement_timeout", d.get("statement_timeout", cls.statement_timeout_s)),
             pg_bin_dir=path("pg_bin_dir"),
         )
 

@@ -23,7 +23,15 @@ from doai_ansible.settings import Secret, is_secret_env_name
 
 TRANSACTION_POOLER_PORT = 6543
 CONNECT_TIMEOUT_S = 10
-_ALLOWED_PARAMS = {"sslmode", "sslrootcert", "connect_timeout", "application_name", "options", "target_session_attrs"}
+# The URL's parameters this tool passes on to psycopg and to the client tools (as PG* variables).
+_PARAM_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "connect_timeout": "PGCONNECT_TIMEOUT",
+              "application_name": "PGAPPNAME", "options": "PGOPTIONS", "target_session_attrs": "PGTARGETSESSIONATTRS"}
+_ALLOWED_PARAMS = set(_PARAM_ENV)
+_PARAM_VALUES = {
+    "sslmode": re.compile(r"(disable|allow|prefer|require|verify-ca|verify-full)\Z"),
+    "connect_timeout": re.compile(r"[1-9][0-9]{0,3}\Z"),
+    "target_session_attrs": re.compile(r"(any|read-write|read-only|primary|standby|prefer-standby)\Z"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +58,9 @@ class DbUrl:
             raise ConfigError("DOAI_DATABASE_URL", "is not a postgresql://user:password@host:port/db URL")
         params = tuple(parse_qsl(u.query))
         bad = sorted({k for k, _ in params} - _ALLOWED_PARAMS)
+        for key, value in params:
+            if key in _PARAM_VALUES and not _PARAM_VALUES[key].match(value):
+                raise ConfigError("DOAI_DATABASE_URL", f"{key}={value!r} is not a valid value")
         if bad:
             raise ConfigError("DOAI_DATABASE_URL", f"unsupported parameter {bad[0]!r}",
                               hint=f"supported: {', '.join(sorted(_ALLOWED_PARAMS))}")
@@ -93,6 +104,8 @@ class DbUrl:
 
         try:
             return psycopg.connect(autocommit=autocommit, **self.connect_kwargs())
+        except psycopg.ProgrammingError as exc:  # a connection parameter psycopg refuses
+            raise ConfigError("DOAI_DATABASE_URL", self.scrub(str(exc)).strip()) from None
         except psycopg.OperationalError as exc:
             raise UnreachableError(f"database {self.label}: {self.scrub(str(exc)).strip()}",
                                    hint="check DOAI_DATABASE_URL, the network and the server") from None
@@ -104,11 +117,8 @@ class DbUrl:
         env = plain_env()
         env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user, PGDATABASE=self.dbname,
                    PGAPPNAME="doai-rollback", PGCONNECT_TIMEOUT=str(CONNECT_TIMEOUT_S))
-        for key, value in self.params:
-            if key == "sslmode":
-                env["PGSSLMODE"] = value
-            elif key == "sslrootcert":
-                env["PGSSLROOTCERT"] = value
+        for key, value in self.params:  # the same connection as psycopg's
+            env[_PARAM_ENV[key]] = value
         d = tempfile.mkdtemp(prefix="doai-pgpass-")
         try:
             path = Path(d) / "pgpass"
@@ -160,11 +170,17 @@ def tool_major(path: str) -> int:
     return int(m.group(1))
 
 
-def run_tool(url: DbUrl, argv: list[str], *, timeout: float = 3600, what: str) -> subprocess.CompletedProcess[str]:
-    """Run a client tool with the connection in its environment; raise ToolError (scrubbed)."""
-    with url.client_env() as env:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+def run_tool(url: DbUrl, argv: list[str], *, timeout: float = 3600, what: str,
+             connect: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a client tool with the connection in its environment (``connect`` False: a tool that
+    only reads a file gets none of it); raise ToolError (scrubbed), also when it overruns."""
+    with contextlib.ExitStack() as stack:
+        env = stack.enter_context(url.client_env()) if connect else plain_env()
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ToolError(f"{what} did not finish in {timeout:.0f} s and was stopped") from None
     if proc.returncode != 0:
         raise ToolError(f"{what} failed (exit {proc.returncode}): {url.scrub(proc.stderr.strip())[-1500:]}")
     return proc

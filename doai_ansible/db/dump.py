@@ -102,8 +102,10 @@ def manifest_path(dump: Path) -> Path:
     return dump.with_suffix(".json")
 
 
-def read_manifest(dump: Path) -> dict[str, Any]:
-    """The manifest of a snapshot, after checking the file against its checksum."""
+def read_manifest(dump: Path, schemas: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The manifest of a snapshot, after checking the file against its checksum and the
+    manifest's shape; with ``schemas`` (the application's), a manifest naming any other schema
+    (auth, storage: a restore drops what is in the manifest's schemas) is refused."""
     if not dump.is_file():
         raise ValidationError(f"{dump}: no such snapshot file")
     try:
@@ -115,6 +117,14 @@ def read_manifest(dump: Path) -> dict[str, Any]:
     if have != manifest.get("sha256"):
         raise ValidationError(f"{dump}: checksum {have[:12]} does not match its manifest's {str(manifest.get('sha256'))[:12]}"
                               ": the file is damaged or was changed; not restoring it")
+    named = manifest.get("schemas")
+    counts = manifest.get("row_counts")
+    if (not isinstance(named, list) or not named or not all(isinstance(x, str) for x in named)
+            or not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values())):
+        raise ValidationError(f"{dump}: its manifest is not one this tool writes (schemas, row_counts)")
+    if schemas is not None and not set(named) <= set(schemas) | {HISTORY_SCHEMA}:
+        raise ValidationError(f"{dump}: its manifest names schemas {sorted(set(named) - set(schemas))} that are not the "
+                              f"application's ({', '.join(schemas)}); not restoring it")
     return manifest
 
 
@@ -190,14 +200,14 @@ def restore(url: DbUrl, conn: Any, db: DatabaseSettings, dump: Path, manifest: d
     tools = preflight_tools(conn, db)
     schemas = list(manifest["schemas"])
     keep = existing_schemas(conn, schemas)
-    toc = run_tool(url, [tools["pg_restore"], "--list", str(dump)], what="pg_restore --list").stdout
+    toc = run_tool(url, [tools["pg_restore"], "--list", str(dump)], what="pg_restore --list", connect=False).stdout
     lines = [line for line in toc.splitlines()
              if not ((m := _TOC_SCHEMA.match(line)) and m.group(1) in keep)]
     with tempfile.TemporaryDirectory(prefix="doai-restore-") as d:
         listing = Path(d) / "toc.list"
         listing.write_text("\n".join(lines) + "\n")
         body = run_tool(url, [tools["pg_restore"], "--no-password", f"--use-list={listing}", "--file=-", str(dump)],
-                        what="pg_restore").stdout
+                        what="pg_restore", connect=False).stdout
         script = Path(d) / "restore.sql"
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:

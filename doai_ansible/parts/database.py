@@ -21,6 +21,8 @@ environment (:mod:`doai_ansible.db.conn`).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 
 MAX_LAST = 100
+# Statements that would end or split the rollback's one transaction.
+TX_CONTROL = re.compile(r"(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION"
+                        r"|COMMIT\s+PREPARED|ROLLBACK\s+PREPARED)\b", re.I)
 
 
 class DownFailed(DoaiError):
@@ -142,11 +147,12 @@ class DatabasePart(PartBase):
             dump.preflight_tools(conn, db)
             hist = mig.history(conn)
             if restore_file:
-                return [self._plan_restore(conn, url, Path(restore_file), hist, request)]
+                return [self._plan_restore(conn, url, Path(restore_file), hist, request, tuple(db.schemas))]
             return [self._plan_rollback(conn, url, db, hist, request)]
 
-    def _plan_restore(self, conn: Any, url: DbUrl, path: Path, hist: list[dict[str, Any]], request: Request) -> Step:
-        manifest = dump.read_manifest(path)
+    def _plan_restore(self, conn: Any, url: DbUrl, path: Path, hist: list[dict[str, Any]], request: Request,
+                      schemas: tuple[str, ...]) -> Step:
+        manifest = dump.read_manifest(path, schemas)
         if manifest.get("database") != url.label:
             raise ValidationError(f"{path.name} is a snapshot of {manifest.get('database')}, not of {url.label}")
         current = hist[-1]["version"] if hist else "(none)"
@@ -188,6 +194,13 @@ class DatabasePart(PartBase):
             raise ValidationError(f"migration(s) {', '.join(missing)} are applied but not in {db.migrations_path}",
                                   hint="run from the project's checkout at the deployed commit")
         no_down = [files[v].file_name for v in undo if files[v].down is None]
+        for v in undo:
+            m = files[v]
+            for st in split(m.down.read_text(encoding="utf-8")) if m.down else []:
+                if TX_CONTROL.match(st.sql):
+                    raise ValidationError(
+                        f"{m.down.name}, statement {st.index} (line {st.line}): {st.first_line!r} controls the "
+                        "transaction; down files run inside the rollback's one transaction: remove it")
         if no_down:
             raise ValidationError(
                 f"no down file for {', '.join(no_down)} in {db.rollbacks_path}: it cannot be undone by SQL",
@@ -264,8 +277,32 @@ class DatabasePart(PartBase):
                                   started, utcnow())
             except ValidationError:
                 raise  # the history moved under the lock: nothing was changed
+            except Exception as exc:  # noqa: BLE001 - the connection broke: did the commit land?
+                return self._settle(ctx, url, step, started, exc)
         ctx.say(f"database {url.label}: rolled back to {step.desired}; verified")
         return StepResult(step, Outcome.SUCCEEDED, f"snapshot {Path(snap['file']).name}", started, utcnow())
+
+    def _settle(self, ctx: RunContext, url: DbUrl, step: Step, started: str, exc: BaseException) -> StepResult:
+        """The connection broke around the commit: the history on a new connection says whether
+        the rollback committed (then it is the target) or not (then it is the plan's)."""
+        why = url.scrub(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        undone = {i["version"] for i in step.details["migrations"]}
+        try:
+            with url.connect(autocommit=True) as conn:
+                applied = [h["version"] for h in mig.history(conn)]
+        except DoaiError as again:
+            return StepResult(step, Outcome.NOT_RESTORED, f"the connection broke ({why}) and the database cannot be "
+                              f"read again ({again}): check `doai-rollback database status`; the snapshot is "
+                              f"{step.details.get('snapshot')}", started, utcnow())
+        if applied == step.details["applied"]:
+            return StepResult(step, Outcome.FAILED, f"the connection broke ({why}); the transaction did not commit: "
+                              "nothing was changed", started, utcnow())
+        if applied == [v for v in step.details["applied"] if v not in undone]:
+            ctx.warn(f"database {url.label}: the connection broke at the commit ({why}); the history shows it committed")
+            return StepResult(step, Outcome.SUCCEEDED, f"committed (the connection broke after the commit); snapshot "
+                              f"{Path(step.details['snapshot']).name}", started, utcnow())
+        return StepResult(step, Outcome.NOT_RESTORED, f"the connection broke ({why}) and the history is neither the "
+                          f"plan's nor the target: restore {step.details.get('snapshot')}", started, utcnow())
 
     def _run_down(self, conn: Any, step: Step, db: Any) -> None:
         import psycopg
@@ -285,7 +322,10 @@ class DatabasePart(PartBase):
                 raise ValidationError("the migration history changed since the plan, not as planned; nothing was changed")
             for item in step.details["migrations"]:
                 down = Path(item["down_file"])
-                for st in split(down.read_text(encoding="utf-8")):
+                raw = down.read_bytes()  # what runs is what was checked against the plan
+                if hashlib.sha256(raw).hexdigest() != item["down_sha256"]:
+                    raise ValidationError(f"{down} changed since the plan; nothing was changed")
+                for st in split(raw.decode("utf-8")):
                     try:
                         cur.execute(st.sql.encode())  # bytes: no placeholder interpretation
                     except psycopg.Error as exc:
@@ -339,7 +379,7 @@ class DatabasePart(PartBase):
         url = self._url(ctx)
         started = utcnow()
         path = Path(step.details["restore_file"])
-        manifest = dump.read_manifest(path)  # again: the file the operator confirmed, unchanged
+        manifest = dump.read_manifest(path, tuple(ctx.settings.database.schemas))  # again: as confirmed, unchanged
         if manifest["sha256"] != step.details["manifest"]["sha256"]:
             raise ValidationError(f"{path} changed since the plan; nothing was changed")
         with url.connect(autocommit=True) as conn:

@@ -320,3 +320,61 @@ def test_snapshots_are_listed_and_pruned_only_when_asked(pg_rig, env, state_dir)
     assert pruned["deleted"] == [files[1]]
     assert Path(files[2]).exists() and Path(files[0]).exists() and not Path(files[1]).exists()
     assert not Path(files[1]).with_suffix(".json").exists()
+
+
+def test_the_connection_killed_mid_transaction_changes_nothing(pg_rig, env, state_dir):
+    """The server drops the tool's connection while its transaction waits on the app's lock:
+    nothing was committed, the run says so (exit 3), and a second run right after succeeds."""
+    import psycopg
+
+    before = state(pg_rig)
+
+    def kill_when_waiting() -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            rows = pg_rig.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'doai-rollback' "
+                              "AND wait_event_type = 'Lock'")
+            if rows:
+                pg_rig.sql("SELECT pg_terminate_backend(%s)", rows[0][0])
+                return
+            time.sleep(0.05)
+
+    with psycopg.connect(**pg_rig.dsn_kwargs()) as holder:
+        holder.execute("LOCK TABLE public.device_issues IN ACCESS SHARE MODE")
+        killer = threading.Thread(target=kill_when_waiting, daemon=True)
+        killer.start()
+        res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", "-o", "json", env=env)
+        killer.join()
+        holder.rollback()
+    assert res.code == 3, res.stdout + res.stderr
+    (step,) = res.json()["steps"]
+    assert step["outcome"] == "failed" and "nothing was changed" in step["message"], step
+    assert state(pg_rig) == before
+    again = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", env=env)
+    assert again.code == 0, again.stdout + again.stderr
+    assert pg_rig.applied_versions() == [V1, V2]
+
+
+def test_a_down_file_that_commits_is_refused_before_anything_runs(pg_rig, tmp_path, state_dir):
+    rig = pg_rig
+    down = f"supabase/rollbacks/{V3}_device_issues.sql"
+    project = PgRig.project(tmp_path / "p", overrides={
+        down: "DROP TABLE public.device_issues;\nCOMMIT;\nALTER TABLE public.devices DROP COLUMN last_issue_at;\n"})
+    before = state(rig)
+    res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss",
+                  env=env_for(rig, project, state_dir))
+    assert res.code == 2, res.stdout + res.stderr
+    assert "controls the transaction" in res.stderr and "statement 2" in res.stderr
+    assert state(rig) == before
+
+
+def test_a_manifest_naming_other_schemas_is_refused(pg_rig, env):
+    snap = run_cli("database", "snapshot", "-o", "json", env=env).json()
+    mpath = Path(snap["file"]).with_suffix(".json")
+    manifest = json.loads(mpath.read_text())
+    manifest["schemas"] = ["public", "auth"]  # a restore drops what is in the manifest's schemas
+    mpath.write_text(json.dumps(manifest))
+    before = state(pg_rig)
+    res = run_cli("database", "restore", snap["file"], "--yes", env=env)
+    assert res.code == 2 and "not the application's" in res.stderr, res.stdout + res.stderr
+    assert state(pg_rig) == before and pg_rig.sql("SELECT count(*) FROM auth.users")[0][0] == 1

@@ -133,3 +133,25 @@ def test_database_settings(tmp_path):
         cfg.write_text(bad)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_settings(cfg, state_dir=tmp_path / "st", env={})
+
+
+@pytest.mark.parametrize("query", ["sslmode=bogus", "connect_timeout=abc", "connect_timeout=0",
+                                   "target_session_attrs=x"])
+def test_bad_url_parameter_values_are_configuration_errors(query):
+    with pytest.raises(ConfigError, match="DOAI_DATABASE_URL"):
+        url(f"postgresql://u:p@h:5432/d?{query}")
+
+
+def test_url_parameters_reach_the_client_tools_too():
+    u = url("postgresql://u:p@h:5432/d?sslmode=verify-full&options=-c%20search_path%3Dapp&connect_timeout=3")
+    with u.client_env() as env:
+        assert env["PGSSLMODE"] == "verify-full" and env["PGOPTIONS"] == "-c search_path=app"
+        assert env["PGCONNECT_TIMEOUT"] == "3"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0.0001", "1e12", "-1"])
+def test_database_timeouts_out_of_range_are_refused(tmp_path, value):
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"database:\n  lock_timeout: {value}\n")
+    with pytest.raises(ConfigError, match="database.lock_timeout"):
+        load_settings(cfg, state_dir=tmp_path / "st", env={})
