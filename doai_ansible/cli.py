@@ -308,7 +308,7 @@ def agent() -> None:
               help="Stop after a batch whose failed PCs exceed this percentage (default: never stop).")
 @click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
               help="Only the PCs that run did not finish (failed, put back, unreachable).")
-@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and the PCs' markers).")
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
 @common_options
 @pass_opts
 def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...], batch: str | None,

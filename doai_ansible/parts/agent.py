@@ -9,8 +9,8 @@ the result table says which were rolled back, unchanged, refused, put back or no
 ``--rerun-failed RUN`` runs the PCs a run did not finish again (a swap left half done is
 resumed from its marker file).
 
-Not done yet (issue 10): the reinstall, the Socket.IO check in verify, pins of the plan's
-versions at apply, a Windows host lock and ledger (the marker file is the per-user record).
+Not done yet (issue 10): the reinstall, pins of the plan's versions at apply, a Windows host
+lock and ledger (the marker file is the per-user record).
 """
 
 from __future__ import annotations
@@ -188,10 +188,10 @@ class AgentPart(PlaybookPart):
                 elif status == "refused":
                     step.desired = step.current
                     outcome, msg = Outcome.REFUSED, f"{u.get('reason')}; nothing was changed"
-                elif status == "failed" and u.get("restored"):
-                    outcome, msg = Outcome.RESTORED, f"{u.get('error')}; put back as it was"
                 elif status == "failed" and not u.get("done"):
                     outcome, msg = Outcome.FAILED, f"{u.get('error')}; nothing was changed"
+                elif status == "failed" and u.get("restored"):
+                    outcome, msg = Outcome.RESTORED, f"{u.get('error')}; put back as it was"
                 else:
                     outcome = Outcome.NOT_RESTORED
                     msg = f"{u.get('error')}; could NOT be put back: {u.get('undo_error') or '?'}"

@@ -169,3 +169,43 @@ def test_a_wrong_role_variable_is_a_refusal_that_names_it(agent_fleet, state_dir
     assert res.code == 2, res.stdout + res.stderr
     assert named in res.stderr and "nothing was changed" in res.stderr
     assert rig.folder_state("pc01", "alice") == before and rig.agent_running("pc01", "alice")
+
+
+@pytest.mark.parametrize(("var", "value", "named"), [
+    ("doai_agent_posix_start_command", [], "posix_start_command is empty"),
+    ("doai_agent_stop_timeout", -1, "stop_timeout must be at least 1"),
+    ("doai_agent_pid_file", "../../../etc/x.pid", "pid_file"),
+    ("doai_agent_users", ["../root"], "is not a user name"),
+])
+def test_a_wrong_value_is_refused_before_anything_is_touched(agent_fleet, state_dir, var, value, named):
+    rig = agent_fleet(n=1, unreachable=0)
+    before = rig.folder_state("pc01", "alice")
+    res = run_cli("agent", "rollback", "--yes", env=env_for(rig, state_dir, **{var: value}))
+    assert res.code == 2, res.stdout + res.stderr
+    assert named in res.stderr and "nothing was changed" in res.stderr
+    assert rig.folder_state("pc01", "alice") == before and rig.agent_running("pc01", "alice")
+
+
+def test_the_users_own_files_cannot_steer_the_tool_out_of_the_folder(agent_fleet, state_dir, tmp_path):
+    """The folder belongs to the user; the tool acts with more rights. A marker naming a path
+    outside, or a pid file naming another process, is refused for that user, touching nothing."""
+    import json
+    import subprocess
+
+    rig = agent_fleet(n=1, unreachable=0)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (rig.folder("pc01", "alice") / ".doai-rollback.json").write_text(json.dumps(
+        {"phase": "swapping", "run_id": "x", "from": "2.0.0", "to": "1.9.0", "failed_kept_as": str(outside)}))
+    bystander = subprocess.Popen(["sleep", "60"])  # not the agent
+    try:
+        rig.stop_agent("pc01", "bob")
+        (rig.folder("pc01", "bob") / "agent.pid").write_text(f"{bystander.pid}\n")
+        res = run_cli("agent", "rollback", "--yes", "-o", "json", env=env_for(rig, state_dir))
+        assert bystander.poll() is None  # never signalled
+    finally:
+        bystander.kill()
+    steps = by_target(res)
+    assert steps["pc01/alice"]["outcome"] == "refused" and "not one this tool writes" in steps["pc01/alice"]["message"]
+    assert steps["pc01/bob"]["outcome"] == "failed" and "does not run from the agent folder" in steps["pc01/bob"]["message"]
+    assert outside.is_dir() and rig.folder_state("pc01", "bob")["app-current"] == "2.0.0"

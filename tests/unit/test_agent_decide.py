@@ -158,7 +158,7 @@ def test_half_finished_after_both_renames_and_unrecognised_state():
 def test_half_finished_when_only_app_failed_was_kept_is_a_fresh_swap():
     obs = observed("observe_ready")
     obs["marker"] = {"run_id": "run-earlier", "phase": "swapping", "from": "2.4.1", "to": "2.4.0",
-                     "failed_kept_as": "app-failed-x"}
+                     "failed_kept_as": "app-failed-20261126T010000Z"}
     assert ops(swap.decide(obs, OPTS))[:3] == ["stop", "marker swapping", "rename app-current -> app-failed"]
 
 
@@ -456,7 +456,7 @@ def test_posix_end_to_end(tmp_path):
     _make_app(roots["alice"] / "app-failed", "2.3.9", GOOD, None)
     started = []
     for root in roots.values():
-        proc = subprocess.Popen([str(root / "app-current" / "agent")], start_new_session=True)
+        proc = subprocess.Popen([str(root / "app-current" / "agent")], cwd=root / "app-current", start_new_session=True)
         (root / "agent.pid").write_text(f"{proc.pid}\n")
         started.append(proc)
     try:

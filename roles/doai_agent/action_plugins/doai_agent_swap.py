@@ -26,6 +26,7 @@ Nothing is ever deleted: an ``app-failed`` from an earlier incident is kept as
 from __future__ import annotations
 
 import copy
+import re
 import time
 
 from ansible.errors import AnsibleError
@@ -63,9 +64,31 @@ ARGUMENT_SPEC = dict(
     socketio_timeout=dict(type="int", default=5),
 )
 
-DECIDE_DEFAULTS = dict(stamp="19700101T000000Z", run_id="", half_finished="resume", config_required=False,
-                       stop_timeout=30, rename_retries=10, rename_delay=3, verify_timeout=30,
-                       socketio_host="", socketio_port=3001, socketio_timeout=5)
+DECIDE_DEFAULTS = dict({k: ARGUMENT_SPEC[k]["default"] for k in (
+    "run_id", "half_finished", "config_required", "stop_timeout", "rename_retries", "rename_delay", "verify_timeout",
+    "socketio_host", "socketio_port", "socketio_timeout")}, stamp="19700101T000000Z")
+KEPT_AS_RE = re.compile(r"app-failed-\d{8}T\d{6}Z\Z")
+_LEAF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}\Z")
+
+
+def check_options(args):
+    """Every option's value, before anything is observed: a list of what is wrong, naming it."""
+    bad = []
+    for name, low in (("stop_timeout", 1), ("rename_retries", 1), ("rename_delay", 0), ("verify_timeout", 1),
+                      ("socketio_timeout", 1)):
+        if args[name] < low:
+            bad.append("%s must be at least %d, not %r" % (name, low, args[name]))
+    if not 1 <= args["socketio_port"] <= 65535:
+        bad.append("socketio_port %r is not a port" % args["socketio_port"])
+    for name in ("folder_name", "version_file", "pid_file", "exe_name", "service_name", "task_name"):
+        if not _LEAF_RE.match(args[name] or ""):
+            bad.append("%s %r must be a plain name" % (name, args[name]))
+    bad += ["user %r is not a user name" % u for u in args["users"] if not _LEAF_RE.match(u)]
+    if not args["posix_start_command"]:
+        bad.append("posix_start_command is empty")
+    if args["socketio_host"] and not re.match(r"[A-Za-z0-9.:\[\]-]{1,253}\Z", args["socketio_host"]):
+        bad.append("socketio_host %r is not a host name or address" % args["socketio_host"])
+    return bad
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +120,12 @@ def decide(observed, options=None):
     marker = observed.get("marker") or {}
     phase = marker.get("phase")
     running = bool(observed.get("running"))
+    # The marker lives in the user's own folder: only a name this tool writes is taken from it.
+    kept_as = marker.get("failed_kept_as")
+    if kept_as is not None and not (isinstance(kept_as, str) and KEPT_AS_RE.match(kept_as)):
+        out["reason"] = "the marker file names %r as the kept app-failed: not one this tool writes; check it by hand" % (
+            kept_as,)
+        return out
     stamp = o["stamp"]
 
     def rename(src, dest):
@@ -227,7 +256,7 @@ def undo_steps(done, prior=(), stamp="19700101T000000Z", verify_timeout=30, vers
             frm = step["content"].get("from")
             undo.append({"op": "marker", "content": dict(step["content"], phase="put_back", at=stamp)})
         elif op == "start":
-            undo.append({"op": "stop", "timeout": step.get("timeout", 30)})
+            undo.append({"op": "stop", "timeout": step.get("timeout", DECIDE_DEFAULTS["stop_timeout"])})
         elif op == "stop":
             restart = True
     for step in prior:
@@ -531,6 +560,9 @@ class ActionModule(ActionBase):
         return True, "", out
 
     def swap(self, args, task_vars, check_mode):
+        bad = check_options(args)
+        if bad:
+            return {"failed": True, "msg": "; ".join(bad) + "; nothing was changed", "invalid_options": bad}
         ctx = dict(args)
         ctx["os"] = target_os(args["os"], task_vars)
         stamp = args["stamp"] or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -54,6 +54,7 @@ users: {description: observe - per user the folder, app dirs (version, config), 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +85,11 @@ def _pid(root, pid_file):
 
 def observe(p):
     root_all = p["profiles_root"]
+    for u in p["users"]:
+        if not LEAF_RE.match(u):
+            raise ValueError("user %r is not a user name" % u)
+    if not LEAF_RE.match(p["folder_name"]) or os.path.isabs(p["local_path"]) or ".." in p["local_path"].split("/"):
+        raise ValueError("folder_name must be a name and local_path a relative path without '..'")
     users = p["users"] or sorted(u for u in _listdir(root_all)
                                  if os.path.isdir(os.path.join(root_all, u, p["local_path"], p["folder_name"])))
     out = []
@@ -93,6 +99,9 @@ def observe(p):
             out.append({"user": user, "root": None, "profile": False, "folder": False})
             continue
         root = os.path.join(home, p["local_path"], p["folder_name"])
+        if os.path.islink(root):
+            out.append({"user": user, "root": root, "profile": True, "folder": False})  # refused: not followed
+            continue
         dirs = {}
         for name in DIRS:
             d = os.path.join(root, name)
@@ -100,7 +109,8 @@ def observe(p):
                            "config": os.path.isfile(os.path.join(d, "config.json"))} if os.path.isdir(d) else None)
         marker = None
         try:
-            with open(os.path.join(root, p["marker"])) as f:
+            fd = os.open(os.path.join(root, p["marker"]), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
                 marker = json.load(f)
         except (OSError, ValueError):
             pass
@@ -121,6 +131,46 @@ def _lock_holders(d, lock_file):
     except (IOError, OSError):
         return []
     return [pid for pid in pids if pid_alive(pid)]
+
+
+LEAF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}\Z")
+
+
+def _inside(root, rel):
+    """``root``/``rel`` when it stays inside ``root`` (no absolute path, no '..', no symlink out):
+    the folder belongs to the user, and this module runs with more rights than they have."""
+    if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise ValueError("%r is not a path inside the agent folder" % rel)
+    path = os.path.join(root, rel)
+    real_root = os.path.realpath(root)
+    if os.path.realpath(path) != real_root and not os.path.realpath(path).startswith(real_root + os.sep):
+        raise ValueError("%r leads out of the agent folder %s (a symlink?)" % (rel, root))
+    return path
+
+
+def _write_new(path, data):
+    """Write ``data`` to ``path`` through a new temporary file that follows no symlink."""
+    tmp = "%s.doai-%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _is_agent(pid, root):
+    """Whether ``pid`` runs from the agent folder (its working directory or its command line):
+    a pid file the user can write must not make this module signal any other process."""
+    real_root = os.path.realpath(root)
+    try:
+        cwd = os.path.realpath(os.readlink("/proc/%d/cwd" % pid))
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().decode("utf-8", "replace").split("\0")
+    except (OSError, ValueError):
+        return False
+    inside = [a for a in [cwd] + argv if a == real_root or os.path.realpath(a).startswith(real_root + os.sep)]
+    return bool(inside)
 
 
 def _listdir(d):
@@ -155,16 +205,28 @@ def main():
     p = module.params
     op = p["op"]
     if op == "observe":
-        module.exit_json(changed=False, users=observe(p))
+        try:
+            module.exit_json(changed=False, users=observe(p))
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: %s not run" % op)
     root = p["root"]
-    at = lambda rel: os.path.join(root, rel)  # noqa: E731
+    if os.path.islink(root) or not os.path.isdir(root):
+        module.fail_json(msg="%s is not the agent folder (missing, or a symlink)" % root)
+
+    def at(rel):
+        try:
+            return _inside(root, rel)
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
 
     if op == "stop":
         pid = _pid(root, p["pid_file"])
         if pid is None:
             module.exit_json(changed=False, stopped=[])
+        if not _is_agent(pid, root):
+            module.fail_json(msg="pid %d named by %s does not run from the agent folder: not signalled" % (pid, p["pid_file"]))
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + p["timeout"]
         while pid_alive(pid) and time.monotonic() < deadline:
@@ -194,31 +256,24 @@ def main():
         module.exit_json(changed=True, attempts=attempt)
 
     if op == "copy_config":
-        src, dest = at(p["src"]), at(p["dest"])
-        if not os.path.isfile(src):
+        src, dest, keep_as = at(p["src"]), at(p["dest"]), at(p["keep_as"])
+        if os.path.islink(src) or not os.path.isfile(src):
             module.exit_json(changed=False, copied=False, kept=False)
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        # The new file first, then the swap: a failure before the last rename leaves dest as it was.
+        tmp = _write_new(dest, data)
         kept = False
         if os.path.lexists(dest):
-            os.rename(dest, at(p["keep_as"]))
+            os.rename(dest, keep_as)
             kept = True
-        with open(src, "rb") as f:
-            data = f.read()
-        tmp = dest + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, dest)
         module.exit_json(changed=True, copied=True, kept=kept)
 
     if op == "marker":
         path = at(p["marker"])
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(p["content"], f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        os.rename(_write_new(path, json.dumps(p["content"], sort_keys=True).encode()), path)
         module.exit_json(changed=True)
 
     if op == "start":
@@ -228,8 +283,8 @@ def main():
         with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
             proc = subprocess.Popen(argv, cwd=current, stdin=devnull_in, stdout=devnull_out, stderr=devnull_out,
                                     start_new_session=True, close_fds=True)
-        with open(at(p["pid_file"]), "w") as f:
-            f.write("%d\n" % proc.pid)
+        pid_path = at(p["pid_file"])
+        os.rename(_write_new(pid_path, ("%d\n" % proc.pid).encode()), pid_path)
         module.exit_json(changed=True, pid=proc.pid)
 
     if op == "reach":  # read-only: answered in check mode too
