@@ -27,11 +27,11 @@ CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
 
 # Environment variables that hold secrets. They are read here, and scrubbed from every child
 # process environment (ansible-runner writes its environment into its artifacts).
-SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD")
+SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD", "DOAI_WEBHOOK_URL")
 # `_PASS` at the end is Ansible's spelling of a password in env (ANSIBLE_BECOME_PASS, ANSIBLE_SUDO_PASS);
 # `ASK_PASS`, `ASK_VAULT_PASS` are only the switches that make it prompt.
 _SECRET_NAME_RE = re.compile(
-    "|".join((r"TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY",
+    "|".join((r"TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY|WEBHOOK",
               r"(?<!_ASK)(?<!_ASK_VAULT)_PASS$")),
     re.IGNORECASE,
 )
@@ -315,6 +315,135 @@ class DatabaseSettings:
         )
 
 
+_ENV_NAME_RE = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeCheck:
+    """One of the runbook's "user test" checks after a whole-system rollback: GET ``url``, expect
+    ``status`` and, if set, ``contains`` in the body."""
+
+    name: str
+    url: str
+    status: int = 200
+    contains: str | None = None
+    timeout_s: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Contact:
+    """A row of the runbook's emergency contacts table (section 6)."""
+
+    role: str
+    name: str = "TBD"
+    contact: str = "TBD"
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemSettings:
+    """The whole-system rollback's checklist around the parts (``system:`` in the config file).
+
+    The webhook URL is a secret (a Slack webhook URL carries its token): it comes only from the
+    environment variable named by ``webhook_env``."""
+
+    smoke_checks: tuple[SmokeCheck, ...] = ()
+    contacts: tuple[Contact, ...] = ()
+    webhook_env: str = "DOAI_WEBHOOK_URL"
+    webhook: Secret | None = dataclasses.field(default=None, repr=False)
+    webhook_timeout_s: float = 5.0
+    report_dir: Path | None = None  # default: <state_dir>/reports
+    log_lines: int = 200  # lines of each backend host's and agent's log collected before the rollback
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any], env: Mapping[str, str], base: Path) -> SystemSettings:
+        d = dict(data or {})
+        known = {"smoke_checks", "contacts", "webhook_env", "webhook_timeout", "report_dir", "log_lines"}
+        if "webhook" in d or "webhook_url" in d:
+            raise ConfigError("system.webhook", "must not be in the config file: the URL carries a token",
+                              hint="export it in the variable named by system.webhook_env (default DOAI_WEBHOOK_URL)")
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"system.{min(unknown)}", "unknown setting", hint=f"known: {', '.join(sorted(known))}")
+        checks = []
+        for i, c in enumerate(_list("system.smoke_checks", d.get("smoke_checks"))):
+            key = f"system.smoke_checks[{i}]"
+            if not isinstance(c, dict) or set(c) - {"name", "url", "status", "contains", "timeout"}:
+                raise ConfigError(key, "must be a mapping of name, url, status, contains, timeout")
+            status = c.get("status", 200)
+            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+                raise ConfigError(f"{key}.status", "must be an HTTP status (100-599)")
+            contains = c.get("contains")
+            if contains is not None and (not isinstance(contains, str) or not contains):
+                raise ConfigError(f"{key}.contains", "must be a non-empty string")
+            url = _url(f"{key}.url", c.get("url"))
+            checks.append(SmokeCheck(name=_opt_str(f"{key}.name", c.get("name")) or url, url=url, status=status,
+                                     contains=contains,
+                                     timeout_s=_positive(f"{key}.timeout", c.get("timeout", 10.0))))
+        contacts = []
+        for i, c in enumerate(_list("system.contacts", d.get("contacts"))):
+            key = f"system.contacts[{i}]"
+            if not isinstance(c, dict) or not c.get("role") or set(c) - {"role", "name", "contact"} or not all(
+                    isinstance(v, str) for v in c.values()):
+                raise ConfigError(key, "must be a mapping of role, name, contact (strings; role required)")
+            contacts.append(Contact(role=c["role"], name=c.get("name") or "TBD", contact=c.get("contact") or "TBD"))
+        webhook_env = d.get("webhook_env", cls.webhook_env)
+        if not isinstance(webhook_env, str) or not re.fullmatch(_ENV_NAME_RE, webhook_env):
+            raise ConfigError("system.webhook_env", "must be an environment variable name")
+        url = env.get(webhook_env)
+        if url:
+            _secure_url(webhook_env, url)
+        log_lines = d.get("log_lines", cls.log_lines)
+        if not isinstance(log_lines, int) or isinstance(log_lines, bool) or not 0 <= log_lines <= 100_000:
+            raise ConfigError("system.log_lines", "must be a whole number from 0 to 100000")
+        rd = d.get("report_dir")
+        report_dir = None
+        if rd not in (None, ""):
+            report_dir = Path(str(rd)).expanduser()
+            report_dir = report_dir if report_dir.is_absolute() else base / report_dir
+        return cls(smoke_checks=tuple(checks), contacts=tuple(contacts), webhook_env=webhook_env,
+                   webhook=Secret(url) if url else None,
+                   webhook_timeout_s=_positive("system.webhook_timeout", d.get("webhook_timeout", cls.webhook_timeout_s)),
+                   report_dir=report_dir, log_lines=log_lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnoseSettings:
+    """What ``doai-rollback diagnose`` checks (``diagnose:`` in the config file)."""
+
+    # Scenario A: the environment variables the backend process needs (names only; values are
+    # never read out, only whether they are set and not empty).
+    backend_env: tuple[str, ...] = ()
+    # Scenario C: the backend's Socket.IO endpoint as the agents reach it (Engine.IO handshake);
+    # default: derived from the agents' doai_agent_socketio_* inventory variables when set.
+    socketio_url: str | None = None
+    log_lines: int = 200
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any]) -> DiagnoseSettings:
+        d = dict(data or {})
+        known = {"backend_env", "socketio_url", "log_lines"}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"diagnose.{min(unknown)}", "unknown setting", hint=f"known: {', '.join(sorted(known))}")
+        names = _list("diagnose.backend_env", d.get("backend_env"))
+        if not all(isinstance(n, str) and re.fullmatch(_ENV_NAME_RE, n) for n in names):
+            raise ConfigError("diagnose.backend_env", "must be a list of environment variable names")
+        log_lines = d.get("log_lines", cls.log_lines)
+        if not isinstance(log_lines, int) or isinstance(log_lines, bool) or not 1 <= log_lines <= 100_000:
+            raise ConfigError("diagnose.log_lines", "must be a whole number from 1 to 100000")
+        sio = d.get("socketio_url")
+        return cls(backend_env=tuple(names), socketio_url=_url("diagnose.socketio_url", sio) if sio else None,
+                   log_lines=log_lines)
+
+
+def _list(key: str, value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     config_path: Path | None
@@ -325,10 +454,16 @@ class Settings:
     keep_artifacts: bool = False
     vercel: VercelSettings = dataclasses.field(default_factory=VercelSettings)
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    system: SystemSettings = dataclasses.field(default_factory=SystemSettings)
+    diagnose: DiagnoseSettings = dataclasses.field(default_factory=DiagnoseSettings)
 
     @property
     def snapshot_dir(self) -> Path:
         return self.database.snapshot_dir or self.state_dir / "snapshots"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.system.report_dir or self.state_dir / "reports"
 
     @property
     def journal_path(self) -> Path:
@@ -373,7 +508,7 @@ def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     return user if user.is_file() else None
 
 
-TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database"}
+TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database", "system", "diagnose"}
 
 
 def load_settings(
@@ -438,6 +573,8 @@ def load_settings(
         keep_artifacts=keep,
         vercel=VercelSettings.build(vercel, env),
         database=DatabaseSettings.build(_mapping("database", data.get("database")), env, base),
+        system=SystemSettings.build(_mapping("system", data.get("system")), env, base),
+        diagnose=DiagnoseSettings.build(_mapping("diagnose", data.get("diagnose"))),
     )
 
 
