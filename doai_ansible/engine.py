@@ -73,15 +73,20 @@ def run(
     confirm: ConfirmHook | None = None,
     revert_on_failure: bool = False,
     reverse: bool = False,
+    extra: dict[str, Any] | None = None,
+    before_close: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Plan and (unless ``dry_run``) apply ``jobs``; always returns the journaled RunResult.
 
-    ``reverse`` applies in the reverse of the runbook's order (undo rolls forward).
+    ``reverse`` applies in the reverse of the runbook's order (undo rolls forward). ``extra``
+    goes into the run's record as more keys; ``before_close`` is called with the run once it has
+    ended (not when interrupted), before it is journaled: checks after the run that belong in
+    its record. It must not raise; if it does, the run is journaled with a warning.
     """
     reason = validate.reason(reason)
     ordered = sorted(jobs, key=lambda j: j.part.part.order, reverse=reverse)
     run = RunResult(ctx.run_id, command, dry_run, reason, utcnow(), log_dir=str(ctx.log_dir),
-                    parts=[j.part.name for j in ordered])
+                    parts=[j.part.name for j in ordered], extra=extra if extra is not None else {})
     try:
         with _locks(ctx, ordered, reason, dry_run):
             if not dry_run and confirm is None and len(ordered) == 1 and ordered[0].part.one_pass(ordered[0].request):
@@ -97,6 +102,12 @@ def run(
         run.message = run.message or "interrupted; see the steps for what had been done"
         _close(ctx, run)
         raise
+    if before_close is not None:
+        try:
+            before_close(run)
+        except Exception as exc:  # the run itself is over: its record must still be written
+            log.exception("checks after the run")
+            ctx.warn(f"the checks after the run failed: {type(exc).__name__}: {exc}")
     _close(ctx, run)
     return run
 

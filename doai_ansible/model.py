@@ -118,9 +118,12 @@ class RunResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     hint: str | None = None  # what to do next, when the run was refused
     parts: list[str] = dataclasses.field(default_factory=list)  # the parts this run was about
+    # More of the run's record, by key (the whole-system rollback's "checklist"); never replaces
+    # one of the keys above.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return {**self.extra, **{
             "run_id": self.run_id,
             "command": self.command,
             "dry_run": self.dry_run,
@@ -135,7 +138,7 @@ class RunResult:
             "warnings": self.warnings,
             "hint": self.hint,
             "steps": [r.to_dict() for r in self.results],
-        }
+        }}
 
 
 def overall_status(results: list[StepResult]) -> ExitStatus:

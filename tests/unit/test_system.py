@@ -1,0 +1,282 @@
+"""The whole-system checklist around the engine, with small fake parts and a real local HTTP
+server for the webhook and the smoke checks: order, stop at the first failure (earlier parts
+stay rolled back), announcements once each and never duplicated, the webhook URL never shown,
+the report, the after-checks' exit 6, and the refusals before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doai_ansible import parts as registry
+from doai_ansible import system
+from doai_ansible.context import RunContext
+from doai_ansible.errors import ExitStatus, UsageError
+from doai_ansible.journal import Journal
+from doai_ansible.model import Outcome, Part, Step, StepResult
+from doai_ansible.part import PartBase, Request
+from doai_ansible.settings import load_settings
+
+
+class Fake(PartBase):
+    def __init__(self, part: Part, calls: list[str], *, fail: str | None = None, configured: bool = True,
+                 healthy_after: bool = True) -> None:
+        self.part = part  # type: ignore[misc]
+        self.calls = calls
+        self.live = "bad"
+        self.fail = fail
+        self._configured = configured
+        self.healthy_after = healthy_after
+        self.needs = "fake settings"  # type: ignore[misc]
+
+    def configured(self, ctx: RunContext) -> bool:
+        return self._configured
+
+    def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        self.calls.append(f"status {self.name}")
+        hosts = {"h1": {"healthy": self.live != "bad"}} if self.part is Part.BACKEND else None
+        st = {"part": self.name, "configured": True, "healthy": self.live != "bad", "reachable": True}
+        return dict(st, hosts=hosts) if hosts else st
+
+    def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        self.calls.append(f"health {self.name}")
+        ok = self.live != "bad" and self.healthy_after
+        return {"healthy": ok, "reachable": True, "targets": {"t": ok}}
+
+    def status_lines(self, st: dict[str, Any]) -> list[str]:
+        return []
+
+    def request(self, **options: Any) -> Request:
+        self.calls.append(f"request {self.name} " + ",".join(f"{k}={v}" for k, v in sorted(options.items())
+                                                              if v not in (None, False) and k != "ctx"))
+        return Request(to=options.get("to"))
+
+    def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        self.calls.append(f"plan {self.name}")
+        return [Step(self.part, "t", self.live, request.to or "good")]
+
+    def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        self.calls.append(f"apply {self.name}")
+        if self.fail:
+            return [StepResult(s, Outcome(self.fail), "it failed", "2026-01-01T00:00:00.000Z",
+                               "2026-01-01T00:00:01.000Z") for s in steps]
+        self.live = steps[0].desired
+        return [StepResult(s, Outcome.SUCCEEDED, "", "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.000Z")
+                for s in steps]
+
+    def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
+        self.calls.append(f"revert {self.name}")
+        return results
+
+    def undo_request(self, record: Mapping[str, Any]) -> Request | None:
+        return None
+
+
+class Hooks:
+    """A webhook receiver and a smoke-check target: records POST bodies; answers as told."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.post_status = [200]
+        self.smoke_status = 200
+        self.smoke_body = b"DoAi dashboard ok"
+        owner = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                owner.posts.append(json.loads(self.rfile.read(n)))
+                code = owner.post_status.pop(0) if len(owner.post_status) > 1 else owner.post_status[0]
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self.send_response(owner.smoke_status)
+                self.send_header("Content-Length", str(len(owner.smoke_body)))
+                self.end_headers()
+                self.wfile.write(owner.smoke_body)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SECRET_HOOK_PATH = "/services/T000/B000/canary-webhook-token-3f9a"
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    h = Hooks()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> dict[str, Fake]:
+    made = {p: Fake(p, calls) for p in Part}
+    monkeypatch.setattr(registry, "_loaded", dict(made))
+    return {p.value: f for p, f in made.items()}
+
+
+def make_ctx(tmp_path: Path, hooks: Hooks | None, *, smoke: bool = True) -> RunContext:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all: {}\n")
+    cfg = {"system": {"contacts": [{"role": "Backend", "name": "Kim", "contact": "+82 10 0000 0000"}]}}
+    env = {}
+    if hooks is not None:
+        env["DOAI_WEBHOOK_URL"] = hooks.base + SECRET_HOOK_PATH
+        if smoke:
+            cfg["system"]["smoke_checks"] = [{"name": "dashboard", "url": hooks.base + "/", "status": 200,
+                                              "contains": "DoAi"}]
+    (tmp_path / "c.yml").write_text(json.dumps(cfg))
+    settings = load_settings(tmp_path / "c.yml", inventory=inv, state_dir=tmp_path / "state", env=env)
+    return RunContext.create(settings)
+
+
+def records(ctx: RunContext) -> list[dict[str, Any]]:
+    return list(Journal(ctx.settings.journal_path))
+
+
+def test_whole_system_in_order_with_checklist_report_and_announcements(tmp_path, fakes, calls, hooks):
+    ctx = make_ctx(tmp_path, hooks)
+    req = system.request(ctx, reason="v3 broke everything", database_last=1)
+    run = system.rollback(ctx, req)
+    assert run.exit_status is ExitStatus.OK, run.message
+    applies = [c for c in calls if c.startswith("apply")]
+    assert applies == ["apply agent", "apply backend", "apply database", "apply dashboard"]
+    # before: every part inspected before the first plan; after: health after the last apply
+    assert calls.index("status dashboard") < calls.index("plan agent")
+    assert calls.index("apply dashboard") < calls.index("health agent")
+    assert "request database last=1,reason=v3 broke everything" in calls
+    c = run.to_dict()["checklist"]
+    assert c["before"]["scope"] == {"unhealthy": ["agent", "backend h1", "database", "dashboard"], "unreachable": []}
+    assert Path(c["before"]["state_file"]).is_file()
+    assert c["after"]["healthy"] and [s["ok"] for s in c["after"]["smoke"]] == [True]
+    assert [a["event"] for a in c["announcements"]] == ["start", "end"] and all(a["sent"] for a in c["announcements"])
+    assert len(hooks.posts) == 2 and "started" in hooks.posts[0]["text"] and "OK" in hooks.posts[1]["text"]
+    # one journal record carries it all
+    (rec,) = records(ctx)
+    assert rec["run_id"] == run.run_id and rec["checklist"]["report"] == c["report"]
+    md = Path(c["report"]["markdown"]).read_text()
+    for needle in ("## Timeline", "## From -> to", "| dashboard | t | bad | good | succeeded |", "## Contacts",
+                   "| Backend | Kim | +82 10 0000 0000 |", "## Root cause (to fill in)", f"undo {run.run_id}"):
+        assert needle in md, needle
+    assert Path(c["report"]["markdown"]).stat().st_mode & 0o077 == 0
+    assert json.loads(Path(c["report"]["json"]).read_text())["run_id"] == run.run_id
+    # the webhook URL carries a token: nowhere
+    everything = md + Path(c["report"]["json"]).read_text() + ctx.settings.journal_path.read_text()
+    assert "canary-webhook-token" not in everything
+
+
+def test_failure_in_database_stops_there_earlier_parts_stay(tmp_path, fakes, calls, hooks):
+    fakes["database"].fail = "restored"
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, reason="x", database_last=1))
+    assert run.exit_status is ExitStatus.FAILED_RESTORED
+    by_part = {r.step.part.value: r.outcome for r in run.results}
+    assert by_part == {"agent": Outcome.SUCCEEDED, "backend": Outcome.SUCCEEDED, "database": Outcome.RESTORED,
+                       "dashboard": Outcome.SKIPPED}
+    assert "revert agent" not in calls and "revert backend" not in calls  # left rolled back
+    assert fakes["agent"].live == "good" and fakes["dashboard"].live == "bad"
+    c = run.to_dict()["checklist"]
+    assert not c["after"]["healthy"]
+    md = Path(c["report"]["markdown"]).read_text()
+    assert "| database | t | bad | good | restored | it failed |" in md and "FAILED_RESTORED" in md
+    assert "FAILED_RESTORED" in hooks.posts[-1]["text"]
+
+
+def test_unhealthy_after_a_successful_rollback_exits_6(tmp_path, fakes, calls, hooks):
+    hooks.smoke_status = 503
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"))
+    assert run.exit_status is ExitStatus.UNHEALTHY
+    assert "smoke checks failing: dashboard" in run.message
+    assert records(ctx)[0]["exit_status"] == 6
+
+
+def test_webhook_error_is_a_warning_and_never_resent(tmp_path, fakes, calls, hooks):
+    hooks.post_status = [503, 200]  # the first POST may have been processed: it is not sent again
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, only="agent,backend"))
+    assert run.exit_status is ExitStatus.OK
+    assert len(hooks.posts) == 2  # start (answered 503) and end; no retry of the start
+    start = run.to_dict()["checklist"]["announcements"][0]
+    assert not start["sent"] and start["error"] == "the webhook answered HTTP 503"
+    assert any("announcement of the start" in w for w in run.warnings)
+    assert "canary-webhook-token" not in json.dumps(run.to_dict())
+
+
+def test_dry_run_announces_nothing_and_writes_no_report(tmp_path, fakes, calls, hooks):
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"), dry_run=True)
+    assert run.exit_status is ExitStatus.OK and not any(c.startswith("apply") for c in calls)
+    assert hooks.posts == [] and run.to_dict()["checklist"]["report"] is None
+    assert not ctx.settings.report_dir.exists()
+
+
+def test_declined_confirmation_changes_and_announces_nothing(tmp_path, fakes, calls, hooks):
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"), confirm=lambda plan: False)
+    assert run.exit_status is ExitStatus.INTERRUPTED
+    assert hooks.posts == [] and not any(c.startswith("apply") for c in calls)
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"only": "agent,frontend"}, "'frontend' is not a part"),
+    ({"only": "agent", "skip": "agent"}, "both in --only and --skip"),
+    ({"only": ","}, "name at least one part"),
+    ({}, "--database-last N or --database-to VERSION"),
+    ({"skip": "database", "database_last": 1}, "--database-last is for the database part"),
+    ({"only": "agent", "backend_to": "main"}, "--backend-to is for the backend part"),
+    ({"skip": "agent,backend,database,dashboard"}, "no part to roll back"),
+])
+def test_refused_before_anything_runs(tmp_path, fakes, calls, kwargs, needle):
+    ctx = make_ctx(tmp_path, None)
+    with pytest.raises(UsageError) as exc:
+        system.request(ctx, **kwargs)
+    assert needle in exc.value.message + (exc.value.hint or "")
+    assert calls == []
+
+
+def test_unconfigured_part_is_left_out_with_its_reason_unless_named(tmp_path, fakes, calls):
+    fakes["dashboard"]._configured = False
+    ctx = make_ctx(tmp_path, None)
+    req = system.request(ctx, skip="database")
+    assert req.parts == ("agent", "backend") and ("dashboard", "not configured (fake settings)") in req.skipped
+    with pytest.raises(UsageError, match="not configured"):
+        system.request(ctx, only="dashboard")
+
+
+def test_scope_names_hosts_and_unreachable_parts():
+    states = {"backend": {"hosts": {"a": {"healthy": True}, "b": {"healthy": False},
+                                    "c": {"healthy": False, "error": "unreachable: ssh"}}},
+              "database": {"healthy": False, "reachable": False}, "dashboard": {"healthy": True}}
+    assert system.scope(states) == (["backend b"], ["backend c", "database"])
+
+
+def test_report_escapes_table_cells(tmp_path, fakes, calls):
+    ctx = make_ctx(tmp_path, None)
+    req = dataclasses.replace(system.request(ctx, skip="database"), reason="a | b")
+    run = system.rollback(ctx, req)
+    md = Path(run.to_dict()["checklist"]["report"]["markdown"]).read_text()
+    assert "- **Reason**: a | b" in md and "| (none configured" not in md
