@@ -225,6 +225,59 @@ def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit), one="backend")
 
 
+# -- the whole system ------------------------------------------------------------------------
+@cli.group("system")
+def system_group() -> None:
+    """The whole system at once: the runbook's checklist (section 5) around the four parts."""
+
+
+@system_group.command("rollback")
+@click.option("--only", metavar="PARTS", default=None,
+              help="Only these parts (comma-separated: " + ", ".join(parts_registry.names()) + ").")
+@click.option("--skip", metavar="PARTS", default=None, help="Leave these parts out (comma-separated).")
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal, announcements, report).")
+@click.option("--backend-to", metavar="REF|TAG|IMAGE_ID", default=None,
+              help="The backend's target (default: as `backend rollback`).")
+@click.option("--database-last", type=click.IntRange(1, 100), default=None,
+              help="Undo the last N migrations (the database part needs this or --database-to).")
+@click.option("--database-to", metavar="VERSION", default=None, help="Undo every migration applied after this one.")
+@click.option("--accept-data-loss", is_flag=True, help="As for `database rollback`: needed when the plan lists data at risk.")
+@click.option("--dashboard-to", metavar="DEPLOYMENT", default=None,
+              help="The dashboard's target (default: as `dashboard rollback`).")
+@common_options
+@pass_opts
+def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reason: str | None,
+                        backend_to: str | None, database_last: int | None, database_to: str | None,
+                        accept_data_loss: bool, dashboard_to: str | None) -> ExitStatus:
+    """Roll every configured part back, Agent -> Backend -> Database -> Dashboard, with the
+    runbook's checklist. Before: the live state of every part kept, the error logs of backend
+    hosts and agent PCs collected, the scope shown with the plan. During: the start announced
+    (webhook from $DOAI_WEBHOOK_URL, if set), each part verified before the next, a stop at the
+    first failure (the failing part is put back; the parts before it stay rolled back). After:
+    health of every part, the smoke checks of the settings, an incident report (Markdown and
+    JSON), the end announced. Exit 6 when the rollback went through but a check after it fails."""
+    from doai_ansible import system
+
+    ctx = opts.context()
+    req = system.request(ctx, only=only, skip=skip, reason=reason, backend_to=backend_to,
+                         dashboard_to=dashboard_to, database_to=database_to, database_last=database_last,
+                         accept_data_loss=accept_data_loss)
+    hook = confirm_hook(opts, "Roll these parts back, in this order, as shown?")
+    if hook is not None:
+        ask = hook
+
+        def hook(plan: RunResult) -> bool:
+            for line in system.text_lines(plan):
+                click.echo(line, err=opts.json)
+            return ask(plan)
+
+    run = system.rollback(ctx, req, dry_run=opts.dry_run, confirm=hook)
+    if not opts.json:
+        for line in system.text_lines(run):
+            click.echo(line)
+    return render_run(opts, run)
+
+
 # -- every part ------------------------------------------------------------------------------
 @cli.command("status")
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
