@@ -403,8 +403,9 @@ class Sandbox:
         _run([self.pm2, "reload", "all"], env=self.pm2_env, timeout=60)
         self.record_deploy(before, target)
 
-    def reset(self) -> Sandbox:
-        """Back to what ``start(deploy="v2")`` then ``deploy("v3")`` leaves, for the next test:
+    def reset(self, *, deploy: str | None = "v3") -> Sandbox:
+        """Back to what ``start(deploy="v2")`` then ``deploy("v3")`` leaves (``deploy=None``: v2
+        live, healthy, nothing deployed over it; the system rig's good state), for the next test:
         quicker than a new rig (sshd, the repo and PM2 stay up) and as independent (the host
         state -- ledger, locks, jobs, node_modules cache --, the checkout, the reflog the default
         target falls back on, node_modules, the inventory and the served release are made anew)."""
@@ -427,8 +428,11 @@ class Sandbox:
         else:
             _run([self.pm2, "reload", "all"], env=self.pm2_env, timeout=60)
         self.record_deploy(None, self.commits["v2"])
-        self.deploy("v3")
-        self.wait_health(expect_ok=False)
+        if deploy is None:
+            self.wait_health(expect_ok=True)
+        else:
+            self.deploy(deploy)
+            self.wait_health(expect_ok=deploy != "v3")
         self.save()
         return self
 

@@ -551,6 +551,26 @@ class VercelStandIn:
             project.production_id = deployment.id
             deployment.was_live = True
 
+    def restore_project(self, project: Project, live: Deployment, *, drop: tuple[Deployment, ...] = ()) -> None:
+        """Back to a quiet project with ``live`` in production: no alias job, no rollback record,
+        auto-assign on, ``drop`` deployments gone; no armed fault, queued outcome or logged request
+        left. For rigs reused between tests (the system rig's reset)."""
+        with self._lock:
+            for dep in drop:
+                self.deployments.pop(dep.id, None)
+            self.jobs.pop(project.id, None)
+            project.production_id = live.id
+            live.was_live = True
+            project.last_alias_request = None
+            project.last_rollback_target = None
+            project.auto_assign_custom_domains = True
+            project.alias_statuses = []
+            self._outcomes.clear()
+            self._faults.clear()
+            self._down = None
+            self.requests.clear()
+            self.unhandled.clear()
+
     def transport(self) -> Any:
         """An ``httpx.MockTransport`` answering from this stand-in in-process (no server needed).
 
@@ -1154,3 +1174,61 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
         other_project_deployment=other_dep,
         other_team_deployment=other_team_dep,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The dashboard's own health endpoint
+# --------------------------------------------------------------------------------------------
+
+
+class DashboardHealth:
+    """``GET /api/health`` of the dashboard as its production deployment serves it: 200
+    ``{"status":"ok","deployment":<id>}`` unless ``bad(production id)`` says that deployment is
+    broken, then 500 ``{"status":"error",...}``. Loopback only, a free port; ``stop()`` at the end."""
+
+    def __init__(self, api: VercelStandIn, project: Project, bad: Callable[[str | None], bool]) -> None:
+        owner = self
+        self.api, self.project, self.bad = api, project, bad
+        self.hits: list[int] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                dep = owner.api.production_of(owner.project)
+                if self.path.split("?")[0] != "/api/health":
+                    code, payload = 404, {"status": "not found"}
+                elif owner.bad(dep):
+                    code, payload = 500, {"status": "error", "deployment": dep}
+                else:
+                    code, payload = 200, {"status": "ok", "deployment": dep}
+                owner.hits.append(code)
+                body = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="dashboard-health", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/api/health"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
