@@ -602,16 +602,72 @@ def lock_release(opts: Options, target: str, host: str | None, force: bool) -> E
     return ExitStatus.OK if out["released"] else ExitStatus.LOCKED
 
 
+# -- diagnose ------------------------------------------------------------------------------------
+@cli.group("diagnose")
+def diagnose_group() -> None:
+    """The runbook's scenarios A, B, C: findings and the next command to run. Changes nothing.
+
+    Exit status: 0 nothing found, 6 a fault found, 7 a target could not be reached at all,
+    2 bad input or configuration.
+    """
+
+
+def _diagnose(opts: Options, scenario: str, limit: str | None = None) -> ExitStatus:
+    from doai_ansible import diagnose
+
+    ctx = opts.context()
+    result = diagnose.run(ctx, scenario, limit=limit)
+    if opts.json:
+        emit_json(result.to_dict())
+    else:
+        for line in result.lines():
+            click.echo(line)
+    for w in ctx.warnings:
+        click.echo(f"doai-rollback: WARNING: {w}", err=True)
+    return result.exit_status
+
+
+@diagnose_group.command("api-errors")
+@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these backend hosts (Ansible pattern).")
+@common_options
+@pass_opts
+def diagnose_api_errors(opts: Options, limit: str | None) -> ExitStatus:
+    """A: PM2 or container logs scanned for errors, the environment variables the backend needs
+    (names only), health and the live release; proposes the backend rollback."""
+    return _diagnose(opts, "api-errors", limit)
+
+
+@diagnose_group.command("migration-failure")
+@common_options
+@pass_opts
+def diagnose_migration_failure(opts: Options) -> ExitStatus:
+    """B: migration state, half-applied migrations and the integrity checks; proposes a database
+    rollback or restore."""
+    return _diagnose(opts, "migration-failure")
+
+
+@diagnose_group.command("agent-connection")
+@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these agent PCs (Ansible pattern).")
+@common_options
+@pass_opts
+def diagnose_agent_connection(opts: Options, limit: str | None) -> ExitStatus:
+    """C: the backend's Socket.IO handshake, its port from each agent PC, the agents per PC and
+    user; proposes the firewall, the backend, an agent rollback or reinstall."""
+    return _diagnose(opts, "agent-connection", limit)
+
+
 # -- demo ------------------------------------------------------------------------------------------
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to build the sandbox (default: a new temporary directory).")
-@click.option("--keep", is_flag=True, help="Leave the sandbox running afterwards.")
+@click.option("--keep", is_flag=True, help="Keep the sandbox's files (journal, report, logs); on a terminal, keep it "
+              "running until Enter.")
 @common_options
 @pass_opts
 def demo(opts: Options, workdir: Path | None, keep: bool) -> ExitStatus:
-    """Build a local sandbox VPS (loopback sshd, git-deployed app under PM2), deploy a bad
-    release, roll it back with this tool, and show health before and after."""
+    """Build every part of DoAi that runs on this machine (backend under PM2 and, with a Docker
+    engine, Compose; PostgreSQL; a Vercel API stand-in; stand-in agent PCs), deploy a failed
+    release of all of them, run the whole-system rollback, and check every part's live state."""
     from doai_ansible.sandbox.demo import run_demo
 
     echo = (lambda line: click.echo(line, err=True)) if opts.json else click.echo

@@ -1,80 +1,110 @@
-"""``doai-rollback demo``: the whole backend story on a local sandbox, end to end.
+"""``doai-rollback demo``: the whole system's story on a local sandbox, end to end.
 
-Builds a loopback sshd and a git-deployed Node app under PM2 (v1 good, v2 good with another
-lockfile, v3 bad), deploys v3 the way the team's pipeline would, then rolls back with this
-tool (default target, through ansible-runner over SSH) and shows health before and after.
+Builds every part that can run on this machine (:class:`~doai_ansible.sandbox.system_rig.SystemRig`):
+the backend as a git checkout under PM2 on a loopback sshd and, where a Docker engine can be
+started, as a Compose service; a PostgreSQL shaped like the Supabase project; a Vercel API
+stand-in with the dashboard's health endpoint; stand-in agent PCs (Linux, not Windows). Then
+the failed deployment of all of them, the whole-system rollback with this tool (the same code
+as ``doai-rollback system rollback``), and the live state of every part checked against the
+good deployment. Everything listens on loopback and is stopped (by PID) at the end.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from doai_ansible import engine, parts
+from doai_ansible import system
 from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus
 from doai_ansible.render import Progress, run_text
-from doai_ansible.sandbox import Sandbox
 from doai_ansible.settings import load_settings
+
+REASON = "demo: release 1.5 broke every part"
 
 
 def run_demo(
     *, workdir: Path | None = None, keep: bool = False, echo: Callable[[str], None] = print, verbose: bool = False
 ) -> dict[str, Any]:
+    from doai_ansible.sandbox.system_rig import SystemRig
+
     created = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="doai-demo-")) if workdir is None else Path(workdir)
-    sb = Sandbox(wd / "sandbox")
+    wd = Path(tempfile.mkdtemp(prefix="doai-demo-")) if workdir is None else Path(workdir).absolute()
+    rig = SystemRig(wd / "system")
     result: dict[str, Any] = {"workdir": str(wd)}
     try:
-        echo(f"1. building the sandbox VPS in {wd} (sshd on 127.0.0.1, PM2 cluster, git repo v1..v3)")
+        echo(f"1. building the DoAi system on this machine, in {wd} (everything on 127.0.0.1)")
         t0 = time.monotonic()
-        sb.start(deploy="v2")
-        echo(f"   ready in {time.monotonic() - t0:.1f} s: ssh port {sb.ssh_port}, app {sb.health_url}")
-        echo(f"   health: {_fmt(sb.wait_health())}")
-        echo("2. deploying v3 (the bad release) as the pipeline would")
-        sb.deploy("v3")
-        before = sb.wait_health(expect_ok=False)
-        echo(f"   health: {_fmt(before)}   <- the outage")
-        echo("3. doai-rollback backend rollback --reason 'demo: v3 answers 500'")
-        settings = load_settings(None, inventory=sb.inventory, state_dir=wd / "state", env={
-            k: v for k, v in os.environ.items() if k not in ("DOAI_CONFIG", "DOAI_INVENTORY", "DOAI_STATE_DIR")})
+        rig.start()
+        echo(f"   ready in {time.monotonic() - t0:.1f} s: backend hosts {', '.join(rig.backend_hosts)}, "
+             f"PostgreSQL, Vercel API stand-in, {len(rig.agents.pcs)} agent PCs x {len(rig.agents.users)} users")
+        for what, why in rig.skipped.items():
+            echo(f"   skipped {what}: {why}")
+        _show(echo, rig.state())
+        echo("2. the failed deployment of every part (as the pipeline would do it)")
+        rig.break_all()
+        before = rig.state()
+        _show(echo, before)
+        echo(f"3. doai-rollback system rollback --database-last 1 --reason '{REASON}' --yes")
+        state_dir = wd / "state"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+        env.update(rig.env(state_dir))
+        settings = load_settings(None, env=env)
         progress = Progress(enabled=True if verbose else None)
         ctx = RunContext.create(settings, progress=progress, note=progress.note)
         t1 = time.monotonic()
-        part = parts.get("backend")
-        job = engine.Job(part, part.request(reason="demo: v3 answers 500"))
-        run = engine.run(ctx, [job], command="backend rollback", reason="demo: v3 answers 500")
+        req = system.request(ctx, reason=REASON, database_last=1)
+        run = system.rollback(ctx, req)
         took = time.monotonic() - t1
-        for line in run_text(run).splitlines():
+        for line in run_text(run).splitlines() + system.text_lines(run):
             echo("   " + line)
-        after = sb.health()
-        echo(f"4. health after the rollback ({took:.1f} s): {_fmt(after)}")
-        ok = run.exit_status is ExitStatus.OK and after[0] == 200 and after[1] == "2.0.0"
-        echo("demo " + ("succeeded: v3 -> v2, healthy again" if ok else "FAILED"))
+        after = rig.state()
+        expected = rig.expected_good()
+        echo(f"4. the live state after the rollback ({took:.1f} s), read from the rigs, not through the tool:")
+        _show(echo, after)
+        wrong = [part for part in expected if after.get(part) != expected[part]]
+        for part in wrong:
+            echo(f"   {part}: expected {expected[part]}, found {after.get(part)}")
+        ok = run.exit_status is ExitStatus.OK and not wrong
+        report = (run.extra.get("checklist") or {}).get("report")
+        if report:
+            echo(f"5. the incident report: {report['markdown']}")
+            for line in Path(report["markdown"]).read_text(encoding="utf-8").splitlines()[:12]:
+                echo("   | " + line)
+        echo("demo " + ("succeeded: every part is back on the good deployment and healthy" if ok else "FAILED"))
         result.update(
             exit_status=int(ExitStatus.OK if ok else (run.exit_status or ExitStatus.ERROR)),
-            before={"status": before[0], "version": before[1]},
-            after={"status": after[0], "version": after[1]},
-            rollback=run.to_dict(),
-            seconds=round(took, 2),
+            skipped=dict(rig.skipped),
+            before=before, after=after, expected=expected, wrong=wrong,
+            rollback=run.to_dict(), seconds=round(took, 2),
         )
         if keep:
-            echo(f"sandbox left running: inventory {sb.inventory}; stop it with "
-                 f"python -m doai_ansible.sandbox stop --workdir {sb.workdir}")
+            echo(f"the system runs: config {rig.config()}, inventory {rig.inventory()}, state {state_dir}")
+            if sys.stdin.isatty():
+                echo("try `doai-rollback status`, `history`, `undo` with DOAI_CONFIG and DOAI_STATE_DIR set so; "
+                     "press Enter to stop it (its files stay in the workdir)")
+                sys.stdin.readline()
         elif created:
-            echo("the sandbox, its journal and logs are removed now (--keep leaves them)")
+            echo("the sandbox, its journal, report and logs are removed now (--keep leaves them)")
         return result
     finally:
+        rig.stop()  # by PID, whatever happened; --keep leaves the files
         if not keep:
-            sb.stop()
+            rig.cleanup()
             if created:
                 shutil.rmtree(wd, ignore_errors=True)
 
 
-def _fmt(h: tuple[int | None, str | None]) -> str:
-    return "no answer" if h[0] is None else f"HTTP {h[0]}, version {h[1]}"
+def _show(echo: Callable[[str], None], st: dict[str, Any]) -> None:
+    for host, b in st["backend"].items():
+        echo(f"   backend {host}: HTTP {b.get('health')}, version {b.get('version')}")
+    echo(f"   database: last migration {st['database']['last']}")
+    echo(f"   dashboard: production {st['dashboard']['production']}, health HTTP {st['dashboard']['health']}")
+    versions = sorted({a["app-current"] for a in st["agent"].values()})
+    echo(f"   agents: {len(st['agent'])} PC/user folders on {', '.join(map(str, versions))}")
