@@ -37,6 +37,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         [sys.executable, "-m", "doai_ansible", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )
+    # With --output json, stdout must be the document the schema promises (doai_ansible/schemas).
+    from doai_ansible.schemas import output_problems
+
+    if problems := output_problems(args, proc.stdout, proc.returncode):
+        pytest.fail("JSON output does not match doai_ansible/schemas/doai-rollback.schema.json:\n  "
+                    + "\n  ".join(problems) + f"\n(doai-rollback {' '.join(map(str, args))}; exit {proc.returncode})")
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
