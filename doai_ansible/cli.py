@@ -389,6 +389,38 @@ def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
     return render_status(opts, engine.status(opts.context(), only=["agent"], limit=limit), one="agent")
 
 
+@agent.command("reinstall")
+@click.option("--installer", required=True, metavar="PATH|URL",
+              help="The earlier installer: a file on this machine (copied to each PC) or an https URL "
+                   "(http only for 127.0.0.1/localhost) each PC fetches.")
+@click.option("--sha256", metavar="HEX", default=None,
+              help="The installer's sha256, checked here (a file) and on each PC before anything changes.")
+@click.option("--expect-version", metavar="VERSION", default=None,
+              help="The version the installer installs: verified after it, and a PC already on it is unchanged.")
+@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups (comma-separated).")
+@click.option("--user", "users", metavar="USER", multiple=True,
+              help="Only this user's folder (repeatable; default: every profile that has the agent).")
+@click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks).")
+@click.option("--max-fail-percent", type=int, default=None,
+              help="Stop after a batch whose failed PCs exceed this percentage (default: never stop).")
+@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
+@common_options
+@pass_opts
+def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expect_version: str | None,
+                        limit: str | None, users: tuple[str, ...], batch: str | None, max_fail_percent: int | None,
+                        reason: str | None) -> ExitStatus:
+    """Reinstall an earlier agent on every PC (an unreachable or refusing PC does not stop the
+    others): keep the current install (moved aside, never deleted) and config.json, stop the
+    agent, uninstall, run the installer silently as the user, restore config.json, start and
+    verify; a failed step puts the kept install back. Ends with a result per PC and user."""
+    part = parts_registry.get("agent")
+    job = engine.Job(part, part.request(action="reinstall", installer=installer, sha256=sha256,  # type: ignore[call-arg]
+                                        expect_version=expect_version, limit=limit, users=list(users), batch=batch,
+                                        max_fail_percent=max_fail_percent, reason=reason))
+    return run_jobs(opts, [job], command="agent reinstall", reason=reason,
+                    question="Reinstall the agent as shown?")
+
+
 # -- database ------------------------------------------------------------------------------------
 @cli.group()
 def database() -> None:

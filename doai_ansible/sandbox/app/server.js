@@ -19,6 +19,18 @@ app.get('/api/health', (req, res) => {
 
 app.get('/', (req, res) => res.type('text').send(`doai-backend ${pkg.version}\n`));
 
+// The Engine.IO handshake the desktop agents' Socket.IO client starts with (long polling,
+// protocol v4): an open packet with a new session id. Only the handshake: enough for
+// `doai-rollback diagnose agent-connection` to tell a Socket.IO server answers here.
+app.get('/socket.io/', (req, res) => {
+  if (req.query.EIO !== '4' || req.query.transport !== 'polling') {
+    res.status(400).json({ code: 0, message: 'Transport unknown' });
+    return;
+  }
+  const sid = require('crypto').randomBytes(15).toString('base64url');
+  res.type('text/plain').send('0' + JSON.stringify({ sid, upgrades: [], pingInterval: 25000, pingTimeout: 20000, maxPayload: 1000000 }));
+});
+
 const server = app.listen(port, '127.0.0.1', () => {
   if (process.send) process.send('ready');
 });
