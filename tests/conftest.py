@@ -189,3 +189,22 @@ def agent_fleet(agent_pcs) -> Iterator[Callable[..., AgentRig]]:  # noqa: F821
 _AGENT_FLEET_DEFAULTS: dict[str, object] = {
     "users": ("alice", "bob"), "bare_users": ("guest",), "app_failed": False, "config_location": "app-current",
 }
+
+
+@pytest.fixture(scope="session")
+def system_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemRig]:  # noqa: F821
+    """The whole system for the session (doai_ansible/sandbox/system_rig.py): the PM2 VPS, the
+    Docker VPS when a Docker engine starts here, PostgreSQL, the Vercel stand-in with the
+    dashboard health, 2 stand-in PCs; one inventory and config file. Stopped by PID at the end.
+    Tests take ``system_rig`` (reset before each) rather than this."""
+    from doai_ansible.sandbox.system_rig import SystemRig
+
+    rig = SystemRig(tmp_path_factory.mktemp("sys"), canary=CANARY)  # the canary tests look for it
+    yield from _running(rig)
+
+
+@pytest.fixture
+def system_rig(system_engine) -> SystemRig:  # noqa: F821
+    """The session's whole system back on the good deployment before each test (~1.5 s: see
+    SystemRig.reset); ``break_all()`` deploys the failed release of every part."""
+    return _reset(system_engine)
