@@ -9,12 +9,21 @@ the result table says which were rolled back, unchanged, refused, put back or no
 ``--rerun-failed RUN`` runs the PCs a run did not finish again (a swap left half done is
 resumed from its marker file).
 
-Not done yet (issue 10): the reinstall, pins of the plan's versions at apply, a Windows host
-lock and ledger (the marker file is the per-user record).
+``agent reinstall --installer PATH_OR_URL`` is the runbook's other way back: per PC and user,
+the current install kept aside whole, uninstall, the earlier installer run, config.json
+restored, start, verify; a failed step puts the kept install back (``playbooks/agent-reinstall.yml``,
+the same role and action plugin with ``doai_agent_operation: reinstall``). The installer is
+checked here (path or URL, sha256) before any connection, and again on each PC before anything
+there changes.
+
+Not done yet (issue 10): pins of the plan's versions at apply, a Windows host lock and ledger
+(the marker file is the per-user record).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -32,16 +41,46 @@ WINRM_PASSWORD_ENV = "DOAI_WINRM_PASSWORD"
 WINRM_PASSWORD_VAR = "doai_agent_winrm_password"
 _USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}\Z")
 _BATCH_RE = re.compile(r"[1-9][0-9]{0,3}%?\Z")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
 
 
-def _step(host: str, u: Mapping[str, Any]) -> Step:
+@functools.cache
+def _plugin() -> Any:
+    """The role's action plugin (its installer check is the one the playbook applies too)."""
+    from doai_ansible.settings import content_dir
+
+    path = content_dir() / "roles" / "doai_agent" / "action_plugins" / "doai_agent_swap.py"
+    spec = importlib.util.spec_from_file_location("doai_agent_swap_plugin", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"the agent role's action plugin is missing: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_installer(installer: str | None, sha256: str | None) -> dict[str, Any]:
+    """The installer as the role will take it (a file here, read and hashed; or an https URL),
+    or ValidationError: before any connection."""
+    if installer and "://" not in installer and not installer.startswith(("/", "\\")) and not re.match(r"[A-Za-z]:", installer):
+        installer = os.path.abspath(installer)
+    try:
+        return dict(_plugin().check_installer(installer or "", sha256 or ""))
+    except ValueError as exc:
+        raise ValidationError(f"--installer: {exc}") from None
+
+
+def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None = None) -> Step:
     user = u.get("user") or "?"
-    step = Step(Part.AGENT, f"{host}/{user}", u.get("from"), u.get("to") if u.get("status") != "unchanged" else u.get("from"),
+    to = u.get("to")
+    if installer and u.get("status") in ("planned", "changed") and not to:
+        to = f"installer {installer.get('name')}"  # the version is known once it is installed
+    step = Step(Part.AGENT, f"{host}/{user}", u.get("from"), to if u.get("status") != "unchanged" else u.get("from"),
                 rule=u.get("reason") or "", details={"host": host, "user": user, "root": u.get("root"),
                                                       "plan_status": u.get("status"),
                                                       "steps": [s.get("op") for s in u.get("steps") or []]})
     step.details["from_label"] = f"app-current {u.get('from') or '?'}"
-    step.details["to_label"] = f"app-backup {u.get('to') or '?'}"
+    step.details["to_label"] = (f"installer {installer.get('name')} ({u.get('to') or 'its version'})" if installer
+                                else f"app-backup {u.get('to') or '?'}")
     if u.get("status") == "planned":
         step.notes = ["; ".join(f"{s.get('op')} {s.get('src', '')}->{s.get('dest', '')}".replace(" ->", "")
                                 for s in u.get("steps") or [])]
@@ -71,11 +110,19 @@ class AgentPart(PlaybookPart):
     def request(self, *, limit: str | None = None, users: list[str] | tuple[str, ...] | None = None,
                 batch: str | None = None, max_fail_percent: int | None = None, reason: str | None = None,
                 action: str = "rollback", targets: Mapping[str, str] | None = None, health_gate: bool = True,
-                to: str | None = None) -> Request:
+                to: str | None = None, installer: str | None = None, sha256: str | None = None,
+                expect_version: str | None = None) -> Request:
         if to is not None:
             raise ValidationError("the agent goes back to each PC's own app-backup: there is no --to")
-        if action != "rollback":
+        if action not in ("rollback", "reinstall"):
             raise ValidationError(f"the agent cannot {action!r} yet: roll forward by hand (see the role's README)")
+        inst: dict[str, Any] | None = None
+        if action == "reinstall":
+            inst = check_installer(installer, sha256)
+            if expect_version is not None and not _VERSION_RE.match(expect_version):
+                raise ValidationError(f"--expect-version {expect_version!r} is not a version")
+        elif installer or sha256 or expect_version:
+            raise ValidationError("--installer, --sha256 and --expect-version belong to `agent reinstall`")
         for u in users or ():
             if not _USER_RE.match(u):
                 raise ValidationError(f"--user {u!r} is not a user name")
@@ -85,7 +132,8 @@ class AgentPart(PlaybookPart):
             raise ValidationError("--max-fail-percent must be 0..100")
         return Request(action=action, limit=validate.host_limit(limit), health_gate=health_gate,
                        options={"reason": validate.reason(reason), "users": list(users or []),
-                                "batch": batch, "max_fail_percent": max_fail_percent})
+                                "batch": batch, "max_fail_percent": max_fail_percent, "installer": inst,
+                                "expect_version": expect_version})
 
     def secrets(self) -> dict[str, Any]:
         """The WinRM password, from DOAI_WINRM_PASSWORD only (else the inventory's, e.g. vault)."""
@@ -102,14 +150,21 @@ class AgentPart(PlaybookPart):
             xv["doai_agent_serial"] = request.options["batch"]
         if request.options.get("max_fail_percent") is not None:
             xv["doai_agent_max_fail_percentage"] = int(request.options["max_fail_percent"])
+        inst = request.options.get("installer")
+        if inst:
+            # The sha256 checked here travels with it: the PC runs the bytes that were checked.
+            xv.update(doai_agent_installer=inst["value"], doai_agent_installer_sha256=inst["sha256"])
+            if request.options.get("expect_version"):
+                xv["doai_agent_installer_version"] = request.options["expect_version"]
         return xv
 
     def _run(self, ctx: RunContext, request: Request, *, check: bool, label: str) -> dict[str, Any]:
         started: set[str] = set()
-        pb = self.run(ctx, self._vars(ctx, request), limit=request.limit, check=check, label=label, started=started)
+        runner = _Reinstall(self.fixed_vars) if request.action == "reinstall" else self
+        pb = runner.run(ctx, self._vars(ctx, request), limit=request.limit, check=check, label=label, started=started)
         reps = reports(pb, self.stats_key)
         if not reps:
-            raise self._no_hosts(ctx, pb, request.limit, "rollback")
+            raise self._no_hosts(ctx, pb, request.limit, request.action)
         return {"pb": pb, "reports": reps, "started": started}
 
     def plan(self, ctx: RunContext, request: Request) -> list[Step]:
@@ -127,7 +182,7 @@ class AgentPart(PlaybookPart):
                 steps.append(step)
                 continue
             for u in users:
-                step = _step(host, u)
+                step = _step(host, u, rep.stats.get("installer"))
                 if u.get("status") == "refused":
                     step.notes = [f"refused: {u.get('reason')}"]
                     step.desired = step.current  # nothing will change for this user
@@ -135,7 +190,7 @@ class AgentPart(PlaybookPart):
         return steps
 
     def one_pass(self, request: Request) -> bool:
-        return request.action == "rollback"
+        return request.action in ("rollback", "reinstall")
 
     def plan_and_apply(self, ctx: RunContext, request: Request) -> list[StepResult]:
         return self._apply(ctx, request)
@@ -178,13 +233,17 @@ class AgentPart(PlaybookPart):
                     outcome, msg = Outcome.FAILED, f"{rep.failure_text()}; nothing was changed (--rerun-failed)"
                 results.append(StepResult(step, outcome, msg, started, utcnow()))
                 continue
+            reinstall = request.action == "reinstall"
             for u in users:
-                step = _step(host, u)
+                step = _step(host, u, rep.stats.get("installer"))
                 status = u.get("status")
                 if status == "changed":
-                    outcome, msg = Outcome.SUCCEEDED, f"app-current is now {u.get('to')}; agent running"
+                    outcome, msg = Outcome.SUCCEEDED, (f"app-current is now {u.get('to')}"
+                                                       f"{' (reinstalled; config.json restored)' if reinstall else ''}"
+                                                       "; agent running")
                 elif status == "unchanged":
-                    outcome, msg = Outcome.UNCHANGED, "already rolled back: nothing to do"
+                    outcome, msg = Outcome.UNCHANGED, (f"{u.get('reason')}: nothing to do" if reinstall
+                                                       else "already rolled back: nothing to do")
                 elif status == "refused":
                     step.desired = step.current
                     outcome, msg = Outcome.REFUSED, f"{u.get('reason')}; nothing was changed"
@@ -255,3 +314,9 @@ class AgentPart(PlaybookPart):
         st = self.status(ctx, limit=limit)
         return {"healthy": st["healthy"], "reachable": st["reachable"],
                 "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+
+
+class _Reinstall(AgentPart):
+    """The reinstall's playbook run (same role, stats and modules; ``doai_agent_operation: reinstall``)."""
+
+    playbook = "agent-reinstall.yml"

@@ -44,6 +44,14 @@ Starting the agent on a stand-in PC (what the role's POSIX "start" does), as roo
 (the agent appends its own stderr to ``<folder>/agent.log``). Stopping: SIGTERM to the pid in
 ``agent.pid``, then wait until it is gone.
 
+The reinstall's stand-ins (not Windows installers): every app directory holds ``uninstall``,
+an uninstaller that removes its own app directory (as an NSIS uninstaller removes the install
+dir); :meth:`AgentRig.make_installer` writes an "installer" (a Python script) that, run with
+``--folder <agent folder>``, writes ``app-current`` with its version, the agent, the uninstaller
+and the installer's default ``config.json`` (``settings_rev`` 0: the user's must be restored);
+its failing variant writes half an ``app-current`` and exits 3. The role puts it in
+``<pc>/stage/<stamp>/`` (``doai_agent_posix_stage_dir``) and runs it there.
+
 Every process the rig starts (sshd, agents, lock holders) is stopped by PID in :meth:`stop`.
 """
 
@@ -157,6 +165,41 @@ except OSError:
 status["state"] = "stopped"
 write_json(FOLDER / "agent.status.json", status)
 held.close()
+'''
+
+
+UNINSTALL_PY = r'''"""DoAi desktop agent uninstaller STAND-IN: removes its own app directory."""
+import shutil, sys
+from pathlib import Path
+
+app = Path(__file__).resolve().parent
+shutil.rmtree(app)
+print("uninstalled", app)
+'''
+
+INSTALLER_PY = r'''"""DoAi desktop agent installer STAND-IN (doai_ansible/sandbox/agent_rig.py), version @VERSION@."""
+import json, os, sys
+from pathlib import Path
+
+VERSION, FAIL = "@VERSION@", @FAIL@
+AGENT_PY, UNINSTALL_PY = @AGENT_PY@, @UNINSTALL_PY@
+args = sys.argv[1:]
+if len(args) != 2 or args[0] != "--folder":
+    sys.exit("usage: installer --folder <agent folder>")
+app = Path(args[1]) / "app-current"
+if app.exists():
+    sys.exit("%s exists: uninstall first" % app)
+app.mkdir(parents=True)
+(app / "agent.py").write_text(AGENT_PY)
+if FAIL:
+    sys.exit("installer %s: installation failed half way" % VERSION)
+(app / "uninstall").write_text("#!@PYTHON@\n" + UNINSTALL_PY)
+os.chmod(app / "uninstall", 0o755)
+(app / "resources").mkdir()
+(app / "resources" / "app.bin").write_bytes(("doai-agent %s\n" % VERSION).encode() * 64)
+(app / "config.json").write_text(json.dumps({"settings_rev": 0, "server_url": "http://127.0.0.1:3001"}) + "\n")
+(app / "VERSION").write_text(VERSION + "\n")
+print("installed", VERSION, "in", app)
 '''
 
 
@@ -430,6 +473,8 @@ class AgentRig:
             d.mkdir(parents=True)
             (d / "VERSION").write_text(VERSIONS[app] + "\n")
             (d / "agent.py").write_text(AGENT_PY)
+            (d / "uninstall").write_text(f"#!{AGENT_PYTHON}\n" + UNINSTALL_PY)
+            (d / "uninstall").chmod(0o755)
             (d / "resources").mkdir()
             (d / "resources" / "app.bin").write_bytes(f"doai-agent {VERSIONS[app]}\n".encode() * 64)
         current = json.dumps(self.user_config(pc, user), indent=2, sort_keys=True) + "\n"
@@ -438,6 +483,22 @@ class AgentRig:
         if self.config_location == "app-current":
             (folder / "app-backup" / "config.json").write_text(
                 json.dumps(self.user_config(pc, user, rev=1), indent=2, sort_keys=True) + "\n")
+
+    def make_installer(self, path: Path, version: str = "1.9.0", *, fail: bool = False) -> Path:
+        """A stand-in installer at ``path`` that installs ``version`` into ``--folder``; with
+        ``fail`` it writes half an app-current and exits 3."""
+        text = (INSTALLER_PY.replace("@VERSION@", version).replace("@FAIL@", repr(bool(fail)))
+                .replace("@AGENT_PY@", repr(AGENT_PY)).replace("@UNINSTALL_PY@", repr(UNINSTALL_PY))
+                .replace("@PYTHON@", AGENT_PYTHON))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!{AGENT_PYTHON}\n" + text)
+        path.chmod(0o755)
+        return path
+
+    def staged_installers(self, pc: str) -> list[Path]:
+        """The installers the role put on ``pc`` (kept, never deleted)."""
+        return sorted(p for p in (self.pc_dir(pc) / "stage").glob("*/*") if p.is_file())
 
     # -- the agents --------------------------------------------------------------------------------
     def start_agent(self, pc: str, user: str, *, wait: bool = True) -> int:
@@ -634,6 +695,9 @@ class AgentRig:
             "doai_agent_posix_profiles_root": str(self.profiles_root(pc)),
             "doai_agent_posix_local_path": str(AGENT_DIR.parent),
             "doai_agent_posix_start_command": [AGENT_PYTHON, "{current}/agent.py"],
+            # The reinstall: where the installer is put on this PC (uninstaller and installer
+            # arguments: the role's defaults, {current}/uninstall and --folder {root}).
+            "doai_agent_posix_stage_dir": str(self.pc_dir(pc) / "stage"),
         }
         if pc in self.unreachable:
             hv["ansible_port"] = self.closed_port

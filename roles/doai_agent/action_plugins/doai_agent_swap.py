@@ -62,6 +62,22 @@ ARGUMENT_SPEC = dict(
     socketio_host=dict(type="str", default=""),
     socketio_port=dict(type="int", default=3001),
     socketio_timeout=dict(type="int", default=5),
+    # rollback: the rename swap; reinstall: uninstall, run an earlier installer, config.json back.
+    operation=dict(type="str", default="rollback", choices=["rollback", "reinstall"]),
+    # reinstall: a file on the controller (copied to the PC) or an https URL (http only for
+    # loopback) fetched on the PC; its sha256 (checked on the PC before anything changes) and
+    # the version it installs (empty: any; then the marker recognises a second run).
+    installer=dict(type="str", default=""),
+    installer_sha256=dict(type="str", default=""),
+    installer_version=dict(type="str", default=""),
+    installer_args=dict(type="list", elements="str", default=["/S", "/currentuser"]),
+    uninstall_key=dict(type="str", default="DoAi-Desktop-Agent"),
+    uninstall_args=dict(type="list", elements="str", default=["/S", "/currentuser"]),
+    posix_installer_args=dict(type="list", elements="str", default=["--folder", "{root}"]),
+    posix_uninstall_command=dict(type="list", elements="str", default=["{current}/uninstall"]),
+    windows_stage_dir=dict(type="str", default="C:\\ProgramData\\doai-rollback\\installers"),
+    posix_stage_dir=dict(type="str", default="/var/tmp/doai-rollback"),
+    install_timeout=dict(type="int", default=600),
 )
 
 DECIDE_DEFAULTS = dict({k: ARGUMENT_SPEC[k]["default"] for k in (
@@ -88,6 +104,8 @@ def check_options(args):
         bad.append("posix_start_command is empty")
     if args["socketio_host"] and not re.match(r"[A-Za-z0-9.:\[\]-]{1,253}\Z", args["socketio_host"]):
         bad.append("socketio_host %r is not a host name or address" % args["socketio_host"])
+    if args.get("operation") == "reinstall":
+        bad += check_reinstall_options(args)
     return bad
 
 
@@ -530,6 +548,448 @@ def target_os(option, task_vars):
 
 
 # --------------------------------------------------------------------------------------------
+# The reinstall (pure): an earlier installer over the current install, kept aside first
+# --------------------------------------------------------------------------------------------
+
+REPLACED = "app-replaced"  # app-replaced-<stamp>: the install a reinstall replaced, kept whole
+REPLACED_RE = re.compile(r"app-replaced-\d{8}T\d{6}Z\Z")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_BAD_ARG_RE = re.compile(r"[\"\x00-\x1f\x7f]")
+
+
+def check_installer(installer, sha256=""):
+    """What the installer is: ``{"kind": "url"|"file", "value", "name", "sha256", "id"}``, or a
+    ``ValueError`` that says what is wrong. A file is read on the controller (its sha256 computed
+    and, when given, compared); a URL must be https (http only for a loopback host) without
+    credentials in it. Nothing is contacted."""
+    import hashlib
+    import os
+    from urllib.parse import urlsplit
+
+    if not installer or not isinstance(installer, str):
+        raise ValueError("installer is empty: give a file on this machine or an https URL")
+    if _BAD_ARG_RE.search(installer) or installer != installer.strip():
+        raise ValueError("installer %r holds control characters, quotes or surrounding spaces" % installer)
+    if sha256 and not _SHA256_RE.match(sha256):
+        raise ValueError("installer sha256 %r is not 64 hex digits" % sha256)
+    sha256 = (sha256 or "").lower()
+    if "://" in installer:
+        parts = urlsplit(installer)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("installer URL %r: only https (http for a loopback host) is fetched" % installer)
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            raise ValueError("installer URL %r is plain http: use https (http only for 127.0.0.1/localhost)" % installer)
+        if parts.username or parts.password:
+            raise ValueError("installer URL holds credentials: they would be logged; refused")
+        name = parts.path.rsplit("/", 1)[-1]
+        return {"kind": "url", "value": installer, "name": name if _LEAF_RE.match(name) else "installer",
+                "sha256": sha256, "id": sha256 or installer}
+    if not os.path.isabs(installer):
+        raise ValueError("installer %r: give an absolute path (or an https URL)" % installer)
+    if not os.path.isfile(installer):
+        raise ValueError("installer %s does not exist or is not a file" % installer)
+    h = hashlib.sha256()
+    try:
+        with open(installer, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise ValueError("installer %s cannot be read: %s" % (installer, exc.strerror))
+    if sha256 and h.hexdigest() != sha256:
+        raise ValueError("installer %s has sha256 %s, not the %s expected" % (installer, h.hexdigest(), sha256))
+    name = os.path.basename(installer)
+    return {"kind": "file", "value": installer, "name": name if _LEAF_RE.match(name) else "installer",
+            "sha256": h.hexdigest(), "id": h.hexdigest()}
+
+
+def check_reinstall_options(args):
+    bad = []
+    try:
+        check_installer(args["installer"], args["installer_sha256"])
+    except ValueError as exc:
+        bad.append(str(exc))
+    if args["installer_version"] and not _VERSION_RE.match(args["installer_version"]):
+        bad.append("installer_version %r is not a version" % args["installer_version"])
+    if args["install_timeout"] < 1:
+        bad.append("install_timeout must be at least 1, not %r" % args["install_timeout"])
+    if not _LEAF_RE.match(args["uninstall_key"] or ""):
+        bad.append("uninstall_key %r must be a plain name" % args["uninstall_key"])
+    for name in ("installer_args", "uninstall_args", "posix_installer_args", "posix_uninstall_command"):
+        bad += ["%s: %r holds a quote or a control character" % (name, a) for a in args[name] if _BAD_ARG_RE.search(a)]
+    if not args["posix_uninstall_command"]:
+        bad.append("posix_uninstall_command is empty")
+    if not args["posix_stage_dir"].startswith("/"):
+        bad.append("posix_stage_dir %r is not an absolute path" % args["posix_stage_dir"])
+    if not re.match(r"[A-Za-z]:\\[^\"\x00-\x1f]*\Z", args["windows_stage_dir"]):
+        bad.append("windows_stage_dir %r is not an absolute Windows path" % args["windows_stage_dir"])
+    return bad
+
+
+def parse_uninstall_string(text):
+    """The uninstaller's path in an UninstallString (``"C:\\...\\Uninstall DoAi.exe" /currentuser``
+    or unquoted): None when it is not a plain absolute path to an .exe. Its own arguments are
+    not used: the configured silent switches are."""
+    if not text or not isinstance(text, str):
+        return None
+    text = text.strip()
+    m = re.match(r'"([A-Za-z]:\\[^"\x00-\x1f]*?\.exe)"', text, re.I) or \
+        re.match(r"([A-Za-z]:\\[^\"\x00-\x1f]*?\.exe)(\s|\Z)", text, re.I)
+    return m.group(1) if m else None
+
+
+REINSTALL_DEFAULTS = dict(DECIDE_DEFAULTS, installer_id="", installer_version="", install_timeout=600)
+
+
+def decide_reinstall(observed, options=None):
+    """The reinstall plan for one user's agent folder (same shape as :func:`decide`).
+
+    ``observed`` as for ``decide``, plus ``uninstaller``: the uninstaller's path (Windows: from
+    the user's Uninstall registry key; POSIX: the configured command), None when there is none,
+    or ``{"unparsed": text}`` for an uninstall string that is not understood. ``options``:
+    ``installer_id`` (the installer's sha256, else its URL), ``installer_version`` (expected,
+    may be empty), ``install_timeout`` and the swap's options.
+    """
+    o = dict(REINSTALL_DEFAULTS, **(options or {}))
+    root = observed.get("root") or "?"
+    out = {"user": observed.get("user"), "root": root, "status": "refused", "reason": "", "from": None,
+           "to": o["installer_version"] or None, "steps": [], "prior": []}
+    if not observed.get("folder"):
+        out["reason"] = "agent folder missing: %s" % root
+        return out
+    dirs = observed.get("dirs") or {}
+    cur = dirs.get(CURRENT)
+    marker = observed.get("marker") or {}
+    running = bool(observed.get("running"))
+    stamp, expected = o["stamp"], o["installer_version"] or None
+    out["from"] = _version(cur)
+
+    def mark(phase, frm, to, kept):
+        return {"op": "marker", "content": {"run_id": o["run_id"], "operation": "reinstall", "phase": phase,
+                                            "from": frm, "to": to, "installer": o["installer_id"],
+                                            "kept_as": kept, "user": observed.get("user"), "at": stamp}}
+
+    def start_verify(version):
+        return [{"op": "start"}, {"op": "verify", "version": version, "timeout": o["verify_timeout"]}]
+
+    if marker.get("operation") == "reinstall" and marker.get("phase") == "reinstalling":
+        kept = marker.get("kept_as")
+        if not (isinstance(kept, str) and REPLACED_RE.match(kept)):
+            out["reason"] = "the marker file names %r as the kept install: not one this tool writes; check it by hand" % (
+                kept,)
+            return out
+        out["from"], out["to"] = marker.get("from"), marker.get("from")
+        out["status"] = "planned"
+        out["reason"] = ("half-finished earlier reinstall (run %s): putting the kept install %s back; run again to "
+                         "reinstall" % (marker.get("run_id") or "?", kept))
+        out["steps"] = put_back_reinstall(kept, marker.get("from"), stamp, o, marker=mark("put_back", marker.get("from"),
+                                                                                          marker.get("to"), kept))
+        return out
+    if cur is None:
+        out["reason"] = "missing in %s: %s (nothing to keep for a put-back: install by hand)" % (root, CURRENT)
+        return out
+    done_before = (marker.get("operation") == "reinstall" and marker.get("phase") == "done"
+                   and marker.get("installer") == o["installer_id"] and _version(cur) is not None
+                   and _version(cur) == marker.get("to"))
+    if (expected is not None and _version(cur) == expected) or done_before:
+        out["to"] = _version(cur)
+        if running:
+            out["status"] = "unchanged"
+            out["reason"] = "app-current already holds %s%s" % (
+                _version(cur), " (installed by run %s)" % (marker.get("run_id") or "?") if done_before else "")
+        else:
+            out["status"] = "planned"
+            out["reason"] = "app-current already holds %s; the agent is not running: starting it" % _version(cur)
+            out["steps"] = start_verify(_version(cur))
+        return out
+    uninstaller = observed.get("uninstaller")
+    if isinstance(uninstaller, dict):
+        out["reason"] = "the uninstall entry %r is not a path to an .exe: uninstall by hand" % uninstaller.get("unparsed")
+        return out
+    frm = _version(cur)
+    kept = "%s-%s" % (REPLACED, stamp)
+    steps = [{"op": "stop", "timeout": o["stop_timeout"]}] if running else []
+    steps += [mark("reinstalling", frm, expected, kept), {"op": "keep_copy", "src": CURRENT, "dest": kept}]
+    if uninstaller:
+        steps.append({"op": "uninstall", "path": uninstaller, "timeout": o["install_timeout"]})
+    steps += [{"op": "set_aside", "src": CURRENT, "dest": "%s-leftover-%s" % (CURRENT, stamp),
+               "retries": o["rename_retries"], "delay": o["rename_delay"]},
+              {"op": "install", "timeout": o["install_timeout"]}]
+    if cur.get("config"):
+        steps.append({"op": "copy_config", "src": "%s/%s" % (kept, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
+                      "keep_as": "%s/%s.doai-%s" % (CURRENT, CONFIG, stamp)})
+    steps += start_verify(expected)
+    if o["socketio_host"]:
+        steps.append({"op": "reach", "host": o["socketio_host"], "port": o["socketio_port"],
+                      "timeout": o["socketio_timeout"]})
+    steps.append(mark("done", frm, expected, kept))
+    notes = ["the current install kept as %s" % kept]
+    if not uninstaller:
+        notes.append("no uninstall entry found: installing without uninstalling")
+    if not running:
+        notes.append("agent not running")
+    if not cur.get("config"):
+        notes.append("no config.json in app-current: nothing to restore")
+    out.update(status="planned", steps=steps, reason="reinstall %s -> %s; %s" % (
+        frm, expected or "the installer's version", "; ".join(notes)))
+    return out
+
+
+def put_back_reinstall(kept, version, stamp, options, marker=None):
+    """The steps that put the install kept as ``kept`` back as app-current: stop whatever runs,
+    move what is in app-current now aside (never deleted), rename the kept folder back (its
+    config.json with it), start, verify the earlier version."""
+    o = dict(REINSTALL_DEFAULTS, **(options or {}))
+    steps = [{"op": "stop", "timeout": o["stop_timeout"]},
+             {"op": "set_aside", "src": CURRENT, "dest": "app-failed-reinstall-%s" % stamp,
+              "retries": o["rename_retries"], "delay": o["rename_delay"]},
+             {"op": "rename", "src": kept, "dest": CURRENT, "retries": o["rename_retries"], "delay": o["rename_delay"]}]
+    if marker is not None:
+        steps.append(marker)
+    return steps + [{"op": "start"}, {"op": "verify", "version": version, "timeout": o["verify_timeout"]}]
+
+
+def undo_reinstall(done, stamp, options=None, version=None):
+    """What puts back a reinstall that failed after ``done`` (executed steps, in order)."""
+    ops_done = [s["op"] for s in done]
+    marker = next((s for s in done if s["op"] == "marker"), None)
+    put_back = None if marker is None else {"op": "marker", "content": dict(marker["content"], phase="put_back",
+                                                                           at=stamp)}
+    o = dict(REINSTALL_DEFAULTS, **(options or {}))
+    if "keep_copy" in ops_done and set(ops_done) - {"stop", "marker", "keep_copy"}:
+        kept = next(s["dest"] for s in done if s["op"] == "keep_copy")
+        return put_back_reinstall(kept, version, stamp, o, marker=put_back)
+    undo = [put_back] if put_back else []
+    if "stop" in ops_done:  # app-current untouched: the agent only needs starting again
+        undo += [{"op": "start"}, {"op": "verify", "version": version, "timeout": o["verify_timeout"]}]
+    return undo
+
+
+# The reinstall's Windows scripts (values as parameters only, like the swap's).
+PS_UNINSTALL_INFO = r"""param([string[]]$Users, [string]$UninstallKey)
+$ErrorActionPreference = 'Stop'
+$Ansible.Changed = $false
+# The user's own HKCU (HKEY_USERS\<SID>): loaded while they are logged on, else read from their
+# NTUSER.DAT under a temporary name and unloaded again.
+$out = @{}
+foreach ($u in $Users) {
+    $prof = Get-CimInstance -ClassName Win32_UserProfile -Filter 'Special = FALSE' |
+        Where-Object { (Split-Path -Leaf $_.LocalPath) -eq $u } | Select-Object -First 1
+    if (-not $prof) { $out[$u] = $null; continue }
+    $hive = "Registry::HKEY_USERS\$($prof.SID)"
+    $mounted = $null
+    if (-not (Test-Path -LiteralPath $hive)) {
+        $mounted = "doai-$($prof.SID)"
+        & reg.exe load "HKU\$mounted" (Join-Path $prof.LocalPath 'NTUSER.DAT') | Out-Null
+        if ($LASTEXITCODE -ne 0) { $out[$u] = @{ error = "the user's registry hive cannot be loaded" }; continue }
+        $hive = "Registry::HKEY_USERS\$mounted"
+    }
+    try {
+        $key = Join-Path $hive (Join-Path 'Software\Microsoft\Windows\CurrentVersion\Uninstall' $UninstallKey)
+        $props = Get-ItemProperty -LiteralPath $key -ErrorAction SilentlyContinue
+        $out[$u] = @{ uninstall_string = $(if ($props) { $props.UninstallString } else { $null })
+                      display_version = $(if ($props) { $props.DisplayVersion } else { $null }) }
+    } finally {
+        if ($mounted) { [GC]::Collect(); & reg.exe unload "HKU\$mounted" | Out-Null }
+    }
+}
+$Ansible.Result = $out
+"""
+
+PS_STAGE_DIR = r"""param([string]$Dir)
+$ErrorActionPreference = 'Stop'
+$item = Get-Item -LiteralPath $Dir -Force -ErrorAction SilentlyContinue
+if ($item -and ($item.Attributes -band [IO.FileAttributes]::ReparsePoint)) {
+    $Ansible.Failed = $true; Write-Error "refused: $Dir is a junction or symbolic link"; return
+}
+$Ansible.Changed = -not $item
+New-Item -ItemType Directory -Force -Path $Dir | Out-Null
+"""
+
+PS_CHECK_FILE = r"""param([string]$Path, [string]$Sha256)
+$ErrorActionPreference = 'Stop'
+$Ansible.Changed = $false
+$item = Get-Item -LiteralPath $Path -Force
+if ($item.Attributes -band [IO.FileAttributes]::ReparsePoint) {
+    $Ansible.Failed = $true; Write-Error "refused: $Path is a junction or symbolic link"; return
+}
+$hash = (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+$Ansible.Result = @{ sha256 = $hash }
+if ($Sha256 -and $hash -ne $Sha256.ToLowerInvariant()) {
+    $Ansible.Failed = $true; Write-Error "the installer on the PC has sha256 $hash, not $Sha256"
+}
+"""
+
+# Refuses junctions and symbolic links anywhere in the tree (the folder is the user's: a link
+# would make the copy read, or a later put-back write, outside it).
+PS_COPY_TREE = r"""param([string]$Root, [string]$Source, [string]$Dest)
+$ErrorActionPreference = 'Stop'
+$src = Join-Path $Root $Source
+$dst = Join-Path $Root $Dest
+if (Test-Path -LiteralPath $dst) { $Ansible.Failed = $true; Write-Error "$Dest exists already"; return }
+$links = @(@(Get-Item -LiteralPath $Root -Force) + @(Get-Item -LiteralPath $src -Force) +
+           @(Get-ChildItem -LiteralPath $src -Recurse -Force -Attributes ReparsePoint) |
+           Where-Object { $_.Attributes -band [IO.FileAttributes]::ReparsePoint })
+if ($links.Count) {
+    $Ansible.Failed = $true
+    Write-Error "refused: junction or symbolic link in the agent folder: $($links[0].FullName)"
+    return
+}
+Copy-Item -LiteralPath $src -Destination $dst -Recurse
+$Ansible.Changed = $true
+"""
+
+PS_SET_ASIDE = r"""param([string]$Root, [string]$Path, [string]$NewName, [int]$Retries, [int]$DelaySeconds)
+$ErrorActionPreference = 'Stop'
+$src = Join-Path $Root $Path
+$Ansible.Changed = $false
+if (-not (Test-Path -LiteralPath $src)) { $Ansible.Result = @{ moved = $false }; return }
+if ((Get-Item -LiteralPath $src -Force).Attributes -band [IO.FileAttributes]::ReparsePoint) {
+    $Ansible.Failed = $true; Write-Error "refused: $Path is a junction or symbolic link"; return
+}
+$attempt = 0
+while ($true) {
+    $attempt++
+    try { Rename-Item -LiteralPath $src -NewName $NewName; break }
+    catch {
+        if ($attempt -ge $Retries) {
+            $Ansible.Failed = $true
+            Write-Error "set aside $Path -> $NewName failed after $attempt attempts: $($_.Exception.Message)"
+            return
+        }
+        Start-Sleep -Seconds $DelaySeconds
+    }
+}
+$Ansible.Changed = $true
+$Ansible.Result = @{ moved = $true; attempts = $attempt }
+"""
+
+# A per-user installer or uninstaller runs in the user's context: a scheduled task running as
+# the user (registered by win_scheduled_task), started here and waited for; its exit code counts.
+PS_RUN_TASK = r"""param([string]$TaskName, [int]$TimeoutSeconds)
+$ErrorActionPreference = 'Stop'
+$before = (Get-ScheduledTaskInfo -TaskName $TaskName).LastRunTime
+Start-ScheduledTask -TaskName $TaskName
+$deadline = (Get-Date).AddSeconds($TimeoutSeconds)
+do {
+    Start-Sleep -Seconds 1
+    $state = (Get-ScheduledTask -TaskName $TaskName).State
+    $info = Get-ScheduledTaskInfo -TaskName $TaskName
+} while (($state -eq 'Running' -or $info.LastRunTime -eq $before) -and (Get-Date) -lt $deadline)
+$Ansible.Changed = $true
+$Ansible.Result = @{ state = "$state"; exit_code = $info.LastTaskResult }
+if ($state -eq 'Running') {
+    Stop-ScheduledTask -TaskName $TaskName
+    $Ansible.Failed = $true; Write-Error "$TaskName still running after $TimeoutSeconds s: stopped"; return
+}
+if ($info.LastTaskResult -ne 0) { $Ansible.Failed = $true; Write-Error "$TaskName exited with $($info.LastTaskResult)" }
+"""
+
+# The agent as a service: its installer runs machine-wide, here, as the WinRM account.
+PS_RUN_PROCESS = r"""param([string]$Path, [string[]]$Arguments, [int]$TimeoutSeconds)
+$ErrorActionPreference = 'Stop'
+$p = Start-Process -FilePath $Path -ArgumentList $Arguments -PassThru -WindowStyle Hidden
+$Ansible.Changed = $true
+if (-not $p.WaitForExit($TimeoutSeconds * 1000)) {
+    Stop-Process -Id $p.Id -Force
+    $Ansible.Failed = $true; Write-Error "$Path still running after $TimeoutSeconds s: stopped"; return
+}
+$Ansible.Result = @{ exit_code = $p.ExitCode }
+if ($p.ExitCode -ne 0) { $Ansible.Failed = $true; Write-Error "$Path exited with $($p.ExitCode)" }
+"""
+
+WIN_GET_URL = "ansible.windows.win_get_url"
+POSIX_GET_URL = "ansible.builtin.get_url"
+
+
+def _win_args(args):
+    """A task's argument string: each switch as given, quoted when it holds a space (switches
+    with quotes or control characters are refused by check_reinstall_options)."""
+    return " ".join('"%s"' % a if " " in a else a for a in args)
+
+
+def _subst(args, ctx):
+    return [a.replace("{root}", ctx["root"]) for a in args]
+
+
+def _run_as_user(label, path, args, timeout, ctx):
+    """Windows: run ``path args`` as the user (scheduled task) or, for a service agent, here."""
+    if ctx["agent_kind"] == "service":
+        return [_ps(PS_RUN_PROCESS, Path=path, Arguments=list(args), TimeoutSeconds=timeout)]
+    task = "%s %s (%s)" % (ctx["task_name"], label, ctx["user"])
+    return [(WIN_SCHEDULED_TASK, {"name": task, "state": "present", "enabled": True,
+                                  "actions": [{"path": path, "arguments": _win_args(args)}],
+                                  "username": ctx["user"], "logon_type": "interactive_token",
+                                  "run_level": "limited", "multiple_instances": 2}),
+            _ps(PS_RUN_TASK, TaskName=task, TimeoutSeconds=timeout)]
+
+
+def windows_reinstall_calls(step, ctx):
+    op, root = step["op"], ctx["root"]
+    if op == "keep_copy":
+        return [_ps(PS_COPY_TREE, Root=root, Source=_win(step["src"]), Dest=_win(step["dest"]))]
+    if op == "set_aside":
+        return [_ps(PS_SET_ASIDE, Root=root, Path=_win(step["src"]), NewName=_leaf(step["dest"]),
+                    Retries=step["retries"], DelaySeconds=step["delay"])]
+    if op == "uninstall":
+        return _run_as_user("uninstall", step["path"], _subst(ctx["uninstall_args"], ctx), step["timeout"], ctx)
+    if op == "install":
+        return _run_as_user("install", ctx["staged"], _subst(ctx["installer_args"], ctx), step["timeout"], ctx)
+    return windows_calls(step, ctx)
+
+
+def posix_reinstall_calls(step, ctx):
+    op = step["op"]
+    args = {"op": op, "root": ctx["root"]}
+    if op == "keep_copy":
+        args.update(op="copy_tree", src=step["src"], dest=step["dest"])
+    elif op == "set_aside":
+        args.update(op="rename", src=step["src"], dest=step["dest"], retries=step["retries"], delay=step["delay"],
+                    missing_ok=True)
+    elif op == "uninstall":
+        args.update(op="run", command=_subst(list(ctx["posix_uninstall_command"]), ctx), timeout=step["timeout"])
+    elif op == "install":
+        args.update(op="run", command=[ctx["staged"]] + _subst(list(ctx["posix_installer_args"]), ctx),
+                    timeout=step["timeout"])
+    else:
+        return posix_calls(step, ctx)
+    return [(POSIX_MODULE, args)]
+
+
+def stage_calls(installer, ctx):
+    """Where the installer goes on the PC, and the calls that put it there and check it (before
+    any folder is touched). A ``("put_file", {"src", "dest"})`` entry is the controller's copy
+    over the connection (ActionBase._transfer_file), not a module."""
+    if ctx["os"] == "windows":
+        d = "%s\\%s" % (ctx["windows_stage_dir"].rstrip("\\"), ctx["stamp"])
+        dest = "%s\\%s" % (d, installer["name"])
+        calls = [_ps(PS_STAGE_DIR, Dir=d)]
+        if installer["kind"] == "url":
+            get = {"url": installer["value"], "dest": dest, "force": True, "validate_certs": True}
+            if installer["sha256"]:
+                get.update(checksum=installer["sha256"], checksum_algorithm="sha256")
+            calls.append((WIN_GET_URL, get))
+        else:
+            calls.append(("put_file", {"src": installer["value"], "dest": dest}))
+        calls.append(_ps(PS_CHECK_FILE, Path=dest, Sha256=installer["sha256"]))
+        return dest, calls
+    d = "%s/%s" % (ctx["posix_stage_dir"].rstrip("/"), ctx["stamp"])
+    dest = "%s/%s" % (d, installer["name"])
+    calls = [(POSIX_MODULE, {"op": "stage_dir", "root": d})]
+    if installer["kind"] == "url":
+        get = {"url": installer["value"], "dest": dest, "force": True, "mode": "0755", "validate_certs": True}
+        if installer["sha256"]:
+            get["checksum"] = "sha256:" + installer["sha256"]
+        calls.append((POSIX_GET_URL, get))
+    else:
+        calls.append(("put_file", {"src": installer["value"], "dest": dest}))
+    calls.append((POSIX_MODULE, {"op": "check_file", "root": d, "src": installer["name"],
+                                 "sha256": installer["sha256"]}))
+    return dest, calls
+
+
+# --------------------------------------------------------------------------------------------
 # The action plugin
 # --------------------------------------------------------------------------------------------
 
@@ -550,62 +1010,133 @@ class ActionModule(ActionBase):
 
     def _run_step(self, step, ctx, task_vars, calls):
         """Execute one step (one or two module calls); return (ok, message, module result)."""
-        maker = windows_calls if ctx["os"] == "windows" else posix_calls
+        if ctx.get("operation") == "reinstall":
+            maker = windows_reinstall_calls if ctx["os"] == "windows" else posix_reinstall_calls
+        else:
+            maker = windows_calls if ctx["os"] == "windows" else posix_calls
+        return self._run_calls(maker(step, ctx), task_vars, calls)
+
+    def _run_calls(self, pairs, task_vars, calls):
         out = {}
-        for module, args in maker(step, ctx):
+        for module, args in pairs:
+            if module == "put_file":  # the controller's copy of a local installer, over the connection
+                calls.append(module)
+                try:
+                    self._transfer_file(args["src"], args["dest"])
+                except Exception as exc:  # the connection's own errors: any kind
+                    return False, "copying the installer to the PC failed: %s" % exc, {}
+                continue
             out = self._call(module, args, task_vars, calls)
             if out.get("failed") or out.get("unreachable"):
                 msg = out.get("msg") or "; ".join(_error_text(e) for e in out.get("error") or []) or "failed"
                 return False, "%s: %s" % (module, msg), out
         return True, "", out
 
-    def swap(self, args, task_vars, check_mode):
-        bad = check_options(args)
-        if bad:
-            return {"failed": True, "msg": "; ".join(bad) + "; nothing was changed", "invalid_options": bad}
-        ctx = dict(args)
-        ctx["os"] = target_os(args["os"], task_vars)
-        stamp = args["stamp"] or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        opts = {k: args[k] for k in DECIDE_DEFAULTS if k in args}
-        opts["stamp"] = stamp
-        calls = []
+    def _observe(self, ctx, task_vars, calls):
         if ctx["os"] == "windows":
             module, margs = windows_observe_call(ctx)
         else:
             module, margs = posix_observe_call(ctx)
         seen = self._call(module, margs, task_vars, calls)
         if seen.get("failed"):
-            return {"failed": True, "msg": "observe failed: %s" % (seen.get("msg") or seen.get("error")),
-                    "observe": seen}
-        observed = seen.get("result") if ctx["os"] == "windows" else seen.get("users")
-        users, changed, failed = [], False, False
-        for obs in observed or []:
+            return None, {"failed": True, "msg": "observe failed: %s" % (seen.get("msg") or seen.get("error")),
+                          "observe": seen}
+        observed = (seen.get("result") if ctx["os"] == "windows" else seen.get("users")) or []
+        if ctx["operation"] != "reinstall":
+            return observed, None
+        if ctx["os"] == "posix":
+            for obs in observed:
+                obs["uninstaller"] = list(ctx["posix_uninstall_command"])
+            return observed, None
+        users = [o.get("user") for o in observed if o.get("profile") is not False and o.get("folder")]
+        if users:
+            info = self._call(WIN_POWERSHELL, {"script": PS_UNINSTALL_INFO, "parameters": {
+                "Users": users, "UninstallKey": ctx["uninstall_key"]}}, task_vars, calls)
+            if info.get("failed"):
+                return None, {"failed": True, "msg": "reading the uninstall entries failed: %s" % (
+                    info.get("msg") or "; ".join(_error_text(e) for e in info.get("error") or []))}
+            for obs in observed:
+                entry = (info.get("result") or {}).get(obs.get("user")) or {}
+                text = entry.get("uninstall_string")
+                obs["uninstaller"] = (parse_uninstall_string(text) or {"unparsed": text}) if text else None
+        return observed, None
+
+    def swap(self, args, task_vars, check_mode):
+        """The rollback (rename swap) or, with ``operation: reinstall``, the reinstall."""
+        bad = check_options(args)
+        if bad:
+            return {"failed": True, "msg": "; ".join(bad) + "; nothing was changed", "invalid_options": bad}
+        reinstall = args["operation"] == "reinstall"
+        installer = check_installer(args["installer"], args["installer_sha256"]) if reinstall else None
+        ctx = dict(args)
+        ctx["os"] = target_os(args["os"], task_vars)
+        stamp = args["stamp"] or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ctx["stamp"] = stamp
+        opts = {k: args[k] for k in DECIDE_DEFAULTS if k in args}
+        opts["stamp"] = stamp
+        if reinstall:
+            opts.update(installer_id=installer["id"], installer_version=args["installer_version"],
+                        install_timeout=args["install_timeout"])
+        calls = []
+        observed, failure = self._observe(ctx, task_vars, calls)
+        if failure:
+            return failure
+        users, plans = [], []
+        for obs in observed:
             if obs.get("profile") is False:
                 users.append({"user": obs.get("user"), "status": "refused",
                               "reason": "no user profile %s on this PC" % obs.get("user"), "steps": []})
+                plans.append(None)
                 continue
-            plan = decide(obs, opts)
+            plan = decide_reinstall(obs, opts) if reinstall else decide(obs, opts)
             entry = {k: plan[k] for k in ("user", "root", "status", "reason", "from", "to")}
             entry["steps"] = plan["steps"]
             users.append(entry)
-            if plan["status"] != "planned" or check_mode:
+            plans.append(plan)
+        out = {"changed": False, "os": ctx["os"], "stamp": stamp, "users": users, "module_calls": calls}
+        if reinstall:
+            out["installer"] = {k: installer[k] for k in ("kind", "name", "sha256")}
+        if check_mode:
+            return out
+        if reinstall and any(p and p["status"] == "planned" and any(s["op"] == "install" for s in p["steps"])
+                             for p in plans):
+            # Put the installer on the PC and check it before any folder is touched.
+            ctx["staged"], stage = stage_calls(installer, ctx)
+            ok, msg, _ = self._run_calls(stage, task_vars, calls)
+            out["staged"] = ctx["staged"] if ok else None
+            if not ok:
+                for entry, plan in zip(users, plans):
+                    if plan and plan["status"] == "planned" and any(s["op"] == "install" for s in plan["steps"]):
+                        entry.update(status="refused", reason="the installer could not be put on the PC and "
+                                                              "checked: %s" % msg)
+                        plan["status"] = "refused"
+        changed = failed = False
+        for entry, plan, obs in zip(users, plans, observed):
+            if plan is None or plan["status"] != "planned":
                 continue
             uctx = dict(ctx, root=obs["root"], user=obs["user"])
-            done = []
+            done, installed = [], None
             for step in plan["steps"]:
-                ok, msg, out = self._run_step(step, uctx, task_vars, calls)
+                if step["op"] == "marker" and reinstall and step["content"].get("to") is None and installed:
+                    step = dict(step, content=dict(step["content"], to=installed))
+                ok, msg, res = self._run_step(step, uctx, task_vars, calls)
                 if not ok:
                     entry.update(status="failed", failed_step=step, error=msg)
                     break
                 if step["op"] == "copy_config":
-                    res = out.get("result") if ctx["os"] == "windows" else out
-                    step = dict(step, kept=bool((res or {}).get("kept")))
+                    res_ = res.get("result") if ctx["os"] == "windows" else res
+                    step = dict(step, kept=bool((res_ or {}).get("kept")))
+                if step["op"] == "verify":
+                    installed = ((res.get("result") if ctx["os"] == "windows" else res) or {}).get("version")
                 done.append(step)
             entry["done"] = done
             changed = changed or bool(done)
             if entry["status"] == "failed":
                 failed = True
-                undo = undo_steps(done, plan["prior"], stamp, args["verify_timeout"], plan["from"])
+                if reinstall:
+                    undo = undo_reinstall(done, stamp, opts, plan["from"])
+                else:
+                    undo = undo_steps(done, plan["prior"], stamp, args["verify_timeout"], plan["from"])
                 entry["undo"], entry["undone"] = undo, []
                 restored = True
                 for step in undo:
@@ -619,7 +1150,9 @@ class ActionModule(ActionBase):
                 entry["restore"] = "restored" if restored else "not_restored"
             else:
                 entry["status"] = "changed"
-        out = {"changed": changed, "os": ctx["os"], "stamp": stamp, "users": users, "module_calls": calls}
+                if reinstall and installed:
+                    entry["to"] = installed
+        out["changed"] = changed
         if failed:
             out["failed"] = True
             out["msg"] = "; ".join("%s: %s (%s)" % (u["user"], u.get("error"), u.get("restore"))

@@ -17,8 +17,8 @@ options:
     description: The primitive.
     type: str
     required: true
-    choices: [observe, stop, rename, copy_config, marker, start, verify, reach]
-  root: {description: The user's agent folder (every op but observe)., type: path}
+    choices: [observe, stop, rename, copy_config, marker, start, verify, reach, copy_tree, run, stage_dir, check_file]
+  root: {description: "The user's agent folder (every op but observe; stage_dir, check_file - the staging directory).", type: path}
   users: {description: observe - target users; empty for every profile that has the folder., type: list, elements: str, default: []}
   profiles_root: {description: observe - the directory holding the user profiles., type: path, default: /home}
   local_path: {description: observe - the folder's parent inside a profile., type: str, default: .local/share}
@@ -36,8 +36,10 @@ options:
   retries: {description: rename - attempts., type: int, default: 1}
   delay: {description: rename - seconds between attempts., type: float, default: 1}
   timeout: {description: stop, verify - seconds to wait., type: float, default: 30}
-  command: {description: start - argv; the element C({current}) or a prefix C({current}/) names app-current., type: list, elements: str}
+  command: {description: "start, run - argv; the element C({current}) or a prefix C({current}/) names app-current.", type: list, elements: str}
   expected: {description: verify - the version app-current must hold (empty - any)., type: str, default: ""}
+  missing_ok: {description: rename - a missing source is no error (nothing moved)., type: bool, default: false}
+  sha256: {description: check_file - the sha256 the file must have (empty - any; reported)., type: str, default: ""}
 author: doai-ansible contributors
 """
 
@@ -52,9 +54,11 @@ RETURN = r"""
 users: {description: observe - per user the folder, app dirs (version, config), running, marker., type: list, returned: success}
 """
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,11 +184,37 @@ def _listdir(d):
         return []
 
 
+def stage_dir(module, d):
+    """The directory an installer is put in (never a symlink; readable, as the installer runs as the user)."""
+    if os.path.islink(d):
+        module.fail_json(msg="refused: %s is a symlink" % d)
+    existed = os.path.isdir(d)
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    module.exit_json(changed=not existed, path=d)
+
+
+def check_file(module, d, p):
+    """The staged installer: a regular file (no symlink), executable, of the expected sha256."""
+    path = os.path.join(d, p["src"])
+    if not LEAF_RE.match(p["src"]) or os.path.islink(path) or not os.path.isfile(path):
+        module.fail_json(msg="the installer %s is not a regular file on the PC" % path)
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if p["sha256"] and h.hexdigest() != p["sha256"].lower():
+        module.fail_json(msg="the installer on the PC has sha256 %s, not %s" % (h.hexdigest(), p["sha256"]))
+    os.chmod(path, 0o755)
+    module.exit_json(changed=False, sha256=h.hexdigest(), path=path)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             op=dict(type="str", required=True,
-                    choices=["observe", "stop", "rename", "copy_config", "marker", "start", "verify", "reach"]),
+                    choices=["observe", "stop", "rename", "copy_config", "marker", "start", "verify", "reach",
+                             "copy_tree", "run", "stage_dir", "check_file"]),
             host=dict(type="str", default=""), port=dict(type="int", default=0),
             root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
             profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
@@ -195,11 +225,14 @@ def main():
             src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"),
             retries=dict(type="int", default=1), delay=dict(type="float", default=1),
             timeout=dict(type="float", default=30), command=dict(type="list", elements="str"),
-            expected=dict(type="str", default=""),
+            expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
+            sha256=dict(type="str", default=""),
         ),
         required_if=[("op", "stop", ["root"]), ("op", "rename", ["root", "src", "dest"]),
                      ("op", "copy_config", ["root", "src", "dest", "keep_as"]), ("op", "marker", ["root", "content"]),
-                     ("op", "start", ["root", "command"]), ("op", "verify", ["root"])],
+                     ("op", "start", ["root", "command"]), ("op", "verify", ["root"]),
+                     ("op", "copy_tree", ["root", "src", "dest"]), ("op", "run", ["root", "command"]),
+                     ("op", "stage_dir", ["root"]), ("op", "check_file", ["root", "src"])],
         supports_check_mode=True,
     )
     p = module.params
@@ -212,6 +245,10 @@ def main():
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: %s not run" % op)
     root = p["root"]
+    if op == "stage_dir":
+        stage_dir(module, root)
+    if op == "check_file":
+        check_file(module, root, p)
     if os.path.islink(root) or not os.path.isdir(root):
         module.fail_json(msg="%s is not the agent folder (missing, or a symlink)" % root)
 
@@ -237,6 +274,10 @@ def main():
 
     if op == "rename":
         src, dest = at(p["src"]), at(p["dest"])
+        if p["missing_ok"] and not os.path.lexists(src):
+            module.exit_json(changed=False, moved=False)
+        if os.path.islink(src):
+            module.fail_json(msg="refused: %s is a symlink" % p["src"])
         attempt = 0
         while True:
             attempt += 1
@@ -270,6 +311,38 @@ def main():
             kept = True
         os.rename(tmp, dest)
         module.exit_json(changed=True, copied=True, kept=kept)
+
+    if op == "copy_tree":
+        src, dest = at(p["src"]), at(p["dest"])
+        if os.path.islink(src) or not os.path.isdir(src):
+            module.fail_json(msg="%s is not a directory (missing, or a symlink)" % p["src"])
+        if os.path.lexists(dest):
+            module.fail_json(msg="%s exists already" % p["dest"])
+        # Links are copied as links, never followed: the folder is the user's.
+        shutil.copytree(src, dest, symlinks=True)
+        module.exit_json(changed=True)
+
+    if op == "run":
+        current = at("app-current")
+        argv = [current + a[len("{current}"):] if a == "{current}" or a.startswith("{current}/") else a
+                for a in p["command"]]
+        if not os.path.isfile(argv[0]):
+            module.fail_json(msg="%s does not exist" % argv[0])
+        # In the user's context, as a per-user installer runs on Windows: as the folder's owner
+        # (a file the user can write never runs with more rights than the user has).
+        owner = os.stat(root)
+        as_owner = {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []} \
+            if os.geteuid() == 0 and owner.st_uid != 0 else {}
+        try:
+            proc = subprocess.run(argv, cwd=root, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=p["timeout"], check=False, **as_owner)
+        except subprocess.TimeoutExpired:
+            module.fail_json(msg="%s still running after %s s: stopped" % (os.path.basename(argv[0]), p["timeout"]))
+        tail = (proc.stdout + proc.stderr).decode("utf-8", "replace")[-1000:]
+        if proc.returncode != 0:
+            module.fail_json(msg="%s exited with %d: %s" % (os.path.basename(argv[0]), proc.returncode, tail.strip()),
+                             rc=proc.returncode)
+        module.exit_json(changed=True, rc=0, output=tail)
 
     if op == "marker":
         path = at(p["marker"])
