@@ -1,0 +1,439 @@
+"""The desktop agent's reinstall (roles/doai_agent, operation reinstall): decide_reinstall() and
+its put-back over every state, the installer check, and the action plugin's module calls on a
+Windows PC replayed from recorded module results (below, in the shape ansible.windows
+win_powershell / win_get_url and community.windows win_scheduled_task return them). No Windows
+host ran here: the PowerShell scripts themselves are not exercised; the Linux stand-in PCs run
+the whole flow in tests/integration/test_agent_reinstall.py."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("doai_agent_swap", ROOT / "roles" / "doai_agent" / "action_plugins"
+                                               / "doai_agent_swap.py")
+swap = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(swap)
+
+STAMP = "20261127T031500Z"
+KEPT = "app-replaced-" + STAMP
+ROOT_A = "C:\\Users\\alice\\AppData\\Local\\DoAi-Desktop-Agent"
+UNINSTALLER = "C:\\Users\\alice\\AppData\\Local\\DoAi-Desktop-Agent\\app-current\\Uninstall DoAi.exe"
+SECRET = "canary-winrm-password-reinstall"
+SHA = "c0ffee" + "0" * 58
+URL = "https://downloads.example.org/agent/DoAi-Desktop-Agent-Setup-2.4.0.exe"
+STAGED = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}\\DoAi-Desktop-Agent-Setup-2.4.0.exe"
+OPTS = {"stamp": STAMP, "run_id": "run-7", "installer_id": SHA, "installer_version": "2.4.0"}
+
+
+def observed(running=True, config=True, current="2.4.1", marker=None, folder=True, uninstaller=UNINSTALLER):
+    return {"user": "alice", "root": ROOT_A, "profile": True, "folder": folder, "running": running, "marker": marker,
+            "dirs": {"app-current": None if current is None else {"version": current, "config": config},
+                     "app-backup": {"version": "2.4.0", "config": True}, "app-failed": None},
+            "uninstaller": uninstaller}
+
+
+def ops(steps):
+    out = []
+    for s in steps:
+        if s["op"] in ("rename", "set_aside", "keep_copy"):
+            out.append("{} {} -> {}".format(s["op"], s["src"], s["dest"]))
+        elif s["op"] == "marker":
+            out.append("marker " + s["content"]["phase"])
+        else:
+            out.append(s["op"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# decide_reinstall()
+# ------------------------------------------------------------------------------------------
+
+def test_running_agent_with_config_and_an_uninstaller():
+    plan = swap.decide_reinstall(observed(), OPTS)
+    assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.1", "2.4.0")
+    assert ops(plan["steps"]) == [
+        "stop", "marker reinstalling", "keep_copy app-current -> " + KEPT, "uninstall",
+        "set_aside app-current -> app-current-leftover-" + STAMP, "install", "copy_config", "start", "verify",
+        "marker done"]
+    assert plan["steps"][3] == {"op": "uninstall", "path": UNINSTALLER, "timeout": 600}
+    assert plan["steps"][6] == {"op": "copy_config", "src": KEPT + "/config.json", "dest": "app-current/config.json",
+                                "keep_as": "app-current/config.json.doai-" + STAMP}
+    assert plan["steps"][8] == {"op": "verify", "version": "2.4.0", "timeout": 30}
+    assert plan["steps"][1]["content"] == {"run_id": "run-7", "operation": "reinstall", "phase": "reinstalling",
+                                           "from": "2.4.1", "to": "2.4.0", "installer": SHA, "kept_as": KEPT,
+                                           "user": "alice", "at": STAMP}
+    assert "kept as " + KEPT in plan["reason"]
+
+
+def test_not_running_no_config_no_uninstaller():
+    plan = swap.decide_reinstall(observed(running=False, config=False, uninstaller=None), OPTS)
+    assert plan["status"] == "planned"
+    assert ops(plan["steps"]) == ["marker reinstalling", "keep_copy app-current -> " + KEPT,
+                                  "set_aside app-current -> app-current-leftover-" + STAMP, "install", "start",
+                                  "verify", "marker done"]
+    for note in ("agent not running", "no config.json", "installing without uninstalling"):
+        assert note in plan["reason"]
+
+
+def test_refusals_touch_nothing():
+    plan = swap.decide_reinstall(observed(folder=False), OPTS)
+    assert plan["status"] == "refused" and plan["steps"] == [] and plan["reason"].startswith("agent folder missing")
+    plan = swap.decide_reinstall(observed(current=None), OPTS)
+    assert plan["status"] == "refused" and "app-current (nothing to keep" in plan["reason"]
+    plan = swap.decide_reinstall(observed(uninstaller={"unparsed": "msiexec /x {GUID}"}), OPTS)
+    assert plan["status"] == "refused" and "msiexec /x {GUID}" in plan["reason"]
+    bad = {"operation": "reinstall", "phase": "reinstalling", "kept_as": "..\\..\\Windows", "from": "2.4.1"}
+    plan = swap.decide_reinstall(observed(marker=bad), OPTS)
+    assert plan["status"] == "refused" and "not one this tool writes" in plan["reason"]
+
+
+def test_already_on_the_expected_version_is_unchanged_or_started():
+    plan = swap.decide_reinstall(observed(current="2.4.0"), OPTS)
+    assert plan["status"] == "unchanged" and plan["steps"] == [] and plan["to"] == "2.4.0"
+    plan = swap.decide_reinstall(observed(current="2.4.0", running=False), OPTS)
+    assert plan["status"] == "planned" and ops(plan["steps"]) == ["start", "verify"]
+
+
+def test_a_second_run_with_the_same_installer_is_recognised_by_the_marker():
+    done = {"operation": "reinstall", "phase": "done", "installer": SHA, "from": "2.4.1", "to": "2.3.0",
+            "kept_as": KEPT, "run_id": "run-6"}
+    opts = dict(OPTS, installer_version="")
+    plan = swap.decide_reinstall(observed(current="2.3.0", marker=done), opts)
+    assert plan["status"] == "unchanged" and "installed by run run-6" in plan["reason"]
+    other = swap.decide_reinstall(observed(current="2.3.0", marker=dict(done, installer="f" * 64)), opts)
+    assert other["status"] == "planned"  # another installer: reinstalled
+    swap_marker = dict(done, operation=None, phase="done")
+    assert swap.decide_reinstall(observed(current="2.3.0", marker=swap_marker), opts)["status"] == "planned"
+
+
+def test_a_half_finished_earlier_reinstall_is_put_back():
+    half = {"operation": "reinstall", "phase": "reinstalling", "installer": SHA, "from": "2.4.1", "to": "2.4.0",
+            "kept_as": "app-replaced-20261126T230000Z", "run_id": "run-5"}
+    plan = swap.decide_reinstall(observed(current=None, marker=half), OPTS)
+    assert plan["status"] == "planned" and "run-5" in plan["reason"]
+    assert ops(plan["steps"]) == ["stop", "set_aside app-current -> app-failed-reinstall-" + STAMP,
+                                  "rename app-replaced-20261126T230000Z -> app-current", "marker put_back", "start",
+                                  "verify"]
+    assert plan["steps"][-1]["version"] == "2.4.1"
+
+
+def test_undo_after_each_step():
+    steps = swap.decide_reinstall(observed(), OPTS)["steps"]
+    # the stop failed: nothing done, nothing to undo
+    assert swap.undo_reinstall([], STAMP, OPTS, "2.4.1") == []
+    # stopped and marked, the copy failed: app-current untouched, the agent started again
+    assert ops(swap.undo_reinstall(steps[:2], STAMP, OPTS, "2.4.1")) == ["marker put_back", "start", "verify"]
+    # uninstalled (or later): the kept install back
+    for n in (4, 5, 6, 7, 9):
+        undo = swap.undo_reinstall(steps[:n], STAMP, OPTS, "2.4.1")
+        assert ops(undo) == ["stop", "set_aside app-current -> app-failed-reinstall-" + STAMP,
+                             f"rename {KEPT} -> app-current", "marker put_back", "start", "verify"], n
+        assert undo[-1] == {"op": "verify", "version": "2.4.1", "timeout": 30}
+
+
+# ------------------------------------------------------------------------------------------
+# The installer and the uninstall string
+# ------------------------------------------------------------------------------------------
+
+def test_check_installer(tmp_path):
+    f = tmp_path / "DoAi-Setup-2.4.0.exe"
+    f.write_bytes(b"MZ installer")
+    digest = hashlib.sha256(b"MZ installer").hexdigest()
+    assert swap.check_installer(str(f)) == {"kind": "file", "value": str(f), "name": "DoAi-Setup-2.4.0.exe",
+                                            "sha256": digest, "id": digest}
+    assert swap.check_installer(str(f), digest.upper())["sha256"] == digest
+    assert swap.check_installer(URL)["id"] == URL and swap.check_installer(URL, SHA)["id"] == SHA
+    assert swap.check_installer("http://127.0.0.1:8080/setup.exe")["kind"] == "url"
+    for bad, why in [("", "empty"), ("relative.exe", "absolute path"), (str(tmp_path / "none.exe"), "does not exist"),
+                     (str(tmp_path), "not a file"), ("http://dl.example.org/a.exe", "plain http"),
+                     ("ftp://127.0.0.1/a.exe", "only https"), ("https://u:p@dl.example.org/a.exe", "credentials"),
+                     ('https://dl.example.org/a".exe', "quotes"), (" " + URL, "surrounding spaces")]:
+        with pytest.raises(ValueError, match=why):
+            swap.check_installer(bad)
+    with pytest.raises(ValueError, match="not the"):
+        swap.check_installer(str(f), "0" * 64)
+    with pytest.raises(ValueError, match="64 hex"):
+        swap.check_installer(str(f), "xyz")
+
+
+def test_uninstall_strings():
+    assert swap.parse_uninstall_string(f'"{UNINSTALLER}" /currentuser') == UNINSTALLER
+    assert swap.parse_uninstall_string("C:\\Apps\\uninst.exe /S") == "C:\\Apps\\uninst.exe"
+    for text in ("MsiExec.exe /X{1234}", "\\\\server\\share\\u.exe", '"C:\\x\\u.exe', "", None, "C:\\x\\u.bat"):
+        assert swap.parse_uninstall_string(text) is None, text
+
+
+def test_reinstall_options_are_checked_and_named(tmp_path):
+    args = task_args(installer=URL, installer_args=['/D="C:\\x"'], install_timeout=0, uninstall_key="..\\Run",
+                     installer_version="2.4;0", windows_stage_dir="relative", posix_stage_dir="tmp",
+                     posix_uninstall_command=[])
+    bad = " | ".join(swap.check_options(args))
+    for name in ("installer_args", "install_timeout", "uninstall_key", "installer_version", "windows_stage_dir",
+                 "posix_stage_dir", "posix_uninstall_command is empty"):
+        assert name in bad
+    out, rec = run(task_args(installer="/nonexistent/setup.exe"))
+    assert out["failed"] is True and "does not exist" in out["msg"] and "nothing was changed" in out["msg"]
+    assert rec.calls == []  # refused before the observe
+
+
+# ------------------------------------------------------------------------------------------
+# The plugin on a Windows PC, replayed from recorded module results
+# ------------------------------------------------------------------------------------------
+
+def ps_result(result=None, changed=True, error=None):
+    out = {"changed": changed, "result": result, "host_out": "", "host_err": "", "output": [],
+           "error": [], "warning": [], "verbose": [], "debug": [], "information": []}
+    if error:
+        out.update(failed=True, error=[{"output": error, "error_details": None, "exception": {"message": error}}])
+    return out
+
+
+OBSERVE_RESULT = ps_result([{"user": "alice", "root": ROOT_A, "profile": True, "folder": True,
+                             "dirs": {"app-current": {"version": "2.4.1", "config": True},
+                                      "app-backup": {"version": "2.4.0", "config": True}, "app-failed": None},
+                             "running": True, "marker": None}], changed=False)
+UNINSTALL_INFO = ps_result({"alice": {"uninstall_string": f'"{UNINSTALLER}" /currentuser',
+                                      "display_version": "2.4.1"}}, changed=False)
+GET_URL_OK = {"changed": True, "dest": STAGED, "checksum_dest": "a" * 40, "checksum_src": "a" * 40,
+              "msg": "OK", "status_code": 200, "url": URL, "elapsed": 1}
+GET_URL_MISMATCH = {"failed": True, "dest": STAGED, "url": URL, "status_code": 200,
+                    "msg": "The checksum for {} did not match {}; it was {}.".format(STAGED, SHA, "b" * 64)}
+TASK_OK = {"changed": True, "msg": ""}
+VERIFY_NEW = ps_result({"version": "2.4.0", "running": True}, changed=False)
+VERIFY_OLD = ps_result({"version": "2.4.1", "running": True}, changed=False)
+RUN_TASK_FAILED = ps_result({"state": "Ready", "exit_code": 2}, error="DoAi-Desktop-Agent install (alice) exited with 2")
+
+SCRIPT_NAMES = {getattr(swap, n): n for n in dir(swap) if n.startswith("PS_")}
+PS_RESULTS = {"PS_OBSERVE": OBSERVE_RESULT, "PS_UNINSTALL_INFO": UNINSTALL_INFO,
+              "PS_CHECK_FILE": ps_result({"sha256": SHA}, changed=False), "PS_VERIFY": VERIFY_NEW,
+              "PS_COPY_CONFIG": ps_result({"copied": True, "kept": True}), "PS_SET_ASIDE": ps_result({"moved": True})}
+
+
+class Recorder:
+    """A fake _execute_module (and _transfer_file): records every call and replays the recorded
+    result for it; ``fail`` maps a call's index to the result that replaces it."""
+
+    def __init__(self, fail=None):
+        self.fail, self.calls = fail or {}, []
+
+    def __call__(self, module_name=None, module_args=None, task_vars=None, **kw):
+        i = len(self.calls)
+        self.calls.append((module_name, copy.deepcopy(module_args)))
+        if i in self.fail:
+            return copy.deepcopy(self.fail[i])
+        if module_name == swap.WIN_POWERSHELL:
+            name = SCRIPT_NAMES[module_args["script"]]
+            return copy.deepcopy(PS_RESULTS.get(name, ps_result()))
+        return copy.deepcopy({swap.WIN_GET_URL: GET_URL_OK}.get(module_name, TASK_OK))
+
+    def put(self, src, dest):
+        self.calls.append(("put_file", {"src": src, "dest": dest}))
+
+    def named(self):
+        return [(SCRIPT_NAMES[a["script"]], a["parameters"]) if m == swap.WIN_POWERSHELL else (m, a)
+                for m, a in self.calls]
+
+
+def task_args(**over):
+    args = {k: v.get("default") for k, v in swap.ARGUMENT_SPEC.items()}
+    args.update(stamp=STAMP, run_id="run-7", os="auto", operation="reinstall", installer=URL, installer_sha256=SHA,
+                installer_version="2.4.0")
+    args.update(over)
+    return args
+
+
+TASK_VARS = {"ansible_connection": "winrm", "ansible_user": "Administrator", "ansible_password": SECRET}
+
+
+def run(args, fail=None, check=False):
+    rec = Recorder(fail)
+    action = object.__new__(swap.ActionModule)
+    action._execute_module = rec
+    action._transfer_file = rec.put
+    out = action.swap(args, TASK_VARS, check)
+    assert SECRET not in json.dumps(rec.calls) + json.dumps(out)
+    return out, rec
+
+
+def task(label, path, arguments):
+    name = f"DoAi-Desktop-Agent {label} (alice)"
+    return [(swap.WIN_SCHEDULED_TASK, {"name": name, "state": "present", "enabled": True,
+                                       "actions": [{"path": path, "arguments": arguments}], "username": "alice",
+                                       "logon_type": "interactive_token", "run_level": "limited",
+                                       "multiple_instances": 2}),
+            ("PS_RUN_TASK", {"TaskName": name, "TimeoutSeconds": 600})]
+
+
+def marker(phase, to="2.4.0"):
+    return ("PS_MARKER", {"Root": ROOT_A, "Marker": ".doai-rollback.json", "Content": json.dumps(
+        {"at": STAMP, "from": "2.4.1", "installer": SHA, "kept_as": KEPT, "operation": "reinstall", "phase": phase,
+         "run_id": "run-7", "to": to, "user": "alice"}, sort_keys=True)})
+
+
+START = [(swap.WIN_SCHEDULED_TASK, {
+    "name": "DoAi-Desktop-Agent (alice)", "state": "present", "enabled": True,
+    "actions": [{"path": ROOT_A + "\\app-current\\DoAi-Desktop-Agent.exe", "working_directory": ROOT_A + "\\app-current"}],
+    "username": "alice", "logon_type": "interactive_token", "run_level": "limited", "multiple_instances": 2}),
+    ("PS_START_TASK", {"TaskName": "DoAi-Desktop-Agent (alice)"})]
+
+
+def verify(version):
+    return ("PS_VERIFY", {"Root": ROOT_A, "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe",
+                          "Expected": version, "TimeoutSeconds": 30, "ServiceName": ""})
+
+
+def set_aside(src, dest):
+    return ("PS_SET_ASIDE", {"Root": ROOT_A, "Path": src, "NewName": dest, "Retries": 10, "DelaySeconds": 3})
+
+
+HEAD = [
+    ("PS_OBSERVE", {"Users": [], "FolderName": "DoAi-Desktop-Agent", "LocalPath": "AppData\\Local",
+                    "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe", "Marker": ".doai-rollback.json",
+                    "ServiceName": ""}),
+    ("PS_UNINSTALL_INFO", {"Users": ["alice"], "UninstallKey": "DoAi-Desktop-Agent"}),
+    ("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP}),
+    (swap.WIN_GET_URL, {"url": URL, "dest": STAGED, "force": True, "validate_certs": True, "checksum": SHA,
+                        "checksum_algorithm": "sha256"}),
+    ("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA}),
+]
+
+
+def test_windows_reinstall_exact_module_calls():
+    out, rec = run(task_args())
+    assert out["os"] == "windows" and out["changed"] is True and "failed" not in out
+    assert out["staged"] == STAGED and out["installer"] == {"kind": "url", "name": STAGED.rsplit("\\", 1)[-1],
+                                                            "sha256": SHA}
+    assert rec.named() == HEAD + [
+        ("PS_STOP", {"Root": ROOT_A, "TimeoutSeconds": 30}),
+        marker("reinstalling"),
+        ("PS_COPY_TREE", {"Root": ROOT_A, "Source": "app-current", "Dest": KEPT}),
+        *task("uninstall", UNINSTALLER, "/S /currentuser"),
+        set_aside("app-current", "app-current-leftover-" + STAMP),
+        *task("install", STAGED, "/S /currentuser"),
+        ("PS_COPY_CONFIG", {"Root": ROOT_A, "Source": KEPT + "\\config.json", "Dest": "app-current\\config.json",
+                            "KeepAs": "app-current\\config.json.doai-" + STAMP}),
+        *START,
+        verify("2.4.0"),
+        marker("done"),
+    ]
+    user = out["users"][0]
+    assert user["status"] == "changed" and (user["from"], user["to"]) == ("2.4.1", "2.4.0")
+
+
+def test_a_local_installer_is_copied_over_the_connection_and_checked(tmp_path):
+    f = tmp_path / "DoAi-Setup 2.4.0.exe"
+    f.write_bytes(b"MZ")
+    digest = hashlib.sha256(b"MZ").hexdigest()
+    staged = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}\\DoAi-Setup 2.4.0.exe"
+    out, rec = run(task_args(installer=str(f), installer_sha256="", installer_args=["/S", "/D={root}\\app-current"]))
+    named = rec.named()
+    assert named[2:5] == [("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP}),
+                          ("put_file", {"src": str(f), "dest": staged}),
+                          ("PS_CHECK_FILE", {"Path": staged, "Sha256": digest})]
+    install = [a for m, a in named if m == swap.WIN_SCHEDULED_TASK and a["name"].endswith(" install (alice)")]
+    assert install[0]["actions"] == [{"path": staged, "arguments": f"/S /D={ROOT_A}\\app-current"}]
+    assert out["users"][0]["status"] == "changed"
+
+
+def test_a_service_agent_runs_its_installer_here_not_as_the_user():
+    out, rec = run(task_args(agent_kind="service"))
+    runs = [p for n, p in rec.named() if n == "PS_RUN_PROCESS"]
+    assert runs == [{"Path": UNINSTALLER, "Arguments": ["/S", "/currentuser"], "TimeoutSeconds": 600},
+                    {"Path": STAGED, "Arguments": ["/S", "/currentuser"], "TimeoutSeconds": 600}]
+    assert not [a for m, a in rec.calls if m == swap.WIN_SCHEDULED_TASK and "install" in a["name"]]
+
+
+def test_check_mode_observes_and_plans_only():
+    out, rec = run(task_args(), check=True)
+    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_UNINSTALL_INFO"]
+    assert out["changed"] is False and out["users"][0]["status"] == "planned"
+
+
+def test_a_checksum_mismatch_on_the_pc_refuses_before_anything_changes():
+    out, rec = run(task_args(), fail={3: GET_URL_MISMATCH})
+    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_UNINSTALL_INFO", "PS_STAGE_DIR", swap.WIN_GET_URL]
+    user = out["users"][0]
+    assert out["changed"] is False and "failed" not in out
+    assert user["status"] == "refused" and "did not match" in user["reason"]
+
+
+def test_already_installed_is_unchanged_with_no_staging():
+    observe = ps_result([dict(OBSERVE_RESULT["result"][0], dirs={"app-current": {"version": "2.4.0", "config": True},
+                                                                 "app-backup": None, "app-failed": None})],
+                        changed=False)
+    out, rec = run(task_args(), fail={0: observe})
+    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_UNINSTALL_INFO"]
+    assert out["changed"] is False and out["users"][0]["status"] == "unchanged"
+
+
+def test_a_failing_installer_puts_the_kept_install_back():
+    # 0-4 head, 5 stop, 6 marker, 7 copy, 8-9 uninstall, 10 set aside, 11 task, 12 install fails.
+    out, rec = run(task_args(), fail={12: RUN_TASK_FAILED})
+    assert rec.named()[11][0] == swap.WIN_SCHEDULED_TASK and rec.named()[12][0] == "PS_RUN_TASK"
+    assert rec.named()[13:] == [
+        ("PS_STOP", {"Root": ROOT_A, "TimeoutSeconds": 30}),
+        set_aside("app-current", "app-failed-reinstall-" + STAMP),
+        ("PS_RENAME", {"Root": ROOT_A, "Path": KEPT, "NewName": "app-current", "Retries": 10, "DelaySeconds": 3}),
+        marker("put_back"),
+        *START,
+        verify("2.4.1"),
+    ]
+    user = out["users"][0]
+    assert out["failed"] is True and user["status"] == "failed" and user["restore"] == "restored"
+    assert "exited with 2" in user["error"]
+
+
+def test_a_put_back_that_fails_reports_not_restored():
+    locked = ps_result(error="Rename-Item: The process cannot access the file because it is being used by another process.")
+    out, rec = run(task_args(), fail={12: RUN_TASK_FAILED, 15: locked})
+    user = out["users"][0]
+    assert user["restore"] == "not_restored" and len(rec.calls) == 16
+    assert "being used by another process" in user["undo_error"]
+
+
+def test_scripts_take_values_as_parameters_only():
+    _, rec = run(task_args())
+    for module, args in rec.calls:
+        if module == swap.WIN_POWERSHELL:
+            assert args["script"] in SCRIPT_NAMES and set(args) == {"script", "parameters"}
+
+
+def test_the_reinstall_scripts_refuse_junctions_and_symbolic_links():
+    """The POSIX module refuses symlinks; the Windows scripts that read or move inside the
+    user's folder refuse reparse points (junctions, symbolic links) the same way."""
+    for name in ("PS_COPY_TREE", "PS_SET_ASIDE", "PS_STAGE_DIR", "PS_CHECK_FILE"):
+        script = getattr(swap, name)
+        assert "ReparsePoint" in script and "refused" in script, name
+    assert "$Ansible.Failed = $true" in swap.PS_COPY_TREE.split("Copy-Item")[0]  # checked before the copy
+
+
+# ------------------------------------------------------------------------------------------
+# POSIX (stand-in) module calls
+# ------------------------------------------------------------------------------------------
+
+def test_posix_calls():
+    ctx = dict(task_args(), root="/pcs/pc01/Users/alice/AppData/Local/DoAi-Desktop-Agent", user="alice",
+               staged="/var/tmp/doai-rollback/x/setup", os="posix", stamp=STAMP)
+    steps = swap.decide_reinstall(observed(uninstaller=["{current}/uninstall"]), OPTS)["steps"]
+    calls = {s["op"]: swap.posix_reinstall_calls(s, ctx)[0][1] for s in steps}
+    root = ctx["root"]
+    assert calls["keep_copy"] == {"op": "copy_tree", "root": root, "src": "app-current", "dest": KEPT}
+    assert calls["uninstall"] == {"op": "run", "root": root, "command": ["{current}/uninstall"], "timeout": 600}
+    assert calls["set_aside"] == {"op": "rename", "root": root, "src": "app-current",
+                                  "dest": "app-current-leftover-" + STAMP, "retries": 10, "delay": 3,
+                                  "missing_ok": True}
+    assert calls["install"] == {"op": "run", "root": root, "command": [ctx["staged"], "--folder", root], "timeout": 600}
+    dest, stage = swap.stage_calls(swap.check_installer(URL, SHA), dict(ctx, posix_stage_dir="/var/tmp/doai-rollback/"))
+    assert dest == f"/var/tmp/doai-rollback/{STAMP}/DoAi-Desktop-Agent-Setup-2.4.0.exe"
+    assert stage == [(swap.POSIX_MODULE, {"op": "stage_dir", "root": "/var/tmp/doai-rollback/" + STAMP}),
+                     (swap.POSIX_GET_URL, {"url": URL, "dest": dest, "force": True, "mode": "0755",
+                                           "validate_certs": True, "checksum": "sha256:" + SHA}),
+                     (swap.POSIX_MODULE, {"op": "check_file", "root": "/var/tmp/doai-rollback/" + STAMP,
+                                          "src": "DoAi-Desktop-Agent-Setup-2.4.0.exe", "sha256": SHA})]
