@@ -259,8 +259,8 @@ def _api_host(d: Diagnosis, host: str, rep: Mapping[str, Any], names: tuple[str,
     else:
         down = [p for p in procs if p.get("status") not in ("online", "running")]
         d.add("processes", bool(procs) and not down, host,
-              ", ".join(f"{p.get('name')}[{p.get('pm_id') if p.get('pm_id') is not None else ''}] {p.get('status')}"
-                        f" restarts={p.get('restarts')}" for p in procs) or "no process")
+              ", ".join(f"{p.get('name')}{'' if p.get('pm_id') is None else '[' + str(p['pm_id']) + ']'} "
+                        f"{p.get('status')} restarts={p.get('restarts')}" for p in procs) or "no process")
     if names:
         missing = sorted({n for p in procs for n in p.get("missing_env") or []})
         source = ", ".join(sorted({str(p.get("env_source")) for p in procs})) or "-"

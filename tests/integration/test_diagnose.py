@@ -229,3 +229,19 @@ def test_collect_logs_writes_every_reachable_target_and_an_error_for_the_unreach
     assert "ECONNREFUSED" in backend and "GET /api/devices 500" in backend and CANARY not in backend
     (lit,) = fleet.reachable
     assert f"{lit}/alice: running" in Path(by[("agent", lit)]["file"]).read_text()
+
+
+def test_api_errors_on_a_docker_host_reads_the_container(docker_rig, state_dir, tmp_path):
+    rig = docker_rig
+    cfg = write_config(tmp_path, backend_env=["DOAI_SUPABASE_URL"], log_lines=20)
+    before = (rig.api_container(), rig.container_image_id(), rig.image_id(f"{rig.image_repo}:current"))
+    res = run_cli("diagnose", "api-errors", "-c", str(cfg), "-i", str(rig.inventory), "--state-dir", str(state_dir),
+                  "-o", "json")
+    assert res.code == 6, res.stdout + res.stderr
+    f = {x["check"]: x for x in res.json()["findings"]}
+    assert not f["environment"]["ok"] and "DOAI_SUPABASE_URL" in f["environment"]["detail"]
+    assert "[from: container]" in f["environment"]["detail"]
+    assert f["processes"]["ok"] and "running" in f["processes"]["detail"]
+    assert f["logs"]["detail"].startswith("container log:")
+    assert f["release"]["detail"].startswith(f"live image {before[1][:19]}")
+    assert (rig.api_container(), rig.container_image_id(), rig.image_id(f"{rig.image_repo}:current")) == before
