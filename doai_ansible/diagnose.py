@@ -261,7 +261,9 @@ def _api_host(d: Diagnosis, host: str, rep: Mapping[str, Any], names: tuple[str,
         d.add("processes", bool(procs) and not down, host,
               ", ".join(f"{p.get('name')}{'' if p.get('pm_id') is None else '[' + str(p['pm_id']) + ']'} "
                         f"{p.get('status')} restarts={p.get('restarts')}" for p in procs) or "no process")
-    if names:
+    if not names:
+        d.add("environment", True, host, "not checked: diagnose.backend_env names no variable")
+    else:
         missing = sorted({n for p in procs for n in p.get("missing_env") or []})
         source = ", ".join(sorted({str(p.get("env_source")) for p in procs})) or "-"
         d.add("environment", not missing and bool(procs), host,
@@ -602,7 +604,7 @@ def _agent_next(d: Diagnosis, endpoint_ok: bool, closed: list[str], stopped: lis
         pcs = ",".join(sorted(set(stopped)))
         d.suggest(f"doai-rollback agent rollback --limit {pcs} --dry-run")
         d.suggest(f"doai-rollback agent rollback --limit {pcs}")
-        d.suggest("last resort: reinstall the agent on those PCs from the previous installer (agent reinstall)")
+        d.suggest(f"last resort: doai-rollback agent reinstall --limit {pcs} --installer INSTALLER --sha256 HEX --dry-run")
 
 
 # -- the log bundle of the whole-system rollback ------------------------------------------------------------

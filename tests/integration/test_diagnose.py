@@ -191,6 +191,7 @@ def test_agent_connection_healthy_then_backend_stopped(sandbox, agent_fleet, sta
 
     # Scenario C: the backend is down, so the Socket.IO port is closed.
     subprocess.run([sandbox.pm2, "stop", "all"], env=sandbox.pm2_env, check=True, capture_output=True, timeout=60)
+    assert fleet.stop_agent("pc01", "bob")  # and one agent is not running
     before = fleet_state(fleet)
     res = run_cli(*args)
     assert res.code == 6, res.stdout + res.stderr
@@ -200,6 +201,8 @@ def test_agent_connection_healthy_then_backend_stopped(sandbox, agent_fleet, sta
     assert len(endpoint) == 1 and not endpoint[0]["ok"]
     assert not f[("port from the PC", "pc01")]["ok"] and not f[("port from the PC", "pc02")]["ok"]
     assert any(n.startswith("start the backend") for n in doc["next"])
+    assert not f[("agent process", "pc01/bob")]["ok"] and f[("agent process", "pc01/alice")]["ok"]
+    assert "doai-rollback agent rollback --limit pc01" in doc["next"]
     assert fleet_state(fleet) == before
     assert all(p["status"] == "stopped" for p in sandbox.pm2_processes())
 
