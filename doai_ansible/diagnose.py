@@ -420,14 +420,19 @@ def _half_applied_findings(d: Diagnosis, target: str, conn: Any, files: Mapping[
                            applied: set[str]) -> list[tuple[str, bool]]:
     """One finding per local migration that is half-applied; (version, in history) of those."""
     broken: list[tuple[str, bool]] = []
+    objects = {v: migration_objects(m.path.read_text(encoding="utf-8")) for v, m in files.items()}
+    # A pending migration's CREATE ... IF NOT EXISTS of what an applied one made is no sign of it.
+    made_by_applied = {o for v, (made, _) in objects.items() if v in applied for o in made}
     later_drops: set[tuple[str, ...]] = set()
     for version in sorted(files, reverse=True):  # newest first: what a later migration dropped is not missing
         m = files[version]
-        made, dropped = migration_objects(m.path.read_text(encoding="utf-8"))
+        made, dropped = objects[version]
         is_applied = version in applied
-        present = {o: _exists(conn, o) for o in made if not (is_applied and o in later_drops)}
         if is_applied:
+            present = {o: _exists(conn, o) for o in made if o not in later_drops}
             later_drops |= dropped
+        else:
+            present = {o: _exists(conn, o) for o in made if o not in made_by_applied}
         found = half_applied(is_applied, present)
         if found is None:
             continue

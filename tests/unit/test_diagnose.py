@@ -215,3 +215,53 @@ def test_host_tail_reads_the_last_lines_only(tmp_path):
     text, err = u.tail(str(p), 5, max_bytes=30)  # a cut first line is dropped
     assert err is None and text.splitlines()[0].startswith("line 99") and len(text.splitlines()) <= 5
     assert u.tail(str(tmp_path / "missing.log"), 3)[1].endswith("No such file or directory")
+
+
+def test_pm2_module_reads_a_cluster_workers_handed_over_environment_and_scrubs_its_logs(tmp_path):
+    """The module against a stand-in `pm2` (prints a jlist) and a real process whose environment
+    carries the app's variables the way PM2's cluster mode hands them over (``pm2_env`` JSON)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "package.json").write_text('{"version": "3.0.0"}\n')
+    g = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "v3"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=g, capture_output=True)
+    secret = "very-secret-value-42"
+    handed = {"env": {"PORT": "3001", "JWT_SECRET": secret, "EMPTY_ONE": ""}, "status": "online"}
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={"PATH": os.environ["PATH"], "pm2_env": json.dumps(handed)})
+    try:
+        err_log = tmp_path / "api-error-0.log"
+        err_log.write_text("old line\n" * 10 + f"Error: auth failed with {secret}\n    at f (/app/x.js:1:2)\n")
+        jlist = [{"name": "api", "pm_id": 0, "pid": worker.pid,
+                  "pm2_env": {"status": "online", "restart_time": 2, "pm_out_log_path": "/dev/null",
+                              "pm_err_log_path": str(err_log)}}]
+        (tmp_path / "jlist.json").write_text(json.dumps(jlist))
+        pm2 = tmp_path / "pm2"
+        pm2.write_text(f"#!/bin/sh\ncat {tmp_path / 'jlist.json'}\n")
+        pm2.chmod(0o755)
+        utils = [ROOT / "roles" / "doai_common" / "module_utils", ROOT / "roles" / "doai_backend_pm2" / "module_utils"]
+        args = {"path": str(repo), "pm2_bin": str(pm2), "lines": 3, "required_env": ["PORT", "JWT_SECRET", "EMPTY_ONE",
+                                                                                      "DATABASE_URL"]}
+        argfile = tmp_path / "args.json"
+        argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        lib = ROOT / "roles" / "doai_backend_pm2" / "library" / "doai_backend_pm2_diagnose.py"
+        boot = (f"import sys, ansible.module_utils as m; m.__path__.extend({[str(p) for p in utils]!r}); "
+                f"sys.argv = ['module', {str(argfile)!r}]; exec(compile(open({str(lib)!r}).read(), 'm', 'exec'))")
+        proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
+    finally:
+        worker.kill()
+        worker.wait()
+    out = json.loads(proc.stdout)
+    assert secret not in proc.stdout
+    (p,) = out["processes"]
+    assert p["env_source"] == "process" and p["missing_env"] == ["EMPTY_ONE", "DATABASE_URL"]
+    (log,) = out["logs"]  # /dev/null is not read
+    assert log["kind"] == "err" and log["text"].splitlines() == [
+        "old line", "Error: auth failed with ***", "    at f (/app/x.js:1:2)"]
+    assert out["version"] == "3.0.0" and len(out["commit"]) == 40
+    assert diagnose.scan_log(log["text"]).stack_traces == 1
