@@ -59,14 +59,14 @@ def test_running_agent_with_config_and_an_uninstaller():
     plan = swap.decide_reinstall(observed(), OPTS)
     assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.1", "2.4.0")
     assert ops(plan["steps"]) == [
-        "stop", "marker reinstalling", "keep_copy app-current -> " + KEPT, "uninstall",
+        "stop", "keep_copy app-current -> " + KEPT, "marker reinstalling", "uninstall",
         "set_aside app-current -> app-current-leftover-" + STAMP, "install", "copy_config", "start", "verify",
         "marker done"]
     assert plan["steps"][3] == {"op": "uninstall", "path": UNINSTALLER, "timeout": 600}
     assert plan["steps"][6] == {"op": "copy_config", "src": KEPT + "/config.json", "dest": "app-current/config.json",
                                 "keep_as": "app-current/config.json.doai-" + STAMP}
     assert plan["steps"][8] == {"op": "verify", "version": "2.4.0", "timeout": 30}
-    assert plan["steps"][1]["content"] == {"run_id": "run-7", "operation": "reinstall", "phase": "reinstalling",
+    assert plan["steps"][2]["content"] == {"run_id": "run-7", "operation": "reinstall", "phase": "reinstalling",
                                            "from": "2.4.1", "to": "2.4.0", "installer": SHA, "kept_as": KEPT,
                                            "user": "alice", "at": STAMP}
     assert "kept as " + KEPT in plan["reason"]
@@ -75,7 +75,7 @@ def test_running_agent_with_config_and_an_uninstaller():
 def test_not_running_no_config_no_uninstaller():
     plan = swap.decide_reinstall(observed(running=False, config=False, uninstaller=None), OPTS)
     assert plan["status"] == "planned"
-    assert ops(plan["steps"]) == ["marker reinstalling", "keep_copy app-current -> " + KEPT,
+    assert ops(plan["steps"]) == ["keep_copy app-current -> " + KEPT, "marker reinstalling",
                                   "set_aside app-current -> app-current-leftover-" + STAMP, "install", "start",
                                   "verify", "marker done"]
     for note in ("agent not running", "no config.json", "installing without uninstalling"):
@@ -128,8 +128,14 @@ def test_undo_after_each_step():
     steps = swap.decide_reinstall(observed(), OPTS)["steps"]
     # the stop failed: nothing done, nothing to undo
     assert swap.undo_reinstall([], STAMP, OPTS, "2.4.1") == []
-    # stopped and marked, the copy failed: app-current untouched, the agent started again
-    assert ops(swap.undo_reinstall(steps[:2], STAMP, OPTS, "2.4.1")) == ["marker put_back", "start", "verify"]
+    # stopped, the copy failed: app-current untouched, the agent started again
+    assert ops(swap.undo_reinstall(steps[:1], STAMP, OPTS, "2.4.1")) == ["start", "verify"]
+    # copied and marked, nothing else done: app-current untouched
+    assert ops(swap.undo_reinstall(steps[:3], STAMP, OPTS, "2.4.1")) == ["marker put_back", "start", "verify"]
+    # the uninstaller failed: it may have removed part of app-current, so the kept install goes back
+    undo = swap.undo_reinstall(steps[:3], STAMP, OPTS, "2.4.1", failed=steps[3])
+    assert ops(undo)[:3] == ["stop", "set_aside app-current -> app-failed-reinstall-" + STAMP,
+                             f"rename {KEPT} -> app-current"]
     # uninstalled (or later): the kept install back
     for n in (4, 5, 6, 7, 9):
         undo = swap.undo_reinstall(steps[:n], STAMP, OPTS, "2.4.1")
@@ -312,8 +318,8 @@ def test_windows_reinstall_exact_module_calls():
                                                             "sha256": SHA}
     assert rec.named() == HEAD + [
         ("PS_STOP", {"Root": ROOT_A, "TimeoutSeconds": 30}),
-        marker("reinstalling"),
         ("PS_COPY_TREE", {"Root": ROOT_A, "Source": "app-current", "Dest": KEPT}),
+        marker("reinstalling"),
         *task("uninstall", UNINSTALLER, "/S /currentuser"),
         set_aside("app-current", "app-current-leftover-" + STAMP),
         *task("install", STAGED, "/S /currentuser"),
@@ -374,7 +380,7 @@ def test_already_installed_is_unchanged_with_no_staging():
 
 
 def test_a_failing_installer_puts_the_kept_install_back():
-    # 0-4 head, 5 stop, 6 marker, 7 copy, 8-9 uninstall, 10 set aside, 11 task, 12 install fails.
+    # 0-4 head, 5 stop, 6 copy, 7 marker, 8-9 uninstall, 10 set aside, 11 task, 12 install fails.
     out, rec = run(task_args(), fail={12: RUN_TASK_FAILED})
     assert rec.named()[11][0] == swap.WIN_SCHEDULED_TASK and rec.named()[12][0] == "PS_RUN_TASK"
     assert rec.named()[13:] == [
@@ -412,6 +418,24 @@ def test_the_reinstall_scripts_refuse_junctions_and_symbolic_links():
         script = getattr(swap, name)
         assert "ReparsePoint" in script and "refused" in script, name
     assert "$Ansible.Failed = $true" in swap.PS_COPY_TREE.split("Copy-Item")[0]  # checked before the copy
+    # the swap's scripts: the folder and every path they rename, copy or write, before they do
+    for name, paths, action in (("PS_RENAME", "@($Root, $src)", "Rename-Item"),
+                                ("PS_COPY_CONFIG", "@($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)",
+                                 "Copy-Item"),
+                                ("PS_MARKER", '@($Root, $path, "$path.tmp")', "WriteAllText")):
+        script = getattr(swap, name)
+        assert "function Assert-NoLink" in script and "throw" in script, name
+        assert script.index("Assert-NoLink " + paths) < script.index(action), name
+    observe = swap.PS_OBSERVE
+    assert observe.index("ReparsePoint") < observe.index("$dirs = [ordered]@{}") and "link = $true" in observe
+
+
+def test_a_linked_agent_folder_is_refused_by_both_decisions():
+    obs = dict(observed(), folder=False, link=True)
+    for decide in (swap.decide, swap.decide_reinstall):
+        plan = decide(obs, OPTS)
+        assert plan["status"] == "refused" and plan["steps"] == []
+        assert plan["reason"] == f"agent folder {ROOT_A} is a junction or symbolic link: not followed, touching nothing"
 
 
 # ------------------------------------------------------------------------------------------

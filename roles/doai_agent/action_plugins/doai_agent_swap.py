@@ -131,7 +131,7 @@ def decide(observed, options=None):
     out = {"user": observed.get("user"), "root": root, "status": "refused", "reason": "", "from": None, "to": None,
            "steps": [], "prior": []}
     if not observed.get("folder"):
-        out["reason"] = "agent folder missing: %s" % root
+        out["reason"] = _no_folder(observed, root)
         return out
     dirs = observed.get("dirs") or {}
     cur, bak, fail = dirs.get(CURRENT), dirs.get(BACKUP), dirs.get(FAILED)
@@ -249,6 +249,12 @@ def decide(observed, options=None):
     return out
 
 
+def _no_folder(observed, root):
+    if observed.get("link"):
+        return "agent folder %s is a junction or symbolic link: not followed, touching nothing" % root
+    return "agent folder missing: %s" % root
+
+
 def _state(d):
     return "absent" if d is None else "present (%s)" % (d.get("version") or "version unknown")
 
@@ -295,6 +301,18 @@ WIN_SERVICE = "ansible.windows.win_service"
 WIN_SCHEDULED_TASK = "community.windows.win_scheduled_task"
 POSIX_MODULE = "doai_agent_posix"
 
+# Junctions and symbolic links in the user's folder are refused, never followed (the folder is
+# the user's; these scripts run with more rights), as the POSIX module refuses symlinks.
+_PS_NO_LINK = r"""function Assert-NoLink([string[]]$Paths) {
+    foreach ($p in $Paths) {
+        $i = Get-Item -LiteralPath $p -Force -ErrorAction SilentlyContinue
+        if ($i -and ($i.Attributes -band [IO.FileAttributes]::ReparsePoint)) {
+            throw "refused: $p is a junction or symbolic link (not followed)"
+        }
+    }
+}
+"""
+
 # Every script takes its values as parameters (win_powershell's `parameters`), never as text.
 PS_OBSERVE = r"""[CmdletBinding(SupportsShouldProcess)]
 param([string[]]$Users, [string]$FolderName, [string]$LocalPath, [string]$VersionFile, [string]$ExeName,
@@ -317,6 +335,10 @@ $service = if ($ServiceName) { Get-Service -Name $ServiceName -ErrorAction Silen
 $out = foreach ($u in $wanted) {
     if (-not $byUser.ContainsKey($u)) { [ordered]@{ user = $u; root = $null; profile = $false; folder = $false }; continue }
     $root = Join-Path (Join-Path $byUser[$u] $LocalPath) $FolderName
+    $item = Get-Item -LiteralPath $root -Force -ErrorAction SilentlyContinue
+    if ($item -and ($item.Attributes -band [IO.FileAttributes]::ReparsePoint)) {
+        [ordered]@{ user = $u; root = $root; profile = $true; folder = $false; link = $true }; continue
+    }
     $dirs = [ordered]@{}
     foreach ($name in 'app-current', 'app-backup', 'app-failed') {
         $d = Join-Path $root $name
@@ -358,6 +380,7 @@ if ($left.Count) { $Ansible.Failed = $true; Write-Error "agent still running aft
 PS_RENAME = r"""param([string]$Root, [string]$Path, [string]$NewName, [int]$Retries, [int]$DelaySeconds)
 $ErrorActionPreference = 'Stop'
 $src = Join-Path $Root $Path
+""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, $src)
 $attempt = 0
 while ($true) {
     $attempt++
@@ -380,6 +403,7 @@ PS_COPY_CONFIG = r"""param([string]$Root, [string]$Source, [string]$Dest, [strin
 $ErrorActionPreference = 'Stop'
 $src = Join-Path $Root $Source
 $dst = Join-Path $Root $Dest
+""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)
 if (-not (Test-Path -LiteralPath $src)) { $Ansible.Result = @{ copied = $false; kept = $false }; return }
 $kept = $false
 if (Test-Path -LiteralPath $dst) { Rename-Item -LiteralPath $dst -NewName (Split-Path -Leaf $KeepAs); $kept = $true }
@@ -391,6 +415,7 @@ $Ansible.Result = @{ copied = $true; kept = $kept }
 PS_MARKER = r"""param([string]$Root, [string]$Marker, [string]$Content)
 $ErrorActionPreference = 'Stop'
 $path = Join-Path $Root $Marker
+""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, $path, "$path.tmp")
 $tmp = "$path.tmp"
 [IO.File]::WriteAllText($tmp, $Content)
 Move-Item -LiteralPath $tmp -Destination $path -Force
@@ -656,7 +681,7 @@ def decide_reinstall(observed, options=None):
     out = {"user": observed.get("user"), "root": root, "status": "refused", "reason": "", "from": None,
            "to": o["installer_version"] or None, "steps": [], "prior": []}
     if not observed.get("folder"):
-        out["reason"] = "agent folder missing: %s" % root
+        out["reason"] = _no_folder(observed, root)
         return out
     dirs = observed.get("dirs") or {}
     cur = dirs.get(CURRENT)
@@ -710,7 +735,9 @@ def decide_reinstall(observed, options=None):
     frm = _version(cur)
     kept = "%s-%s" % (REPLACED, stamp)
     steps = [{"op": "stop", "timeout": o["stop_timeout"]}] if running else []
-    steps += [mark("reinstalling", frm, expected, kept), {"op": "keep_copy", "src": CURRENT, "dest": kept}]
+    # The marker once the copy is whole: a run cut before leaves a partial copy (a new stamp next
+    # time), never a marker naming a copy that a put-back could not use.
+    steps += [{"op": "keep_copy", "src": CURRENT, "dest": kept}, mark("reinstalling", frm, expected, kept)]
     if uninstaller:
         steps.append({"op": "uninstall", "path": uninstaller, "timeout": o["install_timeout"]})
     steps += [{"op": "set_aside", "src": CURRENT, "dest": "%s-leftover-%s" % (CURRENT, stamp),
@@ -750,9 +777,11 @@ def put_back_reinstall(kept, version, stamp, options, marker=None):
     return steps + [{"op": "start"}, {"op": "verify", "version": version, "timeout": o["verify_timeout"]}]
 
 
-def undo_reinstall(done, stamp, options=None, version=None):
-    """What puts back a reinstall that failed after ``done`` (executed steps, in order)."""
-    ops_done = [s["op"] for s in done]
+def undo_reinstall(done, stamp, options=None, version=None, failed=None):
+    """What puts back a reinstall that failed after ``done`` (executed steps, in order) at
+    ``failed``: a failed uninstaller or installer may have changed app-current half way, so it
+    counts as done."""
+    ops_done = [s["op"] for s in done] + ([failed["op"]] if failed else [])
     marker = next((s for s in done if s["op"] == "marker"), None)
     put_back = None if marker is None else {"op": "marker", "content": dict(marker["content"], phase="put_back",
                                                                            at=stamp)}
@@ -1134,7 +1163,7 @@ class ActionModule(ActionBase):
             if entry["status"] == "failed":
                 failed = True
                 if reinstall:
-                    undo = undo_reinstall(done, stamp, opts, plan["from"])
+                    undo = undo_reinstall(done, stamp, opts, plan["from"], entry.get("failed_step"))
                 else:
                     undo = undo_steps(done, plan["prior"], stamp, args["verify_timeout"], plan["from"])
                 entry["undo"], entry["undone"] = undo, []

@@ -104,7 +104,7 @@ def observe(p):
             continue
         root = os.path.join(home, p["local_path"], p["folder_name"])
         if os.path.islink(root):
-            out.append({"user": user, "root": root, "profile": True, "folder": False})  # refused: not followed
+            out.append({"user": user, "root": root, "profile": True, "folder": False, "link": True})  # not followed
             continue
         dirs = {}
         for name in DIRS:
