@@ -123,7 +123,7 @@ class RunResult:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, **{
+        d: dict[str, Any] = {
             "run_id": self.run_id,
             "command": self.command,
             "dry_run": self.dry_run,
@@ -138,7 +138,9 @@ class RunResult:
             "warnings": self.warnings,
             "hint": self.hint,
             "steps": [r.to_dict() for r in self.results],
-        }}
+        }
+        d.update((k, v) for k, v in self.extra.items() if k not in d)
+        return d
 
 
 def overall_status(results: list[StepResult]) -> ExitStatus:

@@ -1,0 +1,108 @@
+"""The whole-system rollback on the whole-system rig (doai_ansible/sandbox/system_rig.py): every
+part broken the way a failed deployment breaks it, then ``doai-rollback system rollback`` as a
+user runs it; the live state is read from the rigs themselves, never through the tool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from doai_ansible.sandbox.system_rig import BAD_MIGRATION_FILE
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+ORDER = ["agent", "backend", "database", "dashboard"]
+
+
+def _rollback(rig, state_dir: Path, *extra: str):
+    return run_cli("system", "rollback", "--database-last", "1", "--reason", "release 1.5 broke it all", "--yes",
+                   "-o", "json", *extra, env=rig.env(state_dir), timeout=600)
+
+
+def _journal(state_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (state_dir / "journal.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _files_under(d: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in d.rglob("*") if p.is_file() and p.suffix != ".dump")
+
+
+def test_whole_system_rolled_back_in_order_with_report(system_rig, state_dir):
+    rig = system_rig.break_all()
+    assert rig.state() == rig.expected_bad()
+    res = _rollback(rig, state_dir)
+    assert res.code == 0, res.stderr + res.stdout
+    assert rig.state() == rig.expected_good()
+    doc = res.json()
+    # the order, from the journal's timestamps: each part starts after the one before has finished
+    (rec,) = [r for r in _journal(state_dir) if r["command"] == "system rollback"]
+    assert rec["run_id"] == doc["run_id"] and rec["parts"] == ORDER
+    spans = {}
+    for s in rec["steps"]:
+        assert s["outcome"] == "succeeded", s
+        lo, hi = spans.get(s["part"], (s["started"], s["finished"]))
+        spans[s["part"]] = (min(lo, s["started"]), max(hi, s["finished"]))
+    assert list(spans) == ORDER
+    for earlier, later in zip(ORDER, ORDER[1:], strict=False):
+        assert spans[earlier][1] <= spans[later][0], (earlier, later, spans)
+    # the checklist: the state found, the scope, the checks after, the report
+    c = rec["checklist"]
+    assert json.loads(Path(c["before"]["state_file"]).read_text())["backend"]["healthy"] is False
+    assert "dashboard" in c["before"]["scope"]["unhealthy"]
+    assert c["after"]["healthy"] and all(s["ok"] for s in c["after"]["smoke"]) and c["after"]["smoke"]
+    md = Path(c["report"]["markdown"]).read_text()
+    for needle in ("| agent | pc01/alice |", "| backend | sandbox-vps |", "| database |", "| dashboard |",
+                   "| Infrastructure | TBD | TBD |", "## Root cause (to fill in)", f"doai-rollback undo {rec['run_id']}"):
+        assert needle in md, needle
+    assert json.loads(Path(c["report"]["json"]).read_text())["steps"] == rec["steps"]
+    # no secret anywhere: output, journal, run logs, reports
+    everything = res.stdout + res.stderr + _files_under(state_dir)
+    for secret in rig.secrets():
+        assert secret not in everything
+
+
+def test_failure_in_the_database_stops_there(system_rig, state_dir):
+    rig = system_rig.break_all()
+    # The down file fails half way: its first statement works, the second does not.
+    down = rig.pg.project_dir / "supabase" / "rollbacks" / BAD_MIGRATION_FILE
+    down.write_text("DROP TABLE public.device_tags;\nALTER TABLE public.no_such_table ADD COLUMN x int;\n")
+    res = _rollback(rig, state_dir)
+    assert res.code == 3, res.stderr + res.stdout
+    state, good, bad = rig.state(), rig.expected_good(), rig.expected_bad()
+    assert state["agent"] == good["agent"] and state["backend"] == good["backend"]  # stay rolled back
+    assert state["database"] == bad["database"]  # as it was: the one transaction rolled back
+    assert "public.device_tags" in rig.pg.tables()
+    assert state["dashboard"] == bad["dashboard"]  # untouched
+    doc = res.json()
+    outcomes = {s["part"]: s["outcome"] for s in doc["steps"]}
+    # "failed": its one transaction rolled back, so nothing of it was ever changed
+    assert outcomes == {"agent": "succeeded", "backend": "succeeded", "database": "failed",
+                        "dashboard": "skipped"}
+    assert doc["exit_name"] == "FAILED_RESTORED"
+    md = Path(doc["checklist"]["report"]["markdown"]).read_text()
+    assert "FAILED_RESTORED" in md and "| dashboard | doai-dashboard |" in md and "| skipped |" in md
+
+
+def test_dry_run_changes_nothing_and_writes_no_report(system_rig, state_dir):
+    rig = system_rig.break_all()
+    res = _rollback(rig, state_dir, "--dry-run")
+    assert res.code == 0, res.stderr
+    assert rig.state() == rig.expected_bad()
+    doc = res.json()
+    assert {s["outcome"] for s in doc["steps"]} == {"planned"} and doc["checklist"]["report"] is None
+    assert not (state_dir / "reports").exists()
+
+
+def test_refusals_change_nothing(system_rig, state_dir):
+    rig = system_rig
+    env = rig.env(state_dir)
+    for args, needle in ((["--reason", "x"], "--database-last N or --database-to VERSION"),
+                         (["--only", "agents"], "'agents' is not a part"),
+                         (["--only", "backend", "--database-last", "1"], "--database-last is for the database")):
+        res = run_cli("system", "rollback", "--yes", *args, env=env)
+        assert res.code == 2 and needle in res.stderr, (args, res.stderr)
+    assert rig.state() == rig.expected_good()
+    assert not (state_dir / "journal.jsonl").exists()  # refused before any run began
