@@ -373,12 +373,12 @@ class SystemRig:
     def smoke_checks(self) -> list[dict[str, Any]]:
         assert self.dashboard
         checks = [{"name": "backend (PM2) health", "url": self.sandbox.health_url, "status": 200,
-                   "contains": '"status":"ok"'}]
+                   "contains": "ok"}]
         if self.docker:
             checks.append({"name": "backend (Docker) health", "url": self.docker.health_url, "status": 200,
-                           "contains": '"status":"ok"'})
+                           "contains": "ok"})
         checks.append({"name": "dashboard health", "url": self.dashboard.url, "status": 200,
-                       "contains": '"status":"ok"'})
+                       "contains": "ok"})
         return checks
 
     def write_config(self) -> Path:
