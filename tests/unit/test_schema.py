@@ -313,6 +313,35 @@ def test_a_broken_system_checklist_does_not_validate(tmp_path, fakes, hooks):  #
     assert schemas.errors(bad, "system_run")
 
 
+def test_diagnose_documents_of_the_real_code_validate(empty_env, tmp_path):
+    """agent-connection against a closed port (no rig needed): a fault, exit 6; the others
+    refuse on an empty inventory (the error document)."""
+    cfg = tmp_path / "diag.yml"
+    cfg.write_text("diagnose:\n  socketio_url: http://127.0.0.1:9\n")
+    res = run_cli("diagnose", "agent-connection", "-o", "json", env=dict(empty_env, DOAI_CONFIG=str(cfg)))
+    doc = res.json()
+    assert res.code == ExitStatus.UNHEALTHY and not doc["healthy"] and doc["next"]
+    assert_valid(doc, "diagnose")
+    for scenario in ("api-errors", "migration-failure"):
+        res = run_cli("diagnose", scenario, "-o", "json", env=empty_env)
+        assert res.code == ExitStatus.USAGE
+        assert_valid(res.json(), "error")
+
+
+@pytest.mark.parametrize(("ok", "unreachable", "expected"), [
+    (True, False, ExitStatus.OK), (False, False, ExitStatus.UNHEALTHY), (False, True, ExitStatus.UNREACHABLE)])
+def test_diagnosis_of_every_exit_validates(ok, unreachable, expected):
+    from doai_ansible.diagnose import Diagnosis
+
+    d = Diagnosis("migration-failure")
+    d.add("history", True, "db", "3 applied, 3 local")
+    d.add("integrity", ok, "db", "checked", unreachable=unreachable)
+    d.suggest("doai-rollback database rollback --last 1 --dry-run")
+    doc = d.to_dict()
+    assert doc["exit_status"] == int(expected)
+    assert_valid(doc, "diagnose")
+
+
 def test_diagnose_document_as_documented():
     doc = {"scenario": "api-errors", "healthy": False,
            "findings": [{"check": "env", "ok": False, "target": "vps1", "detail": "DATABASE_URL is not set"}],
