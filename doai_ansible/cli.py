@@ -403,17 +403,23 @@ def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
 @click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks).")
 @click.option("--max-fail-percent", type=int, default=None,
               help="Stop after a batch whose failed PCs exceed this percentage (default: never stop).")
+@click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
+              help="Only the PCs that run did not finish (failed, put back, unreachable).")
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
 @common_options
 @pass_opts
 def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expect_version: str | None,
                         limit: str | None, users: tuple[str, ...], batch: str | None, max_fail_percent: int | None,
-                        reason: str | None) -> ExitStatus:
+                        rerun: str | None, reason: str | None) -> ExitStatus:
     """Reinstall an earlier agent on every PC (an unreachable or refusing PC does not stop the
     others): keep the current install (moved aside, never deleted) and config.json, stop the
     agent, uninstall, run the installer silently as the user, restore config.json, start and
     verify; a failed step puts the kept install back. Ends with a result per PC and user."""
     part = parts_registry.get("agent")
+    if rerun is not None:
+        if limit:
+            raise UsageError("--rerun-failed chooses the PCs itself: leave --limit out")
+        limit = part.rerun_limit(Journal(opts.settings().journal_path).find(validate.run_id(rerun)))  # type: ignore[attr-defined]
     job = engine.Job(part, part.request(action="reinstall", installer=installer, sha256=sha256,  # type: ignore[call-arg]
                                         expect_version=expect_version, limit=limit, users=list(users), batch=batch,
                                         max_fail_percent=max_fail_percent, reason=reason))

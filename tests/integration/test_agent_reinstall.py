@@ -83,6 +83,14 @@ def test_reinstall_keeps_config_goes_on_past_an_unreachable_pc_and_a_second_run_
     assert {s["outcome"] for s in again.json()["steps"]} == {"unchanged"}
     assert len(kept(rig, "pc01", "alice", "app-replaced-")) == 1 and len(rig.staged_installers("pc01")) == 1
 
+    # The PC comes back: --rerun-failed runs only it.
+    rig.reset(pcs=3, unreachable=0, users=("alice", "bob"), bare_users=("guest",))
+    rerun = run_cli("agent", "reinstall", "--installer", str(installer), "--yes", "--rerun-failed",
+                    res.json()["run_id"], "-o", "json", env=env_for(rig, state_dir))
+    assert rerun.code == 0, rerun.stdout + rerun.stderr
+    assert {s["target"].split("/")[0] for s in rerun.json()["steps"]} == {"pc03"}
+    assert rig.agent_version("pc03", "alice") == "1.9.0" and rig.agent_version("pc01", "alice") == "2.0.0"
+
 
 def test_a_failing_installer_puts_the_previous_install_back_with_the_agent_running(agent_fleet, state_dir, tmp_path):
     rig = agent_fleet(n=1, unreachable=0)
