@@ -227,8 +227,11 @@ class AgentPart(PlaybookPart):
                     why = rep.stats.get("error") or rep.failure_text()
                     outcome, msg = Outcome.REFUSED, f"{why}; nothing was changed"
                 elif host in run["started"]:
-                    outcome, msg = Outcome.NOT_RESTORED, (f"lost during the swap ({rep.failure_text()}): a half-done "
-                                                          "swap is resumed from its marker by --rerun-failed")
+                    outcome, msg = Outcome.NOT_RESTORED, (
+                        f"lost during the {request.action} ({rep.failure_text()}): " + (
+                            "a half-done reinstall is put back from its marker by --rerun-failed"
+                            if request.action == "reinstall" else
+                            "a half-done swap is resumed from its marker by --rerun-failed"))
                 else:
                     outcome, msg = Outcome.FAILED, f"{rep.failure_text()}; nothing was changed (--rerun-failed)"
                 results.append(StepResult(step, outcome, msg, started, utcnow()))

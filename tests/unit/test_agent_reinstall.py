@@ -28,7 +28,7 @@ UNINSTALLER = "C:\\Users\\alice\\AppData\\Local\\DoAi-Desktop-Agent\\app-current
 SECRET = "canary-winrm-password-reinstall"
 SHA = "c0ffee" + "0" * 58
 URL = "https://downloads.example.org/agent/DoAi-Desktop-Agent-Setup-2.4.0.exe"
-STAGED = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}\\DoAi-Desktop-Agent-Setup-2.4.0.exe"
+STAGED = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}-run-7\\DoAi-Desktop-Agent-Setup-2.4.0.exe"
 OPTS = {"stamp": STAMP, "run_id": "run-7", "installer_id": SHA, "installer_version": "2.4.0"}
 
 
@@ -304,7 +304,7 @@ HEAD = [
                     "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe", "Marker": ".doai-rollback.json",
                     "ServiceName": ""}),
     ("PS_UNINSTALL_INFO", {"Users": ["alice"], "UninstallKey": "DoAi-Desktop-Agent"}),
-    ("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP}),
+    ("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP + "-run-7"}),
     (swap.WIN_GET_URL, {"url": URL, "dest": STAGED, "force": True, "validate_certs": True, "checksum": SHA,
                         "checksum_algorithm": "sha256"}),
     ("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA}),
@@ -337,10 +337,10 @@ def test_a_local_installer_is_copied_over_the_connection_and_checked(tmp_path):
     f = tmp_path / "DoAi-Setup 2.4.0.exe"
     f.write_bytes(b"MZ")
     digest = hashlib.sha256(b"MZ").hexdigest()
-    staged = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}\\DoAi-Setup 2.4.0.exe"
+    staged = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}-run-7\\DoAi-Setup 2.4.0.exe"
     out, rec = run(task_args(installer=str(f), installer_sha256="", installer_args=["/S", "/D={root}\\app-current"]))
     named = rec.named()
-    assert named[2:5] == [("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP}),
+    assert named[2:5] == [("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP + "-run-7"}),
                           ("put_file", {"src": str(f), "dest": staged}),
                           ("PS_CHECK_FILE", {"Path": staged, "Sha256": digest})]
     install = [a for m, a in named if m == swap.WIN_SCHEDULED_TASK and a["name"].endswith(" install (alice)")]
@@ -348,11 +348,13 @@ def test_a_local_installer_is_copied_over_the_connection_and_checked(tmp_path):
     assert out["users"][0]["status"] == "changed"
 
 
-def test_a_service_agent_runs_its_installer_here_not_as_the_user():
+def test_a_service_agent_runs_the_staged_installer_here_and_no_uninstaller_from_a_users_hive():
     out, rec = run(task_args(agent_kind="service"))
     runs = [p for n, p in rec.named() if n == "PS_RUN_PROCESS"]
-    assert runs == [{"Path": UNINSTALLER, "Arguments": ["/S", "/currentuser"], "TimeoutSeconds": 600},
-                    {"Path": STAGED, "Arguments": ["/S", "/currentuser"], "TimeoutSeconds": 600}]
+    # no uninstaller from a user's hive runs with the WinRM account's rights: only the staged installer
+    assert "PS_UNINSTALL_INFO" not in [n for n, _ in rec.named()]
+    assert runs == [{"Path": STAGED, "Arguments": ["/S", "/currentuser"], "TimeoutSeconds": 600}]
+    assert "installing without uninstalling" in out["users"][0]["reason"]
     assert not [a for m, a in rec.calls if m == swap.WIN_SCHEDULED_TASK and "install" in a["name"]]
 
 
@@ -455,9 +457,11 @@ def test_posix_calls():
                                   "missing_ok": True}
     assert calls["install"] == {"op": "run", "root": root, "command": [ctx["staged"], "--folder", root], "timeout": 600}
     dest, stage = swap.stage_calls(swap.check_installer(URL, SHA), dict(ctx, posix_stage_dir="/var/tmp/doai-rollback/"))
-    assert dest == f"/var/tmp/doai-rollback/{STAMP}/DoAi-Desktop-Agent-Setup-2.4.0.exe"
-    assert stage == [(swap.POSIX_MODULE, {"op": "stage_dir", "root": "/var/tmp/doai-rollback/" + STAMP}),
+    assert dest == f"/var/tmp/doai-rollback/{STAMP}-run-7/DoAi-Desktop-Agent-Setup-2.4.0.exe"
+    assert stage == [(swap.POSIX_MODULE, {"op": "stage_dir", "root": "/var/tmp/doai-rollback/" + STAMP + "-run-7"}),
                      (swap.POSIX_GET_URL, {"url": URL, "dest": dest, "force": True, "mode": "0755",
                                            "validate_certs": True, "checksum": "sha256:" + SHA}),
-                     (swap.POSIX_MODULE, {"op": "check_file", "root": "/var/tmp/doai-rollback/" + STAMP,
+                     (swap.POSIX_MODULE, {"op": "check_file", "root": "/var/tmp/doai-rollback/" + STAMP + "-run-7",
                                           "src": "DoAi-Desktop-Agent-Setup-2.4.0.exe", "sha256": SHA})]
+    unsafe, _ = swap.stage_calls(swap.check_installer(URL, SHA), dict(ctx, run_id="x/../y"))
+    assert unsafe == f"/var/tmp/doai-rollback/{STAMP}/DoAi-Desktop-Agent-Setup-2.4.0.exe"  # a run id not fit for a path: the stamp only

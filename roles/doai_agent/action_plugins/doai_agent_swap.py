@@ -826,14 +826,22 @@ foreach ($u in $Users) {
 $Ansible.Result = $out
 """
 
+# The run's own directory: made here, never one that exists already (users may create folders
+# under ProgramData), and writable only by Administrators and SYSTEM (users read and execute:
+# the installer runs as the user), so the checked file stays the file that runs.
 PS_STAGE_DIR = r"""param([string]$Dir)
 $ErrorActionPreference = 'Stop'
 $item = Get-Item -LiteralPath $Dir -Force -ErrorAction SilentlyContinue
-if ($item -and ($item.Attributes -band [IO.FileAttributes]::ReparsePoint)) {
-    $Ansible.Failed = $true; Write-Error "refused: $Dir is a junction or symbolic link"; return
+if ($item) { $Ansible.Failed = $true; Write-Error "refused: $Dir exists already (not made by this run)"; return }
+$parent = Split-Path -Parent $Dir
+New-Item -ItemType Directory -Force -Path $parent | Out-Null
+if ((Get-Item -LiteralPath $parent -Force).Attributes -band [IO.FileAttributes]::ReparsePoint) {
+    $Ansible.Failed = $true; Write-Error "refused: $parent is a junction or symbolic link"; return
 }
-$Ansible.Changed = -not $item
-New-Item -ItemType Directory -Force -Path $Dir | Out-Null
+New-Item -ItemType Directory -Path $Dir | Out-Null
+& icacls.exe $Dir /inheritance:r /grant:r '*S-1-5-32-544:(OI)(CI)F' '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-545:(OI)(CI)RX' | Out-Null
+if ($LASTEXITCODE -ne 0) { $Ansible.Failed = $true; Write-Error "icacls on $Dir failed ($LASTEXITCODE)"; return }
+$Ansible.Changed = $true
 """
 
 PS_CHECK_FILE = r"""param([string]$Path, [string]$Sha256)
@@ -989,9 +997,12 @@ def posix_reinstall_calls(step, ctx):
 def stage_calls(installer, ctx):
     """Where the installer goes on the PC, and the calls that put it there and check it (before
     any folder is touched). A ``("put_file", {"src", "dest"})`` entry is the controller's copy
-    over the connection (ActionBase._transfer_file), not a module."""
+    over the connection (ActionBase._transfer_file), not a module. The directory is the run's
+    own (``<stamp>-<run id>``): one that exists already is refused."""
+    run_id = ctx.get("run_id") or ""
+    sub = "%s-%s" % (ctx["stamp"], run_id) if re.match(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z", run_id) else ctx["stamp"]
     if ctx["os"] == "windows":
-        d = "%s\\%s" % (ctx["windows_stage_dir"].rstrip("\\"), ctx["stamp"])
+        d = "%s\\%s" % (ctx["windows_stage_dir"].rstrip("\\"), sub)
         dest = "%s\\%s" % (d, installer["name"])
         calls = [_ps(PS_STAGE_DIR, Dir=d)]
         if installer["kind"] == "url":
@@ -1003,7 +1014,7 @@ def stage_calls(installer, ctx):
             calls.append(("put_file", {"src": installer["value"], "dest": dest}))
         calls.append(_ps(PS_CHECK_FILE, Path=dest, Sha256=installer["sha256"]))
         return dest, calls
-    d = "%s/%s" % (ctx["posix_stage_dir"].rstrip("/"), ctx["stamp"])
+    d = "%s/%s" % (ctx["posix_stage_dir"].rstrip("/"), sub)
     dest = "%s/%s" % (d, installer["name"])
     calls = [(POSIX_MODULE, {"op": "stage_dir", "root": d})]
     if installer["kind"] == "url":
@@ -1078,6 +1089,11 @@ class ActionModule(ActionBase):
                 obs["uninstaller"] = list(ctx["posix_uninstall_command"])
             return observed, None
         users = [o.get("user") for o in observed if o.get("profile") is not False and o.get("folder")]
+        if ctx["agent_kind"] == "service":
+            # A path from a user's own hive never runs with the WinRM account's rights.
+            for obs in observed:
+                obs["uninstaller"] = None
+            return observed, None
         if users:
             info = self._call(WIN_POWERSHELL, {"script": PS_UNINSTALL_INFO, "parameters": {
                 "Users": users, "UninstallKey": ctx["uninstall_key"]}}, task_vars, calls)

@@ -186,11 +186,14 @@ def _listdir(d):
 
 def stage_dir(module, d):
     """The directory an installer is put in (never a symlink; readable, as the installer runs as the user)."""
-    if os.path.islink(d):
-        module.fail_json(msg="refused: %s is a symlink" % d)
-    existed = os.path.isdir(d)
-    os.makedirs(d, mode=0o755, exist_ok=True)
-    module.exit_json(changed=not existed, path=d)
+    if os.path.lexists(d):
+        module.fail_json(msg="refused: %s exists already (not made by this run)" % d)
+    parent = os.path.dirname(d.rstrip("/"))
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    if os.path.islink(parent) or os.stat(parent).st_uid != os.geteuid():
+        module.fail_json(msg="refused: %s is a symlink or not owned by the account this runs as" % parent)
+    os.mkdir(d, 0o755)
+    module.exit_json(changed=True, path=d)
 
 
 def check_file(module, d, p):
