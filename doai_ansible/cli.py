@@ -412,9 +412,10 @@ def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expec
                         limit: str | None, users: tuple[str, ...], batch: str | None, max_fail_percent: int | None,
                         rerun: str | None, reason: str | None) -> ExitStatus:
     """Reinstall an earlier agent on every PC (an unreachable or refusing PC does not stop the
-    others): keep the current install (moved aside, never deleted) and config.json, stop the
-    agent, uninstall, run the installer silently as the user, restore config.json, start and
-    verify; a failed step puts the kept install back. Ends with a result per PC and user."""
+    others): stop the agent, keep the current install with its config.json (copied aside whole
+    as app-replaced-<stamp>; nothing is deleted), uninstall, run the installer silently as the
+    user, restore config.json, start and verify; a failed step puts the kept install back. Ends
+    with a result per PC and user."""
     part = parts_registry.get("agent")
     if rerun is not None:
         if limit:
