@@ -78,8 +78,9 @@ def run_demo(
             for line in Path(report["markdown"]).read_text(encoding="utf-8").splitlines()[:12]:
                 echo("   | " + line)
         echo("demo " + ("succeeded: every part is back on the good deployment and healthy" if ok else "FAILED"))
+        status = ExitStatus.OK if ok else (run.exit_status or ExitStatus.ERROR)
         result.update(
-            exit_status=int(ExitStatus.OK if ok else (run.exit_status or ExitStatus.ERROR)),
+            exit_status=int(status), exit_name=status.name,
             skipped=dict(rig.skipped),
             before=before, after=after, expected=expected, wrong=wrong,
             rollback=run.to_dict(), seconds=round(took, 2),

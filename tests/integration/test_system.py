@@ -5,6 +5,7 @@ user runs it; the live state is read from the rigs themselves, never through the
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,17 @@ def test_refusals_change_nothing(system_rig, state_dir):
         assert res.code == 2 and needle in res.stderr, (args, res.stderr)
     assert rig.state() == rig.expected_good()
     assert not (state_dir / "journal.jsonl").exists()  # refused before any run began
+
+
+def test_demo_runs_to_the_end_and_cleans_up():
+    """The README's first command's main job: every part built, broken, rolled back, checked.
+    (Its workdir stays in the default temp dir: sshd and ssh control sockets need short paths.)"""
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob("doai-demo-*"))
+    res = run_cli("demo", "-o", "json", timeout=900)
+    assert res.code == 0, res.stderr[-3000:]
+    doc = res.json()
+    assert doc["wrong"] == [] and doc["after"] == doc["expected"] and doc["before"] != doc["expected"]
+    assert doc["rollback"]["parts"] == ORDER and doc["rollback"]["exit_name"] == "OK"
+    assert "demo succeeded" in res.stderr
+    assert set(tmp.glob("doai-demo-*")) == before  # its temporary workdir is gone
