@@ -184,7 +184,29 @@ def run_tool(rig: SystemRig, scratch: Path) -> dict[str, object]:
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"tool: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return {"wall_s": wall}
+    return {"wall_s": wall, **tool_breakdown(proc.stdout)}
+
+
+def tool_breakdown(out: str) -> dict[str, object]:
+    """Where the tool's time went, from its JSON: each part's span (its first step's start to its
+    last step's end: steps of one part run together), and the checklist around them (before the
+    first step starts; after the last one ends)."""
+    try:
+        data = json.loads(out)
+        steps = data["steps"]
+        spans: dict[str, list[dt.datetime]] = {}
+        for st in steps:
+            start, end = dt.datetime.fromisoformat(st["started"]), dt.datetime.fromisoformat(st["finished"])
+            span = spans.setdefault(st["part"], [start, end])
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+        parts = {p: (e - s).total_seconds() for p, (s, e) in spans.items()}
+        first, last = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
+        started, finished = dt.datetime.fromisoformat(data["started"]), dt.datetime.fromisoformat(data["finished"])
+        return {"parts": parts, "before_s": (first - started).total_seconds(),
+                "between_s": (last - first).total_seconds() - sum(parts.values()),
+                "after_s": (finished - last).total_seconds(), "run_s": (finished - started).total_seconds()}
+    except (ValueError, KeyError, IndexError, TypeError) as exc:  # a step without times: no breakdown
+        return {"breakdown_error": repr(exc)[:200], "stdout_tail": out[-2000:]}
 
 
 def one(rig: SystemRig, method: str) -> dict[str, object]:
@@ -242,7 +264,7 @@ def main() -> int:
             for m in methods if i % 2 == 0 else methods[::-1]:
                 r = one(rig, m)
                 results[m].append(r)
-                extra = ", ".join(f"{k} {v:.2f}" for k, v in r.get("steps", {}).items())  # type: ignore[union-attr]
+                extra = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("steps") or r.get("parts") or {}).items())  # type: ignore[union-attr]
                 print(f"run {i + 1}/{args.runs} {m:6}: {r['wall_s']:.2f} s" + (f" ({extra})" if extra else ""),
                       flush=True)
     finally:
@@ -256,6 +278,15 @@ def main() -> int:
     if "manual" in results and results["manual"]:
         names = list(results["manual"][0]["steps"])  # type: ignore[arg-type]
         rows["manual_steps"] = {n: summary([r["steps"][n] for r in results["manual"]]) for n in names}  # type: ignore[index]
+    if results.get("tool") and all("parts" in r for r in results["tool"]):
+        tool_runs = results["tool"]
+        names = list(tool_runs[0]["parts"])  # type: ignore[arg-type]
+        rows["tool_parts"] = {n: summary([r["parts"].get(n, 0.0) for r in tool_runs]) for n in names}  # type: ignore[union-attr]
+        rows["tool_parts"]["(checklist before the first part)"] = summary([r["before_s"] for r in tool_runs])  # type: ignore[index,misc]
+        rows["tool_parts"]["(between the parts)"] = summary([r["between_s"] for r in tool_runs])  # type: ignore[index,misc]
+        rows["tool_parts"]["(checklist after the last part)"] = summary([r["after_s"] for r in tool_runs])  # type: ignore[index,misc]
+        rows["tool_parts"]["(process start and exit, outside the run)"] = summary(  # type: ignore[index]
+            [float(r["wall_s"]) - float(r["run_s"]) for r in tool_runs])  # type: ignore[arg-type]
     if "tool" in rows and "manual" in rows:
         report["ratio_tool_manual"] = rows["tool"]["wall_s"]["median"] / rows["manual"]["wall_s"]["median"]  # type: ignore[index]
     report.update(rows=rows, load_after=os.getloadavg(), total_s=time.monotonic() - t_start)
@@ -270,6 +301,8 @@ def main() -> int:
         print(f"| {m} | {fmt(rows[m]['wall_s'])} |")  # type: ignore[index]
     for n, s in (rows.get("manual_steps") or {}).items():  # type: ignore[union-attr]
         print(f"| manual: {n} | {fmt(s)} |")
+    for n, s in (rows.get("tool_parts") or {}).items():  # type: ignore[union-attr]
+        print(f"| tool: {n} | {fmt(s)} |")
     if "ratio_tool_manual" in report:
         print(f"\nratio tool / manual (medians): {report['ratio_tool_manual']:.2f}")
     print(f"total {report['total_s']:.0f} s; wrote {args.out}")
