@@ -69,7 +69,7 @@ def check_installer(installer: str | None, sha256: str | None) -> dict[str, Any]
         raise ValidationError(f"--installer: {exc}") from None
 
 
-def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None = None) -> Step:
+def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None = None, *, undo: bool = False) -> Step:
     user = u.get("user") or "?"
     to = u.get("to")
     if installer and u.get("status") in ("planned", "changed") and not to:
@@ -80,6 +80,7 @@ def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None =
                                                       "steps": [s.get("op") for s in u.get("steps") or []]})
     step.details["from_label"] = f"app-current {u.get('from') or '?'}"
     step.details["to_label"] = (f"installer {installer.get('name')} ({u.get('to') or 'its version'})" if installer
+                                else f"app-failed {u.get('to') or '?'} (undo)" if undo
                                 else f"app-backup {u.get('to') or '?'}")
     if u.get("status") == "planned":
         step.notes = ["; ".join(f"{s.get('op')} {s.get('src', '')}->{s.get('dest', '')}".replace(" ->", "")
@@ -111,11 +112,15 @@ class AgentPart(PlaybookPart):
                 batch: str | None = None, max_fail_percent: int | None = None, reason: str | None = None,
                 action: str = "rollback", targets: Mapping[str, str] | None = None, health_gate: bool = True,
                 to: str | None = None, installer: str | None = None, sha256: str | None = None,
-                expect_version: str | None = None) -> Request:
+                expect_version: str | None = None, undo_run: str | None = None) -> Request:
         if to is not None:
             raise ValidationError("the agent goes back to each PC's own app-backup: there is no --to")
-        if action not in ("rollback", "reinstall"):
-            raise ValidationError(f"the agent cannot {action!r} yet: roll forward by hand (see the role's README)")
+        if action not in ("rollback", "reinstall", "undo"):
+            raise ValidationError(f"the agent cannot {action!r}: it rolls back, reinstalls or undoes a run's swaps")
+        if (action == "undo") != (undo_run is not None):
+            raise ValidationError("undoing the agent's swaps needs the run that made them (and only undo does)")
+        if undo_run is not None:
+            validate.run_id(undo_run)
         inst: dict[str, Any] | None = None
         if action == "reinstall":
             inst = check_installer(installer, sha256)
@@ -131,7 +136,8 @@ class AgentPart(PlaybookPart):
         if max_fail_percent is not None and not 0 <= int(max_fail_percent) <= 100:
             raise ValidationError("--max-fail-percent must be 0..100")
         return Request(action=action, limit=validate.host_limit(limit), health_gate=health_gate,
-                       options={"reason": validate.reason(reason), "users": list(users or []),
+                       targets=dict(targets or {}),
+                       options={"reason": validate.reason(reason), "users": list(users or []), "undo_run": undo_run,
                                 "batch": batch, "max_fail_percent": max_fail_percent, "installer": inst,
                                 "expect_version": expect_version})
 
@@ -150,6 +156,8 @@ class AgentPart(PlaybookPart):
             xv["doai_agent_serial"] = request.options["batch"]
         if request.options.get("max_fail_percent") is not None:
             xv["doai_agent_max_fail_percentage"] = int(request.options["max_fail_percent"])
+        if request.options.get("undo_run"):
+            xv["doai_agent_undo_run"] = request.options["undo_run"]
         inst = request.options.get("installer")
         if inst:
             # The sha256 checked here travels with it: the PC runs the bytes that were checked.
@@ -182,10 +190,15 @@ class AgentPart(PlaybookPart):
                 steps.append(step)
                 continue
             for u in users:
-                step = _step(host, u, rep.stats.get("installer"))
+                step = _step(host, u, rep.stats.get("installer"), undo=request.action == "undo")
+                if request.action == "undo" and step.target not in request.targets:
+                    continue  # a user that run did not swap: not this undo's business
                 if u.get("status") == "refused":
+                    # Like an unreachable PC: a step of its own, so the apply reports it REFUSED
+                    # (a plan that marked it "already there" would hide it as unchanged).
                     step.notes = [f"refused: {u.get('reason')}"]
-                    step.desired = step.current  # nothing will change for this user
+                    step.desired = "refused"
+                    step.details["to_label"] = "REFUSED: will not be touched"
                 steps.append(step)
         return steps
 
@@ -238,7 +251,9 @@ class AgentPart(PlaybookPart):
                 continue
             reinstall = request.action == "reinstall"
             for u in users:
-                step = _step(host, u, rep.stats.get("installer"))
+                step = _step(host, u, rep.stats.get("installer"), undo=request.action == "undo")
+                if request.action == "undo" and step.target not in request.targets:
+                    continue
                 status = u.get("status")
                 if status == "changed":
                     outcome, msg = Outcome.SUCCEEDED, (f"app-current is now {u.get('to')}"
@@ -270,7 +285,15 @@ class AgentPart(PlaybookPart):
         return results
 
     def undo_request(self, record: Mapping[str, Any]) -> Request | None:
-        return None
+        """Undo the swaps a journaled run finished (its succeeded PC/user steps): each folder goes
+        back to what that run found, where it is still as that run left it."""
+        steps = [s for s in self.steps_of(record) if (s.get("details") or {}).get("user")]
+        if not steps or str(record.get("command", "")).startswith("agent reinstall"):
+            return None
+        hosts = sorted({s["details"]["host"] for s in steps})
+        users = sorted({s["details"]["user"] for s in steps})
+        return self.request(action="undo", undo_run=str(record.get("run_id")), limit=",".join(hosts), users=users,
+                            targets={s["target"]: s.get("from") or "?" for s in steps}, health_gate=False)
 
     def rerun_limit(self, record: Mapping[str, Any]) -> str:
         """The PCs a journaled run did not finish: failed, put back, not restored, unreachable."""

@@ -209,3 +209,31 @@ def test_the_users_own_files_cannot_steer_the_tool_out_of_the_folder(agent_fleet
     assert steps["pc01/alice"]["outcome"] == "refused" and "not one this tool writes" in steps["pc01/alice"]["message"]
     assert steps["pc01/bob"]["outcome"] == "failed" and "does not run from the agent folder" in steps["pc01/bob"]["message"]
     assert outside.is_dir() and rig.folder_state("pc01", "bob")["app-current"] == "2.0.0"
+
+
+def test_undo_puts_the_swaps_of_a_run_back_where_that_run_left_them(agent_fleet, state_dir):
+    rig = agent_fleet(n=2, unreachable=0)
+    env = env_for(rig, state_dir)
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    run_id = res.json()["run_id"]
+    # pc02/alice is swapped forward by hand since: the undo must leave that folder alone
+    rig.stop_agent("pc02", "alice")
+    folder = rig.folder("pc02", "alice")
+    (folder / "app-current").rename(folder / "app-backup")
+    (folder / "app-failed").rename(folder / "app-current")
+    undo = run_cli("undo", run_id, "--yes", "-o", "json", env=env)
+    steps = by_target(undo)
+    assert set(steps) == {"pc01/alice", "pc02/alice"}  # bob was not swapped by that run: not a target
+    assert steps["pc01/alice"]["outcome"] == "succeeded", steps
+    assert steps["pc02/alice"]["outcome"] == "refused" and "not as run" in steps["pc02/alice"]["message"]
+    assert undo.code == 3, undo.stdout + undo.stderr  # one folder could not be undone; nothing changed on it
+    st = rig.folder_state("pc01", "alice")
+    assert (st["app-current"], st["app-backup"], st["app-failed"]) == ("2.0.0", "1.9.0", None)
+    assert rig.agent_running("pc01", "alice") and rig.agent_version("pc01", "alice") == "2.0.0"
+    assert rig.config_checksum("pc01", "alice") == rig.config_checksums["pc01/alice"]
+    st2 = rig.folder_state("pc02", "alice")
+    assert (st2["app-current"], st2["app-backup"]) == ("2.0.0", "1.9.0")  # as the hand left it
+    # a second undo of the same run: nothing more to do on pc01
+    again = run_cli("undo", run_id, "--yes", "-o", "json", env=env)
+    assert by_target(again)["pc01/alice"]["outcome"] == "unchanged", again.stdout + again.stderr

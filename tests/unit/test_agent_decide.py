@@ -522,3 +522,64 @@ def test_socketio_reach_is_checked_after_verify_when_configured():
     assert args["parameters"] == {"Host_": "api.doai.me", "Port": 443, "TimeoutSeconds": 4}
     ((module, args),) = swap.posix_calls(step, {"root": "/home/alice/x"})
     assert args == {"op": "reach", "root": "/home/alice/x", "host": "api.doai.me", "port": 443, "timeout": 4}
+
+
+# ------------------------------------------------------------------------------------------
+# decide() for an undo of a finished swap (`doai-rollback undo RUN`)
+# ------------------------------------------------------------------------------------------
+UNDO = dict(OPTS, undo_run="run-1")
+
+
+def test_undo_of_a_finished_swap_swaps_back_and_carries_config():
+    plan = swap.decide(observed("observe_swapped"), UNDO)
+    assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.0", "2.4.1")
+    assert ops(plan) == ["stop", "rename app-current -> app-backup", "rename app-failed -> app-current",
+                         "copy_config", "start", "verify", "marker undone"]
+    assert plan["steps"][3] == {"op": "copy_config", "src": "app-backup/config.json",
+                                "dest": "app-current/config.json", "keep_as": f"app-current/config.json.doai-{STAMP}"}
+    assert plan["steps"][5] == {"op": "verify", "version": "2.4.1", "timeout": 30}
+    assert plan["steps"][-1]["content"] == {"run_id": "run-2", "phase": "undone", "from": "2.4.0", "to": "2.4.1",
+                                            "failed_kept_as": None, "user": "alice", "at": STAMP, "undoes": "run-1"}
+    # what a failed step of it would put back: the undo's own steps, reversed
+    undone = swap.undo_steps(plan["steps"][:3], (), STAMP, 30, "2.4.0")
+    assert [(s["op"], s.get("src"), s.get("dest")) for s in undone][:2] == [
+        ("rename", "app-current", "app-failed"), ("rename", "app-backup", "app-current")]
+
+
+def test_undo_brings_back_the_app_failed_that_run_kept_aside():
+    obs = copy.deepcopy(observed("observe_swapped"))
+    obs["marker"]["failed_kept_as"] = "app-failed-20261127T010000Z"
+    plan = swap.decide(obs, UNDO)
+    assert ops(plan)[:4] == ["stop", "rename app-current -> app-backup", "rename app-failed -> app-current",
+                             "rename app-failed-20261127T010000Z -> app-failed"]
+
+
+def test_undo_is_unchanged_once_done_and_refused_where_the_folder_moved_on():
+    obs = copy.deepcopy(observed("observe_swapped"))
+    obs["dirs"] = {"app-current": {"version": "2.4.1", "config": True}, "app-backup": {"version": "2.4.0", "config": True},
+                   "app-failed": None}
+    obs["marker"] = {"run_id": "run-2", "phase": "undone", "undoes": "run-1", "from": "2.4.0", "to": "2.4.1",
+                     "failed_kept_as": None, "user": "alice", "at": STAMP}
+    plan = swap.decide(obs, UNDO)
+    assert plan["status"] == "unchanged" and plan["reason"] == "run run-1 already undone: app-current holds 2.4.1"
+    assert ops(swap.decide(dict(obs, running=False), UNDO)) == ["start", "verify"]
+    # another run swapped this folder since: its swap is not ours to undo
+    later = copy.deepcopy(observed("observe_swapped"))
+    later["marker"]["run_id"] = "run-9"
+    plan = swap.decide(later, UNDO)
+    assert plan["status"] == "refused" and plan["steps"] == []
+    assert plan["reason"] == "this folder's last rollback is run run-9 (done), not run run-1's finished swap: touching nothing"
+    # the marker says done, but the folders were changed by hand since
+    moved = copy.deepcopy(observed("observe_swapped"))
+    moved["dirs"]["app-backup"] = {"version": "2.3.0", "config": True}
+    plan = swap.decide(moved, UNDO)
+    assert plan["status"] == "refused" and plan["reason"].startswith("not as run run-1 left it (app-current present (2.4.0)")
+    # no marker at all: never swapped by this tool
+    plan = swap.decide(dict(observed("observe_ready"), marker=None), UNDO)
+    assert plan["status"] == "refused" and "last rollback is none recorded" in plan["reason"]
+
+
+def test_undo_run_is_checked_and_not_for_the_reinstall():
+    args = {k: v["default"] for k, v in swap.ARGUMENT_SPEC.items()}
+    assert swap.check_options(dict(args, undo_run="20261127T035648Z-c306ff")) == []
+    assert swap.check_options(dict(args, undo_run="x; rm -rf /")) == ["undo_run 'x; rm -rf /' is not a run id"]

@@ -64,6 +64,9 @@ ARGUMENT_SPEC = dict(
     socketio_timeout=dict(type="int", default=5),
     # rollback: the rename swap; reinstall: uninstall, run an earlier installer, config.json back.
     operation=dict(type="str", default="rollback", choices=["rollback", "reinstall"]),
+    # rollback only: undo the swap that run finished (app-current back to app-backup, app-failed
+    # back to app-current), in the folders that run left as it left them; empty: a swap.
+    undo_run=dict(type="str", default=""),
     # reinstall: a file on the controller (copied to the PC) or an https URL (http only for
     # loopback) fetched on the PC; its sha256 (checked on the PC before anything changes) and
     # the version it installs (empty: any; then the marker recognises a second run).
@@ -82,7 +85,8 @@ ARGUMENT_SPEC = dict(
 
 DECIDE_DEFAULTS = dict({k: ARGUMENT_SPEC[k]["default"] for k in (
     "run_id", "half_finished", "config_required", "stop_timeout", "rename_retries", "rename_delay", "verify_timeout",
-    "socketio_host", "socketio_port", "socketio_timeout")}, stamp="19700101T000000Z")
+    "socketio_host", "socketio_port", "socketio_timeout", "undo_run")}, stamp="19700101T000000Z")
+RUN_ID_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}\Z")
 KEPT_AS_RE = re.compile(r"app-failed-\d{8}T\d{6}Z\Z")
 _LEAF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}\Z")
 
@@ -104,6 +108,10 @@ def check_options(args):
         bad.append("posix_start_command is empty")
     if args["socketio_host"] and not re.match(r"[A-Za-z0-9.:\[\]-]{1,253}\Z", args["socketio_host"]):
         bad.append("socketio_host %r is not a host name or address" % args["socketio_host"])
+    if args.get("undo_run") and not RUN_ID_RE.match(args["undo_run"]):
+        bad.append("undo_run %r is not a run id" % args["undo_run"])
+    if args.get("undo_run") and args.get("operation") == "reinstall":
+        bad.append("undo_run is for the rollback (swap), not the reinstall")
     if args.get("operation") == "reinstall":
         bad += check_reinstall_options(args)
     return bad
@@ -174,6 +182,9 @@ def decide(observed, options=None):
     def put_back_tail(frm, to, kept):
         return [mark("put_back", frm, to, kept), {"op": "start"},
                 {"op": "verify", "version": frm, "timeout": o["verify_timeout"]}]
+
+    if o.get("undo_run"):
+        return _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, reach)
 
     if phase == "swapping":
         frm, to, kept = marker.get("from"), marker.get("to"), marker.get("failed_kept_as")
@@ -246,6 +257,43 @@ def decide(observed, options=None):
         notes.append("no config.json in app-current: nothing to carry over")
     out.update(status="planned", steps=steps, reason="swap %s -> %s%s" % (
         frm, to, "".join("; " + n for n in notes)))
+    return out
+
+
+def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, reach):
+    """Undo the swap run ``o["undo_run"]`` finished, where the folder is as that run left it:
+    app-current -> app-backup, app-failed -> app-current, the app-failed it kept aside back to
+    app-failed, config.json carried over again, start, verify on the version that run found."""
+    run = o["undo_run"]
+    phase, frm, to, kept = marker.get("phase"), marker.get("from"), marker.get("to"), marker.get("failed_kept_as")
+    if phase == "undone" and marker.get("undoes") == run and cur is not None and _version(cur) == to:
+        out["from"] = out["to"] = to
+        if running:
+            out["status"], out["reason"] = "unchanged", "run %s already undone: app-current holds %s" % (run, to)
+        else:
+            out["status"], out["reason"] = "planned", "run %s already undone; the agent is not running: starting it" % run
+            out["steps"] = [{"op": "start"}, {"op": "verify", "version": to, "timeout": o["verify_timeout"]}]
+        return out
+    if phase != "done" or marker.get("run_id") != run:
+        last = "run %s (%s)" % (marker.get("run_id") or "?", phase) if marker else "none recorded"
+        out["reason"] = "this folder's last rollback is %s, not run %s's finished swap: touching nothing" % (last, run)
+        return out
+    if not (cur is not None and bak is None and fail is not None and _version(cur) == to and _version(fail) == frm):
+        out["reason"] = ("not as run %s left it (app-current %s, app-backup %s, app-failed %s): touching nothing"
+                         % (run, _state(cur), _state(bak), _state(fail)))
+        return out
+    out["from"], out["to"] = to, frm
+    steps = stop() + [rename(CURRENT, BACKUP), rename(FAILED, CURRENT)]
+    if kept:
+        steps.append(rename(kept, FAILED))
+    if cur.get("config"):  # the user's settings, as they are now, go forward again
+        steps.append({"op": "copy_config", "src": "%s/%s" % (BACKUP, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
+                      "keep_as": "%s/%s.doai-%s" % (CURRENT, CONFIG, o["stamp"])})
+    done = mark("undone", to, frm, None)
+    done["content"]["undoes"] = run
+    steps += [{"op": "start"}, {"op": "verify", "version": frm, "timeout": o["verify_timeout"]}] + reach() + [done]
+    out.update(status="planned", steps=steps, reason="undo run %s: %s -> %s%s" % (
+        run, to, frm, "; %s back to app-failed" % kept if kept else ""))
     return out
 
 
