@@ -31,7 +31,7 @@ def _files_under(d: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in d.rglob("*") if p.is_file() and p.suffix != ".dump")
 
 
-def test_whole_system_rolled_back_in_order_with_report(system_rig, state_dir):
+def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, state_dir):
     rig = system_rig.break_all()
     assert rig.state() == rig.expected_bad()
     res = _rollback(rig, state_dir)
@@ -59,8 +59,14 @@ def test_whole_system_rolled_back_in_order_with_report(system_rig, state_dir):
                    "| Infrastructure | TBD | TBD |", "## Root cause (to fill in)", f"doai-rollback undo {rec['run_id']}"):
         assert needle in md, needle
     assert json.loads(Path(c["report"]["json"]).read_text())["steps"] == rec["steps"]
+    # undo: every part rolled forward to the state that run found, newest part first
+    undo = run_cli("undo", rec["run_id"], "--yes", "-o", "json", env=rig.env(state_dir), timeout=600)
+    assert undo.code == 0, undo.stderr + undo.stdout
+    assert rig.state() == rig.expected_bad()
+    parts_in_order = list(dict.fromkeys(s["part"] for s in undo.json()["steps"]))
+    assert parts_in_order == list(reversed(ORDER))
     # no secret anywhere: output, journal, run logs, reports
-    everything = res.stdout + res.stderr + _files_under(state_dir)
+    everything = res.stdout + res.stderr + undo.stdout + undo.stderr + _files_under(state_dir)
     for secret in rig.secrets():
         assert secret not in everything
 
