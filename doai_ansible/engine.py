@@ -20,6 +20,7 @@ part); 4 when a part could not be put back; 130 when the confirmation was declin
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -179,11 +180,12 @@ def _one_pass(ctx: RunContext, job: Job, run: RunResult) -> None:
 
 
 def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | None:
-    planned = []
     for job in jobs:
         ctx.say(f"planning the {job.part.name} {job.request.action}")
-        steps = job.part.plan(ctx, job.request)  # raises when it cannot plan: nothing changed
-        planned.append(_Planned(job, steps))
+    # Plans only read, each part its own hosts or API: the parts are planned at once (the plan of
+    # a whole-system run is otherwise the sum of four). A plan that raises refuses the run, as
+    # before: the first refusal in the runbook's order is the one reported.
+    planned = [_Planned(job, steps) for job, steps in zip(jobs, _plan_all(ctx, jobs), strict=True)]
     run.results = [StepResult(s, Outcome.PLANNED if s.changes else Outcome.UNCHANGED,
                               "" if s.changes else "already there: nothing to do")
                    for p in planned for s in p.steps]
@@ -196,6 +198,14 @@ def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | 
         run.message = "already on the target: nothing to do"
         return None
     return planned
+
+
+def _plan_all(ctx: RunContext, jobs: list[Job]) -> list[list[Step]]:
+    if len(jobs) == 1:
+        return [jobs[0].part.plan(ctx, jobs[0].request)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="doai-plan") as pool:
+        futures = [pool.submit(job.part.plan, ctx, job.request) for job in jobs]
+    return [f.result() for f in futures]  # all have ended; the first exception (in order) is raised
 
 
 def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,

@@ -24,7 +24,9 @@ not all healthy afterwards (or whose smoke checks fail) exits 6 (unhealthy).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -138,18 +140,22 @@ def jobs(ctx: RunContext, req: SystemRequest) -> list[engine.Job]:
 def before(ctx: RunContext, req: SystemRequest) -> dict[str, Any]:
     """Inspect every part in scope (kept whole in the log bundle), collect the logs, derive the
     scope. Never raises for a part that cannot be read: that part is unreachable in the scope."""
-    ctx.say("before: inspecting every part (the state found is kept in the run's log bundle)")
-    states: dict[str, Any] = {}
-    for name in req.parts:
+    ctx.say("before: inspecting every part and collecting the error logs (the state found is kept in the "
+            "run's log bundle)")
+
+    def status_of(name: str) -> dict[str, Any]:
         try:
-            states[name] = registry.get(name).status(ctx)
+            return registry.get(name).status(ctx)
         except DoaiError as exc:
-            states[name] = {"part": name, "configured": True, "healthy": False, "reachable": False,
-                            "error": exc.message}
+            return {"part": name, "configured": True, "healthy": False, "reachable": False, "error": exc.message}
+
+    # Read-only and independent of each other: at once, not one after the other (minutes of an outage).
+    found = in_parallel({**{name: functools.partial(status_of, name) for name in req.parts},
+                         " logs": functools.partial(collect_logs, ctx, req)})
+    logs = found.pop(" logs")
+    states = {name: found[name] for name in req.parts}
     _write_private(ctx.log_dir / "before-status.json", json.dumps(states, indent=2, default=str) + "\n")
     unhealthy, unreachable = scope(states)
-    ctx.say("before: collecting the error logs of the backend hosts and agent PCs")
-    logs = collect_logs(ctx, req)
     return {"healthy": all(s.get("healthy", True) for s in states.values()),
             "reachable": all(s.get("reachable", True) for s in states.values()),
             "scope": {"unhealthy": unhealthy, "unreachable": unreachable},
@@ -255,15 +261,29 @@ def smoke(checks: tuple[SmokeCheck, ...]) -> list[dict[str, Any]]:
 
 def after(ctx: RunContext, req: SystemRequest) -> dict[str, Any]:
     ctx.say("after: health of every part and the smoke checks")
-    health: dict[str, Any] = {}
-    for name in req.parts:
+
+    def health_of(name: str) -> dict[str, Any]:
         try:
-            health[name] = registry.get(name).health(ctx)
+            return registry.get(name).health(ctx)
         except DoaiError as exc:
-            health[name] = {"healthy": False, "reachable": False, "targets": {}, "error": exc.message}
+            return {"healthy": False, "reachable": False, "targets": {}, "error": exc.message}
+
+    found = in_parallel({**{name: functools.partial(health_of, name) for name in req.parts},
+                         " smoke": functools.partial(smoke, ctx.settings.system.smoke_checks)})
+    health = {name: found[name] for name in req.parts}
     return {"healthy": all(h.get("healthy", False) for h in health.values()),
             "reachable": all(h.get("reachable", False) for h in health.values()),
-            "parts": health, "smoke": smoke(ctx.settings.system.smoke_checks)}
+            "parts": health, "smoke": found[" smoke"]}
+
+
+def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run read-only calls at once (each part's playbook or API reads); their results by key.
+    An exception in one is raised after all have ended."""
+    if len(calls) <= 1:
+        return {k: f() for k, f in calls.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="doai-read") as pool:
+        futures = {k: pool.submit(f) for k, f in calls.items()}
+    return {k: fut.result() for k, fut in futures.items()}
 
 
 # -- the run ---------------------------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def test_applies_in_runbook_order_under_one_run_id(ctx):
     dash, back, agent = (FakePart(p, calls) for p in (Part.DASHBOARD, Part.BACKEND, Part.AGENT))
     run = engine.run(ctx, jobs(dash, back, agent), command="system rollback", reason="test")
     assert run.exit_status is ExitStatus.OK
-    assert calls == ["plan agent", "plan backend", "plan dashboard", "apply agent", "apply backend", "apply dashboard"]
+    # every part planned (at once: in any order) before the first apply; applied in the runbook's order
+    assert sorted(calls[:3]) == ["plan agent", "plan backend", "plan dashboard"]
+    assert calls[3:] == ["apply agent", "apply backend", "apply dashboard"]
     records = journal(ctx)
     assert len(records) == 1 and records[0]["run_id"] == ctx.run_id
     assert [s["outcome"] for s in records[0]["steps"]] == ["succeeded"] * 3
@@ -244,7 +246,7 @@ def test_undo_plan_from_the_journal(ctx, monkeypatch):
     calls.clear()
     undo = engine.run(ctx2, undo_jobs, command=f"undo {run.run_id}", reason=None, reverse=True)
     assert undo.exit_status is ExitStatus.OK and back.live == dash.live == "v3"
-    assert calls == ["plan dashboard", "plan backend", "apply dashboard", "apply backend"]
+    assert sorted(calls[:2]) == ["plan backend", "plan dashboard"] and calls[2:] == ["apply dashboard", "apply backend"]
 
 
 def test_undo_of_a_run_that_changed_nothing(ctx, monkeypatch):
@@ -315,3 +317,26 @@ def test_a_killed_run_is_journaled_by_the_next_run(ctx):
     assert "KILLED DURING ITS APPLY" in killed["message"] and killed["who"] == first.operator
     assert [(s["target"], s["outcome"]) for s in killed["steps"]] == [("vps1", "not_restored")]
     assert new["run_id"] == ctx.run_id and any(first.run_id in w for w in new["warnings"])
+
+
+def test_parts_are_planned_at_once_and_the_first_refusal_in_order_wins(ctx):
+    """Plans only read: they run at the same time; a refusal is still the first in the runbook's order."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=5)  # both plans must be running together to pass it
+
+    class Waiting(FakePart):
+        def plan(self, ctx, request):
+            barrier.wait()
+            return super().plan(ctx, request)
+
+    calls: list[str] = []
+    run = engine.run(ctx, jobs(Waiting(Part.AGENT, calls), Waiting(Part.BACKEND, calls)), command="x", reason=None,
+                     dry_run=True)
+    assert run.exit_status is ExitStatus.OK and sorted(calls) == ["plan agent", "plan backend"]
+    calls.clear()
+    first, second = ValidationError("agent says no"), UnreachableError("backend is gone")
+    run = engine.run(ctx, jobs(FakePart(Part.BACKEND, calls, plan_error=second),
+                               FakePart(Part.AGENT, calls, plan_error=first)), command="x", reason=None)
+    assert run.exit_status is ExitStatus.USAGE and "agent says no" in run.message
+    assert not any(c.startswith("apply") for c in calls)
