@@ -244,11 +244,15 @@ def system_group() -> None:
 @click.option("--accept-data-loss", is_flag=True, help="As for `database rollback`: needed when the plan lists data at risk.")
 @click.option("--dashboard-to", metavar="DEPLOYMENT", default=None,
               help="The dashboard's target (default: as `dashboard rollback`).")
+@click.option("--agent-max-fail-percent", type=click.IntRange(0, 100), default=None,
+              help="Agent PCs that may fail (off, refused, put back) before the parts after the agent are not "
+                   "started (default 50; a PC that could not be put back always stops the run).")
 @common_options
 @pass_opts
 def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reason: str | None,
                         backend_to: str | None, database_last: int | None, database_to: str | None,
-                        accept_data_loss: bool, dashboard_to: str | None) -> ExitStatus:
+                        accept_data_loss: bool, dashboard_to: str | None,
+                        agent_max_fail_percent: int | None) -> ExitStatus:
     """Roll every configured part back, Agent -> Backend -> Database -> Dashboard, with the
     runbook's checklist. Before: the live state of every part kept, the error logs of backend
     hosts and agent PCs collected, the scope shown with the plan. During: the start announced
@@ -261,7 +265,7 @@ def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reaso
     ctx = opts.context()
     req = system.request(ctx, only=only, skip=skip, reason=reason, backend_to=backend_to,
                          dashboard_to=dashboard_to, database_to=database_to, database_last=database_last,
-                         accept_data_loss=accept_data_loss)
+                         accept_data_loss=accept_data_loss, agent_max_fail_percent=agent_max_fail_percent)
     hook = confirm_hook(opts, "Roll these parts back, in this order, as shown?")
     if hook is not None:
         ask = hook

@@ -391,11 +391,25 @@ def migration_failure(ctx: RunContext) -> Diagnosis:
     db = ctx.settings.database
     files = mig.on_disk(db.migrations_path, db.rollbacks_path)
     url = DbUrl.parse(db.url)
-    with url.connect(autocommit=True) as conn:
-        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")  # diagnose changes nothing
-        applied = {h["version"] for h in mig.history(conn)}
-        broken = _half_applied_findings(d, target, conn, files, applied)
-        fk = mig.invalid_foreign_keys(conn, db.schemas)
+    import psycopg
+
+    try:
+        with url.connect(autocommit=True) as conn:
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")  # diagnose changes nothing
+            # Production: the orphan scans are bounded, and never wait behind an app's locks for long.
+            conn.execute(f"SET statement_timeout = {int(db.statement_timeout_s * 1000)}")
+            conn.execute(f"SET lock_timeout = {int(db.lock_timeout_s * 1000)}")
+            applied = {h["version"] for h in mig.history(conn)}
+            broken = _half_applied_findings(d, target, conn, files, applied)
+            fk = mig.invalid_foreign_keys(conn, db.schemas)
+    except psycopg.OperationalError as exc:
+        d.add("reachable", False, target, url.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                                                    type(exc).__name__), unreachable=True)
+        return d
+    except psycopg.Error as exc:  # a permission, a timeout: a finding, not a crash
+        d.add("integrity checks", False, target, "could not run: " + url.scrub(
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0]))
+        return d
     for p in fk:
         d.add("integrity", False, target, url.scrub(p))
     if not fk:
@@ -582,7 +596,7 @@ def _agent_host(d: Diagnosis, host: str, rep: Mapping[str, Any], target: SocketT
             closed.append(host)
     users = rep.get("users")
     if users is None:
-        d.add("agent processes", True, host, "not read on Windows here: `doai-rollback agent status` shows them")
+        d.add("agent processes", True, host, "NOT CHECKED on this Windows PC (this check reads POSIX processes only): `doai-rollback agent status` shows the folders")
         return closed, stopped
     if not users:
         d.add("agent processes", False, host, "no user has the agent folder on this PC")
@@ -676,13 +690,16 @@ def _collect_agents(ctx: RunContext, dest: Path, lines: int) -> list[dict[str, A
     except DoaiError as exc:
         return [_entry("agent", "*", error=str(exc))]
     out = []
+    # Windows PCs: no log this tool reads; the agent part's status instead, in ONE run for all of them.
+    windows = sorted(h for h, rep in reps.items() if not rep.get("error") and rep.get("users") is None)
+    status_text = _agent_status_texts(ctx, windows) if windows else {}
     for host, rep in reps.items():
         if rep.get("error"):
             out.append(_entry("agent", host, error=rep["error"]))
             continue
         path = dest / f"agent-{_safe_name(host)}.log"
-        if rep.get("users") is None:  # Windows: no log this tool reads; the agent part's status instead
-            text = _agent_status_text(ctx, host)
+        if rep.get("users") is None:
+            text = status_text.get(host) or f"# {host}: no agent status"
         else:
             text = "\n".join(
                 f"## {host}/{u.get('user')}: {'running pid ' + str(u.get('pid')) if u.get('running') else 'not running'}\n"
@@ -693,14 +710,16 @@ def _collect_agents(ctx: RunContext, dest: Path, lines: int) -> list[dict[str, A
     return out
 
 
-def _agent_status_text(ctx: RunContext, host: str) -> str:
+def _agent_status_texts(ctx: RunContext, hosts: list[str]) -> dict[str, str]:
+    """host -> the agent part's status lines of that PC, from one status run over ``hosts``."""
     from doai_ansible.parts.agent import AgentPart
 
     part = AgentPart()
     try:
-        return "\n".join(part.status_lines(part.status(ctx, limit=host)))
+        st = part.status(ctx, limit=",".join(hosts))
     except DoaiError as exc:
-        return f"# {host}: agent status failed: {exc}"
+        return {h: f"# {h}: agent status failed: {exc}" for h in hosts}
+    return {h: "\n".join(part.status_lines(dict(st, hosts={h: hst}))) for h, hst in (st.get("hosts") or {}).items()}
 
 
 RUNNERS = {"api-errors": api_errors, "agent-connection": agent_connection}

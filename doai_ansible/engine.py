@@ -75,14 +75,17 @@ def run(
     revert_on_failure: bool = False,
     reverse: bool = False,
     extra: dict[str, Any] | None = None,
+    before_plan: Callable[[], None] | None = None,
     before_close: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Plan and (unless ``dry_run``) apply ``jobs``; always returns the journaled RunResult.
 
     ``reverse`` applies in the reverse of the runbook's order (undo rolls forward). ``extra``
-    goes into the run's record as more keys; ``before_close`` is called with the run once it has
-    ended (not when interrupted), before it is journaled: checks after the run that belong in
-    its record. It must not raise; if it does, the run is journaled with a warning.
+    goes into the run's record as more keys. ``before_plan`` is called once the locks are held,
+    before anything is planned (a refusal it raises refuses the run). ``before_close`` is called
+    with the run once it has ended, still under the locks, before it is journaled: checks after
+    the run that belong in its record. An error in it is a warning; an interrupt in it is
+    journaled like any other (the run's record is never lost).
     """
     reason = validate.reason(reason)
     ordered = sorted(jobs, key=lambda j: j.part.part.order, reverse=reverse)
@@ -90,12 +93,16 @@ def run(
                     parts=[j.part.name for j in ordered], extra=extra if extra is not None else {})
     try:
         with _locks(ctx, ordered, reason, dry_run):
+            if before_plan is not None:
+                before_plan()
             if not dry_run and confirm is None and len(ordered) == 1 and ordered[0].part.one_pass(ordered[0].request):
                 _one_pass(ctx, ordered[0], run)
             else:
                 planned = _plan(ctx, ordered, run)
                 if planned is not None:
                     _decide(ctx, planned, run, confirm, revert_on_failure, reason)
+            if before_close is not None:
+                _checks_after(ctx, run, before_close)
     except DoaiError as exc:  # the lock, or a refusal while planning: nothing was changed
         _refused(run, exc)
     except BaseException:  # Ctrl-C, a bug: journal what is known, then let it go on
@@ -103,14 +110,19 @@ def run(
         run.message = run.message or "interrupted; see the steps for what had been done"
         _close(ctx, run)
         raise
-    if before_close is not None:
-        try:
-            before_close(run)
-        except Exception as exc:  # the run itself is over: its record must still be written
-            log.exception("checks after the run")
-            ctx.warn(f"the checks after the run failed: {type(exc).__name__}: {exc}")
     _close(ctx, run)
     return run
+
+
+def _checks_after(ctx: RunContext, run: RunResult, checks: Callable[[RunResult], None]) -> None:
+    """The caller's checks after the run: whatever they raise, the run itself is over and its
+    record must be written (an interrupt still propagates, after the outer handler journals)."""
+    try:
+        checks(run)
+    except Exception as exc:
+        log.debug("checks after the run", exc_info=True)
+        # The type only: an exception's text may carry a connection string.
+        ctx.warn(f"the checks after the run could not finish ({type(exc).__name__}); see the log with --debug")
 
 
 @contextlib.contextmanager
@@ -228,7 +240,7 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
         run.message = (f"stopped by {stopped.signame} after the step at work finished; "
                        "see the steps for where each part stands")
         return
-    if revert_on_failure and _failed(planned):
+    if revert_on_failure and _blocked(planned):
         _revert(ctx, planned, reason)
     run.results = [r for p in planned for r in p.results]
     run.exit_status = _exit_status(run.results, refusal)
@@ -287,7 +299,7 @@ def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest
         unchanged = [StepResult(s, Outcome.UNCHANGED, "already there: nothing to do")
                      for s in p.steps if not s.changes]
         changing = [s for s in p.steps if s.changes]
-        if refusal is not None or _failed(planned) or stop.signal is not None:
+        if refusal is not None or _blocked(planned) or stop.signal is not None:
             why = f"not attempted: stopped by {stop.signal}" if stop.signal else "not attempted: an earlier part failed"
             p.results = unchanged + [StepResult(s, Outcome.SKIPPED, why) for s in changing]
             continue
@@ -305,8 +317,10 @@ def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest
     return refusal
 
 
-def _failed(planned: list[_Planned]) -> bool:
-    return any(r.outcome not in _DONE for p in planned for r in p.results)
+def _blocked(planned: list[_Planned]) -> bool:
+    """Whether a part applied so far stops the ones after it (each part says: a fleet part may
+    go on past a few PCs that were off)."""
+    return any(p.results and p.job.part.blocks_next(p.results, p.job.request) for p in planned)
 
 
 def _revert(ctx: RunContext, planned: list[_Planned], reason: str | None) -> None:
@@ -338,6 +352,12 @@ def _summary(run: RunResult, refusal: DoaiError | None) -> str:
         return f"{', '.join(run.parts)}: {n} step(s) done and verified" if n else "already on the target: nothing to do"
     if refusal is not None and s is refusal.exit_status:
         return f"REFUSED, nothing was changed: {refusal.message}"
+    if s is ExitStatus.FAILED_RESTORED and len(run.parts) > 1 and not any(
+            r.outcome is Outcome.SKIPPED for r in run.results):
+        left = sorted(f"{r.step.part.value} {r.step.target}" for r in run.results
+                      if r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED))
+        return (f"PARTLY DONE: every part was applied, but {len(left)} target(s) were not rolled back (refused, "
+                f"unreachable or put back as they were): {', '.join(left[:20])}{' ...' if len(left) > 20 else ''}")
     if s is ExitStatus.FAILED_RESTORED:
         return "ROLLBACK FAILED; every target is back on what it had before" if not any(
             r.outcome is Outcome.SUCCEEDED for r in run.results) else \
@@ -463,6 +483,9 @@ def health(ctx: RunContext, *, only: list[str] | None = None, limit: str | None 
     for part in _selected(only):
         if part.configured(ctx):
             out[part.name] = part.health(ctx, limit=limit)
+    if not out:
+        raise UsageError("no part is configured: there is nothing to check",
+                         hint="name the hosts in the inventory and the APIs in the config file (see the README)")
     return dict(_overall(out), warnings=list(ctx.warnings))
 
 

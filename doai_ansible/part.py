@@ -135,6 +135,13 @@ class PartBase(abc.ABC):
     def undo_request(self, record: Mapping[str, Any]) -> Request | None:
         """The request that rolls this part forward to what a journaled run found."""
 
+    def blocks_next(self, results: list[StepResult], request: Request) -> bool:
+        """Whether these apply results stop the parts after this one in a multi-part run. By
+        default anything but succeeded or unchanged does; a fleet part may tolerate some."""
+        from doai_ansible.model import Outcome
+
+        return any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results)
+
     def one_pass(self, request: Request) -> bool:
         """Whether :meth:`plan_and_apply` can serve this request when nothing needs confirming."""
         return False

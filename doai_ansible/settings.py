@@ -128,12 +128,18 @@ def content_dir() -> Path:
     return here.parent
 
 
-def _url(key: str, value: Any, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+def _url(key: str, value: Any, *, schemes: tuple[str, ...] = ("http", "https"), secret: bool = False) -> str:
+    """``secret``: the URL carries a token (a webhook's): an error never shows it."""
     if not isinstance(value, str) or not value:
         raise ConfigError(key, "must be a URL")
-    parts = urlsplit(value)
+    shown = "the URL" if secret else repr(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(key, f"{shown} is not a valid URL") from None
     if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(key, f"{value!r} is not an {'/'.join(schemes)} URL")
+        raise ConfigError(key, f"{shown} is not an {'/'.join(schemes)} URL")
     return value.rstrip("/")
 
 
@@ -149,14 +155,15 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def _secure_url(key: str, value: Any) -> str:
+def _secure_url(key: str, value: Any, *, secret: bool = False) -> str:
     """A URL that carries a credential: https, or http to this machine only (a test stand-in).
-    A typo such as ``http://api.vercel.com`` must not send the token in clear."""
-    url = _url(key, value)
+    A typo such as ``http://api.vercel.com`` must not send the token in clear. ``secret``: the
+    URL itself is the credential (a webhook's): never shown."""
+    url = _url(key, value, secret=secret)
     parts = urlsplit(url)
     if parts.scheme != "https" and not is_loopback_host(parts.hostname):
         raise ConfigError(
-            key, f"{url!r} would send the token unencrypted", hint="use https:// (http:// only for a loopback address: 127.0.0.1, ::1, localhost)"
+            key, f"{'the URL' if secret else repr(url)} would send the token unencrypted", hint="use https:// (http:// only for a loopback address: 127.0.0.1, ::1, localhost)"
         )
     return url
 
@@ -391,7 +398,7 @@ class SystemSettings:
             raise ConfigError("system.webhook_env", "must be an environment variable name")
         url = env.get(webhook_env)
         if url:
-            _secure_url(webhook_env, url)
+            _secure_url(webhook_env, url, secret=True)
         log_lines = d.get("log_lines", cls.log_lines)
         if not isinstance(log_lines, int) or isinstance(log_lines, bool) or not 0 <= log_lines <= 100_000:
             raise ConfigError("system.log_lines", "must be a whole number from 0 to 100000")

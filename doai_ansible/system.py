@@ -61,6 +61,7 @@ class SystemRequest:
     database_to: str | None = None
     database_last: int | None = None
     accept_data_loss: bool = False
+    agent_max_fail_percent: int | None = None
 
 
 def parse_parts(value: str | None, option: str) -> list[str]:
@@ -78,7 +79,8 @@ def parse_parts(value: str | None, option: str) -> list[str]:
 
 def request(ctx: RunContext, *, only: str | None = None, skip: str | None = None, reason: str | None = None,
             backend_to: str | None = None, dashboard_to: str | None = None, database_to: str | None = None,
-            database_last: int | None = None, accept_data_loss: bool = False) -> SystemRequest:
+            database_last: int | None = None, accept_data_loss: bool = False,
+            agent_max_fail_percent: int | None = None) -> SystemRequest:
     """Validate the options and choose the parts (no network): the configured parts in the
     runbook's order, narrowed by ``--only`` and ``--skip``. A part named by ``--only`` that is
     not configured is an error; one that is merely not configured is left out with the reason."""
@@ -104,7 +106,8 @@ def request(ctx: RunContext, *, only: str | None = None, skip: str | None = None
     for opt, value, part in (("--backend-to", backend_to, "backend"), ("--dashboard-to", dashboard_to, "dashboard"),
                              ("--database-to", database_to, "database"),
                              ("--database-last", database_last, "database"),
-                             ("--accept-data-loss", accept_data_loss or None, "database")):
+                             ("--accept-data-loss", accept_data_loss or None, "database"),
+                             ("--agent-max-fail-percent", agent_max_fail_percent, "agent")):
         if value is not None and part not in chosen:
             raise UsageError(f"{opt} is for the {part} part, which this run leaves out")
     if "database" in chosen and database_to is None and database_last is None:
@@ -114,7 +117,8 @@ def request(ctx: RunContext, *, only: str | None = None, skip: str | None = None
                  "or --skip database")
     return SystemRequest(parts=tuple(chosen), skipped=tuple(skipped), reason=validate.reason(reason),
                          backend_to=backend_to, dashboard_to=dashboard_to, database_to=database_to,
-                         database_last=database_last, accept_data_loss=accept_data_loss)
+                         database_last=database_last, accept_data_loss=accept_data_loss,
+                         agent_max_fail_percent=agent_max_fail_percent)
 
 
 def jobs(ctx: RunContext, req: SystemRequest) -> list[engine.Job]:
@@ -131,7 +135,7 @@ def jobs(ctx: RunContext, req: SystemRequest) -> list[engine.Job]:
             r = part.request(to=req.database_to, last=req.database_last, accept_data_loss=req.accept_data_loss,
                              reason=req.reason)
         else:
-            r = part.request(reason=req.reason)
+            r = part.request(reason=req.reason, max_fail_percent=req.agent_max_fail_percent)
         out.append(engine.Job(part, r))
     return out
 
@@ -295,11 +299,15 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
     """The checklist around one engine run; returns the journaled run (``extra["checklist"]``)."""
     job_list = jobs(ctx, req)  # every part's request validated before anything is contacted
     checklist: dict[str, Any] = {"skipped_parts": [{"part": p, "why": w} for p, w in req.skipped],
-                                 "before": before(ctx, req), "after": None, "announcements": [], "report": None}
-    timeline: list[dict[str, str]] = [{"at": utcnow(), "event": "before: state kept, logs collected, scope "
-                                       + _scope_text(checklist["before"]["scope"])}]
+                                 "before": None, "after": None, "announcements": [], "report": None}
+    timeline: list[dict[str, str]] = []
     checklist["timeline"] = timeline
     started = {"announced": False}
+
+    def before_plan() -> None:  # under the run's locks: the state kept is the state planned against
+        checklist["before"] = before(ctx, req)
+        timeline.append({"at": utcnow(), "event": "before: state kept, logs collected, scope "
+                         + _scope_text(checklist["before"]["scope"])})
 
     def hook(plan: RunResult) -> bool:
         if confirm is not None and not confirm(plan):
@@ -311,29 +319,51 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
                          else "start not announced (" + str(checklist["announcements"][-1]["error"]) + ")"})
         return True
 
+    def check_after(run: RunResult) -> None:
+        try:
+            checklist["after"] = after(ctx, req)
+        except Exception as exc:  # never the end of the run's record; the type only (texts may hold a DSN)
+            log.debug("after-checks", exc_info=True)
+            checklist["after"] = {"healthy": False, "reachable": False, "parts": {}, "smoke": [],
+                                  "error": f"the checks could not run ({type(exc).__name__})"}
+        timeline.append({"at": utcnow(), "event": "after: " + _after_text(checklist["after"])})
+        if run.exit_status is ExitStatus.OK and not _after_ok(checklist["after"]):
+            run.exit_status = ExitStatus.UNHEALTHY
+            run.message = (f"{run.message}; BUT the checks after the rollback fail: "
+                           f"{_after_text(checklist['after'])}")
+
     def finish(run: RunResult) -> None:
-        if run.dry_run or not started["announced"]:
+        if run.dry_run:
+            return
+        if not started["announced"]:
+            # Nothing was applied: a refusal or a decline says so itself; "nothing to do" on a
+            # system that is still unhealthy must not pass for a recovery.
+            if run.exit_status is ExitStatus.OK and checklist["before"] is not None:
+                check_after(run)
             return
         for r in run.results:
             if r.started:
                 timeline.append({"at": r.started, "event": f"{r.step.part.value} {r.step.target}: started"})
             if r.finished:
                 timeline.append({"at": r.finished, "event": f"{r.step.part.value} {r.step.target}: {r.outcome.value}"})
-        checklist["after"] = after(ctx, req)
-        timeline.append({"at": utcnow(), "event": "after: " + _after_text(checklist["after"])})
-        if run.exit_status is ExitStatus.OK and not _after_ok(checklist["after"]):
-            run.exit_status = ExitStatus.UNHEALTHY
-            run.message = (f"{run.message}; BUT the checks after the rollback fail: "
-                           f"{_after_text(checklist['after'])}")
+        check_after(run)
         run.finished = utcnow()
         checklist["announcements"].append(announce(ctx, "end", announcement(req, run, "end", ctx)))
         timeline.append({"at": utcnow(), "event": "end announced" if checklist["announcements"][-1]["sent"]
                          else "end not announced"})
         timeline.sort(key=lambda e: e["at"])
-        checklist["report"] = write_report(ctx, req, run, checklist)
+        run.warnings = list(ctx.warnings)
+        try:
+            checklist["report"] = write_report(ctx, req, run, checklist, ctx.settings.report_dir)
+        except (OSError, DoaiError) as exc:
+            ctx.warn(f"the report could not be written to {ctx.settings.report_dir} ({type(exc).__name__}); "
+                     "it is in the run's log bundle instead")
+            run.warnings = list(ctx.warnings)
+            checklist["report"] = write_report(ctx, req, run, checklist, ctx.log_dir)
 
     return engine.run(ctx, job_list, command="system rollback", reason=req.reason, dry_run=dry_run,
-                      confirm=hook if not dry_run else None, extra={"checklist": checklist}, before_close=finish)
+                      confirm=hook if not dry_run else None, extra={"checklist": checklist},
+                      before_plan=before_plan, before_close=finish)
 
 
 def _after_ok(after_doc: Mapping[str, Any]) -> bool:
@@ -350,6 +380,8 @@ def _scope_text(sc: Mapping[str, list[str]]) -> str:
 
 
 def _after_text(a: Mapping[str, Any]) -> str:
+    if a.get("error"):
+        return a["error"]
     bad = [n for n, h in a["parts"].items() if not h.get("healthy")]
     smoke_bad = [s["name"] for s in a["smoke"] if not s["ok"]]
     if not bad and not smoke_bad:
@@ -359,9 +391,10 @@ def _after_text(a: Mapping[str, Any]) -> str:
 
 
 # -- the incident report ------------------------------------------------------------------------------
-def write_report(ctx: RunContext, req: SystemRequest, run: RunResult, checklist: Mapping[str, Any]) -> dict[str, str]:
-    """``<report_dir>/<run id>.md`` and ``.json`` (0600 in a 0700 folder)."""
-    d = ensure_private_dir(ctx.settings.report_dir, parents=True)
+def write_report(ctx: RunContext, req: SystemRequest, run: RunResult, checklist: Mapping[str, Any],
+                 where: Path) -> dict[str, str]:
+    """``<where>/<run id>.md`` and ``.json`` (0600 in a 0700 folder)."""
+    d = ensure_private_dir(where, parents=True)
     md_path, json_path = d / f"{run.run_id}.md", d / f"{run.run_id}.json"
     paths = {"markdown": str(md_path), "json": str(json_path)}
     doc = dict(run.to_dict(), who=ctx.operator)

@@ -284,10 +284,27 @@ class AgentPart(PlaybookPart):
                      "each PC keeps app-failed for a swap back by hand (see roles/doai_agent/README.md)")
         return results
 
+    def blocks_next(self, results: list[StepResult], request: Request) -> bool:
+        """A fleet is not all or nothing: PCs that were off or refused do not stop the parts after
+        the agent in a whole-system run, unless more than ``max_fail_percent`` (default 50) of the
+        PCs were not rolled back; a PC that could NOT be put back always does."""
+        if any(r.outcome is Outcome.NOT_RESTORED for r in results):
+            return True
+        pcs: dict[str, bool] = {}
+        for r in results:
+            host = r.step.details.get("host") or r.step.target.split("/")[0]
+            pcs[host] = pcs.get(host, True) and r.outcome in (Outcome.SUCCEEDED, Outcome.UNCHANGED)
+        limit = request.options.get("max_fail_percent")
+        limit = 50 if limit is None else int(limit)
+        failed = sum(1 for ok in pcs.values() if not ok)
+        return failed * 100 > limit * max(len(pcs), 1)
+
     def undo_request(self, record: Mapping[str, Any]) -> Request | None:
         """Undo the swaps a journaled run finished (its succeeded PC/user steps): each folder goes
         back to what that run found, where it is still as that run left it."""
-        steps = [s for s in self.steps_of(record) if (s.get("details") or {}).get("user")]
+        # Only the folders that run swapped (one that was only started again has nothing to undo).
+        steps = [s for s in self.steps_of(record) if (s.get("details") or {}).get("user")
+                 and "rename" in ((s.get("details") or {}).get("steps") or [])]
         if not steps or str(record.get("command", "")).startswith("agent reinstall"):
             return None
         hosts = sorted({s["details"]["host"] for s in steps})

@@ -53,7 +53,14 @@ class BackendPart(PartBase):
         self._splits: dict[tuple[Any, ...], dict[str, list[str]]] = {}
 
     def configured(self, ctx: RunContext) -> bool:
-        return True  # the inventory decides; status() says configured=False when it has no hosts
+        """Whether the inventory has backend hosts (read locally, no connection)."""
+        from doai_ansible.errors import DoaiError
+        from doai_ansible.inventory import group_vars
+
+        try:
+            return bool(group_vars(ctx.settings.inventory, self.group))
+        except DoaiError:
+            return True  # let the run say what is wrong with the inventory
 
     # -- which hosts run which mode ------------------------------------------------------------------
     def split(self, ctx: RunContext, limit: str | None, override: str | None = None,

@@ -115,4 +115,7 @@ def test_status_without_backend_hosts(tmp_path):
     res = run_cli("status", "-o", "json", env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(tmp_path / "s")})
     assert res.code == 0, res.stderr
     backend = res.json()["parts"]["backend"]
-    assert backend["configured"] is False and backend["hosts"] == {}
+    assert backend["configured"] is False and "backend" in backend["needs"]
+    # health has nothing to check: that is not "healthy" (a CI monitor must not pass on it)
+    res = run_cli("health", "-o", "json", env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(tmp_path / "s")})
+    assert res.code == 2 and "no part is configured" in res.stderr

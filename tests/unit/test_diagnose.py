@@ -245,17 +245,27 @@ def test_pm2_module_reads_a_cluster_workers_handed_over_environment_and_scrubs_i
         pm2.write_text(f"#!/bin/sh\ncat {tmp_path / 'jlist.json'}\n")
         pm2.chmod(0o755)
         utils = [ROOT / "roles" / "doai_common" / "module_utils", ROOT / "roles" / "doai_backend_pm2" / "module_utils"]
-        args = {"path": str(repo), "pm2_bin": str(pm2), "lines": 3, "required_env": ["PORT", "JWT_SECRET", "EMPTY_ONE",
-                                                                                      "DATABASE_URL"]}
+        home = tmp_path / "pm2home"
+        home.mkdir()
+        (home / "pm2.pid").write_text(str(worker.pid))  # a live "daemon": the module may ask pm2
+        args = {"path": str(repo), "pm2_bin": str(pm2), "pm2_home": str(home), "lines": 3,
+                "required_env": ["PORT", "JWT_SECRET", "EMPTY_ONE", "DATABASE_URL"]}
         argfile = tmp_path / "args.json"
         argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
         lib = ROOT / "roles" / "doai_backend_pm2" / "library" / "doai_backend_pm2_diagnose.py"
         boot = (f"import sys, ansible.module_utils as m; m.__path__.extend({[str(p) for p in utils]!r}); "
                 f"sys.argv = ['module', {str(argfile)!r}]; exec(compile(open({str(lib)!r}).read(), 'm', 'exec'))")
         proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
+        # no daemon (a stale pid file): pm2 is not called at all, since any pm2 command starts one
+        (home / "pm2.pid").write_text("999999999")
+        pm2.write_text(f"#!/bin/sh\ntouch {tmp_path / 'daemon-started'}\ncat {tmp_path / 'jlist.json'}\n")
+        argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        no_daemon = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
     finally:
         worker.kill()
         worker.wait()
+    assert not (tmp_path / "daemon-started").exists()
+    assert "the PM2 daemon is not running" in no_daemon.stdout, no_daemon.stdout + no_daemon.stderr
     out = json.loads(proc.stdout)
     assert secret not in proc.stdout
     (p,) = out["processes"]

@@ -153,3 +153,15 @@ def test_api_url_refuses_cleartext_off_this_machine(inv, tmp_path, url):
     cfg.write_text(f"inventory: {inv}\nvercel:\n  api_url: {url}\n")
     with pytest.raises(ConfigError, match="vercel.api_url"):
         load_settings(cfg, env={})
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/services/T0/B0/canary-hook-token",
+                                 "hooks.example.com/services/T0/B0/canary-hook-token",
+                                 "https://[x/services/canary-hook-token", "https://h:port/canary-hook-token"])
+def test_a_webhook_url_is_never_shown_in_its_error(tmp_path, url):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all: {}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(None, inventory=inv, env={"DOAI_WEBHOOK_URL": url})
+    assert "canary-hook-token" not in exc.value.message + (exc.value.hint or "")
+    assert exc.value.message.startswith("setting 'DOAI_WEBHOOK_URL': the URL")

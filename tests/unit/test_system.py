@@ -280,3 +280,92 @@ def test_report_escapes_table_cells(tmp_path, fakes, calls):
     run = system.rollback(ctx, req)
     md = Path(run.to_dict()["checklist"]["report"]["markdown"]).read_text()
     assert "- **Reason**: a | b" in md and "| (none configured" not in md
+
+
+def test_a_fleet_part_that_tolerates_its_failures_lets_the_next_parts_go_on(tmp_path, fakes, calls, hooks):
+    """A PC that was off does not keep the backend broken (the agent part's own rule, below)."""
+    fakes["agent"].fail = "refused"
+    fakes["agent"].blocks_next = lambda results, request: False  # type: ignore[method-assign]
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"))
+    assert [c for c in calls if c.startswith("apply")] == ["apply agent", "apply backend", "apply dashboard"]
+    assert run.exit_status is ExitStatus.FAILED_RESTORED
+    assert run.message.startswith("PARTLY DONE: every part was applied, but 1 target(s) were not rolled back")
+
+
+def test_agent_part_blocks_the_next_parts_only_past_its_failure_share():
+    from doai_ansible.parts.agent import AgentPart
+
+    part = AgentPart()
+
+    def res(target: str, outcome: Outcome) -> StepResult:
+        host = target.split("/")[0]
+        return StepResult(Step(Part.AGENT, target, "2.0.0", "1.9.0", details={"host": host}), outcome)
+
+    ok, off = Outcome.SUCCEEDED, Outcome.FAILED
+    fleet = [res("pc1/a", ok), res("pc1/b", ok), res("pc2/a", ok), res("pc3/*", off)]
+    assert part.blocks_next(fleet, part.request()) is False  # 1 PC of 3 off: under the default 50 %
+    assert part.blocks_next(fleet, part.request(max_fail_percent=20)) is True
+    assert part.blocks_next([res("pc1/a", ok), res("pc2/a", off), res("pc3/a", Outcome.RESTORED)],
+                            part.request()) is True  # 2 of 3
+    assert part.blocks_next([res("pc1/a", ok), res("pc2/a", Outcome.NOT_RESTORED)],
+                            part.request(max_fail_percent=100)) is True  # never past a PC left broken
+
+
+def test_nothing_to_do_on_an_unhealthy_system_is_not_a_recovery(tmp_path, fakes, calls, hooks):
+    for f in fakes.values():
+        f.live = "good"
+    fakes["backend"].healthy_after = False
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"))
+    assert run.exit_status is ExitStatus.UNHEALTHY and "unhealthy: backend" in run.message
+    assert hooks.posts == []  # nothing was started: nothing to announce
+
+
+def test_checks_after_that_break_still_end_in_a_report_and_an_announcement(tmp_path, fakes, calls, hooks, monkeypatch):
+    def broken(ctx, req):
+        raise RuntimeError("psycopg said postgresql://u:pw-canary@x")
+
+    monkeypatch.setattr(system, "after", broken)
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"))
+    assert run.exit_status is ExitStatus.UNHEALTHY and "the checks could not run (RuntimeError)" in run.message
+    c = run.to_dict()["checklist"]
+    assert [a["event"] for a in c["announcements"]] == ["start", "end"] and Path(c["report"]["markdown"]).is_file()
+    assert "pw-canary" not in json.dumps(run.to_dict()) + ctx.settings.journal_path.read_text()
+
+
+def test_report_falls_back_to_the_log_bundle_and_keeps_the_warnings(tmp_path, fakes, calls, hooks):
+    hooks.post_status = [500]
+    ctx = make_ctx(tmp_path, hooks)
+    ctx.settings.report_dir.parent.mkdir(parents=True, exist_ok=True)
+    ctx.settings.report_dir.write_text("not a folder")
+    run = system.rollback(ctx, system.request(ctx, skip="database"))
+    report = run.to_dict()["checklist"]["report"]
+    assert Path(report["markdown"]).parent == ctx.log_dir
+    doc = json.loads(Path(report["json"]).read_text())
+    assert any("webhook answered HTTP 500" in w for w in doc["warnings"])
+    assert any("could not be written" in w for w in run.warnings)
+
+
+def test_an_interrupt_during_the_checks_after_is_still_journaled(tmp_path, fakes, calls, hooks, monkeypatch):
+    def interrupted(checks):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(system, "smoke", interrupted)
+    ctx = make_ctx(tmp_path, hooks)
+    with pytest.raises(KeyboardInterrupt):
+        system.rollback(ctx, system.request(ctx, skip="database"))
+    (rec,) = records(ctx)
+    assert rec["exit_status"] == int(ExitStatus.INTERRUPTED)
+    assert {s["outcome"] for s in rec["steps"]} == {"succeeded"}  # what was done is on record
+
+
+def test_the_state_is_read_under_the_locks(tmp_path, fakes, calls, hooks):
+    ctx = make_ctx(tmp_path, hooks)
+    other = RunContext.create(ctx.settings)
+    with other.lock("backend").held(owner="someone else", reason="x", run_id=other.run_id):
+        run = system.rollback(ctx, system.request(ctx, skip="database"))
+    assert run.exit_status is ExitStatus.LOCKED
+    assert not any(c.startswith("status") for c in calls)  # no minutes of reading before a refusal
+    assert run.to_dict()["checklist"]["before"] is None and hooks.posts == []

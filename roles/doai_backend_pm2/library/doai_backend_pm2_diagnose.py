@@ -48,17 +48,37 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.doai_checkout import Checkout
 from ansible.module_utils.doai_diagnose import proc_environ, scrub, secret_values, set_names, tail
 from ansible.module_utils.doai_health import probe, reported_version
+from ansible.module_utils.doai_proc import pid_alive
 
 
-def _jlist(pm2_bin, pm2_home):
+def _daemon_pid(pm2_home):
+    """The PM2 daemon's pid when it runs, else None: any pm2 command would start a daemon, and
+    a diagnosis changes nothing."""
+    home = pm2_home or os.environ.get("PM2_HOME") or os.path.join(os.path.expanduser("~"), ".pm2")
+    try:
+        with open(os.path.join(home, "pm2.pid")) as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def _jlist(pm2_bin, pm2_home, timeout=30):
     env = dict(os.environ)
     if pm2_home:
         env["PM2_HOME"] = pm2_home
+    if _daemon_pid(pm2_home) is None:
+        return None, "the PM2 daemon is not running (PM2_HOME %s): not started by this check" % (pm2_home or "default")
     try:
         proc = subprocess.Popen([pm2_bin, "jlist"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
         return None, str(exc)
-    out, err = proc.communicate()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None, "pm2 jlist did not answer within %d s (a wedged daemon?)" % timeout
     out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     if proc.returncode != 0:
         return None, (err or out).strip()[-300:]
