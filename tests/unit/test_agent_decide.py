@@ -533,15 +533,16 @@ UNDO = dict(OPTS, undo_run="run-1")
 def test_undo_of_a_finished_swap_swaps_back_and_carries_config():
     plan = swap.decide(observed("observe_swapped"), UNDO)
     assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.0", "2.4.1")
-    assert ops(plan) == ["stop", "rename app-current -> app-backup", "rename app-failed -> app-current",
+    assert ops(plan) == ["stop", "marker undoing", "rename app-current -> app-backup", "rename app-failed -> app-current",
                          "copy_config", "start", "verify", "marker undone"]
-    assert plan["steps"][3] == {"op": "copy_config", "src": "app-backup/config.json",
+    assert plan["steps"][1]["content"]["undoes"] == "run-1"
+    assert plan["steps"][4] == {"op": "copy_config", "src": "app-backup/config.json",
                                 "dest": "app-current/config.json", "keep_as": f"app-current/config.json.doai-{STAMP}"}
-    assert plan["steps"][5] == {"op": "verify", "version": "2.4.1", "timeout": 30}
+    assert plan["steps"][6] == {"op": "verify", "version": "2.4.1", "timeout": 30}
     assert plan["steps"][-1]["content"] == {"run_id": "run-2", "phase": "undone", "from": "2.4.0", "to": "2.4.1",
                                             "failed_kept_as": None, "user": "alice", "at": STAMP, "undoes": "run-1"}
     # what a failed step of it would put back: the undo's own steps, reversed
-    undone = swap.undo_steps(plan["steps"][:3], (), STAMP, 30, "2.4.0")
+    undone = swap.undo_steps(plan["steps"][:4], (), STAMP, 30, "2.4.0")
     assert [(s["op"], s.get("src"), s.get("dest")) for s in undone][:2] == [
         ("rename", "app-current", "app-failed"), ("rename", "app-backup", "app-current")]
 
@@ -550,8 +551,36 @@ def test_undo_brings_back_the_app_failed_that_run_kept_aside():
     obs = copy.deepcopy(observed("observe_swapped"))
     obs["marker"]["failed_kept_as"] = "app-failed-20261127T010000Z"
     plan = swap.decide(obs, UNDO)
-    assert ops(plan)[:4] == ["stop", "rename app-current -> app-backup", "rename app-failed -> app-current",
-                             "rename app-failed-20261127T010000Z -> app-failed"]
+    assert ops(plan)[:5] == ["stop", "marker undoing", "rename app-current -> app-backup",
+                             "rename app-failed -> app-current", "rename app-failed-20261127T010000Z -> app-failed"]
+
+
+@pytest.mark.parametrize(("dirs", "expected"), [
+    # killed after the first rename
+    ({"app-current": None, "app-backup": "2.4.0", "app-failed": "2.4.1"},
+     ["rename app-failed -> app-current", "rename app-failed-20261127T010000Z -> app-failed"]),
+    # killed after both renames, before the kept one
+    ({"app-current": "2.4.1", "app-backup": "2.4.0", "app-failed": None},
+     ["rename app-failed-20261127T010000Z -> app-failed"]),
+    # killed after every rename
+    ({"app-current": "2.4.1", "app-backup": "2.4.0", "app-failed": "2.3.0"}, []),
+    # killed before the first rename (or put back after a failure)
+    ({"app-current": "2.4.0", "app-backup": None, "app-failed": "2.4.1"},
+     ["rename app-current -> app-backup", "rename app-failed -> app-current",
+      "rename app-failed-20261127T010000Z -> app-failed"]),
+])
+def test_an_undo_killed_half_way_is_finished_by_the_next(dirs, expected):
+    obs = copy.deepcopy(observed("observe_swapped"))
+    obs["running"] = False
+    obs["dirs"] = {k: (None if v is None else {"version": v, "config": True}) for k, v in dirs.items()}
+    obs["marker"] = {"run_id": "run-3", "phase": "undoing", "undoes": "run-1", "from": "2.4.1", "to": "2.4.0",
+                     "failed_kept_as": "app-failed-20261127T010000Z", "user": "alice", "at": STAMP}
+    plan = swap.decide(obs, UNDO)
+    assert plan["status"] == "planned", plan["reason"]
+    assert ops(plan) == expected + ["copy_config", "start", "verify", "marker undone"]
+    assert plan["steps"][-2]["version"] == "2.4.1"
+    odd = dict(obs, dirs={"app-current": None, "app-backup": None, "app-failed": {"version": "2.4.1"}})
+    assert swap.decide(odd, UNDO)["status"] == "refused"
 
 
 def test_undo_is_unchanged_once_done_and_refused_where_the_folder_moved_on():

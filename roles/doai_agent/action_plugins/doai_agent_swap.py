@@ -274,6 +274,32 @@ def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, re
             out["status"], out["reason"] = "planned", "run %s already undone; the agent is not running: starting it" % run
             out["steps"] = [{"op": "start"}, {"op": "verify", "version": to, "timeout": o["verify_timeout"]}]
         return out
+    carry = []
+    if (cur or {}).get("config") or (bak or {}).get("config"):  # the user's settings, as they are now, go forward
+        carry = [{"op": "copy_config", "src": "%s/%s" % (BACKUP, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
+                  "keep_as": "%s/%s.doai-%s" % (CURRENT, CONFIG, o["stamp"])}]
+    done = mark("undone", to, frm, None)
+    done["content"]["undoes"] = run
+    finish = [{"op": "start"}, {"op": "verify", "version": frm, "timeout": o["verify_timeout"]}] + reach() + [done]
+    if phase == "undoing" and marker.get("undoes") == run:
+        # An undo of this run that stopped half way (killed): finish it from where it stands.
+        out["from"], out["to"] = to, frm
+        earlier = "half-finished undo of run %s" % run
+        if cur is None and bak is not None and fail is not None and _version(bak) == to and _version(fail) == frm:
+            steps = stop() + [rename(FAILED, CURRENT)] + ([rename(kept, FAILED)] if kept else [])
+            out["reason"] = "%s: app-current was renamed to app-backup, app-failed not yet: resuming" % earlier
+        elif cur is not None and bak is not None and _version(cur) == frm and _version(bak) == to:
+            steps = stop() + ([rename(kept, FAILED)] if kept and fail is None else [])
+            out["reason"] = "%s: both renames done, not yet started and verified: resuming" % earlier
+        elif cur is not None and bak is None and fail is not None and _version(cur) == to and _version(fail) == frm:
+            steps = stop() + [rename(CURRENT, BACKUP), rename(FAILED, CURRENT)] + ([rename(kept, FAILED)] if kept else [])
+            out["reason"] = "%s: nothing renamed yet: undoing" % earlier
+        else:
+            out["reason"] = ("%s in a state this tool does not recognise (app-current %s, app-backup %s, app-failed %s):"
+                             " touching nothing" % (earlier, _state(cur), _state(bak), _state(fail)))
+            return out
+        out.update(status="planned", steps=steps + carry + finish)
+        return out
     if phase != "done" or marker.get("run_id") != run:
         last = "run %s (%s)" % (marker.get("run_id") or "?", phase) if marker else "none recorded"
         out["reason"] = "this folder's last rollback is %s, not run %s's finished swap: touching nothing" % (last, run)
@@ -283,16 +309,13 @@ def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, re
                          % (run, _state(cur), _state(bak), _state(fail)))
         return out
     out["from"], out["to"] = to, frm
-    steps = stop() + [rename(CURRENT, BACKUP), rename(FAILED, CURRENT)]
+    # The marker first: an undo killed half way is recognised (and finished) by the next one.
+    undoing = mark("undoing", frm, to, kept)
+    undoing["content"]["undoes"] = run
+    steps = stop() + [undoing, rename(CURRENT, BACKUP), rename(FAILED, CURRENT)]
     if kept:
         steps.append(rename(kept, FAILED))
-    if cur.get("config"):  # the user's settings, as they are now, go forward again
-        steps.append({"op": "copy_config", "src": "%s/%s" % (BACKUP, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
-                      "keep_as": "%s/%s.doai-%s" % (CURRENT, CONFIG, o["stamp"])})
-    done = mark("undone", to, frm, None)
-    done["content"]["undoes"] = run
-    steps += [{"op": "start"}, {"op": "verify", "version": frm, "timeout": o["verify_timeout"]}] + reach() + [done]
-    out.update(status="planned", steps=steps, reason="undo run %s: %s -> %s%s" % (
+    out.update(status="planned", steps=steps + carry + finish, reason="undo run %s: %s -> %s%s" % (
         run, to, frm, "; %s back to app-failed" % kept if kept else ""))
     return out
 
