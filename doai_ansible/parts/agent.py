@@ -16,8 +16,9 @@ the same role and action plugin with ``doai_agent_operation: reinstall``). The i
 checked here (path or URL, sha256) before any connection, and again on each PC before anything
 there changes.
 
-Not done yet (issue 10): pins of the plan's versions at apply, a Windows host lock and ledger
-(the marker file is the per-user record).
+A confirmed plan is pinned: the apply hands each PC the versions confirmed per user, and a folder
+that changed since is refused there (``check_pin`` in the action plugin). Not done yet: a Windows
+host lock and ledger (the marker file is the per-user record).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None =
     step = Step(Part.AGENT, f"{host}/{user}", u.get("from"), to if u.get("status") != "unchanged" else u.get("from"),
                 rule=u.get("reason") or "", details={"host": host, "user": user, "root": u.get("root"),
                                                       "plan_status": u.get("status"),
+                                                      "pin": {"from": u.get("from"), "to": u.get("to")},
                                                       "steps": [s.get("op") for s in u.get("steps") or []]})
     step.details["from_label"] = f"app-current {u.get('from') or '?'}"
     step.details["to_label"] = (f"installer {installer.get('name')} ({u.get('to') or 'its version'})" if installer
@@ -158,6 +160,8 @@ class AgentPart(PlaybookPart):
             xv["doai_agent_max_fail_percentage"] = int(request.options["max_fail_percent"])
         if request.options.get("undo_run"):
             xv["doai_agent_undo_run"] = request.options["undo_run"]
+        if request.options.get("pins"):
+            xv["doai_agent_pins"] = request.options["pins"]
         inst = request.options.get("installer")
         if inst:
             # The sha256 checked here travels with it: the PC runs the bytes that were checked.
@@ -216,7 +220,13 @@ class AgentPart(PlaybookPart):
         if hosts:
             import dataclasses
 
-            results += self._apply(ctx, dataclasses.replace(request, limit=",".join(hosts)))
+            # The confirmed plan goes along: a folder that changed since is refused, not acted on.
+            pins: dict[str, dict[str, Any]] = {}
+            for s in steps:
+                if s.details.get("plan_status") == "planned" and s.details.get("user"):
+                    pins.setdefault(s.details["host"], {})[s.details["user"]] = s.details.get("pin") or {}
+            results += self._apply(ctx, dataclasses.replace(request, limit=",".join(hosts),
+                                                            options={**request.options, "pins": pins}))
         return sorted(results, key=lambda r: r.step.target)
 
     @staticmethod

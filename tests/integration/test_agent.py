@@ -237,3 +237,32 @@ def test_undo_puts_the_swaps_of_a_run_back_where_that_run_left_them(agent_fleet,
     # a second undo of the same run: nothing more to do on pc01
     again = run_cli("undo", run_id, "--yes", "-o", "json", env=env)
     assert by_target(again)["pc01/alice"]["outcome"] == "unchanged", again.stdout + again.stderr
+
+
+def test_the_confirmed_plan_is_the_plan_applied(agent_fleet, state_dir):
+    """A PC that changes between the plan and the apply (here: while the operator reads the plan,
+    alice's app-backup on pc01 is replaced) is refused there, not rolled back to what nobody confirmed."""
+    import os
+
+    from doai_ansible import engine, parts
+    from doai_ansible.context import RunContext
+    from doai_ansible.settings import load_settings
+
+    rig = agent_fleet(n=2, unreachable=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    env.update(env_for(rig, state_dir))
+    ctx = RunContext.create(load_settings(None, env=env))
+    part = parts.get("agent")
+
+    def confirm(plan) -> bool:
+        assert {r.step.target: r.step.desired for r in plan.results}["pc01/alice"] == "1.9.0"
+        (rig.folder("pc01", "alice") / "app-backup" / "VERSION").write_text("1.8.0\n")
+        return True
+
+    run = engine.run(ctx, [engine.Job(part, part.request())], command="agent rollback", reason=None, confirm=confirm)
+    outcomes = {r.step.target: r for r in run.results}
+    assert outcomes["pc01/alice"].outcome.value == "refused", outcomes["pc01/alice"].message
+    assert "changed since the confirmed plan (2.0.0 -> 1.9.0 there, 2.0.0 -> 1.8.0 now)" in outcomes["pc01/alice"].message
+    assert rig.folder_state("pc01", "alice")["app-current"] == "2.0.0"  # untouched
+    for target in ("pc01/bob", "pc02/alice", "pc02/bob"):
+        assert outcomes[target].outcome.value == "succeeded", outcomes[target].message

@@ -612,3 +612,16 @@ def test_undo_run_is_checked_and_not_for_the_reinstall():
     args = {k: v["default"] for k, v in swap.ARGUMENT_SPEC.items()}
     assert swap.check_options(dict(args, undo_run="20261127T035648Z-c306ff")) == []
     assert swap.check_options(dict(args, undo_run="x; rm -rf /")) == ["undo_run 'x; rm -rf /' is not a run id"]
+
+
+def test_a_folder_that_changed_since_the_confirmed_plan_is_refused():
+    plan = swap.decide(observed("observe_ready"), OPTS)  # 2.4.1 -> 2.4.0
+    assert swap.check_pin(plan, {}) is plan  # no pins (no confirmed plan): decided from what is found
+    assert swap.check_pin(plan, {"alice": {"from": "2.4.1", "to": "2.4.0"}}) is plan
+    moved = swap.check_pin(plan, {"alice": {"from": "2.4.1", "to": "2.3.9"}})
+    assert moved["status"] == "refused" and moved["steps"] == []
+    assert moved["reason"].startswith("changed since the confirmed plan (2.4.1 -> 2.3.9 there, 2.4.1 -> 2.4.0 now)")
+    new_user = swap.check_pin(plan, {"bob": {"from": "2.4.1", "to": "2.4.0"}})
+    assert new_user["status"] == "refused" and "not in the confirmed plan" in new_user["reason"]
+    unchanged = swap.decide(observed("observe_swapped"), OPTS)
+    assert swap.check_pin(unchanged, {"bob": {}}) is unchanged  # nothing to do is never refused

@@ -67,6 +67,9 @@ ARGUMENT_SPEC = dict(
     # rollback only: undo the swap that run finished (app-current back to app-backup, app-failed
     # back to app-current), in the folders that run left as it left them; empty: a swap.
     undo_run=dict(type="str", default=""),
+    # The confirmed plan, per user: {"from": version, "to": version}. When given, a user whose
+    # decision now differs (the folder changed since the plan) or who was not in it is refused.
+    pins=dict(type="dict", default={}),
     # reinstall: a file on the controller (copied to the PC) or an https URL (http only for
     # loopback) fetched on the PC; its sha256 (checked on the PC before anything changes) and
     # the version it installs (empty: any; then the marker recognises a second run).
@@ -318,6 +321,23 @@ def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, re
     out.update(status="planned", steps=steps + carry + finish, reason="undo run %s: %s -> %s%s" % (
         run, to, frm, "; %s back to app-failed" % kept if kept else ""))
     return out
+
+
+def check_pin(plan, pins):
+    """``plan`` refused when ``pins`` (the confirmed plan, by user) is given and this user's
+    planned change is not the one confirmed; else ``plan`` as it is."""
+    if not pins or plan.get("status") != "planned":
+        return plan
+    pin = pins.get(plan.get("user"))
+    if not isinstance(pin, dict):
+        why = "not in the confirmed plan (the folder changed since): touching nothing; plan and confirm again"
+    elif pin.get("from") != plan.get("from") or (pin.get("to") is not None and plan.get("to") is not None
+                                                 and pin.get("to") != plan.get("to")):
+        why = ("changed since the confirmed plan (%s -> %s there, %s -> %s now): touching nothing; plan and confirm again"
+               % (pin.get("from"), pin.get("to"), plan.get("from"), plan.get("to")))
+    else:
+        return plan
+    return dict(plan, status="refused", reason=why, steps=[], prior=[])
 
 
 def _no_folder(observed, root):
@@ -1205,6 +1225,8 @@ class ActionModule(ActionBase):
                 plans.append(None)
                 continue
             plan = decide_reinstall(obs, opts) if reinstall else decide(obs, opts)
+            if not check_mode:
+                plan = check_pin(plan, args["pins"])
             entry = {k: plan[k] for k in ("user", "root", "status", "reason", "from", "to")}
             entry["steps"] = plan["steps"]
             users.append(entry)
