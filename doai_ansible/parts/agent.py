@@ -291,7 +291,7 @@ class AgentPart(PlaybookPart):
     def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
         if any(r.outcome is Outcome.SUCCEEDED for r in results):
             ctx.warn("the agent's swaps are not put back automatically when a later part fails: "
-                     "each PC keeps app-failed for a swap back by hand (see roles/doai_agent/README.md)")
+                     f"`doai-rollback undo {ctx.run_id}` swaps them back (each PC keeps app-failed)")
         return results
 
     def blocks_next(self, results: list[StepResult], request: Request) -> bool:
