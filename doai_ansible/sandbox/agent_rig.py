@@ -701,6 +701,9 @@ class AgentRig:
         }
         if pc in self.unreachable:
             hv["ansible_port"] = self.closed_port
+            # A PC that is off for good: without SSH's retry window (11 s a playbook run; the window
+            # itself is tested against the backend in tests/integration/test_runner_security.py).
+            hv["ansible_ssh_retries"] = 0
         return hv
 
     def write_inventory(self, **overrides: object) -> Path:
