@@ -547,7 +547,7 @@ def handshake(url: str, *, timeout: float = HANDSHAKE_TIMEOUT_S, transport: Any 
 
     probe = f"{url.rstrip('/')}/socket.io/?EIO=4&transport=polling"
     try:
-        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False) as client:
+        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False, trust_env=False) as client:
             resp = client.get(probe)
     except httpx.HTTPError as exc:
         return False, f"{probe}: {type(exc).__name__}: {exc or 'no answer'}"
