@@ -356,16 +356,26 @@ def agent() -> None:
     """
 
 
+def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every command that works on the agent PCs, batch by batch."""
+    decorators = [
+        click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups (comma-separated)."),
+        click.option("--user", "users", metavar="USER", multiple=True,
+                     help="Only this user's folder (repeatable; default: every profile that has the agent)."),
+        click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks)."),
+        click.option("--max-fail-percent", type=int, default=None,
+                     help="Stop after a batch whose failed PCs exceed this percentage (default: never stop)."),
+        click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
+                     help="Only the PCs that run did not finish (failed, put back, unreachable)."),
+        click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal)."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
 @agent.command("rollback")
-@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups (comma-separated).")
-@click.option("--user", "users", metavar="USER", multiple=True,
-              help="Only this user's folder (repeatable; default: every profile that has the agent).")
-@click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks).")
-@click.option("--max-fail-percent", type=int, default=None,
-              help="Stop after a batch whose failed PCs exceed this percentage (default: never stop).")
-@click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
-              help="Only the PCs that run did not finish (failed, put back, unreachable).")
-@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
+@fleet_options
 @common_options
 @pass_opts
 def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...], batch: str | None,
@@ -401,15 +411,7 @@ def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
               help="The installer's sha256, checked here (a file) and on each PC before anything changes.")
 @click.option("--expect-version", metavar="VERSION", default=None,
               help="The version the installer installs: verified after it, and a PC already on it is unchanged.")
-@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups (comma-separated).")
-@click.option("--user", "users", metavar="USER", multiple=True,
-              help="Only this user's folder (repeatable; default: every profile that has the agent).")
-@click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks).")
-@click.option("--max-fail-percent", type=int, default=None,
-              help="Stop after a batch whose failed PCs exceed this percentage (default: never stop).")
-@click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
-              help="Only the PCs that run did not finish (failed, put back, unreachable).")
-@click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
+@fleet_options
 @common_options
 @pass_opts
 def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expect_version: str | None,
