@@ -1181,27 +1181,25 @@ def build_doai_world(s: VercelStandIn, token: str) -> DoaiWorld:
 # --------------------------------------------------------------------------------------------
 
 
-class DashboardHealth:
-    """``GET /api/health`` of the dashboard as its production deployment serves it: 200
-    ``{"status":"ok","deployment":<id>}`` unless ``bad(production id)`` says that deployment is
-    broken, then 500 ``{"status":"error",...}``. Loopback only, a free port; ``stop()`` at the end."""
+class HealthEndpoint:
+    """An ``/api/health`` on 127.0.0.1 (a free port): ``status()`` decides each answer's code (it
+    may be replaced at any time), ``describe()`` adds to its JSON body; ``hits`` counts the answers.
+    ``stop()`` at the end."""
 
-    def __init__(self, api: VercelStandIn, project: Project, bad: Callable[[str | None], bool]) -> None:
+    def __init__(self, status: Callable[[], int], describe: Callable[[], dict[str, Any]] = dict) -> None:
         owner = self
-        self.api, self.project, self.bad = api, project, bad
+        self.status, self.describe = status, describe
         self.hits: list[int] = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                dep = owner.api.production_of(owner.project)
                 if self.path.split("?")[0] != "/api/health":
                     code, payload = 404, {"status": "not found"}
-                elif owner.bad(dep):
-                    code, payload = 500, {"status": "error", "deployment": dep}
                 else:
-                    code, payload = 200, {"status": "ok", "deployment": dep}
+                    code = owner.status()
+                    payload = {"status": "ok" if code < 300 else "error", **owner.describe()}
                 owner.hits.append(code)
                 body = json.dumps(payload).encode()
                 self.send_response(code)
@@ -1219,7 +1217,7 @@ class DashboardHealth:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="dashboard-health", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="health", daemon=True
         )
         self._thread.start()
 
@@ -1232,3 +1230,13 @@ class DashboardHealth:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class DashboardHealth(HealthEndpoint):
+    """The dashboard's health as its production deployment serves it: 200 ``{"status":"ok",
+    "deployment":<id>}`` unless ``bad(production id)`` says that deployment is broken, then 500."""
+
+    def __init__(self, api: VercelStandIn, project: Project, bad: Callable[[str | None], bool]) -> None:
+        self.api, self.project, self.bad = api, project, bad
+        super().__init__(lambda: 500 if bad(api.production_of(project)) else 200,
+                         lambda: {"deployment": api.production_of(project)})

@@ -13,58 +13,15 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from doai_ansible.settings import Secret, VercelSettings
+from doai_ansible.sandbox.vercel_api import HealthEndpoint as HealthServer
 from tests.standins.vercel_api import DoaiWorld, VercelStandIn, build_doai_world
-
-
-class HealthServer:
-    """``GET /api/health`` of the dashboard; ``status()`` decides each answer, ``hits`` counts them."""
-
-    def __init__(self, status: Callable[[], int]) -> None:
-        self.status = status
-        self.hits: list[int] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                code = owner.status() if self.path == "/api/health" else 404
-                owner.hits.append(code)
-                body = b'{"status":"ok"}' if code < 300 else b'{"status":"down"}'
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_HEAD = do_GET
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="health", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/api/health"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 @dataclasses.dataclass
