@@ -176,9 +176,10 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 # -- the playbook runs ----------------------------------------------------------------------------
-def _run(ctx: RunContext, playbook: str, extravars: dict[str, Any], limit: str | None, label: str) -> PlaybookRun:
+def _run(ctx: RunContext, playbook: str, extravars: dict[str, Any], limit: str | None, label: str,
+         secrets: Mapping[str, Any] | None = None) -> PlaybookRun:
     pb = run_playbook(ctx.settings, playbook, extravars=extravars, limit=limit, log_dir=ctx.log_dir / label,
-                      on_event=ctx.progress, timeout_s=600)
+                      on_event=ctx.progress, timeout_s=600, secrets=secrets)
     for w in pb.warnings:
         ctx.warn(w)
     return pb
@@ -209,7 +210,13 @@ def _agent_reports(ctx: RunContext, limit: str | None, *, host: str, port: int |
     xv: dict[str, Any] = {"doai_agent_diagnose_socketio_host": host, "doai_agent_diagnose_lines": lines}
     if port:
         xv["doai_agent_diagnose_socketio_port"] = port
-    pb = _run(ctx, AGENT_PLAYBOOK, xv, limit, label)
+    from doai_ansible.parts.agent import WINRM_PASSWORD_VAR, AgentPart
+
+    # The WinRM password as the agent part gives it (typed at the playbook's prompt), else the inventory's.
+    secrets = AgentPart().secrets()
+    if not secrets:
+        xv = dict(xv, **{WINRM_PASSWORD_VAR: ""})
+    pb = _run(ctx, AGENT_PLAYBOOK, xv, limit, label, secrets=secrets or None)
     reps = _per_host(pb, AGENT_STATS_KEY)
     if not reps and not pb.ok:
         raise pb.error("agent diagnose failed")

@@ -4,6 +4,8 @@ system rollback's log bundle."""
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import stat
 import subprocess
@@ -248,3 +250,28 @@ def test_api_errors_on_a_docker_host_reads_the_container(docker_rig, state_dir, 
     assert f["logs"]["detail"].startswith("container log:")
     assert f["release"]["detail"].startswith(f"live image {before[1][:19]}")
     assert (rig.api_container(), rig.container_image_id(), rig.image_id(f"{rig.image_repo}:current")) == before
+
+
+def test_agent_connection_keeps_the_winrm_safeguards_of_the_agent_playbooks(sandbox, agent_fleet, state_dir, tmp_path):
+    """The diagnose playbook takes the WinRM password at its prompt like the rollback (never in a
+    file or artifact), and refuses basic authentication over plain HTTP before reaching a PC."""
+    from tests.conftest import CANARY
+
+    fleet = agent_fleet(n=1, unreachable=0)
+    password = CANARY + "-winrm-diagnose"
+    env = {"DOAI_WINRM_PASSWORD": password, "DOAI_KEEP_ARTIFACTS": "1"}
+    inv = combined_inventory(tmp_path, sandbox, fleet)
+    res = run_cli("diagnose", "agent-connection", "-i", str(inv), "--state-dir", str(state_dir), "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    files = [p for p in state_dir.rglob("*") if p.is_file()]
+    assert any("artifacts" in str(p) for p in files)
+    assert password not in res.stdout + res.stderr
+    assert [str(p) for p in files if password.encode() in p.read_bytes()] == []
+    # the same PC as a Windows PC over WinRM basic auth on plain HTTP: refused, the password never sent
+    insecure = tmp_path / "insecure.yml"
+    insecure.write_text(json.dumps({"all": {"children": {"agents": {"hosts": {"pc01": {
+        "ansible_host": "127.0.0.1", "ansible_port": 5985, "ansible_connection": "winrm",
+        "ansible_winrm_transport": "basic", "ansible_winrm_scheme": "http", "ansible_user": "admin",
+        "doai_agent_socketio_host": "127.0.0.1", "doai_agent_socketio_port": 9}}}}}}))
+    res = run_cli("diagnose", "agent-connection", "-i", str(insecure), "--state-dir", str(state_dir), env=env)
+    assert res.code != 0 and "basic authentication over plain HTTP" in res.stdout + res.stderr, res.stdout + res.stderr
