@@ -356,6 +356,15 @@ def agent() -> None:
     """
 
 
+def _rerun_limit(opts: Options, part: Any, rerun: str | None, limit: str | None) -> str | None:
+    """``--rerun-failed RUN``: the PCs that run did not finish (instead of a --limit)."""
+    if rerun is None:
+        return limit
+    if limit:
+        raise UsageError("--rerun-failed chooses the PCs itself: leave --limit out")
+    return str(part.rerun_limit(Journal(opts.settings().journal_path).find(validate.run_id(rerun))))
+
+
 def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of every command that works on the agent PCs, batch by batch."""
     decorators = [
@@ -384,11 +393,7 @@ def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...],
     stop the others): stop the agent, keep config.json, start it again and verify; a failed
     step puts that user's folder back. Ends with a result per PC and user."""
     part = parts_registry.get("agent")
-    if rerun is not None:
-        if limit:
-            raise UsageError("--rerun-failed chooses the PCs itself: leave --limit out")
-        record = Journal(opts.settings().journal_path).find(validate.run_id(rerun))
-        limit = part.rerun_limit(record)  # type: ignore[attr-defined]
+    limit = _rerun_limit(opts, part, rerun, limit)
     job = engine.Job(part, part.request(limit=limit, users=list(users), batch=batch,  # type: ignore[call-arg]
                                         max_fail_percent=max_fail_percent, reason=reason))
     return run_jobs(opts, [job], command="agent rollback", reason=reason, question="Roll the agent back as shown?")
@@ -423,10 +428,7 @@ def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expec
     user, restore config.json, start and verify; a failed step puts the kept install back. Ends
     with a result per PC and user."""
     part = parts_registry.get("agent")
-    if rerun is not None:
-        if limit:
-            raise UsageError("--rerun-failed chooses the PCs itself: leave --limit out")
-        limit = part.rerun_limit(Journal(opts.settings().journal_path).find(validate.run_id(rerun)))  # type: ignore[attr-defined]
+    limit = _rerun_limit(opts, part, rerun, limit)
     job = engine.Job(part, part.request(action="reinstall", installer=installer, sha256=sha256,  # type: ignore[call-arg]
                                         expect_version=expect_version, limit=limit, users=list(users), batch=batch,
                                         max_fail_percent=max_fail_percent, reason=reason))
@@ -489,7 +491,7 @@ def database_snapshots_cmd(opts: Options, keep: int | None) -> ExitStatus:
                 raise UsageError("--prune deletes snapshots: add --yes to confirm")
             if not click.confirm(f"Delete {len(doomed)} snapshot(s), keeping the {keep} newest?", default=False):
                 return ExitStatus.INTERRUPTED
-        deleted = part.prune_snapshots(ctx, keep)  # type: ignore[attr-defined]
+        deleted = part.prune_snapshots(ctx, keep, snaps)  # type: ignore[attr-defined]
     if opts.json:
         emit_json({"snapshots": snaps, "deleted": deleted})
         return ExitStatus.OK

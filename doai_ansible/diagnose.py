@@ -32,7 +32,7 @@ from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.runner import PlaybookRun, run_playbook
-from doai_ansible.settings import is_secret_env_name
+from doai_ansible.settings import is_secret_env_name, write_private
 
 log = logging.getLogger(__name__)
 
@@ -636,17 +636,15 @@ def _agent_next(d: Diagnosis, endpoint_ok: bool, closed: list[str], stopped: lis
 # -- the log bundle of the whole-system rollback ------------------------------------------------------------
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(scrub(text))
-    os.chmod(path, 0o600)
+    write_private(path, scrub(text))
 
 
 def _safe_name(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", host)[:100] or "_"
 
 
-def collect_logs(ctx: RunContext, dest: Path, *, lines: int) -> list[dict[str, Any]]:
+def collect_logs(ctx: RunContext, dest: Path, *, lines: int,
+                 parts: Iterable[str] = ("backend", "agent")) -> list[dict[str, Any]]:
     """The last ``lines`` lines of every backend host's logs (PM2 out/err, or the container's) and
     of every reachable agent PC's agent logs (per user; a PC whose agents keep no log the tool
     can read: the agent part's status of it), each in a file under ``dest`` (0600, secret values
@@ -654,8 +652,10 @@ def collect_logs(ctx: RunContext, dest: Path, *, lines: int) -> list[dict[str, A
     reached is an entry with its error, never an exception."""
     dest = Path(dest)
     entries: list[dict[str, Any]] = []
-    entries += _collect_backend(ctx, dest, lines)
-    entries += _collect_agents(ctx, dest, lines)
+    if "backend" in parts:
+        entries += _collect_backend(ctx, dest, lines)
+    if "agent" in parts:  # ``parts``: only the hosts of these are contacted
+        entries += _collect_agents(ctx, dest, lines)
     return entries
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from doai_ansible import parts as registry
@@ -213,11 +214,18 @@ def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | 
 
 
 def _plan_all(ctx: RunContext, jobs: list[Job]) -> list[list[Step]]:
-    if len(jobs) == 1:
-        return [jobs[0].part.plan(ctx, jobs[0].request)]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="doai-plan") as pool:
-        futures = [pool.submit(job.part.plan, ctx, job.request) for job in jobs]
-    return [f.result() for f in futures]  # all have ended; the first exception (in order) is raised
+    done = in_parallel({str(i): functools.partial(job.part.plan, ctx, job.request) for i, job in enumerate(jobs)})
+    return [done[str(i)] for i in range(len(jobs))]
+
+
+def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run read-only calls at once (each part's playbook or API reads); their results by key.
+    Every call ends before an exception (the first, in the calls' order) is raised."""
+    if len(calls) <= 1:
+        return {k: f() for k, f in calls.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="doai-read") as pool:
+        futures = {k: pool.submit(f) for k, f in calls.items()}
+    return {k: fut.result() for k, fut in futures.items()}
 
 
 def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,

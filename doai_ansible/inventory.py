@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from doai_ansible.errors import ConfigError
+from doai_ansible.errors import ConfigError, DoaiError
 
 MODE_VAR = "doai_backend_mode"
 MODES = ("pm2", "docker")
@@ -55,6 +55,15 @@ def _by_command(inventory: Path, group: str, limit: str | None) -> dict[str, dic
         return list(node.get("hosts", [])) + [h for c in node.get("children", []) for h in walk(c, seen)]
 
     return {h: hostvars.get(h, {}) for h in sorted(set(walk(group, set())))}
+
+
+def has_hosts(inventory: Path, group: str) -> bool:
+    """Whether ``group`` has hosts (read locally, no connection); True when the inventory cannot
+    be read here, so that the run itself says what is wrong with it."""
+    try:
+        return bool(group_vars(inventory, group))
+    except DoaiError:
+        return True
 
 
 def group_vars(inventory: Path, group: str, limit: str | None = None) -> dict[str, dict[str, Any]]:

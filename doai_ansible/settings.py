@@ -53,6 +53,14 @@ def is_secret_env_name(name: str) -> bool:
     return bool(_SECRET_NAME_RE.search(name))
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, 0600, never through a symlink someone left there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its mode on O_CREAT
+
+
 def ensure_private_dir(path: Path, *, parents: bool = False, follow_symlinks: bool = False) -> Path:
     """Create ``path`` with mode 0700, or check the one that is there: a directory, ours, not
     a symlink (unless ``follow_symlinks``), and tightened to 0700 when it is looser.
@@ -397,6 +405,10 @@ class SystemSettings:
         if not isinstance(webhook_env, str) or not re.fullmatch(_ENV_NAME_RE, webhook_env):
             raise ConfigError("system.webhook_env", "must be an environment variable name")
         url = env.get(webhook_env)
+        if not is_secret_env_name(webhook_env):
+            # Only secret-named variables are kept from child processes and ansible-runner's files.
+            raise ConfigError("system.webhook_env", f"{webhook_env} is not a name kept from child processes",
+                              hint="use a name with WEBHOOK, TOKEN or SECRET in it (default DOAI_WEBHOOK_URL)")
         if url:
             _secure_url(webhook_env, url, secret=True)
         log_lines = d.get("log_lines", cls.log_lines)

@@ -24,12 +24,10 @@ not all healthy afterwards (or whose smoke checks fail) exits 6 (unhealthy).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from doai_ansible import parts as registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.model import Outcome, RunResult, utcnow
-from doai_ansible.settings import SmokeCheck, ensure_private_dir
+from doai_ansible.settings import SmokeCheck, ensure_private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +152,11 @@ def before(ctx: RunContext, req: SystemRequest) -> dict[str, Any]:
             return {"part": name, "configured": True, "healthy": False, "reachable": False, "error": exc.message}
 
     # Read-only and independent of each other: at once, not one after the other (minutes of an outage).
-    found = in_parallel({**{name: functools.partial(status_of, name) for name in req.parts},
+    found = engine.in_parallel({**{name: functools.partial(status_of, name) for name in req.parts},
                          " logs": functools.partial(collect_logs, ctx, req)})
     logs = found.pop(" logs")
     states = {name: found[name] for name in req.parts}
-    _write_private(ctx.log_dir / "before-status.json", json.dumps(states, indent=2, default=str) + "\n")
+    write_private(ctx.log_dir / "before-status.json", json.dumps(states, indent=2, default=str) + "\n")
     unhealthy, unreachable = scope(states)
     return {"healthy": all(s.get("healthy", True) for s in states.values()),
             "reachable": all(s.get("reachable", True) for s in states.values()),
@@ -193,17 +191,15 @@ def collect_logs(ctx: RunContext, req: SystemRequest) -> list[dict[str, Any]]:
     an entry with an error (and a warning), never the end of the run."""
     if not ({"backend", "agent"} & set(req.parts)) or ctx.settings.system.log_lines == 0:
         return []
-    try:
-        from doai_ansible import diagnose
-    except ImportError:  # pragma: no cover - the diagnostics ship with the package
-        return []
+    from doai_ansible import diagnose
+
     dest = ensure_private_dir(ctx.log_dir / "logs")
     try:
-        entries = diagnose.collect_logs(ctx, dest, lines=ctx.settings.system.log_lines)
+        entries = diagnose.collect_logs(ctx, dest, lines=ctx.settings.system.log_lines, parts=req.parts)
     except DoaiError as exc:
         ctx.warn(f"the logs could not be collected: {exc.message}")
         return [{"part": "system", "host": "-", "file": None, "error": exc.message}]
-    return [e for e in entries if e.get("part") in req.parts]
+    return entries
 
 
 # -- during: announcements ------------------------------------------------------------------------------
@@ -272,22 +268,12 @@ def after(ctx: RunContext, req: SystemRequest) -> dict[str, Any]:
         except DoaiError as exc:
             return {"healthy": False, "reachable": False, "targets": {}, "error": exc.message}
 
-    found = in_parallel({**{name: functools.partial(health_of, name) for name in req.parts},
+    found = engine.in_parallel({**{name: functools.partial(health_of, name) for name in req.parts},
                          " smoke": functools.partial(smoke, ctx.settings.system.smoke_checks)})
     health = {name: found[name] for name in req.parts}
     return {"healthy": all(h.get("healthy", False) for h in health.values()),
             "reachable": all(h.get("reachable", False) for h in health.values()),
             "parts": health, "smoke": found[" smoke"]}
-
-
-def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
-    """Run read-only calls at once (each part's playbook or API reads); their results by key.
-    An exception in one is raised after all have ended."""
-    if len(calls) <= 1:
-        return {k: f() for k, f in calls.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="doai-read") as pool:
-        futures = {k: pool.submit(f) for k, f in calls.items()}
-    return {k: fut.result() for k, fut in futures.items()}
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -399,8 +385,8 @@ def write_report(ctx: RunContext, req: SystemRequest, run: RunResult, checklist:
     paths = {"markdown": str(md_path), "json": str(json_path)}
     doc = dict(run.to_dict(), who=ctx.operator)
     doc["checklist"] = dict(checklist, report=paths)
-    _write_private(json_path, json.dumps(doc, indent=2, default=str) + "\n")
-    _write_private(md_path, report_markdown(doc, ctx))
+    write_private(json_path, json.dumps(doc, indent=2, default=str) + "\n")
+    write_private(md_path, report_markdown(doc, ctx))
     return paths
 
 
@@ -464,12 +450,6 @@ def report_markdown(doc: Mapping[str, Any], ctx: RunContext) -> str:
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def text_lines(run: RunResult) -> list[str]:

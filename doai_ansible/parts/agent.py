@@ -99,16 +99,6 @@ class AgentPart(PlaybookPart):
     group = "agents"
     apply_modules = ("doai_agent_swap",)
 
-    def configured(self, ctx: RunContext) -> bool:
-        """Whether the inventory has agent PCs (read locally, no connection)."""
-        from doai_ansible.errors import DoaiError
-        from doai_ansible.inventory import group_vars
-
-        try:
-            return bool(group_vars(ctx.settings.inventory, self.group))
-        except DoaiError:
-            return True  # let the run say what is wrong with the inventory
-
     # -- a run -------------------------------------------------------------------------------------
     def request(self, *, limit: str | None = None, users: list[str] | tuple[str, ...] | None = None,
                 batch: str | None = None, max_fail_percent: int | None = None, reason: str | None = None,

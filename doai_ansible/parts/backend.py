@@ -54,13 +54,9 @@ class BackendPart(PartBase):
 
     def configured(self, ctx: RunContext) -> bool:
         """Whether the inventory has backend hosts (read locally, no connection)."""
-        from doai_ansible.errors import DoaiError
-        from doai_ansible.inventory import group_vars
+        from doai_ansible.inventory import has_hosts
 
-        try:
-            return bool(group_vars(ctx.settings.inventory, self.group))
-        except DoaiError:
-            return True  # let the run say what is wrong with the inventory
+        return has_hosts(ctx.settings.inventory, self.group)
 
     # -- which hosts run which mode ------------------------------------------------------------------
     def split(self, ctx: RunContext, limit: str | None, override: str | None = None,

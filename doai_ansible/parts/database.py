@@ -446,13 +446,14 @@ class DatabasePart(PartBase):
                         "last_migration": manifest.get("last_migration"), "label": manifest.get("label")})
         return out
 
-    def prune_snapshots(self, ctx: RunContext, keep: int) -> list[str]:
+    def prune_snapshots(self, ctx: RunContext, keep: int, snaps: list[dict[str, Any]] | None = None) -> list[str]:
         """Delete all but the ``keep`` newest intact snapshots (and their manifests); a damaged
-        one is never deleted by this (a human looks at it). Returns the files deleted."""
+        one is never deleted by this (a human looks at it). ``snaps``: the listing the operator
+        confirmed (else listed, and every dump hashed, now). Returns the files deleted."""
         if keep < 1:
-            raise ValidationError("--keep must be at least 1: the newest snapshot is never pruned")
+            raise ValidationError("--prune must be at least 1: the newest snapshot is never pruned")
         gone = []
-        for snap in [s for s in self.snapshots(ctx) if s["intact"]][keep:]:
+        for snap in [s for s in (self.snapshots(ctx) if snaps is None else snaps) if s["intact"]][keep:]:
             path = Path(snap["file"])
             path.unlink()
             dump.manifest_path(path).unlink(missing_ok=True)

@@ -162,7 +162,10 @@ class PlaybookPart(PartBase):
         return {"from": step.current, "to": step.desired}
 
     def configured(self, ctx: RunContext) -> bool:
-        return True  # the inventory decides; status() says configured=False when it has no hosts
+        """Whether the inventory has hosts in this part's group (read locally, no connection)."""
+        from doai_ansible.inventory import has_hosts
+
+        return has_hosts(ctx.settings.inventory, self.group)
 
     # -- running the playbook -----------------------------------------------------------------------
     def extravars(self, ctx: RunContext, request: Request, **more: Any) -> dict[str, Any]:

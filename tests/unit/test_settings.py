@@ -165,3 +165,15 @@ def test_a_webhook_url_is_never_shown_in_its_error(tmp_path, url):
         load_settings(None, inventory=inv, env={"DOAI_WEBHOOK_URL": url})
     assert "canary-hook-token" not in exc.value.message + (exc.value.hint or "")
     assert exc.value.message.startswith("setting 'DOAI_WEBHOOK_URL': the URL")
+
+
+def test_a_webhook_variable_must_be_one_kept_from_child_processes(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all: {}\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("system: {webhook_env: SLACK_HOOK_URL}\n")
+    with pytest.raises(ConfigError, match="SLACK_HOOK_URL is not a name kept from child processes"):
+        load_settings(cfg, inventory=inv, env={})
+    cfg.write_text("system: {webhook_env: SLACK_WEBHOOK_URL}\n")
+    s = load_settings(cfg, inventory=inv, env={"SLACK_WEBHOOK_URL": "https://hooks.example.com/x"})
+    assert s.system.webhook is not None and is_secret_env_name("SLACK_WEBHOOK_URL")
