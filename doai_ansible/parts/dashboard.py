@@ -88,6 +88,17 @@ Progress = Callable[[str], None]
 HealthCheck = Callable[[], "bool | tuple[bool, str]"]
 
 
+class ReportOnly:
+    """A health check whose answer is observed and reported, not required (an undo goes back to a
+    deployment that was live, most likely unhealthy): the step says what the probe saw."""
+
+    def __init__(self, observe: Callable[[], tuple[bool, str]]) -> None:
+        self.observe = observe
+
+    def __call__(self) -> tuple[bool, str]:
+        return self.observe()
+
+
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
@@ -806,6 +817,11 @@ def _check_job(ch: _Change, status: str, live: str | None) -> None:
 def _verify(ch: _Change, health_check: HealthCheck | None) -> StepResult:
     """The health gate; on failure promote the original back."""
     ch.say(f"{ch.name} now serves {ch.to}; checking {ch.settings.health_url}")
+    if isinstance(health_check, ReportOnly):  # undo: health observed and shown, not required
+        ok, seen = health_check.observe()
+        ch.details["health"] = {"url": ch.settings.health_url, "healthy": ok, "detail": seen, "required": False}
+        state = "healthy" if ok else "NOT healthy"
+        return ch.end(Outcome.SUCCEEDED, f"{ch.name} serves {ch.to}; health {state} ({seen}; not required for an undo)")
     healthy, detail = wait_healthy(
         ch.settings, health_check=health_check, sleep=ch.c.sleep, clock=ch.c.clock, progress=ch.progress
     )
@@ -1012,12 +1028,12 @@ class DashboardPart(PartBase):
         if not health_gate:
             # Undo returns to a deployment that was live when the rollback started, most likely
             # unhealthy (that is why it was rolled back): report its health, do not require it.
-            def report_only() -> bool:
+            def observe() -> tuple[bool, str]:
                 ok, detail = self._probe_once(vs)
                 ctx.say(f"dashboard health: {detail} ({'healthy' if ok else 'unhealthy'}; reported, not required)")
-                return True
+                return ok, detail
 
-            return report_only
+            return ReportOnly(observe)
         if self._probe is None:
             return None  # wait_healthy probes the URL itself, each probe bounded by the time left
         probe = self._probe

@@ -280,6 +280,9 @@ def test_undo_request_comes_from_the_journaled_run_and_reports_health_only(rig: 
     assert rig.production == rig.world.current.id
     assert rig.posts() == ["rollback", "promote"]
     assert any("reported, not required" in s for s in rig.said)
+    # health shown is health observed: "not required" is not "healthy"
+    assert "NOT healthy" in result.message and "not required" in result.message, result.message
+    assert result.step.details["health"]["healthy"] is False
 
 
 def test_undo_request_is_none_without_a_succeeded_dashboard_step(rig: Rig) -> None:
