@@ -7,6 +7,7 @@ and its exit status (a traceback only with ``--debug``).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -736,7 +737,10 @@ def main(argv: list[str] | None = None) -> int:
         with cli.make_context("doai-rollback", list(sys.argv[1:] if argv is None else argv), obj=opts) as ctx:
             _configure_logging(opts)
             rv = cli.invoke(ctx)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not in the interpreter's exit
         return int(rv if isinstance(rv, int) else 0)
+    except BrokenPipeError:
+        return _stdout_closed()
     except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
     except click.exceptions.Abort:
@@ -763,6 +767,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"doai-rollback: internal error: {type(exc).__name__}: {exc} (run again with --debug)", err=True)
         return ExitStatus.ERROR
+
+
+#: The exit status when the reader of stdout went away (`doai-rollback history | head -1`):
+#: 128 + SIGPIPE, what a shell reports for a writer that SIGPIPE ended. Not an error message.
+STDOUT_CLOSED = 141
+
+
+def _stdout_closed() -> int:
+    """stdout's reader is gone: not an error of this tool. Whatever is still buffered goes to
+    /dev/null (as the Python docs advise, so the interpreter's own flush at exit cannot fail
+    again) and the command ends quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+    return STDOUT_CLOSED
 
 
 def run() -> None:
