@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from doai_ansible import __version__, engine, validate
+from doai_ansible import __version__, engine, render, validate
 from doai_ansible import parts as parts_registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
@@ -730,36 +730,90 @@ def _configure_logging(opts: Options) -> None:
     logging.basicConfig(level=level, format="doai-rollback: %(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
 
 
+def json_requested(args: list[str]) -> bool:
+    """Whether an argument list asks for ``--output json``, read as click would (the last one
+    wins; before or after the subcommand), but without click: a command line click refuses must
+    still get its error as JSON."""
+    out = None
+    it = iter(args)
+    for arg in it:
+        if arg == "--":
+            break
+        if arg in ("-o", "--output"):
+            out = next(it, None)
+        elif arg.startswith("--output="):
+            out = arg.split("=", 1)[1]
+        elif arg.startswith("-") and not arg.startswith("--") and "o" in arg[1:]:
+            # A cluster of short flags ending in -o (``-yo json``, ``-ojson``, ``-yojson``).
+            head, _, value = arg[1:].partition("o")
+            if set(head) <= {"y", "n", "v"}:
+                out = value or next(it, None)
+    return out == "json"
+
+
+def _error_json(opts: Options, status: ExitStatus, message: str, hint: str | None) -> None:
+    """The error document on stdout with ``--output json`` (unless a document was printed already)."""
+    if opts.json and not render.emitted():
+        emit_json({"error": message, "hint": hint, "exit_status": int(status), "exit_name": status.name})
+
+
+def _usage_error(exc: click.ClickException) -> tuple[str, str | None]:
+    """A click usage error as (message, hint): what the error document says."""
+    ctx = getattr(exc, "ctx", None)
+    hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `doai-rollback --help`"
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    if no_args is not None and isinstance(exc, no_args) and ctx is not None:
+        # click's message here is the whole help text: name what is missing instead.
+        return f"{ctx.command_path}: a command is needed ({', '.join(ctx.command.list_commands(ctx))})", hint
+    return exc.format_message(), hint
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; the one place where errors become messages and exit codes."""
+    """Entry point; the one place where errors become messages and exit codes. With
+    ``--output json`` every outcome is one JSON document on stdout, click's own usage errors
+    and Ctrl-C included."""
+    args = list(sys.argv[1:] if argv is None else argv)
     opts = Options()
+    if json_requested(args):
+        opts.output = "json"  # before click parses: its errors must be JSON too
     try:
-        with cli.make_context("doai-rollback", list(sys.argv[1:] if argv is None else argv), obj=opts) as ctx:
+        return _main(opts, args)
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _main(opts: Options, args: list[str]) -> int:
+    try:
+        with cli.make_context("doai-rollback", args, obj=opts) as ctx:
             _configure_logging(opts)
             rv = cli.invoke(ctx)
         sys.stdout.flush()  # a reader gone (`| head`) shows here, not in the interpreter's exit
         return int(rv if isinstance(rv, int) else 0)
     except BrokenPipeError:
-        return _stdout_closed()
+        raise
     except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # the confirmation declined, or Ctrl-C at its prompt
+        _error_json(opts, ExitStatus.INTERRUPTED, "aborted; nothing was changed", None)
         click.echo("doai-rollback: aborted; nothing was changed", err=True)
         return ExitStatus.INTERRUPTED
     except click.ClickException as exc:
+        message, hint = _usage_error(exc)
+        _error_json(opts, ExitStatus.USAGE, message, hint)
         exc.show()
         return ExitStatus.USAGE
     except DoaiError as exc:
         if opts.debug:
             log.exception("error")
         status = exc.exit_status
-        if opts.json:
-            emit_json({"error": exc.message, "hint": exc.hint, "exit_status": int(status), "exit_name": status.name})
+        _error_json(opts, status, exc.message, exc.hint)
         click.echo(f"doai-rollback: error: {exc.message}", err=True)
         if exc.hint:
             click.echo(f"doai-rollback: hint: {exc.hint}", err=True)
         return int(status)
     except KeyboardInterrupt:
+        hint = "a run that had reached a part is in `doai-rollback history`"
+        _error_json(opts, ExitStatus.INTERRUPTED, "interrupted (Ctrl-C)", hint)
         click.echo("doai-rollback: interrupted", err=True)
         return ExitStatus.INTERRUPTED
     except Exception as exc:  # a bug: say so, briefly, unless --debug

@@ -63,8 +63,19 @@ class Progress:
             self.note(task)
 
 
+_emitted = 0  # documents printed on stdout by this process
+
+
 def emit_json(data: Any, stream: IO[str] | None = None) -> None:
+    global _emitted
+    if stream is None or stream is sys.stdout:
+        _emitted += 1
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def emitted() -> bool:
+    """Whether a JSON document went to stdout already (``--output json`` promises one)."""
+    return _emitted > 0
 
 
 def run_text(run: RunResult, *, confirming: bool = False) -> str:
