@@ -258,7 +258,7 @@ def _runner_config(
     config = ansible_runner.RunnerConfig(
         private_data_dir=str(private),
         playbook=str(path),
-        inventory=str(settings.inventory),
+        inventory=str(settings.require_inventory()),  # never a default: exit 2 naming the ways to set one
         limit=limit,
         cmdline=cmdline,
         envvars=ansible_env(settings, private),
@@ -410,6 +410,7 @@ def run_playbook(
     than left waiting at the prompt.
     """
     path = _resolve_playbook(settings, playbook)
+    settings.require_inventory()  # no inventory configured: exit 2 before anything is prepared
     extravars = dict(extravars or {})
     _check_no_secrets(extravars)
     secrets = dict(secrets or {})

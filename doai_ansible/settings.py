@@ -463,10 +463,16 @@ def _list(key: str, value: Any) -> list[Any]:
     return value
 
 
+#: How to name the inventory: every way, so an operator (or a CI job) can pick theirs.
+INVENTORY_HINT = ("pass --inventory PATH, export DOAI_INVENTORY=PATH, or set `inventory: PATH` in the config file "
+                  "(./doai-rollback.yml or ~/.config/doai-rollback/config.yml); inventory/example is a template "
+                  "to copy, used only when named")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     config_path: Path | None
-    inventory: Path
+    inventory: Path | None  # None: no inventory configured (no part with hosts is configured)
     state_dir: Path
     content_dir: Path
     lock_ttl_s: float = 3600.0
@@ -495,6 +501,13 @@ class Settings:
     @property
     def runs_dir(self) -> Path:
         return self.state_dir / "runs"
+
+    def require_inventory(self) -> Path:
+        """The inventory, or exit 2 saying how to name one (before any host is contacted)."""
+        if self.inventory is None:
+            raise ConfigError("inventory", "no Ansible inventory is configured, so no host can be named",
+                              hint=INVENTORY_HINT)
+        return self.inventory
 
     def playbook(self, name: str) -> Path:
         return self.content_dir / "playbooks" / name
@@ -563,13 +576,14 @@ def load_settings(
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p)
 
+    # No default: the bundled inventory/example names example hosts, and a tool that fell back to
+    # it would connect to them. It is read only when named, like any other inventory.
+    inv: Path | None = None
     inv_value = inventory or env.get("DOAI_INVENTORY") or data.get("inventory")
     if inv_value:
         inv = _path(inv_value, "inventory") if not inventory else Path(inventory).expanduser().absolute()
-    else:
-        inv = cdir / "inventory" / "example" / "hosts.yml"
-    if not inv.exists():
-        raise ConfigError("inventory", f"{inv} does not exist", hint="pass --inventory or set DOAI_INVENTORY")
+        if not inv.exists():
+            raise ConfigError("inventory", f"{inv} does not exist", hint=INVENTORY_HINT)
 
     sd_value = state_dir or env.get("DOAI_STATE_DIR") or data.get("state_dir")
     sd = (_path(sd_value, "state_dir") if sd_value else default_state_dir()).absolute()
@@ -585,7 +599,7 @@ def load_settings(
         raise ConfigError("vercel", "must be a mapping")
     return Settings(
         config_path=path,
-        inventory=inv.absolute(),
+        inventory=inv.absolute() if inv is not None else None,
         state_dir=sd,
         content_dir=cdir,
         lock_ttl_s=lock_ttl,

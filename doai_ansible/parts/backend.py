@@ -96,6 +96,7 @@ class BackendPart(PartBase):
     def _plan_split(self, ctx: RunContext, request: Request) -> list[tuple[str, Request]]:
         """(mode, request for its hosts) for each mode, every value checked for its mode; the
         inventory is read once per request (the CLI's check and the plan share it)."""
+        ctx.settings.require_inventory()  # none configured: exit 2 before anything, never a default
         if (not request.options.get("mode") and not request.targets
                 and not declares_modes(ctx.settings.inventory)):
             # Every host runs PM2: no need to read the inventory first (the PM2 part says what a

@@ -177,3 +177,30 @@ def test_a_webhook_variable_must_be_one_kept_from_child_processes(tmp_path):
     cfg.write_text("system: {webhook_env: SLACK_WEBHOOK_URL}\n")
     s = load_settings(cfg, inventory=inv, env={"SLACK_WEBHOOK_URL": "https://hooks.example.com/x"})
     assert s.system.webhook is not None and is_secret_env_name("SLACK_WEBHOOK_URL")
+
+
+def test_no_inventory_configured_is_none_and_says_how_to_set_one(tmp_path, monkeypatch):
+    """Nothing configured: no inventory at all (the bundled inventory/example names example hosts
+    and is read only when named); a command that needs one exits 2 naming every way to set it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = load_settings(None, env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    assert s.config_path is None
+    assert s.inventory is None
+    with pytest.raises(ConfigError) as exc:
+        s.require_inventory()
+    text = str(exc.value)
+    assert exc.value.exit_status is ExitStatus.USAGE
+    assert "--inventory" in text and "DOAI_INVENTORY" in text and "`inventory" in text
+    # named, it is used like any other inventory
+    example = Path(__file__).resolve().parents[2] / "inventory" / "example" / "hosts.yml"
+    assert load_settings(None, inventory=example, env={}).require_inventory() == example
+
+
+def test_repo_ansible_cfg_names_no_inventory():
+    """ansible-playbook run from the repository root without -i must not reach the example hosts."""
+    import configparser
+
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(Path(__file__).resolve().parents[2] / "ansible.cfg")
+    assert not cfg.has_option("defaults", "inventory")
