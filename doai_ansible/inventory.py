@@ -21,11 +21,26 @@ MODES = ("pm2", "docker")
 DEFAULT_MODE = "pm2"
 
 
+def _require(inventory: Path | None) -> Path:
+    """The inventory, or exit 2 saying how to name one (no default: see settings)."""
+    if inventory is None:
+        from doai_ansible.settings import INVENTORY_HINT
+
+        raise ConfigError("inventory", "no Ansible inventory is configured, so no host can be named",
+                          hint=INVENTORY_HINT)
+    return inventory
+
+
 def _in_process(inventory: Path, group: str, limit: str | None) -> dict[str, dict[str, Any]]:
+    from ansible import constants
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
 
+    # A group the inventory lacks (no `agents` on a backend-only inventory) or a --limit that
+    # matches nothing is an answer here (no hosts), not a warning Ansible should print on our
+    # stderr ("Could not match supplied host pattern"): the caller says what it means.
+    constants.HOST_PATTERN_MISMATCH = "ignore"
     loader = DataLoader()
     inv = InventoryManager(loader=loader, sources=[str(inventory)])
     if limit:
@@ -43,7 +58,7 @@ def _by_command(inventory: Path, group: str, limit: str | None) -> dict[str, dic
 
     env = {k: v for k, v in os.environ.items() if not is_secret_env_name(k)}  # an inventory script gets no secret
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True,
-                         env={**env, "ANSIBLE_NOCOLOR": "1"}).stdout
+                         env={**env, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore"}).stdout
     data = json.loads(out)
     hostvars = (data.get("_meta") or {}).get("hostvars") or {}
 
@@ -57,17 +72,21 @@ def _by_command(inventory: Path, group: str, limit: str | None) -> dict[str, dic
     return {h: hostvars.get(h, {}) for h in sorted(set(walk(group, set())))}
 
 
-def has_hosts(inventory: Path, group: str) -> bool:
-    """Whether ``group`` has hosts (read locally, no connection); True when the inventory cannot
-    be read here, so that the run itself says what is wrong with it."""
+def has_hosts(inventory: Path | None, group: str) -> bool:
+    """Whether ``group`` has hosts (read locally, no connection); False when no inventory is
+    configured; True when the inventory cannot be read here, so that the run itself says what is
+    wrong with it."""
+    if inventory is None:
+        return False
     try:
         return bool(group_vars(inventory, group))
     except DoaiError:
         return True
 
 
-def group_vars(inventory: Path, group: str, limit: str | None = None) -> dict[str, dict[str, Any]]:
+def group_vars(inventory: Path | None, group: str, limit: str | None = None) -> dict[str, dict[str, Any]]:
     """host -> its variables, for the hosts of ``group`` that ``limit`` selects."""
+    inventory = _require(inventory)
     try:
         return _in_process(inventory, group, limit)
     except Exception:  # noqa: BLE001 - anything the in-process read cannot do, the CLI can
@@ -88,10 +107,11 @@ def _sources(inventory: Path) -> list[Path]:
     return files
 
 
-def declares_modes(inventory: Path) -> bool:
+def declares_modes(inventory: Path | None) -> bool:
     """Whether the inventory may set doai_backend_mode anywhere. False only for static files
     (no inventory plugin, no script) that never name it: then every backend host runs PM2,
     and a run saves reading the inventory (~0.2 s before the outage's fix can start)."""
+    inventory = _require(inventory)
     try:
         for path in _sources(inventory):
             if os.access(path, os.X_OK) and path.suffix not in (".yml", ".yaml", ".json", ".ini", ""):
@@ -106,7 +126,7 @@ def declares_modes(inventory: Path) -> bool:
     return False
 
 
-def backend_modes(inventory: Path, limit: str | None = None, *, group: str = "backend") -> dict[str, str]:
+def backend_modes(inventory: Path | None, limit: str | None = None, *, group: str = "backend") -> dict[str, str]:
     """host -> ``pm2`` or ``docker`` (``doai_backend_mode``, per host or group; pm2 when unset)."""
     modes = {}
     for host, hv in group_vars(inventory, group, limit).items():
