@@ -593,11 +593,14 @@ def lock_group() -> None:
 def lock_status(opts: Options, local_only: bool) -> ExitStatus:
     """The local locks and the locks on the hosts: owner, run, age, and whether that run is alive.
 
-    Exit 5 while a lock is held by a live run (or one this controller cannot judge), else 0."""
+    Exit 5 while a lock is held by a live run (or one this controller cannot judge); else 7 when
+    a host's lock could not be read (it may hold one: "unknown" is not "free"); else 0."""
     st = engine.locks(opts.context(), hosts=not local_only)
+    unread = [f"{lk['part']} {lk['host']}" for lk in st["hosts"] if "error" in lk]
+    status = ExitStatus.LOCKED if st["held"] else ExitStatus.UNREACHABLE if unread else ExitStatus.OK
     if opts.json:
-        emit_json(st)
-        return ExitStatus.LOCKED if st["held"] else ExitStatus.OK
+        emit_json(dict(st, unread=unread, exit_status=int(status), exit_name=status.name))
+        return status
     if not st["local"] and not st["hosts"]:
         click.echo("no locks held")
     for lk in st["local"]:
@@ -614,7 +617,10 @@ def lock_status(opts: Options, local_only: bool) -> ExitStatus:
                "unknown": "not a live run of this controller (another controller, or a killed run)"}[lk["run"]]
         click.echo(f"{lk['part']} {lk['host']}: host lock by {lk.get('owner')} (run {lk.get('run_id')}) "
                    f"since {lk.get('since')}, {lk.get('age_s', '?')} s ago; {run}")
-    return ExitStatus.LOCKED if st["held"] else ExitStatus.OK
+    if unread:
+        click.echo(f"doai-rollback: error: the host lock of {', '.join(unread)} could not be read: "
+                   "a rollback may hold it", err=True)
+    return status
 
 
 @lock_group.command("release")

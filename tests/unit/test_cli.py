@@ -119,3 +119,25 @@ def test_status_without_backend_hosts(tmp_path):
     # health has nothing to check: that is not "healthy" (a CI monitor must not pass on it)
     res = run_cli("health", "-o", "json", env={"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(tmp_path / "s")})
     assert res.code == 2 and "no part is configured" in res.stderr
+
+
+def test_lock_status_host_lock_unread_is_not_no_lock(closed_env, tmp_path):
+    """A host whose lock could not be read (here: its SSH port is closed) may hold one: a CI
+    gate on "no lock held" must not pass. Exit 7 (unreachable), or 5 when a lock is held."""
+    res = run_cli("lock", "status", env=closed_env)
+    assert res.code == 7, res.stdout + res.stderr
+    assert "vps1: host lock unknown" in res.stdout and "could not be read" in res.stderr
+    locks = tmp_path / "state" / "locks"
+    locks.mkdir(parents=True)
+    holder = __import__("subprocess").Popen(["sleep", "300"])
+    try:
+        (locks / "backend.lock").write_text(json.dumps({
+            "target": "backend", "owner": "alice", "pid": holder.pid, "host": socket.gethostname(),
+            "acquired": __import__("time").time(), "reason": None, "run_id": "r9"}))
+        res = run_cli("lock", "status", "-o", "json", env=closed_env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.code == 5, res.stdout + res.stderr
+    doc = res.json()
+    assert doc["held"] is True and doc["unread"] == ["backend vps1"] and doc["exit_status"] == 5
