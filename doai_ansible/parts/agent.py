@@ -80,10 +80,24 @@ def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None =
                                                       "plan_status": u.get("status"),
                                                       "pin": {"from": u.get("from"), "to": u.get("to")},
                                                       "steps": [s.get("op") for s in u.get("steps") or []]})
-    step.details["from_label"] = f"app-current {u.get('from') or '?'}"
-    step.details["to_label"] = (f"installer {installer.get('name')} ({u.get('to') or 'its version'})" if installer
-                                else f"app-failed {u.get('to') or '?'} (undo)" if undo
-                                else f"app-backup {u.get('to') or '?'}")
+    # What the folders hold now (the plugin reads them); the marker is only history.
+    live: Mapping[str, Any] = u.get("live") or {}
+    step.details["live"] = dict(live)
+    step.details["history"] = u.get("history")
+    status, ops = u.get("status"), step.details["steps"]
+    step.details["from_label"] = (f"app-current {live.get('app-current') or 'none'}" if live
+                                  else f"app-current {u.get('from') or '?'}")
+    if installer:
+        step.details["to_label"] = f"installer {installer.get('name')} ({u.get('to') or 'its version'})"
+    elif status == "unchanged" or (status == "planned" and "rename" not in ops):
+        # Nothing to swap (rolled back, or undone, already): app-current stays as it is.
+        step.details["to_label"] = f"app-current {u.get('to') or '?'}" + ("" if status == "unchanged" else " (start)")
+    elif undo:
+        step.details["to_label"] = f"app-failed {u.get('to') or '?'} (undo)"
+    elif status == "refused" and live:
+        step.details["to_label"] = f"app-backup {live.get('app-backup') or 'none'}"
+    else:
+        step.details["to_label"] = f"app-backup {u.get('to') or '?'}"
     if u.get("status") == "planned":
         step.notes = ["; ".join(f"{s.get('op')} {s.get('src', '')}->{s.get('dest', '')}".replace(" ->", "")
                                 for s in u.get("steps") or [])]
@@ -331,8 +345,12 @@ class AgentPart(PlaybookPart):
                 h.update(error=s.details.get("error"), healthy=False,
                          unreachable=s.details.get("plan_status") == "unreachable")
                 continue
-            h["users"][s.details["user"]] = {"current": s.current, "backup": s.details.get("to_label"),
-                                            "plan": s.details.get("plan_status"), "reason": s.rule}
+            # The folders as they are now; the marker's account of the last run only as history.
+            live = s.details.get("live") or {}
+            h["users"][s.details["user"]] = {
+                "current": live.get("app-current") if live else s.current, "backup": live.get("app-backup"),
+                "failed": live.get("app-failed"), "last_run": s.details.get("history"),
+                "plan": s.details.get("plan_status"), "reason": s.rule}
         return {"part": self.name, "configured": bool(hosts), "hosts": hosts,
                 "reachable": not any(h.get("unreachable") for h in hosts.values()),
                 "healthy": all(h["healthy"] for h in hosts.values())}
@@ -349,7 +367,11 @@ class AgentPart(PlaybookPart):
                 lines.append(f"agent {host}: {'UNREACHABLE' if h.get('unreachable') else 'ERROR'}: {h['error']}")
                 continue
             for user, u in h["users"].items():
-                lines.append(f"agent {host} {user}: app-current {u['current'] or '?'}, {u['backup']}; "
+                last = u.get("last_run") or {}
+                history = (f"; last run {last.get('run_id') or '?'}: {last.get('phase') or '?'} "
+                           f"{last.get('from') or '?'} -> {last.get('to') or '?'}" if last else "")
+                lines.append(f"agent {host} {user}: app-current {u['current'] or 'none'}, "
+                             f"app-backup {u.get('backup') or 'none'}, app-failed {u.get('failed') or 'none'}{history}; "
                              f"rollback would be: {u['plan']}{(' (' + u['reason'] + ')') if u['reason'] else ''}")
         return lines
 

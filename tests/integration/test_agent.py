@@ -257,3 +257,51 @@ def test_the_confirmed_plan_is_the_plan_applied(agent_fleet, state_dir):
     assert rig.folder_state("pc01", "alice")["app-current"] == "2.0.0"  # untouched
     for target in ("pc01/bob", "pc02/alice", "pc02/bob"):
         assert outcomes[target].outcome.value == "succeeded", outcomes[target].message
+
+
+def _line(text: str, *words: str) -> str:
+    (line,) = [ln for ln in text.splitlines() if all(w in ln for w in words)]
+    return line
+
+
+def test_after_a_rollback_status_plans_and_a_second_run_show_the_live_folders(agent_fleet, state_dir):
+    """Issue 17 item 4: once alice's folder is rolled back (app-current 1.9.0, app-failed 2.0.0,
+    no app-backup), `agent status`, a dry run and a second run say what the folders hold; the
+    run's marker is history (named as such), not the source of the versions shown."""
+    rig = agent_fleet(n=1, unreachable=0)
+    env = env_for(rig, state_dir)
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    run_id = res.json()["run_id"]
+    st = rig.folder_state("pc01", "alice")
+    assert (st["app-current"], st["app-backup"], st["app-failed"]) == ("1.9.0", None, "2.0.0")
+
+    status = run_cli("agent", "status", "-o", "json", env=env)
+    assert status.code == 0, status.stdout + status.stderr
+    users = status.json()["hosts"]["pc01"]["users"]
+    assert users["alice"]["current"] == "1.9.0", users["alice"]  # not the marker's "from" (2.0.0)
+    assert (users["alice"]["current"], users["alice"]["backup"], users["alice"]["failed"]) == ("1.9.0", None, "2.0.0")
+    assert users["alice"]["last_run"] == {"run_id": run_id, "phase": "done", "from": "2.0.0", "to": "1.9.0"}
+    assert (users["bob"]["current"], users["bob"]["backup"], users["bob"]["failed"]) == ("2.0.0", "1.9.0", None)
+    text = run_cli("agent", "status", env=env)
+    line = _line(text.stdout, "pc01 alice")
+    assert "app-current 1.9.0, app-backup none, app-failed 2.0.0" in line, text.stdout
+    assert f"last run {run_id}: done 2.0.0 -> 1.9.0" in line, text.stdout
+    assert "app-current 2.0.0" not in line
+    assert "app-current 2.0.0, app-backup 1.9.0" in _line(text.stdout, "pc01 bob"), text.stdout
+
+    plan = run_cli("agent", "rollback", "--dry-run", "-o", "json", env=env)
+    assert plan.code == 0, plan.stdout + plan.stderr
+    alice = by_target(plan)["pc01/alice"]
+    assert (alice["from"], alice["to"]) == ("1.9.0", "1.9.0"), alice
+    assert alice["details"]["from_label"] == "app-current 1.9.0", alice
+    assert (by_target(plan)["pc01/bob"]["from"], by_target(plan)["pc01/bob"]["to"]) == ("2.0.0", "1.9.0")
+    text = run_cli("agent", "rollback", "--dry-run", env=env)
+    assert "app-current 2.0.0" not in _line(text.stdout, "pc01/alice"), text.stdout
+
+    again = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json", env=env)
+    assert again.code == 0, again.stdout + again.stderr
+    (step,) = again.json()["steps"]
+    assert step["outcome"] == "unchanged" and (step["from"], step["to"]) == ("1.9.0", "1.9.0"), step
+    assert step["details"]["from_label"] == "app-current 1.9.0", step
+    assert rig.folder_state("pc01", "alice") == st

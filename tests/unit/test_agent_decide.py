@@ -127,6 +127,24 @@ def test_already_swapped_is_unchanged_and_started_when_not_running():
     assert plan["status"] == "planned" and ops(plan) == ["start", "verify"]
 
 
+def test_a_folder_rolled_back_already_is_shown_as_it_is_the_marker_as_history():
+    """Issue 17 item 4: after the swap app-current holds 2.4.0: that is its "from" in a plan or
+    a status, not the marker's "from" (2.4.1, what the run found)."""
+    plan = swap.decide(observed("observe_swapped"), OPTS)
+    assert (plan["status"], plan["from"], plan["to"]) == ("unchanged", "2.4.0", "2.4.0")
+    assert plan["live"] == {"app-current": "2.4.0", "app-backup": None, "app-failed": "2.4.1"}
+    assert plan["history"] == {"run_id": "run-1", "phase": "done", "from": "2.4.1", "to": "2.4.0"}
+    started = swap.decide(dict(observed("observe_swapped"), running=False), OPTS)
+    assert (started["from"], started["to"], started["steps"][-1]["version"]) == ("2.4.0", "2.4.0", "2.4.0")
+    # a version that cannot be read is "?", an absent folder None; the user's marker is taken as short strings only
+    obs = observed("observe_ready")
+    obs["dirs"]["app-backup"]["version"] = None
+    obs["marker"] = {"run_id": "x" * 500, "phase": ["done"], "from": 1}
+    plan = swap.decide(obs, OPTS)
+    assert plan["live"] == {"app-current": "2.4.1", "app-backup": "?", "app-failed": None}
+    assert plan["history"] == {"run_id": "x" * 100}
+
+
 def test_half_finished_earlier_swap_resume_and_put_back():
     obs = observed("observe_half_finished")
     plan = swap.decide(obs, OPTS)

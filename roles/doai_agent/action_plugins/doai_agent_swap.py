@@ -128,6 +128,24 @@ def _version(d):
     return (d or {}).get("version")
 
 
+def _live(d):
+    """What a folder holds now, as status and plans show it: its version, "?" when it has none
+    that could be read, None when it is absent."""
+    return None if d is None else (_version(d) or "?")
+
+
+_HISTORY_KEYS = ("run_id", "phase", "from", "to", "undoes")
+
+
+def _history(marker):
+    """The marker as history (the last run that wrote it, what it did): shown, never taken for
+    what the folders hold. Only short strings are taken from it (the file is the user's)."""
+    if not isinstance(marker, dict) or not marker:
+        return None
+    return {k: marker[k][:100] for k in _HISTORY_KEYS
+            if isinstance(marker.get(k), str) and (k != "undoes" or marker.get(k))}
+
+
 def decide(observed, options=None):
     """The plan for one user's agent folder.
 
@@ -135,7 +153,10 @@ def decide(observed, options=None):
     "running": bool, "marker": None | {"run_id", "phase", "from", "to", "failed_kept_as"}}``
     (``dirs`` holds app-current, app-backup and app-failed; ``config`` says whether config.json is
     in it). Returns ``{"status": planned|unchanged|refused, "reason", "from", "to", "steps",
-    "prior"}``: ``prior`` are the steps an earlier, half-finished run did, for ``undo_steps``.
+    "prior", "live", "history"}``: ``prior`` are the steps an earlier, half-finished run did, for
+    ``undo_steps``; ``live`` what app-current, app-backup and app-failed hold now (``_live``) and
+    ``history`` the marker's account of the last run (``_history``). ``from`` and ``to`` are
+    read from the folders (the marker only says what a run did, and is checked against them).
     """
     o = dict(DECIDE_DEFAULTS, **(options or {}))
     root = observed.get("root") or "?"
@@ -149,6 +170,8 @@ def decide(observed, options=None):
     marker = observed.get("marker") or {}
     phase = marker.get("phase")
     running = bool(observed.get("running"))
+    out["live"] = {name: _live(d) for name, d in ((CURRENT, cur), (BACKUP, bak), (FAILED, fail))}
+    out["history"] = _history(marker)
     # The marker lives in the user's own folder: only a name this tool writes is taken from it.
     kept_as = marker.get("failed_kept_as")
     if kept_as is not None and not (isinstance(kept_as, str) and KEPT_AS_RE.match(kept_as)):
@@ -195,6 +218,9 @@ def decide(observed, options=None):
         prior = [rename(FAILED, kept)] if kept else []
         earlier = "half-finished earlier swap (run %s)" % (marker.get("run_id") or "?")
         if cur is None and fail is not None and bak is not None:
+            # What the folders hold, not what the marker says they held.
+            frm, to = _version(fail), _version(bak)
+            out["from"], out["to"] = frm, to
             out["prior"] = prior + [rename(CURRENT, FAILED)]
             if o["half_finished"] == "resume":
                 out["steps"] = stop() + [rename(BACKUP, CURRENT)] + tail(frm, to, kept, fail.get("config"))
@@ -205,6 +231,8 @@ def decide(observed, options=None):
             out["status"] = "planned"
             return out
         if cur is not None and bak is None and fail is not None and _version(cur) == to:
+            frm = _version(fail)
+            out["from"] = frm
             out["prior"] = prior + [rename(CURRENT, FAILED), rename(BACKUP, CURRENT)]
             if o["half_finished"] == "resume":
                 out["steps"] = stop() + tail(frm, to, kept, fail.get("config"))
@@ -221,15 +249,16 @@ def decide(observed, options=None):
         # Only the earlier app-failed was kept aside: a fresh swap below.
     if phase == "done" and cur is not None and bak is None and fail is not None \
             and _version(cur) == marker.get("to") and _version(fail) == marker.get("from"):
-        out["from"], out["to"] = marker.get("from"), marker.get("to")
+        # Rolled back already: app-current holds what it holds (the marker is only the history).
+        out["from"] = out["to"] = _version(cur)
         if running:
             out["status"], out["reason"] = "unchanged", "already swapped by run %s: app-current holds %s" % (
-                marker.get("run_id") or "?", marker.get("to"))
+                marker.get("run_id") or "?", _version(cur))
         else:
             out["status"] = "planned"
             out["reason"] = "already swapped by run %s; the agent is not running: starting it" % (
                 marker.get("run_id") or "?")
-            out["steps"] = [{"op": "start"}, {"op": "verify", "version": marker.get("to"),
+            out["steps"] = [{"op": "start"}, {"op": "verify", "version": _version(cur),
                                               "timeout": o["verify_timeout"]}]
         return out
 
@@ -270,7 +299,7 @@ def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, re
     run = o["undo_run"]
     phase, frm, to, kept = marker.get("phase"), marker.get("from"), marker.get("to"), marker.get("failed_kept_as")
     if phase == "undone" and marker.get("undoes") == run and cur is not None and _version(cur) == to:
-        out["from"] = out["to"] = to
+        out["from"] = out["to"] = _version(cur)
         if running:
             out["status"], out["reason"] = "unchanged", "run %s already undone: app-current holds %s" % (run, to)
         else:
@@ -1228,6 +1257,8 @@ class ActionModule(ActionBase):
             if not check_mode:
                 plan = check_pin(plan, args["pins"])
             entry = {k: plan[k] for k in ("user", "root", "status", "reason", "from", "to")}
+            # What the folders hold now and the marker's history: what status and plans show.
+            entry.update({k: plan[k] for k in ("live", "history") if k in plan})
             entry["steps"] = plan["steps"]
             users.append(entry)
             plans.append(plan)
