@@ -6,6 +6,7 @@ and its exit status (a traceback only with ``--debug``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -94,6 +95,35 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 pass_opts = click.make_pass_decorator(Options, ensure=True)
+
+#: What ``--dry-run`` does, per command (every command declares one; the README's table
+#: "--dry-run per command" lists them): "plans" (shows what it would do, changes nothing),
+#: "read-only" (it changes nothing anyway: a note on stderr says --dry-run does not apply) or
+#: "refused" (it cannot show without doing: exit 2, nothing done).
+DRY_RUN_POLICIES = ("plans", "read-only", "refused")
+
+
+def dry_run(policy: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare what ``--dry-run`` does for a command (see :data:`DRY_RUN_POLICIES`)."""
+    if policy not in DRY_RUN_POLICIES:
+        raise ValueError(f"unknown --dry-run policy {policy!r}")
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(opts: Options, *args: Any, **kwargs: Any) -> Any:
+            if opts.dry_run and policy != "plans":
+                name = click.get_current_context().command_path.removeprefix("doai-rollback ")
+                if policy == "refused":
+                    raise UsageError(f"`{name}` has no dry run: it cannot show what it would do without doing it",
+                                     hint="leave --dry-run out")
+                click.echo(f"doai-rollback: note: --dry-run does not apply to `{name}`: it changes nothing",
+                           err=True)
+            return f(opts, *args, **kwargs)
+
+        command.dry_run_policy = policy  # type: ignore[attr-defined]
+        return command
+
+    return decorate
 
 
 # -- rendering and confirmation: one rule for every command that changes something ------------
@@ -184,6 +214,7 @@ def backend() -> None:
               help="Override the inventory's doai_backend_mode for the hosts of this run.")
 @common_options
 @pass_opts
+@dry_run("plans")
 def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: str | None,
                      mode: str | None) -> ExitStatus:
     """Roll every backend host back (all or nothing) and wait for health; on failure put the
@@ -201,6 +232,7 @@ def backend_rollback(opts: Options, to: str | None, limit: str | None, reason: s
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups (comma-separated).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def backend_prepare(opts: Options, to: str | None, limit: str | None) -> ExitStatus:
     """Fetch what a rollback would need ahead of time. PM2 hosts: the target's node_modules into
     the host's cache, so the rollback is a rename, not an npm ci. Docker hosts: the target image
@@ -220,6 +252,7 @@ def backend_prepare(opts: Options, to: str | None, limit: str | None) -> ExitSta
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     """Per backend host: live commit and PM2 processes, or running image and container; health."""
     validate.host_limit(limit)
@@ -250,6 +283,7 @@ def system_group() -> None:
                    "started (default 50; a PC that could not be put back always stops the run).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reason: str | None,
                         backend_to: str | None, database_last: int | None, database_to: str | None,
                         accept_data_loss: bool, dashboard_to: str | None,
@@ -288,6 +322,7 @@ def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reaso
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def status_cmd(opts: Options, limit: str | None) -> ExitStatus:
     """Status of every configured part (exit 6 when one is unhealthy, 7 when one is unreachable)."""
     validate.host_limit(limit)
@@ -298,6 +333,7 @@ def status_cmd(opts: Options, limit: str | None) -> ExitStatus:
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these hosts or groups.")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
     """Exit 0 when every configured part is healthy, 6 when one is not, 7 when one is unreachable."""
     validate.host_limit(limit)
@@ -325,6 +361,7 @@ def dashboard() -> None:
 @dashboard.command("status")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def dashboard_status_cmd(opts: Options) -> ExitStatus:
     """Production deployment, last rollback/promote job, health."""
     opts.settings().vercel.require()
@@ -338,6 +375,7 @@ def dashboard_status_cmd(opts: Options) -> ExitStatus:
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and Vercel's description).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def dashboard_rollback_cmd(opts: Options, to: str | None, reason: str | None) -> ExitStatus:
     """Roll production back to an earlier deployment, wait for the alias job and the health gate;
     if the gate fails, promote the original deployment back."""
@@ -388,6 +426,7 @@ def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @fleet_options
 @common_options
 @pass_opts
+@dry_run("plans")
 def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...], batch: str | None,
                        max_fail_percent: int | None, rerun: str | None, reason: str | None) -> ExitStatus:
     """Swap app-backup in for app-current on every PC (an unreachable or refusing PC does not
@@ -404,6 +443,7 @@ def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...],
 @click.option("--limit", "-l", metavar="PCS", default=None, help="Only these PCs or groups.")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
     """Per PC and user: app-current and app-backup versions and what a rollback would do."""
     return render_status(opts, engine.status(opts.context(), only=["agent"], limit=limit), one="agent")
@@ -420,6 +460,7 @@ def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
 @fleet_options
 @common_options
 @pass_opts
+@dry_run("plans")
 def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expect_version: str | None,
                         limit: str | None, users: tuple[str, ...], batch: str | None, max_fail_percent: int | None,
                         rerun: str | None, reason: str | None) -> ExitStatus:
@@ -451,6 +492,7 @@ def database() -> None:
 @database.command("status")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def database_status_cmd(opts: Options) -> ExitStatus:
     """Applied and local migrations (as `supabase migration list`), down files, tables touched."""
     return render_status(opts, engine.status(opts.context(), only=["database"]), one="database")
@@ -459,6 +501,7 @@ def database_status_cmd(opts: Options) -> ExitStatus:
 @database.command("snapshot")
 @common_options
 @pass_opts
+@dry_run("refused")
 def database_snapshot_cmd(opts: Options) -> ExitStatus:
     """pg_dump -Fc of the application schemas and the migration history, with a checksum and a
     manifest (time, server version, last migration, row counts). Changes nothing."""
@@ -478,30 +521,40 @@ def database_snapshot_cmd(opts: Options) -> ExitStatus:
               help="Delete all but the KEEP newest intact snapshots (asks; --yes without a terminal).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def database_snapshots_cmd(opts: Options, keep: int | None) -> ExitStatus:
     """The snapshots taken so far (by `snapshot`, before every rollback and restore), newest
-    first, each checked against its checksum; --prune KEEP removes the older ones."""
+    first, each checked against its checksum; --prune KEEP removes the older ones (with
+    --dry-run: lists the ones it would remove, removes nothing)."""
     part = parts_registry.get("database")
     ctx = opts.context()
+    if opts.dry_run and keep is None:
+        click.echo("doai-rollback: note: --dry-run does not apply to `database snapshots` without --prune: "
+                   "listing changes nothing", err=True)
     snaps = part.snapshots(ctx)  # type: ignore[attr-defined]
+    doomed = [s["file"] for s in snaps if s["intact"]][keep:] if keep is not None else []
     deleted: list[str] = []
-    if keep is not None and not opts.dry_run:
-        doomed = [s["file"] for s in snaps if s["intact"]][keep:]
-        if doomed and not opts.yes:
+    if doomed and not opts.dry_run:
+        if not opts.yes:
             if not sys.stdin.isatty():
                 raise UsageError("--prune deletes snapshots: add --yes to confirm")
             if not click.confirm(f"Delete {len(doomed)} snapshot(s), keeping the {keep} newest?", default=False):
                 return ExitStatus.INTERRUPTED
         deleted = part.prune_snapshots(ctx, keep, snaps)  # type: ignore[attr-defined]
+    would = doomed if opts.dry_run else []
     if opts.json:
-        emit_json({"snapshots": snaps, "deleted": deleted})
+        emit_json({"snapshots": snaps, "deleted": deleted, "dry_run": opts.dry_run, "would_delete": would})
         return ExitStatus.OK
     for s in snaps:
-        state = "deleted" if s["file"] in deleted else ("ok" if s["intact"] else f"DAMAGED: {s['problem']}")
+        state = ("deleted" if s["file"] in deleted else "would be deleted (dry run)" if s["file"] in would
+                 else "ok" if s["intact"] else f"DAMAGED: {s['problem']}")
         click.echo(f"{s['created'] or '?'}  {s['database'] or '?'}  last migration {s['last_migration'] or '?'}"
                    f"  {s['bytes']:,} bytes  {state}\n    {s['file']}")
     if not snaps:
         click.echo(f"no snapshots in {ctx.settings.snapshot_dir}")
+    if opts.dry_run and keep is not None:
+        click.echo(f"dry run: {len(would)} snapshot(s) would be deleted, keeping the {keep} newest intact; "
+                   "nothing was deleted")
     return ExitStatus.OK
 
 
@@ -513,6 +566,7 @@ def database_snapshots_cmd(opts: Options, keep: int | None) -> ExitStatus:
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def database_rollback_cmd(opts: Options, to: str | None, last: int | None, accept_data_loss: bool,
                           reason: str | None) -> ExitStatus:
     """Undo migrations with their down files (supabase/rollbacks/), newest first: a snapshot
@@ -528,6 +582,7 @@ def database_rollback_cmd(opts: Options, to: str | None, last: int | None, accep
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def database_restore_cmd(opts: Options, snapshot: Path, reason: str | None) -> ExitStatus:
     """Restore a snapshot (checksum checked first) in one transaction, after a snapshot of the
     present; then verify row counts and history."""
@@ -544,6 +599,7 @@ def database_restore_cmd(opts: Options, snapshot: Path, reason: str | None) -> E
               + ").")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def history(opts: Options, count: int, part: str | None) -> ExitStatus:
     """Runs from the journal, newest first (every run that reached a part, refused ones too)."""
     runs = engine.history(opts.context(), limit=count, part=part)
@@ -568,6 +624,7 @@ def history(opts: Options, count: int, part: str | None) -> ExitStatus:
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and host ledger).")
 @common_options
 @pass_opts
+@dry_run("plans")
 def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
     """Roll forward to the state that run RUN_ID found (every part it changed)."""
     validate.run_id(run_id)
@@ -590,6 +647,7 @@ def lock_group() -> None:
 @click.option("--local", "local_only", is_flag=True, help="Only the local locks (no connection to the hosts).")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def lock_status(opts: Options, local_only: bool) -> ExitStatus:
     """The local locks and the locks on the hosts: owner, run, age, and whether that run is alive.
 
@@ -630,16 +688,31 @@ def lock_status(opts: Options, local_only: bool) -> ExitStatus:
 @click.option("--force", is_flag=True, help="Release a lock whose holder may still be alive.")
 @common_options
 @pass_opts
+@dry_run("plans")
 def lock_release(opts: Options, target: str, host: str | None, force: bool) -> ExitStatus:
-    """Release a local lock, or with --host the lock a host keeps (after asking)."""
+    """Release a local lock, or with --host the lock a host keeps (after asking). With --dry-run:
+    what would be released (refused as the release would be), nothing removed, nothing journaled."""
     if host is None:
         s = opts.settings()
-        held = Lock(s.locks_dir, target, s.lock_ttl_s).release(force=force)
-        click.echo(f"released {target} (held by {held.owner})" if held else f"{target} was not locked", err=opts.json)
+        held = Lock(s.locks_dir, target, s.lock_ttl_s).release(force=force, dry_run=opts.dry_run)
+        if opts.dry_run:
+            line = (f"dry run: would release {target} (held by {held.owner}, pid {held.pid} on {held.host}); "
+                    "nothing was changed" if held else f"dry run: {target} is not locked; nothing to release")
+        else:
+            line = f"released {target} (held by {held.owner})" if held else f"{target} was not locked"
+        click.echo(line, err=opts.json)
         return ExitStatus.OK
     validate.host_limit(host)
     ctx = opts.context()
     lk = engine.host_lock(ctx, target, host)
+    if opts.dry_run:
+        out = engine.release_host_lock(ctx, target, host, force=force, lock=lk, dry_run=True)
+        if opts.json:
+            emit_json(out)
+        else:
+            click.echo(f"{target} {host}: dry run: would release the host lock by {lk.get('owner')} (run "
+                       f"{lk.get('run_id')}, since {lk.get('since')}; its run: {lk['run']}); nothing was changed")
+        return ExitStatus.OK
     hook = confirm_hook(opts, f"Release the {target} lock on {host} held by run {lk.get('run_id')}?")
     if hook is not None:
         shown = RunResult(ctx.run_id, f"lock release {target} --host {host}", True, None, "",
@@ -685,6 +758,7 @@ def _diagnose(opts: Options, scenario: str, limit: str | None = None) -> ExitSta
 @click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these backend hosts (Ansible pattern).")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def diagnose_api_errors(opts: Options, limit: str | None) -> ExitStatus:
     """A: PM2 or container logs scanned for errors, the environment variables the backend needs
     (names only), health and the live release; proposes the backend rollback."""
@@ -694,6 +768,7 @@ def diagnose_api_errors(opts: Options, limit: str | None) -> ExitStatus:
 @diagnose_group.command("migration-failure")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def diagnose_migration_failure(opts: Options) -> ExitStatus:
     """B: migration state, half-applied migrations and the integrity checks; proposes a database
     rollback or restore."""
@@ -704,6 +779,7 @@ def diagnose_migration_failure(opts: Options) -> ExitStatus:
 @click.option("--limit", "-l", metavar="PCS", default=None, help="Only these agent PCs (Ansible pattern).")
 @common_options
 @pass_opts
+@dry_run("read-only")
 def diagnose_agent_connection(opts: Options, limit: str | None) -> ExitStatus:
     """C: the backend's Socket.IO handshake, its port from each agent PC, the agents per PC and
     user; proposes the firewall, the backend, an agent rollback or reinstall."""
@@ -718,6 +794,7 @@ def diagnose_agent_connection(opts: Options, limit: str | None) -> ExitStatus:
               "running until Enter.")
 @common_options
 @pass_opts
+@dry_run("refused")
 def demo(opts: Options, workdir: Path | None, keep: bool) -> ExitStatus:
     """Build every part of DoAi that runs on this machine (backend under PM2 and, with a Docker
     engine, Compose; PostgreSQL; a Vercel API stand-in; stand-in agent PCs), deploy a failed

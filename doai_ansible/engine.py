@@ -455,9 +455,11 @@ def host_lock(ctx: RunContext, part: str, host: str) -> dict[str, Any]:
 
 
 def release_host_lock(ctx: RunContext, part: str, host: str, *, force: bool = False,
-                      lock: dict[str, Any] | None = None) -> dict[str, Any]:
+                      lock: dict[str, Any] | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Release the lock ``host`` holds for ``part`` (``lock``: as :func:`host_lock` found it), if
-    the run holding it is dead (``force``: also when this controller cannot tell); journaled."""
+    the run holding it is dead (``force``: also when this controller cannot tell); journaled.
+    ``dry_run``: refuse as the release would, else say what would be released; nothing is
+    changed on the host and nothing is journaled (no run took place)."""
     validate.host_limit(host)
     lk = lock or host_lock(ctx, part, host)
     if lk["run"] == "alive" or (lk["run"] == "unknown" and not force):
@@ -465,6 +467,9 @@ def release_host_lock(ctx: RunContext, part: str, host: str, *, force: bool = Fa
             f"{part} {host}: the host lock of run {lk.get('run_id')} ({lk.get('owner')}) may belong to a live run",
             hint="add --force only if you are sure that run is dead" if lk["run"] == "unknown" else
             "that run is alive on this controller: wait for it")
+    if dry_run:
+        return {"host": host, "run_id": str(lk.get("run_id") or ""), "released": False, "holder": lk.get("owner"),
+                "lock": lk, "dry_run": True}
     released = registry.get(part).release_host_lock(ctx, host, str(lk.get("run_id") or ""))
     run = RunResult(ctx.run_id, f"lock release {part} --host {host}", False, f"release the lock of run "
                     f"{lk.get('run_id')}", utcnow(), parts=[part],

@@ -141,7 +141,10 @@ class Lock:
         except (OSError, ValueError, TypeError):
             return None
 
-    def release(self, *, force: bool = False) -> LockInfo | None:
+    def release(self, *, force: bool = False, dry_run: bool = False) -> LockInfo | None:
+        """Remove the lock unless a live run holds it (``force``: even then); the lock that was
+        (``dry_run``: would be) released, or None when there is none. A dry run refuses as the
+        real release would and removes nothing."""
         held = self.read()
         if held is None:
             return None
@@ -150,8 +153,9 @@ class Lock:
                 f"the lock on {self.target} is held by a live run ({held.owner}, pid {held.pid})",
                 hint="add --force only if you are sure that run is dead",
             )
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if not dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         return held
 
     @contextlib.contextmanager

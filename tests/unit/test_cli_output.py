@@ -115,3 +115,100 @@ def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
     from doai_ansible.schemas import output_problems
 
     assert output_problems(args, out, proc.returncode) == []
+
+
+# -- item 9: every command honours --dry-run or refuses it ----------------------------------------
+def _commands() -> dict[str, object]:
+    """Every command of the CLI by its words (``"database snapshots"``)."""
+    import click
+
+    from doai_ansible.cli import cli
+
+    out: dict[str, object] = {}
+
+    def walk(group: click.Group, prefix: str) -> None:
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                walk(cmd, f"{prefix}{name} ")
+            else:
+                out[f"{prefix}{name}"] = cmd
+    walk(cli, "")
+    return out
+
+
+def _readme_dry_run_table() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### --dry-run per command", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    return {cells[1].strip().strip("`"): cells[2].strip() for cells in rows}
+
+
+def test_every_command_declares_what_dry_run_does_and_the_readme_says_the_same():
+    from doai_ansible.cli import DRY_RUN_POLICIES
+
+    policies = {name: getattr(cmd.callback, "dry_run_policy", None) for name, cmd in _commands().items()}
+    undeclared = [name for name, p in policies.items() if p not in DRY_RUN_POLICIES]
+    assert not undeclared, f"commands that do not say what --dry-run does: {undeclared}"
+    assert _readme_dry_run_table() == policies
+
+
+@pytest.mark.parametrize("args", [["history"], ["lock", "status", "--local"], ["status", "-o", "json"]])
+def test_read_only_commands_note_that_dry_run_does_not_apply(tmp_path, args):
+    plain = run_cli(*args, env=_env(tmp_path))
+    res = run_cli(*args, "--dry-run", env=_env(tmp_path))
+    assert (res.code, res.stdout) == (plain.code, plain.stdout) and res.code == 0, res.stderr
+    assert "--dry-run does not apply" in res.stderr and "error" not in res.stderr
+
+
+@pytest.mark.parametrize("args", [["database", "snapshot"], ["demo", "--workdir"]])
+def test_commands_without_a_dry_run_refuse_it(tmp_path, args):
+    if args[-1] == "--workdir":
+        args = [*args, str(tmp_path / "demo")]
+    res = run_cli(*args, "--dry-run", "-o", "json", env=_env(tmp_path, DOAI_DATABASE_URL="postgresql://u@127.0.0.1:1/x"))
+    assert res.code == 2 and "--dry-run" in res.json()["hint"], res.stdout + res.stderr
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "state" / "snapshots").exists()
+
+
+def test_lock_release_dry_run_changes_nothing_and_journals_nothing(tmp_path):
+    import socket
+
+    locks = tmp_path / "state" / "locks"
+    locks.mkdir(parents=True)
+    lock = locks / "backend.lock"
+    lock.write_text(json.dumps({"target": "backend", "owner": "ghost", "pid": 999999, "host": socket.gethostname(),
+                                "acquired": 0, "reason": None, "run_id": None}))
+    before = lock.read_text()
+    res = run_cli("lock", "release", "backend", "--dry-run", env=_env(tmp_path))
+    assert res.code == 0, res.stderr
+    assert "would release backend" in res.stdout and "ghost" in res.stdout
+    assert lock.read_text() == before
+    assert not (tmp_path / "state" / "journal.jsonl").exists()
+    res = run_cli("lock", "release", "system", "--dry-run", env=_env(tmp_path))
+    assert res.code == 0 and "not locked" in res.stdout
+
+
+def _snapshot(folder: Path, name: str, mtime: int) -> Path:
+    import hashlib
+
+    dump_file = folder / f"{name}.dump"
+    dump_file.write_bytes(name.encode() * 100)
+    dump_file.with_suffix(".json").write_text(json.dumps({
+        "sha256": hashlib.sha256(dump_file.read_bytes()).hexdigest(), "schemas": ["public"], "row_counts": {},
+        "created": f"2026-11-2{mtime}T00:00:00Z", "database": "doai@127.0.0.1", "last_migration": "20261120000000"}))
+    os.utime(dump_file, (1_700_000_000 + mtime, 1_700_000_000 + mtime))
+    return dump_file
+
+
+def test_snapshots_prune_dry_run_lists_what_it_would_delete_and_deletes_nothing(tmp_path):
+    folder = tmp_path / "snaps"
+    folder.mkdir()
+    files = [_snapshot(folder, f"s{i}", i) for i in range(3)]  # s2 is the newest
+    env = _env(tmp_path, DOAI_DATABASE_SNAPSHOT_DIR=str(folder))
+    res = run_cli("database", "snapshots", "--prune", "1", "--dry-run", "-o", "json", env=env)
+    assert res.code == 0, res.stderr
+    doc = res.json()
+    assert doc["deleted"] == [] and doc["would_delete"] == [str(files[1]), str(files[0])]
+    assert all(f.exists() and f.with_suffix(".json").exists() for f in files)
+    res = run_cli("database", "snapshots", "--prune", "1", "--dry-run", env=env)
+    assert res.code == 0 and res.stdout.count("would be deleted (dry run)") == 2 and "nothing was deleted" in res.stdout
+    assert all(f.exists() for f in files)

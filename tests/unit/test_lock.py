@@ -64,3 +64,21 @@ def test_recent_lock_from_another_host_holds(tmp_path):
 def test_bad_target_name(tmp_path):
     with pytest.raises(UsageError):
         Lock(tmp_path, "../etc", 10)
+
+
+def test_dry_run_release_removes_nothing_and_refuses_like_the_release(tmp_path):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    _foreign(tmp_path, proc.pid)  # a dead holder: the release would remove it
+    assert Lock(tmp_path, "backend", 3600).release(dry_run=True).owner == "alice@ops"
+    assert Lock(tmp_path, "backend", 3600).read().owner == "alice@ops"  # still there
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        _foreign(tmp_path, live.pid)
+        with pytest.raises(LockedError):
+            Lock(tmp_path, "backend", 3600).release(dry_run=True)
+        assert Lock(tmp_path, "backend", 3600).release(force=True, dry_run=True).pid == live.pid
+        assert Lock(tmp_path, "backend", 3600).read().pid == live.pid
+    finally:
+        live.kill()
+        live.wait()
