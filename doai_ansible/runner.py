@@ -114,6 +114,65 @@ def _short_message(res: Mapping[str, Any]) -> str:
     return (msg[-1] if msg else "failed")[:500]
 
 
+# -- progress: the task names worth a line ---------------------------------------------------------
+
+# Bookkeeping, not work on a host: never a progress line of their own (a failure still shows).
+QUIET_ACTIONS = frozenset({
+    "validate_argument_spec",  # "Validating arguments against arg spec ...", from meta/argument_specs.yml
+    "meta", "set_fact", "set_stats", "include_vars", "assert", "debug",
+    "include_tasks", "import_tasks", "include_role", "import_role",
+})
+# A result that shows a task did run on a host (not skipped).
+_RAN = frozenset({"runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_async_poll",
+                  "runner_on_async_ok", "runner_on_async_failed", "runner_retry", "runner_item_on_ok",
+                  "runner_item_on_failed"})
+
+
+def _action(data: Mapping[str, Any]) -> str:
+    action = str(data.get("resolved_action") or data.get("task_action") or "")
+    return action.rsplit(".", 1)[-1]
+
+
+class TaskProgress:
+    """ansible-runner events passed on to a progress handler, with a task's name only when it
+    means something: never for bookkeeping (:data:`QUIET_ACTIONS`), and only once a host ran the
+    task, so a task every host skipped (the apply steps of a plan, "Release the host lock" when the
+    record released it) is not announced as if it ran. ``at_start``: task actions announced as
+    soon as they start (long work on the host: the name says what the wait is for), except in a
+    check run, where every task waits for its first result.
+    """
+
+    def __init__(self, progress: EventHandler, *, check: bool = False, at_start: Callable[[str], bool] | None = None) -> None:
+        self.progress = progress
+        self.check = check
+        self.at_start = at_start or (lambda action: False)
+        self.held: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_task_start":
+            action = _action(data)
+            if action in QUIET_ACTIONS:
+                return
+            if not self.check and self.at_start(action):
+                self.progress(event)
+            else:
+                self.held[str(data.get("task_uuid"))] = event
+            return
+        if kind in _RAN:
+            held = self.held.pop(str(data.get("task_uuid")), None)
+            if held is not None:
+                self.progress(held)
+        self.progress(event)
+
+
+def task_progress(progress: EventHandler | None, *, check: bool = False,
+                  at_start: Callable[[str], bool] | None = None) -> EventHandler | None:
+    """:class:`TaskProgress` around ``progress`` (None stays None)."""
+    return None if progress is None else TaskProgress(progress, check=check, at_start=at_start)
+
+
 # -- the Ansible configuration -----------------------------------------------------------------
 
 

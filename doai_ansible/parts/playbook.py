@@ -32,7 +32,7 @@ from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, LockedError, UnreachableError, UsageError, ValidationError
 from doai_ansible.model import Outcome, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
-from doai_ansible.runner import HostFailure, PlaybookRun, run_playbook
+from doai_ansible.runner import HostFailure, PlaybookRun, run_playbook, task_progress
 
 _STATUS_OUTCOME = {
     "succeeded": Outcome.SUCCEEDED,
@@ -186,16 +186,26 @@ class PlaybookPart(PartBase):
         """One playbook run; ``started`` collects the hosts an apply module started on."""
         log_dir = ctx.log_dir / label if label else ctx.log_dir
         pb = run_playbook(ctx.settings, self.playbook, extravars=extravars, limit=limit, check=check,
-                          log_dir=log_dir, on_event=self._on_event(ctx, log_dir, started),
+                          log_dir=log_dir, on_event=self._on_event(ctx, log_dir, started, check=check),
                           timeout_s=None if check else self.apply_run_timeout_s, secrets=self.secrets() or None)
         self._warn(ctx, pb)
         return pb
 
+    def _progress(self, ctx: RunContext, *, check: bool = False) -> Callable[[dict[str, Any]], None] | None:
+        """The run's progress with only the task names that mean something (see
+        :class:`~doai_ansible.runner.TaskProgress`): the role's own modules are announced when
+        they start (they are the long work), other tasks once a host ran them; in a check run
+        (a plan), every task once a host ran it."""
+        prefix = f"{self.var_prefix}_" if getattr(self, "var_prefix", "") else None
+        return task_progress(ctx.progress, check=check,
+                             at_start=(lambda action: action.startswith(prefix)) if prefix else None)
+
     def _on_event(self, ctx: RunContext, log_dir: Path,
-                  started: set[str] | None = None) -> Callable[[dict[str, Any]], None]:
+                  started: set[str] | None = None, *, check: bool = False) -> Callable[[dict[str, Any]], None]:
         """Progress, the hosts an apply module started on, and the log lines of ``logs_task`` kept
         per host in the run's log bundle (read from the event stream: a copy task on the
         controller would cost a second)."""
+        progress = self._progress(ctx, check=check)
 
         def on_event(event: dict[str, Any]) -> None:
             data = event.get("event_data") or {}
@@ -214,8 +224,8 @@ class PlaybookPart(PartBase):
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     # a command's output, or a debug task's message (the Docker role's container logs)
                     fh.write(f"{res.get('stdout', res.get('msg', ''))}\n{res.get('stderr', '')}\n")
-            if ctx.progress is not None:
-                ctx.progress(event)
+            if progress is not None:
+                progress(event)
 
         return on_event
 
@@ -402,7 +412,7 @@ class PlaybookPart(PartBase):
 
     # -- status --------------------------------------------------------------------------------------
     def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
-        pb = run_playbook(ctx.settings, self.status_playbook, limit=limit, on_event=ctx.progress,
+        pb = run_playbook(ctx.settings, self.status_playbook, limit=limit, on_event=self._progress(ctx, check=True),
                           extravars=dict(self.fixed_vars) or None)
         self._warn(ctx, pb)
         reps = reports(pb, self.status_stats_key)
@@ -432,7 +442,7 @@ class PlaybookPart(PartBase):
             return super().release_host_lock(ctx, host, run_id)
         pb = run_playbook(ctx.settings, self.release_playbook, limit=host, log_dir=ctx.log_dir / "release-lock",
                           extravars={**self.fixed_vars, f"{self.var_prefix}_release_run_id": run_id},
-                          on_event=ctx.progress)
+                          on_event=self._progress(ctx))
         self._warn(ctx, pb)
         rep = reports(pb, self.release_stats_key).get(host)
         if rep is None:
@@ -456,7 +466,8 @@ class PlaybookPart(PartBase):
             raise UsageError(f"the {self.name} part has nothing to prepare")
         pb = run_playbook(ctx.settings, self.prepare_playbook,
                           extravars={**self.fixed_vars, f"{self.var_prefix}_target": request.to or ""},
-                          limit=request.limit, check=check, log_dir=ctx.log_dir / "prepare", on_event=ctx.progress,
+                          limit=request.limit, check=check, log_dir=ctx.log_dir / "prepare",
+                          on_event=self._progress(ctx, check=check),
                           timeout_s=self.apply_run_timeout_s)
         self._warn(ctx, pb)
         reps = reports(pb, self.prepare_stats_key)
