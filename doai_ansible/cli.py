@@ -137,10 +137,22 @@ def render_run(opts: Options, run: RunResult) -> ExitStatus:
     else:
         click.echo(run_text(run))
     if refused:
-        click.echo(f"doai-rollback: error: {run.message}", err=True)
+        # The run's text (stdout) ends with the refusal already; stderr repeats it for when
+        # stdout goes elsewhere (a file, a pipe, JSON), not on the terminal that just showed it.
+        if opts.json or not _same_terminal():
+            click.echo(f"doai-rollback: error: {run.message}", err=True)
         if run.hint:
             click.echo(f"doai-rollback: hint: {run.hint}", err=True)
     return run.exit_status
+
+
+def _same_terminal() -> bool:
+    """Whether stdout and stderr are the one terminal (what is written to both is seen twice)."""
+    try:
+        return (sys.stdout.isatty() and sys.stderr.isatty()
+                and os.path.samestat(os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())))
+    except (OSError, ValueError, AttributeError):  # a stream without a file descriptor
+        return False
 
 
 def confirm_hook(opts: Options, question: str) -> engine.ConfirmHook | None:

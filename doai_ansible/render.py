@@ -88,15 +88,21 @@ def run_text(run: RunResult, *, confirming: bool = False) -> str:
     lines.append(head)
     for w in run.warnings:
         lines.append(f"  WARNING: {w}")
+    # An undo goes back to what the run it undoes found: that is its target's only rule (the
+    # parts pass those states on as requested targets, which their rules call "--to" or
+    # "requested", words the operator never typed).
+    undone = run.command.removeprefix("undo ").strip() if run.command.startswith("undo ") else None
     for r in run.results:
         s = r.step
         frm = s.details.get("from_label") or (s.current or "?")
         to = s.details.get("to_label") or (s.desired or "?")
         lines.append(f"  [{_MARK[r.outcome]:>8}] {s.part.value} {s.target}: {frm} -> {to}")
-        if s.rule:
+        if undone:
+            lines.append(f"             target: what run {undone} found")
+        elif s.rule:
             lines.append(f"             target chosen by {s.rule}")
         if run.dry_run:
-            lines.extend(f"             {n}" for n in s.notes)
+            lines.extend(f"             {n}" for n in s.notes if not (undone and n.startswith("target: ")))
         if s.at_risk:
             lines.append(f"             at risk: {s.at_risk}")
         if r.message:

@@ -4,6 +4,7 @@ ptys; no host is contacted unless a test says so (then a closed port on 127.0.0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -212,3 +213,71 @@ def test_snapshots_prune_dry_run_lists_what_it_would_delete_and_deletes_nothing(
     res = run_cli("database", "snapshots", "--prune", "1", "--dry-run", env=env)
     assert res.code == 0 and res.stdout.count("would be deleted (dry run)") == 2 and "nothing was deleted" in res.stdout
     assert all(f.exists() for f in files)
+
+
+# -- item 13: what a terminal shows ---------------------------------------------------------------
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with stdin, stdout and stderr on one pty, as in an operator's terminal; what
+    the terminal showed, and the exit status."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", *args], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, cwd=ROOT, start_new_session=True)
+    os.close(slave)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+        proc.wait(timeout=120)
+    return proc.returncode, shown.decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_a_refusal_is_shown_once_on_a_terminal(tmp_path):
+    """A run refused before any change (here: another live run holds the backend's lock) prints
+    its refusal in the run's text; stderr's copy of it is for when stdout goes elsewhere."""
+    import socket
+
+    locks = tmp_path / "state" / "locks"
+    locks.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        (locks / "backend.lock").write_text(json.dumps({
+            "target": "backend", "owner": "alice", "pid": holder.pid, "host": socket.gethostname(),
+            "acquired": time.time(), "reason": "hotfix", "run_id": "r1"}))
+        code, shown = _on_a_terminal(["backend", "rollback", "--to", "main", "--yes"], _env(tmp_path))
+        # stdout elsewhere (a file, CI): the refusal is on stderr as well, where the terminal is.
+        piped = run_cli("backend", "rollback", "--to", "main", "--yes", env=_env(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 5, shown
+    assert shown.count("another rollback of backend is running") == 1, shown
+    assert "lock release backend" in shown  # the hint is still there
+    assert piped.code == 5 and "another rollback of backend is running" in piped.stderr
+
+
+def test_the_plan_of_an_undo_names_the_run_it_goes_back_to():
+    """An undo's targets are the states the run it undoes found, not a --to nobody gave."""
+    from doai_ansible.model import Outcome, Part, RunResult, Step, StepResult
+    from doai_ansible.render import run_text
+
+    docker = Step(Part.BACKEND, "vps2", "sha256:" + "b" * 64, "sha256:" + "a" * 64, rule="--to image id",
+                  notes=["target: sha256:aaaaaaaaaaaa (chosen by --to image id)", "the container is recreated"])
+    pm2 = Step(Part.BACKEND, "vps1", "b" * 40, "a" * 40, rule="requested: " + "a" * 40)
+    plan = RunResult("r2", "undo 20261126T092744Z-3d18d3", True, None, "t",
+                     results=[StepResult(docker, Outcome.PLANNED), StepResult(pm2, Outcome.PLANNED)])
+    for text in (run_text(plan), run_text(plan, confirming=True)):
+        assert "--to" not in text and "requested" not in text, text
+        assert text.count("target: what run 20261126T092744Z-3d18d3 found") == 2, text
+        assert "the container is recreated" in text
+    rollback = dataclasses.replace(plan, command="backend rollback")
+    assert "target chosen by --to image id" in run_text(rollback)  # a rollback keeps its rule
