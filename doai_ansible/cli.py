@@ -6,6 +6,7 @@ and its exit status (a traceback only with ``--debug``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.journal import Journal
 from doai_ansible.lock import Lock
 from doai_ansible.model import RunResult
-from doai_ansible.render import Progress, emit_json, run_text
+from doai_ansible.render import Progress, emit_json, run_text, short_ref
 from doai_ansible.settings import Settings, load_settings
 
 log = logging.getLogger("doai_ansible")
@@ -323,10 +324,29 @@ def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reaso
             return ask(plan)
 
     run = system.rollback(ctx, req, dry_run=opts.dry_run, confirm=hook)
-    if not opts.json:
-        for line in system.text_lines(run):
-            click.echo(line)
-    return render_run(opts, run)
+    if opts.json:
+        return render_run(opts, run)
+    # In the order things happened: the checklist's before, each part's steps, then the checks
+    # after, the end's announcement and the report.
+    before, after = _checklist_halves(run)
+    for line in system.text_lines(before):
+        click.echo(line)
+    status = render_run(opts, run)
+    for line in system.text_lines(after):
+        click.echo(line)
+    return status
+
+
+def _checklist_halves(run: RunResult) -> tuple[RunResult, RunResult]:
+    """The run twice, its checklist cut in two for ``system.text_lines``: what came before the
+    parts were rolled back (the state found, the parts left out, the start's announcement), and
+    what came after (the checks, the end's announcement, the report)."""
+    c = run.extra.get("checklist") or {}
+    said = c.get("announcements") or []
+    first = dict(c, after=None, report=None, announcements=[x for x in said if x.get("event") == "start"])
+    then = dict(c, before=None, skipped_parts=[], announcements=[x for x in said if x.get("event") != "start"])
+    return (dataclasses.replace(run, extra=dict(run.extra, checklist=first)),
+            dataclasses.replace(run, extra=dict(run.extra, checklist=then)))
 
 
 # -- every part ------------------------------------------------------------------------------
@@ -626,7 +646,7 @@ def history(opts: Options, count: int, part: str | None) -> ExitStatus:
         if r.get("exit_status") not in (0, None) and r.get("message"):
             click.echo(f"    {r['message']}")
         for s in r.get("steps", []):
-            click.echo(f"    {s['part']} {s['target']}: {(s.get('from') or '?')[:12]} -> {(s.get('to') or '?')[:12]}"
+            click.echo(f"    {s['part']} {s['target']}: {short_ref(s.get('from'))} -> {short_ref(s.get('to'))}"
                        f"  {s['outcome']}")
     return ExitStatus.OK
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import IO, Any
@@ -76,6 +77,24 @@ def emit_json(data: Any, stream: IO[str] | None = None) -> None:
 def emitted() -> bool:
     """Whether a JSON document went to stdout already (``--output json`` promises one)."""
     return _emitted > 0
+
+
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def short_ref(value: str | None) -> str:
+    """A journaled from/to as a human reads it: a full commit SHA as its 12-character
+    abbreviation, a full image id as ``sha256:<12 hex>`` (both name the same object: git and
+    ``--to`` take them); anything else whole: a cut migration version, deployment id or snapshot
+    name would read as another valid one."""
+    if not value:
+        return "?"
+    if _COMMIT_RE.fullmatch(value):
+        return value[:12]
+    if _IMAGE_ID_RE.fullmatch(value):
+        return value[: len("sha256:") + 12]
+    return value
 
 
 def run_text(run: RunResult, *, confirming: bool = False) -> str:

@@ -281,3 +281,25 @@ def test_the_plan_of_an_undo_names_the_run_it_goes_back_to():
         assert "the container is recreated" in text
     rollback = dataclasses.replace(plan, command="backend rollback")
     assert "target chosen by --to image id" in run_text(rollback)  # a rollback keeps its rule
+
+
+# -- item 8: history prints no value cut into another valid-looking one ----------------------------
+def test_history_text_cuts_no_version_or_id_into_another_valid_one(tmp_path):
+    from doai_ansible.journal import Journal
+    from doai_ansible.model import Outcome, Part, RunResult, Step, StepResult
+
+    steps = [
+        Step(Part.DATABASE, "doai@127.0.0.1", "20261120000000", "20261110000000"),  # 14 digits: never 12
+        Step(Part.DASHBOARD, "doai-dashboard", "dpl_7Hk2mQpZx9aBcDeFgH", "dpl_1234567890abcdefXY"),
+        Step(Part.BACKEND, "vps1", "a1" * 20, "b2" * 20),  # a commit: its usual 12-character abbreviation
+        Step(Part.BACKEND, "vps2", "sha256:" + "c3" * 32, "sha256:" + "d4" * 32),  # an image id: sha256:<12 hex>
+    ]
+    run = RunResult("20261126T092744Z-3d18d3", "system rollback", False, None, "2026-11-26T09:27:44Z",
+                    results=[StepResult(s, Outcome.SUCCEEDED) for s in steps])
+    Journal(tmp_path / "state" / "journal.jsonl").append(run)
+    res = run_cli("history", env=_env(tmp_path))
+    assert res.code == 0, res.stderr
+    assert "20261120000000 -> 20261110000000" in res.stdout, res.stdout
+    assert "dpl_7Hk2mQpZx9aBcDeFgH -> dpl_1234567890abcdefXY" in res.stdout, res.stdout
+    assert f"{'a1' * 6} -> {'b2' * 6}" in res.stdout and "a1" * 7 not in res.stdout, res.stdout
+    assert f"sha256:{'c3' * 6} -> sha256:{'d4' * 6}" in res.stdout and "c3" * 7 not in res.stdout, res.stdout
