@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -56,6 +57,22 @@ class Job:
 
     part: PartBase
     request: Request
+    #: The options as the user typed them when they differ from the part's own (``system
+    #: rollback --database-to`` is the database part's ``--to``): errors name what was typed.
+    spelled: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def as_typed(self, exc: DoaiError) -> DoaiError:
+        return as_typed(exc, self.spelled)
+
+
+def as_typed(exc: DoaiError, spelled: Mapping[str, str]) -> DoaiError:
+    """``exc`` with the part's option names replaced by the ones the user typed (in place)."""
+    for own, typed in spelled.items():
+        pattern = re.compile(r"(?<![\w-])" + re.escape(own) + r"(?![\w-])")
+        exc.message = pattern.sub(typed, exc.message)
+        if exc.hint:
+            exc.hint = pattern.sub(typed, exc.hint)
+    return exc
 
 
 @dataclasses.dataclass
@@ -77,6 +94,7 @@ def run(
     reverse: bool = False,
     extra: dict[str, Any] | None = None,
     before_plan: Callable[[], None] | None = None,
+    before_apply: Callable[[RunResult], None] | None = None,
     before_close: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Plan and (unless ``dry_run``) apply ``jobs``; always returns the journaled RunResult.
@@ -86,7 +104,15 @@ def run(
     before anything is planned (a refusal it raises refuses the run). ``before_close`` is called
     with the run once it has ended, still under the locks, before it is journaled: checks after
     the run that belong in its record. An error in it is a warning; an interrupt in it is
-    journaled like any other (the run's record is never lost).
+    journaled like any other (the run's record is never lost). ``before_apply`` is called once
+    every part's plan is confirmed and re-checked, right before the first change (the start's
+    announcement): a run refused before that point announces nothing.
+
+    Every refusal a plan can know comes before the first change, for every part: a part's
+    :meth:`~doai_ansible.part.PartBase.refuses` (no network) right after the plans, before the
+    confirmation; its :meth:`~doai_ansible.part.PartBase.recheck` (the live state still as
+    planned) after the confirmation, for every part but the first to change (whose apply checks
+    its pins itself before it changes anything).
     """
     reason = validate.reason(reason)
     ordered = sorted(jobs, key=lambda j: j.part.part.order, reverse=reverse)
@@ -101,7 +127,7 @@ def run(
             else:
                 planned = _plan(ctx, ordered, run)
                 if planned is not None:
-                    _decide(ctx, planned, run, confirm, revert_on_failure, reason)
+                    _decide(ctx, planned, run, confirm, revert_on_failure, reason, before_apply)
             if before_close is not None:
                 _checks_after(ctx, run, before_close)
     except DoaiError as exc:  # the lock, or a refusal while planning: nothing was changed
@@ -186,7 +212,7 @@ def _one_pass(ctx: RunContext, job: Job, run: RunResult) -> None:
     with _deferred_signals(ctx) as stop:
         run.results = job.part.plan_and_apply(ctx, job.request)
     run.exit_status = _exit_status(run.results, None)
-    run.message = _summary(run, None)
+    run.message = _summary(run, None, job.part.name if job.part.blocks_next(run.results, job.request) else None)
     if stop.signal is not None and run.exit_status is ExitStatus.OK:
         run.exit_status = ExitStatus.INTERRUPTED
         run.message = f"stopped by {stop.signal} after the step at work finished: " + run.message
@@ -202,19 +228,62 @@ def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | 
     run.results = [StepResult(s, Outcome.PLANNED if s.changes else Outcome.UNCHANGED,
                               "" if s.changes else "already there: nothing to do")
                    for p in planned for s in p.steps]
+    refusal = _refusal(ctx, planned)
     if run.dry_run:
         n = sum(1 for r in run.results if r.outcome is Outcome.PLANNED)
         run.message = (f"{n} step(s) would change; run without --dry-run to apply" if n
                        else "already on the target: nothing to do")
+        if refusal is not None:  # the dry run says what the real run would do: refuse, before any change
+            run.exit_status, run.hint = refusal.exit_status, refusal.hint
+            run.message = f"{n} step(s) would change, but a run with these options is REFUSED: {refusal.message}"
         return None
+    if refusal is not None:
+        raise refusal
     if not any(s.changes for p in planned for s in p.steps):
         run.message = "already on the target: nothing to do"
         return None
     return planned
 
 
+def _refusal(ctx: RunContext, planned: list[_Planned]) -> DoaiError | None:
+    """The first refusal, in the runbook's order, that a part's plan already knows."""
+    for p in planned:
+        exc = p.job.part.refuses(ctx, [s for s in p.steps if s.changes], p.job.request)
+        if exc is not None:
+            exc = p.job.as_typed(exc)
+            exc.message = f"{p.job.part.name}: {exc.message}"
+            return exc
+    return None
+
+
+def _recheck(ctx: RunContext, planned: list[_Planned]) -> None:
+    """After the confirmation, before the first change: every part but the first to change
+    (its own apply checks its pins before it changes anything) still finds the state planned."""
+    changing = [p for p in planned if any(s.changes for s in p.steps)]
+    if len(changing) < 2:
+        return
+
+    def check(p: _Planned) -> None:
+        try:
+            p.job.part.recheck(ctx, [s for s in p.steps if s.changes], p.job.request)
+        except DoaiError as exc:
+            exc = p.job.as_typed(exc)
+            exc.message = f"{p.job.part.name}: {exc.message}"
+            raise
+
+    ctx.say("checking that every part is still as planned")
+    in_parallel({str(i): functools.partial(check, p) for i, p in enumerate(changing[1:])})
+
+
+def _plan_of(ctx: RunContext, job: Job) -> list[Step]:
+    try:
+        return job.part.plan(ctx, job.request)
+    except DoaiError as exc:
+        raise job.as_typed(exc) from None
+
+
 def _plan_all(ctx: RunContext, jobs: list[Job]) -> list[list[Step]]:
-    done = in_parallel({str(i): functools.partial(job.part.plan, ctx, job.request) for i, job in enumerate(jobs)})
+    done = in_parallel({str(i): functools.partial(_plan_of, ctx, job) for i, job in enumerate(jobs)})
     return [done[str(i)] for i in range(len(jobs))]
 
 
@@ -229,7 +298,8 @@ def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
 
 
 def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,
-            revert_on_failure: bool, reason: str | None) -> None:
+            revert_on_failure: bool, reason: str | None,
+            before_apply: Callable[[RunResult], None] | None = None) -> None:
     if confirm is not None:
         shown = dataclasses.replace(run, dry_run=True, results=list(run.results), warnings=list(ctx.warnings))
         if not confirm(shown):
@@ -238,6 +308,9 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
             run.exit_status = ExitStatus.INTERRUPTED
             run.message = "not confirmed; nothing was changed"
             return
+    _recheck(ctx, planned)  # a refusal raises: nothing changed anywhere, nothing announced
+    if before_apply is not None:
+        before_apply(run)
     _save_plan(ctx, run)
     try:
         refusal = _apply(ctx, planned)
@@ -245,14 +318,16 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
         run.results = [r for p in planned for r in p.results]
         worst = _exit_status(run.results, None)
         run.exit_status = worst if worst is ExitStatus.FAILED_NOT_RESTORED else ExitStatus.INTERRUPTED
-        run.message = (f"stopped by {stopped.signame} after the step at work finished; "
-                       "see the steps for where each part stands")
+        run.message = (f"stopped by {stopped.signame} after the step at work finished"
+                       + _where_text(where_parts_stand(run)))
         return
-    if revert_on_failure and _blocked(planned):
+    failed_part = next((p.job.part.name for p in planned
+                        if p.results and p.job.part.blocks_next(p.results, p.job.request)), None)
+    if revert_on_failure and failed_part is not None:
         _revert(ctx, planned, reason)
     run.results = [r for p in planned for r in p.results]
     run.exit_status = _exit_status(run.results, refusal)
-    run.message = _summary(run, refusal)
+    run.message = _summary(run, refusal, failed_part)
 
 
 class _StopRequest:
@@ -319,7 +394,7 @@ def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest
         try:
             results = p.job.part.apply(ctx, changing, p.job.request)
         except DoaiError as exc:  # the part refused before changing anything
-            refusal = exc
+            refusal = p.job.as_typed(exc)
             results = [StepResult(s, Outcome.REFUSED, exc.message, started, utcnow()) for s in changing]
         p.results = unchanged + results
     return refusal
@@ -353,25 +428,63 @@ def _exit_status(results: list[StepResult], refusal: DoaiError | None) -> ExitSt
     return ExitStatus.OK
 
 
-def _summary(run: RunResult, refusal: DoaiError | None) -> str:
+def _summary(run: RunResult, refusal: DoaiError | None, failed_part: str | None = None) -> str:
     s = run.exit_status
     if s is ExitStatus.OK:
         n = sum(1 for r in run.results if r.outcome is Outcome.SUCCEEDED)
         return f"{', '.join(run.parts)}: {n} step(s) done and verified" if n else "already on the target: nothing to do"
     if refusal is not None and s is refusal.exit_status:
         return f"REFUSED, nothing was changed: {refusal.message}"
-    if s is ExitStatus.FAILED_RESTORED and len(run.parts) > 1 and not any(
-            r.outcome is Outcome.SKIPPED for r in run.results):
-        left = sorted(f"{r.step.part.value} {r.step.target}" for r in run.results
-                      if r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED))
-        return (f"PARTLY DONE: every part was applied, but {len(left)} target(s) were not rolled back (refused, "
-                f"unreachable or put back as they were): {', '.join(left[:20])}{' ...' if len(left) > 20 else ''}")
+    where = where_parts_stand(run, failed_part)
+    run.extra["where_parts_stand"] = where
+    tail = _where_text(where)
     if s is ExitStatus.FAILED_RESTORED:
-        return "ROLLBACK FAILED; every target is back on what it had before" if not any(
-            r.outcome is Outcome.SUCCEEDED for r in run.results) else \
-            "FAILED; the failing part is back on what it had before (see the steps for where each part stands)"
-    bad = ", ".join(f"{r.step.part.value} {r.step.target}" for r in run.results if r.outcome is Outcome.NOT_RESTORED)
-    return f"ROLLBACK FAILED AND NOT RESTORED on {bad}: a human must act now (see the steps and the logs)"
+        if not any(r.outcome is Outcome.SUCCEEDED for r in run.results):
+            return "ROLLBACK FAILED; every target is back on (or still on) what it had before" + tail
+        if failed_part is None:
+            left = sum(1 for r in run.results if r.outcome not in _DONE)
+            return (f"PARTLY DONE: every part was applied, but {left} target(s) were not rolled back (refused, "
+                    "unreachable or put back as they were)" + tail)
+        return f"FAILED at the {failed_part}" + tail
+    return (f"ROLLBACK FAILED AND NOT RESTORED{' at the ' + failed_part if failed_part else ''}: a human must act "
+            "now (see the steps and the logs)" + tail)
+
+
+def _names(results: list[StepResult], *outcomes: Outcome) -> list[str]:
+    return [f"{r.step.part.value} {r.step.target}" for r in results if r.outcome in outcomes]
+
+
+def where_parts_stand(run: RunResult, failed_part: str | None = None) -> dict[str, Any]:
+    """Where each target of a run that did not end OK stands, by name: the part that failed (whose
+    results stopped the parts after it), the targets put back as they were, those that failed
+    before changing anything, those NOT put back, those rolled back that stay so, and the parts
+    not attempted."""
+    by_part: dict[str, list[StepResult]] = {}
+    for r in run.results:
+        by_part.setdefault(r.step.part.value, []).append(r)
+    return {
+        "failed_part": failed_part,
+        "not_restored": _names(run.results, Outcome.NOT_RESTORED),
+        "put_back": _names(run.results, Outcome.RESTORED),
+        "left_as_they_were": _names(run.results, Outcome.FAILED, Outcome.REFUSED),
+        "stay_rolled_back": _names(run.results, Outcome.SUCCEEDED),
+        "not_attempted": [p for p in run.parts if any(r.outcome is Outcome.SKIPPED for r in by_part.get(p, []))],
+    }
+
+
+def _where_text(w: Mapping[str, Any]) -> str:
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:20]) + (f" and {len(items) - 20} more" if len(items) > 20 else "")
+
+    bits = []
+    for key, label in (("not_restored", "NOT PUT BACK (act now)"), ("put_back", "put back as it was"),
+                       ("left_as_they_were", "not changed (failed or refused before any change)"),
+                       ("stay_rolled_back", "stay rolled back")):
+        if w.get(key):
+            bits.append(f"{label}: {listed(w[key])}")
+    if w.get("not_attempted"):
+        bits.append(f"not attempted: {', '.join(w['not_attempted'])}")
+    return ("; " + "; ".join(bits)) if bits else ""
 
 
 def _refused(run: RunResult, exc: DoaiError) -> None:

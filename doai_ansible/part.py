@@ -47,6 +47,7 @@ from doai_ansible.model import Part, Step, StepResult
 
 if TYPE_CHECKING:
     from doai_ansible.context import RunContext
+    from doai_ansible.errors import DoaiError
 
 ACTIONS = ("rollback", "undo", "put-back")
 
@@ -134,6 +135,20 @@ class PartBase(abc.ABC):
     @abc.abstractmethod
     def undo_request(self, record: Mapping[str, Any]) -> Request | None:
         """The request that rolls this part forward to what a journaled run found."""
+
+    def refuses(self, ctx: RunContext, steps: list[Step], request: Request) -> DoaiError | None:
+        """What the apply of this plan would refuse that the plan already knows (data at risk
+        without the flag that accepts it, a file changed since it was read): no network. The
+        engine asks every part of a run before anything changes anywhere (and ``--dry-run`` says
+        it), so a refusal never comes after an earlier part has changed."""
+        return None
+
+    def recheck(self, ctx: RunContext, steps: list[Step], request: Request) -> None:
+        """Raise (ValidationError, LockedError, UnreachableError) when the live state moved since
+        the plan. The engine calls it for every part but the first to change, once the plan is
+        confirmed and before the first change of the run; cheap reads only. The default reads
+        nothing: such a part's apply checks its pins itself (and says so in the README)."""
+        return None
 
     def blocks_next(self, results: list[StepResult], request: Request) -> bool:
         """Whether these apply results stop the parts after this one in a multi-part run. By

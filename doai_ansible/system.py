@@ -125,17 +125,30 @@ def jobs(ctx: RunContext, req: SystemRequest) -> list[engine.Job]:
     out = []
     for name in req.parts:
         part = registry.get(name)
-        if name == "backend":
-            r = part.request(to=req.backend_to, reason=req.reason, ctx=ctx)
-        elif name == "dashboard":
-            r = part.request(to=req.dashboard_to, reason=req.reason)
-        elif name == "database":
-            r = part.request(to=req.database_to, last=req.database_last, accept_data_loss=req.accept_data_loss,
-                             reason=req.reason)
-        else:
-            r = part.request(reason=req.reason, max_fail_percent=req.agent_max_fail_percent)
-        out.append(engine.Job(part, r))
+        spelled = SPELLED.get(name, {})
+        try:
+            if name == "backend":
+                r = part.request(to=req.backend_to, reason=req.reason, ctx=ctx)
+            elif name == "dashboard":
+                r = part.request(to=req.dashboard_to, reason=req.reason)
+            elif name == "database":
+                r = part.request(to=req.database_to, last=req.database_last, accept_data_loss=req.accept_data_loss,
+                                 reason=req.reason)
+            else:
+                r = part.request(reason=req.reason, max_fail_percent=req.agent_max_fail_percent)
+        except DoaiError as exc:
+            raise engine.as_typed(exc, spelled) from None
+        out.append(engine.Job(part, r, spelled))
     return out
+
+
+#: Each part's own option names as ``system rollback`` spells them: errors name what the user typed.
+SPELLED: dict[str, dict[str, str]] = {
+    "backend": {"--to": "--backend-to"},
+    "dashboard": {"--to": "--dashboard-to"},
+    "database": {"--to": "--database-to", "--last": "--database-last"},
+    "agent": {"--max-fail-percent": "--agent-max-fail-percent"},
+}
 
 
 # -- before -------------------------------------------------------------------------------------------------
@@ -299,11 +312,13 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
         if confirm is not None and not confirm(plan):
             return False
         timeline.append({"at": utcnow(), "event": "plan confirmed" if confirm else "plan accepted (--yes)"})
+        return True
+
+    def start(plan: RunResult) -> None:  # every part planned, confirmed and re-checked: the first change is next
         checklist["announcements"].append(announce(ctx, "start", announcement(req, plan, "start", ctx)))
         started["announced"] = True
         timeline.append({"at": utcnow(), "event": "start announced" if checklist["announcements"][-1]["sent"]
                          else "start not announced (" + str(checklist["announcements"][-1]["error"]) + ")"})
-        return True
 
     def check_after(run: RunResult) -> None:
         try:
@@ -349,7 +364,7 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
 
     return engine.run(ctx, job_list, command="system rollback", reason=req.reason, dry_run=dry_run,
                       confirm=hook if not dry_run else None, extra={"checklist": checklist},
-                      before_plan=before_plan, before_close=finish)
+                      before_plan=before_plan, before_apply=start, before_close=finish)
 
 
 def _after_ok(after_doc: Mapping[str, Any]) -> bool:

@@ -1172,6 +1172,15 @@ class DashboardPart(PartBase):
                     )
         return results
 
+    def recheck(self, ctx: RunContext, steps: list[Step], request: Request) -> None:
+        """Production is still what the plan saw and no alias job runs (one API read)."""
+        vs = ctx.settings.vercel
+        changing = [s for s in steps if s.part is Part.DASHBOARD and s.changes]
+        if changing:
+            with self._client(vs) as c:
+                for step in changing:
+                    _preflight(c, vs, step)
+
     def revert(self, ctx: RunContext, results: list[StepResult], reason: str | None) -> list[StepResult]:
         vs = ctx.settings.vercel
         out: list[StepResult] = []

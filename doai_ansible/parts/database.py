@@ -248,10 +248,37 @@ class DatabasePart(PartBase):
         ctx.say(f"database {url.label}: snapshot before any change")
         return dump.snapshot(url, conn, ctx.settings.database, ctx.settings.snapshot_dir, label=label)
 
-    def _apply_rollback(self, ctx: RunContext, step: Step, request: Request) -> StepResult:
-        db = ctx.settings.database
+    def refuses(self, ctx: RunContext, steps: list[Step], request: Request) -> DoaiError | None:
+        for step in steps:
+            if step.part is not Part.DATABASE or not step.changes:
+                continue
+            try:
+                if step.details.get("kind") == "restore":
+                    self._snapshot_as_planned(ctx, step)
+                else:
+                    self._files_as_planned(step, request)
+            except DoaiError as exc:
+                return exc
+        return None
+
+    @staticmethod
+    def _snapshot_as_planned(ctx: RunContext, step: Step) -> dict[str, Any]:
+        path = Path(step.details["restore_file"])
+        manifest = dump.read_manifest(path, tuple(ctx.settings.database.schemas))  # again: as confirmed, unchanged
+        if manifest["sha256"] != step.details["manifest"]["sha256"]:
+            raise ValidationError(f"{path} changed since the plan; nothing was changed")
+        return manifest
+
+    def recheck(self, ctx: RunContext, steps: list[Step], request: Request) -> None:
         url = self._url(ctx)
-        started = utcnow()
+        for step in steps:
+            if step.part is Part.DATABASE and step.changes and step.details.get("kind") == "rollback":
+                with url.connect(autocommit=True) as conn:
+                    self._history_as_planned(conn, url, step)
+
+    @staticmethod
+    def _files_as_planned(step: Step, request: Request) -> None:
+        """Refuse what the plan knows: data at risk without the flag, a file changed since it was read."""
         if step.at_risk and not request.options.get("accept_data_loss"):
             raise ValidationError(f"data at risk: {step.at_risk}; once you have read the plan, run it with "
                                   "--accept-data-loss (a snapshot is taken first)")
@@ -260,10 +287,20 @@ class DatabasePart(PartBase):
                 if not Path(item[key]).is_file() or mig.sha256_file(Path(item[key])) != sha:
                     raise ValidationError(f"{item[key]} changed since the plan; nothing was changed",
                                           hint="plan again and read the new plan")
+
+    @staticmethod
+    def _history_as_planned(conn: Any, url: DbUrl, step: Step) -> None:
+        if [h["version"] for h in mig.history(conn)] != step.details["applied"]:
+            raise ValidationError(f"the migration history of {url.label} changed since the plan, not as planned; "
+                                  "nothing was changed", hint="plan again")
+
+    def _apply_rollback(self, ctx: RunContext, step: Step, request: Request) -> StepResult:
+        db = ctx.settings.database
+        url = self._url(ctx)
+        started = utcnow()
+        self._files_as_planned(step, request)
         with url.connect(autocommit=True) as conn:
-            if [h["version"] for h in mig.history(conn)] != step.details["applied"]:
-                raise ValidationError(f"the migration history of {url.label} changed since the plan, not as planned; "
-                                      "nothing was changed", hint="plan again")
+            self._history_as_planned(conn, url, step)
             try:
                 snap = self._snapshot(ctx, url, conn, ctx.run_id)
             except (DoaiError, OSError) as exc:
@@ -379,9 +416,7 @@ class DatabasePart(PartBase):
         url = self._url(ctx)
         started = utcnow()
         path = Path(step.details["restore_file"])
-        manifest = dump.read_manifest(path, tuple(ctx.settings.database.schemas))  # again: as confirmed, unchanged
-        if manifest["sha256"] != step.details["manifest"]["sha256"]:
-            raise ValidationError(f"{path} changed since the plan; nothing was changed")
+        manifest = self._snapshot_as_planned(ctx, step)
         with url.connect(autocommit=True) as conn:
             try:
                 before = self._snapshot(ctx, url, conn, f"{ctx.run_id}-before-restore")

@@ -91,6 +91,34 @@ def test_failure_in_the_database_stops_there(system_rig, state_dir):
     assert doc["exit_name"] == "FAILED_RESTORED"
     md = Path(doc["checklist"]["report"]["markdown"]).read_text()
     assert "FAILED_RESTORED" in md and "| dashboard | doai-dashboard |" in md and "| skipped |" in md
+    # exit 3 names the part that failed, what it left as it was, and what stays rolled back
+    where = doc["where_parts_stand"]
+    assert where["failed_part"] == "database" and where["not_attempted"] == ["dashboard"]
+    assert where["put_back"] == [] and [t.split()[0] for t in where["left_as_they_were"]] == ["database"]
+    assert {t.split()[0] for t in where["stay_rolled_back"]} == {"agent", "backend"}
+    assert "back on what it had before" not in doc["message"]  # the database was never changed
+    for needle in ("FAILED at the database", "stay rolled back: agent pc01/alice", "backend sandbox-vps",
+                   "not attempted: dashboard"):
+        assert needle in doc["message"] and needle in md, needle
+
+
+def test_data_at_risk_without_the_flag_is_refused_before_any_part_changes(system_rig, state_dir):
+    """The plan knows the database drops rows and --accept-data-loss was not given: exit 2 before
+    the agent and the backend are touched, no start announced, no report (it used to roll back
+    the agent and the backend first, then refuse in the database's apply with exit 3)."""
+    rig = system_rig.break_all()
+    rig.pg.sql("INSERT INTO public.device_tags (device_id, tag) SELECT id, 'canary-tag' FROM public.devices")
+    res = _rollback(rig, state_dir)
+    assert res.code == 2, res.stderr + res.stdout
+    assert rig.state() == rig.expected_bad()  # nothing changed anywhere
+    doc = res.json()
+    assert "database: data at risk" in doc["message"] and "--accept-data-loss" in doc["message"]
+    assert doc["checklist"]["announcements"] == [] and doc["checklist"]["report"] is None
+    assert not any(s["outcome"] in ("succeeded", "restored") for s in doc["steps"])
+    # the dry run says the same, with the plan, and exits as the real run would
+    dry = _rollback(rig, state_dir, "--dry-run")
+    assert dry.code == 2 and "REFUSED" in dry.json()["message"] and dry.json()["steps"], dry.stdout
+    assert rig.state() == rig.expected_bad()
 
 
 def test_dry_run_changes_nothing_and_writes_no_report(system_rig, state_dir):
@@ -108,7 +136,8 @@ def test_refusals_change_nothing(system_rig, state_dir):
     env = rig.env(state_dir)
     for args, needle in ((["--reason", "x"], "--database-last N or --database-to VERSION"),
                          (["--only", "agents"], "'agents' is not a part"),
-                         (["--only", "backend", "--database-last", "1"], "--database-last is for the database")):
+                         (["--only", "backend", "--database-last", "1"], "--database-last is for the database"),
+                         (["--database-to", "junk", "--reason", "x"], "--database-to 'junk' is not a migration")):
         res = run_cli("system", "rollback", "--yes", *args, env=env)
         assert res.code == 2 and needle in res.stderr, (args, res.stderr)
     assert rig.state() == rig.expected_good()

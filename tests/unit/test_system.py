@@ -205,6 +205,62 @@ def test_failure_in_database_stops_there_earlier_parts_stay(tmp_path, fakes, cal
     assert "FAILED_RESTORED" in hooks.posts[-1]["text"]
 
 
+def test_exit_3_names_the_failed_part_what_it_put_back_and_what_stays_rolled_back(tmp_path, fakes, calls, hooks):
+    fakes["database"].fail = "failed"  # its one transaction rolled back: it never changed anything
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, reason="x", database_last=1))
+    assert run.exit_status is ExitStatus.FAILED_RESTORED
+    assert "back on what it had before" not in run.message  # the database was never changed
+    assert run.message.startswith("FAILED at the database"), run.message
+    assert "stay rolled back: agent t, backend t" in run.message and "not attempted: dashboard" in run.message
+    where = run.to_dict()["where_parts_stand"]
+    assert where == {"failed_part": "database", "not_restored": [], "put_back": [],
+                     "left_as_they_were": ["database t"], "stay_rolled_back": ["agent t", "backend t"],
+                     "not_attempted": ["dashboard"]}
+    # the same words in the report and the end announcement
+    md = Path(run.to_dict()["checklist"]["report"]["markdown"]).read_text()
+    assert "FAILED at the database" in md and "FAILED at the database" in hooks.posts[-1]["text"]
+
+
+def test_a_refusal_the_plan_knows_comes_before_any_change_in_any_part(tmp_path, fakes, calls, hooks):
+    """The database's plan knows data is at risk and --accept-data-loss was not given: nothing
+    anywhere is applied and nothing announced (it used to fire inside the database's apply,
+    after the agent and the backend had been rolled back)."""
+    from doai_ansible.errors import ValidationError
+
+    fakes["database"].refuses = lambda ctx, steps, request: ValidationError(  # type: ignore[method-assign]
+        "data at risk: public.t (3 rows) dropped", hint="add --accept-data-loss")
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, reason="x", database_last=1))
+    assert run.exit_status is ExitStatus.USAGE, run.message
+    assert not any(c.startswith("apply") for c in calls) and hooks.posts == []
+    assert "REFUSED, nothing was changed: database: data at risk" in run.message
+    assert fakes["agent"].live == "bad" and fakes["backend"].live == "bad"
+    assert records(ctx)[0]["exit_status"] == 2
+    # the dry run says the same, with the plan
+    (tmp_path / "d").mkdir()
+    dry = system.rollback(make_ctx(tmp_path / "d", hooks), system.request(ctx, reason="x", database_last=1),
+                          dry_run=True)
+    assert dry.exit_status is ExitStatus.USAGE and "REFUSED: database: data at risk" in dry.message
+    assert {r.outcome for r in dry.results} == {Outcome.PLANNED}
+
+
+def test_a_later_part_that_moved_since_the_plan_refuses_before_the_first_change(tmp_path, fakes, calls, hooks):
+    from doai_ansible.errors import ValidationError
+
+    def moved(ctx: RunContext, steps: list[Step], request: Request) -> None:
+        calls.append("recheck dashboard")
+        raise ValidationError("production of p is now dpl_other, not dpl_bad as planned")
+
+    fakes["dashboard"].recheck = moved  # type: ignore[method-assign]
+    ctx = make_ctx(tmp_path, hooks)
+    confirmed: list[str] = []
+    run = system.rollback(ctx, system.request(ctx, skip="database"), confirm=lambda plan: not confirmed.append("y"))
+    assert confirmed == ["y"] and "recheck dashboard" in calls
+    assert run.exit_status is ExitStatus.USAGE and "dashboard: production of p is now" in run.message
+    assert not any(c.startswith("apply") for c in calls) and hooks.posts == []  # nothing changed, nothing announced
+
+
 def test_unhealthy_after_a_successful_rollback_exits_6(tmp_path, fakes, calls, hooks):
     hooks.smoke_status = 503
     ctx = make_ctx(tmp_path, hooks)
@@ -369,3 +425,19 @@ def test_the_state_is_read_under_the_locks(tmp_path, fakes, calls, hooks):
     assert run.exit_status is ExitStatus.LOCKED
     assert not any(c.startswith("status") for c in calls)  # no minutes of reading before a refusal
     assert run.to_dict()["checklist"]["before"] is None and hooks.posts == []
+
+
+@pytest.mark.parametrize(("kwargs", "typed", "own"), [
+    ({"parts": ("database",), "database_to": "junk"}, "--database-to", "--to"),
+    ({"parts": ("dashboard",), "dashboard_to": " "}, "--dashboard-to", "--to"),
+])
+def test_errors_name_the_option_the_user_typed(tmp_path, kwargs, typed, own):
+    """`system rollback --database-to junk` is refused naming --database-to, not the database part's --to."""
+    from doai_ansible.errors import DoaiError
+
+    ctx = make_ctx(tmp_path, None)
+    req = system.SystemRequest(skipped=(), reason=None, **kwargs)
+    with pytest.raises(DoaiError) as exc:
+        system.jobs(ctx, req)
+    text = exc.value.message + (exc.value.hint or "")
+    assert typed in text and f" {own} " not in f" {text} " and not text.startswith(own), text
