@@ -43,6 +43,7 @@ class Options:
         self.verbose = 0
         self.debug = False
         self._settings: Settings | None = None
+        self.documents_before = render.emitted()  # JSON documents printed before this command
 
     @property
     def json(self) -> bool:
@@ -314,16 +315,29 @@ def system_rollback_cmd(opts: Options, only: str | None, skip: str | None, reaso
     req = system.request(ctx, only=only, skip=skip, reason=reason, backend_to=backend_to,
                          dashboard_to=dashboard_to, database_to=database_to, database_last=database_last,
                          accept_data_loss=accept_data_loss, agent_max_fail_percent=agent_max_fail_percent)
-    hook = confirm_hook(opts, "Roll these parts back, in this order, as shown?")
-    if hook is not None:
-        ask = hook
-
-        def hook(plan: RunResult) -> bool:
-            for line in system.text_lines(plan):
-                click.echo(line, err=opts.json)
-            return ask(plan)
-
+    hook = _with_checklist(opts, confirm_hook(opts, "Roll these parts back, in this order, as shown?"))
     run = system.rollback(ctx, req, dry_run=opts.dry_run, confirm=hook)
+    return render_system_run(opts, run)
+
+
+def _with_checklist(opts: Options, ask: engine.ConfirmHook | None) -> engine.ConfirmHook | None:
+    """The confirmation of a checklisted run shows the checklist's lines (state found, scope) first."""
+    if ask is None:
+        return None
+    from doai_ansible import system
+
+    def hook(plan: RunResult) -> bool:
+        for line in system.text_lines(plan):
+            click.echo(line, err=opts.json)
+        return ask(plan)
+
+    return hook
+
+
+def render_system_run(opts: Options, run: RunResult) -> ExitStatus:
+    """A run with the whole-system checklist (``system rollback``, the undo of one)."""
+    from doai_ansible import system
+
     if opts.json:
         return render_run(opts, run)
     # In the order things happened: the checklist's before, each part's steps, then the checks
@@ -663,8 +677,13 @@ def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
     validate.reason(reason)
     ctx = opts.context()
     record = Journal(ctx.settings.journal_path).find(run_id)
-    jobs = engine.undo_jobs(record)
     hook = confirm_hook(opts, f"Undo run {record['run_id']} as shown?")
+    if record.get("command") == "system rollback":  # a service change too: the same checklist, announced, reported
+        from doai_ansible import system
+
+        run = system.undo(ctx, record, reason=reason, dry_run=opts.dry_run, confirm=_with_checklist(opts, hook))
+        return render_system_run(opts, run)
+    jobs = engine.undo_jobs(record, reason=reason)
     run = engine.run(ctx, jobs, command=f"undo {record['run_id']}", reason=reason or f"undo {record['run_id']}",
                      dry_run=opts.dry_run, confirm=hook, reverse=True)
     return render_run(opts, run)
@@ -868,7 +887,7 @@ def json_requested(args: list[str]) -> bool:
 
 def _error_json(opts: Options, status: ExitStatus, message: str, hint: str | None) -> None:
     """The error document on stdout with ``--output json`` (unless a document was printed already)."""
-    if opts.json and not render.emitted():
+    if opts.json and render.emitted() == opts.documents_before:
         emit_json({"error": message, "hint": hint, "exit_status": int(status), "exit_name": status.name})
 
 

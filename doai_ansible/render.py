@@ -74,9 +74,9 @@ def emit_json(data: Any, stream: IO[str] | None = None) -> None:
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def emitted() -> bool:
-    """Whether a JSON document went to stdout already (``--output json`` promises one)."""
-    return _emitted > 0
+def emitted() -> int:
+    """How many JSON documents went to stdout so far (``--output json`` promises one per command)."""
+    return _emitted
 
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")

@@ -111,6 +111,7 @@ def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, out + err
+    assert out.strip(), err
     doc = json.loads(out)
     assert doc["exit_status"] == 130 and doc["exit_name"] == "INTERRUPTED" and doc["error"], doc
     from doai_ansible.schemas import output_problems
