@@ -24,7 +24,7 @@ from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.parts.backend_docker import BackendDockerPart
 from doai_ansible.parts.backend_pm2 import BackendPart as BackendPM2Part
-from doai_ansible.parts.playbook import PlaybookPart, locks_of
+from doai_ansible.parts.playbook import PlaybookPart, health_of, locks_of
 
 
 def _commit_or_image(value: str, option: str) -> str:
@@ -250,9 +250,7 @@ class BackendPart(PartBase):
         return lines or [f"backend: no hosts in the inventory ({self.needs})"]
 
     def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
-        st = self.status(ctx, limit=limit)
-        return {"healthy": st["healthy"], "reachable": st["reachable"],
-                "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+        return health_of(self.status(ctx, limit=limit))
 
     def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
         return locks_of(self.status(ctx))

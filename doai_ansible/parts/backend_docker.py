@@ -18,7 +18,7 @@ from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
-from doai_ansible.parts.playbook import HostReport, PlaybookPart
+from doai_ansible.parts.playbook import HostReport, PlaybookPart, health_text
 
 
 def _int(value: Any, default: int = -1) -> int:
@@ -135,6 +135,10 @@ class BackendDockerPart(PlaybookPart):
         st["healthy"] = bool(not error and not st.get("docker_error") and 200 <= code < 300
                              and container.get("running"))
         st["current_id"] = current.get("id")
+        if not error and st.get("docker_error"):
+            # dockerd did not answer: the tags and the container are not known, not gone.
+            st["state"], st["state_detail"] = "unknown", f"docker not answering: {st['docker_error']}"
+            st["images"] = None
         return st
 
     def status_lines(self, st: dict[str, Any]) -> list[str]:
@@ -144,25 +148,31 @@ class BackendDockerPart(PlaybookPart):
         return lines or [f"backend: no Docker hosts ({self.needs})"]
 
     def host_lines(self, host: str, h: dict[str, Any]) -> list[str]:
-        state = "healthy" if h.get("healthy") else "UNHEALTHY"
+        if h.get("state") == "unreachable":  # nothing was read: no image, container or health to show
+            return [f"backend {host}: UNREACHABLE ({h.get('state_detail') or h.get('error')})"]
         c = h.get("container") or {}
         images = h.get("images") or {}
         tags = h.get("tags") or {}
         cur = images.get(tags.get("current", "current")) or {}
-        lines = [(f"backend {host}: {state}  docker image {short_id(c.get('image'))}"
-                 f" ({cur.get('version') or '?'})  health HTTP {h.get('health_status')}"
-                 f" version {h.get('health_version') or '?'}")]
-        if c:
-            lines.append(f"    container {c.get('name')} {c.get('status')} restarts={c.get('restart_count')}")
+        if h.get("state") == "unknown":
+            # dockerd did not answer: say so, rather than "no container" and every tag "(none)"
+            unknown = f"unknown ({h.get('state_detail')})"
+            lines = [f"backend {host}: UNKNOWN  docker image {unknown}  health {health_text(h)}",
+                     f"    container: {unknown}"]
+            lines += [f"    {h.get('image', '')}:{tag} -> unknown" for tag in tags.values()]
         else:
-            lines.append("    no container for the service")
-        for role, tag in tags.items():
-            img = images.get(tag)
-            lines.append(f"    {h.get('image', '')}:{tag} -> {short_id(img.get('id')) if img else '(none)'}"
-                         + (f" ({img.get('version')})" if img and img.get("version") else "")
-                         + ("  <- running" if img and img.get("id") == c.get("image") and role == "current" else ""))
-        if h.get("docker_error"):
-            lines.append(f"    docker: {h['docker_error']}")
+            state = "healthy" if h.get("healthy") else "UNHEALTHY"
+            lines = [(f"backend {host}: {state}  docker image {short_id(c.get('image'))}"
+                     f" ({cur.get('version') or '?'})  health {health_text(h)}")]
+            if c:
+                lines.append(f"    container {c.get('name')} {c.get('status')} restarts={c.get('restart_count')}")
+            else:
+                lines.append("    no container for the service")
+            for role, tag in tags.items():
+                img = images.get(tag)
+                lines.append(f"    {h.get('image', '')}:{tag} -> {short_id(img.get('id')) if img else '(none)'}"
+                             + (f" ({img.get('version')})" if img and img.get("version") else "")
+                             + ("  <- running" if img and img.get("id") == c.get("image") and role == "current" else ""))
         if h.get("host_lock"):
             lines.append(f"    LOCKED by {h['host_lock'].get('owner')} since {h['host_lock'].get('since')}"
                          f" (run {h['host_lock'].get('run_id')})")

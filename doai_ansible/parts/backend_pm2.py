@@ -25,7 +25,7 @@ from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
-from doai_ansible.parts.playbook import HostReport, PlaybookPart
+from doai_ansible.parts.playbook import HostReport, PlaybookPart, health_text
 
 ROLLBACK_PLAYBOOK = "backend-pm2-rollback.yml"
 STATUS_PLAYBOOK = "backend-pm2-status.yml"
@@ -132,6 +132,9 @@ class BackendPart(PlaybookPart):
         st["healthy"] = bool(
             not error and 200 <= code < 300 and procs and all(p.get("status") == "online" for p in procs)
         )
+        if not error and st.get("pm2_error"):
+            # PM2 did not answer: its processes are not known, not gone.
+            st["state"], st["state_detail"] = "unknown", f"pm2 not answering: {st['pm2_error']}"
         return st
 
     def status_lines(self, st: dict[str, Any]) -> list[str]:
@@ -139,12 +142,17 @@ class BackendPart(PlaybookPart):
             return [f"backend: not configured ({self.needs})"]
         lines = []
         for host, h in st["hosts"].items():
-            state = "healthy" if h.get("healthy") else "UNHEALTHY"
+            if h.get("state") == "unreachable":  # nothing was read: no commit, PM2 or health to show
+                lines.append(f"backend {host}: UNREACHABLE ({h.get('state_detail') or h.get('error')})")
+                continue
+            state = {"healthy": "healthy", "unknown": "UNKNOWN"}.get(h.get("state") or "", "UNHEALTHY")
             commit = (h.get("commit") or "?")[:12]
             lines.append(f"backend {host}: {state}  commit {commit} ({h.get('version') or '?'})"
-                         f"  health HTTP {h.get('health_status')} version {h.get('health_version') or '?'}")
+                         f"  health {health_text(h)}")
             for p in h.get("processes") or []:
                 lines.append(f"    pm2 {p.get('name')}[{p.get('pm_id')}] {p.get('status')} restarts={p.get('restarts')}")
+            if h.get("pm2_error"):
+                lines.append(f"    pm2 processes: unknown (pm2 not answering: {h['pm2_error']})")
             if h.get("dirty"):
                 lines.append(f"    uncommitted changes: {', '.join(h['dirty'])}")
             if h.get("host_lock"):

@@ -1044,8 +1044,14 @@ class DashboardPart(PartBase):
         vs = ctx.settings.vercel
         return bool(vs.project and vs.token)
 
+    @staticmethod
+    def _health_answered(detail: str) -> bool:
+        """Whether the health probe got an HTTP answer (``HTTP <code>``), whatever its status."""
+        return detail.startswith("HTTP ")
+
     def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
-        """What is live on Vercel and the health URL's answer; ``reachable`` False when the API is not."""
+        """What is live on Vercel and the health URL's answer; ``reachable`` False when the API or
+        the health URL is not (``health_state``: healthy, unhealthy or unreachable)."""
         vs = ctx.settings.vercel
         vs.require()
         try:
@@ -1064,16 +1070,24 @@ class DashboardPart(PartBase):
                 "error": str(exc),
             }
         healthy, detail = self._probe_once(vs)
-        st.update(part=self.name, configured=True, health_url=vs.health_url, healthy=healthy, health=detail)
+        answered = self._health_answered(detail)
+        st.update(part=self.name, configured=True, health_url=vs.health_url, healthy=healthy, health=detail,
+                  # the health URL not answering is not an unhealthy answer: it is not reached (exit 7)
+                  health_state="healthy" if healthy else "unhealthy" if answered else "unreachable")
+        st["reachable"] = st["reachable"] and answered
         return st
 
     def status_lines(self, st: dict[str, Any]) -> list[str]:
         if not st.get("configured", True):
             return [f"dashboard: not configured ({self.needs})"]
         project = st.get("project") or {}
-        health = "healthy" if st.get("healthy") else "UNHEALTHY"
-        lines = [f"dashboard {project.get('name')}: {health} ({st.get('health')} from {st.get('health_url')})"]
-        if not st.get("reachable", True):
+        if st.get("health_state") == "unreachable":
+            lines = [f"dashboard {project.get('name')}: UNREACHABLE (the health URL {st.get('health_url')} did not "
+                     f"answer: {st.get('health')})"]
+        else:
+            health = "healthy" if st.get("healthy") else "UNHEALTHY"
+            lines = [f"dashboard {project.get('name')}: {health} ({st.get('health')} from {st.get('health_url')})"]
+        if st.get("error"):  # the Vercel API was not reached: what is live there is not known
             lines.append(f"    Vercel API UNREACHABLE: {st.get('error')}")
             return lines
         prod = st.get("production") or {}
@@ -1097,13 +1111,17 @@ class DashboardPart(PartBase):
         """One GET of the health URL (no Vercel API call)."""
         vs = ctx.settings.vercel
         ok, detail = self._probe_once(vs)
-        return {
+        answered = self._health_answered(detail)  # it answered, whatever the status
+        out = {
             "healthy": ok,
-            "reachable": detail.startswith("HTTP "),  # it answered, whatever the status
+            "reachable": answered,
             "targets": {vs.health_url: ok},
             "detail": detail,
             "health_url": vs.health_url,
         }
+        if not answered:  # not reached: a renderer must not call it UNHEALTHY
+            out["states"] = {vs.health_url: "unreachable"}
+        return out
 
     # -- a run -------------------------------------------------------------------------------------
     def request(

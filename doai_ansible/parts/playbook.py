@@ -110,6 +110,36 @@ def locks_of(st: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def health_of(st: Mapping[str, Any]) -> dict[str, Any]:
+    """A host part's health from its status: ``targets`` host -> healthy, and ``states`` for the
+    hosts that are neither healthy nor unhealthy but not known (``unreachable``, or ``unknown (...)``
+    when the host answered and its service manager did not): a renderer must not call them
+    UNHEALTHY."""
+    states = {}
+    for host, h in st["hosts"].items():
+        state = h.get("state")
+        if state == "unreachable":
+            states[host] = "unreachable"
+        elif state == "unknown":
+            states[host] = f"unknown ({h.get('state_detail')})" if h.get("state_detail") else "unknown"
+    out = {"healthy": st["healthy"], "reachable": st["reachable"],
+           "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+    if states:
+        out["states"] = states
+    return out
+
+
+def health_text(h: Mapping[str, Any]) -> str:
+    """The health URL's answer as seen from the host: ``HTTP 200 version 2.0.0``, or ``no answer``
+    (never "HTTP None" / "HTTP -1")."""
+    code = h.get("health_status")
+    try:
+        answered = code is not None and int(code) >= 0
+    except (TypeError, ValueError):
+        answered = False
+    return f"HTTP {int(code)} version {h.get('health_version') or '?'}" if answered else "no answer"
+
+
 class PlaybookPart(PartBase):
     """A part whose work is one role's playbook; see the module docstring for the contract."""
 
@@ -426,7 +456,12 @@ class PlaybookPart(PartBase):
             error = None
             if rep.failure is not None:
                 error = st["error"] = "unreachable: " + rep.failure.message if rep.unreachable else rep.failure_text()
-            hosts[host] = self.host_status(host, st, error)
+            hosts[host] = h = self.host_status(host, st, error)
+            # What is known, in one word: a host not reached, or one whose service manager did not
+            # answer (``unknown``, set by host_status), is neither unhealthy nor without its app.
+            if rep.unreachable:
+                h["state"], h["state_detail"] = "unreachable", rep.failure.message if rep.failure else ""
+            h.setdefault("state", "healthy" if h.get("healthy") else "unhealthy")
         return {"part": self.name, "configured": bool(hosts), "hosts": hosts,
                 "reachable": not any(r.unreachable for r in reps.values()),
                 "healthy": all(h["healthy"] for h in hosts.values())}
@@ -496,6 +531,4 @@ class PlaybookPart(PartBase):
         return [f"{self.name} {host}: {h.get('status')}" for host, h in report["hosts"].items()]
 
     def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
-        st = self.status(ctx, limit=limit)
-        return {"healthy": st["healthy"], "reachable": st["reachable"],
-                "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+        return health_of(self.status(ctx, limit=limit))
