@@ -83,7 +83,8 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, expose_value=False,
                      callback=_set("output"), help="Result as text (default) or one JSON document on stdout."),
         click.option("--dry-run", "-n", is_flag=True, expose_value=False, callback=_set("dry_run"),
-                     help="Show the plan (check mode); change nothing."),
+                     help="Show what would be done; change nothing (read-only commands: a note that it does not "
+                   "apply; `database snapshot` and `demo` refuse it)."),
         click.option("--yes", "-y", is_flag=True, expose_value=False, callback=_set("yes"),
                      help="Do not ask for confirmation."),
         click.option("--verbose", "-v", count=True, expose_value=False, callback=_set("verbose"),
