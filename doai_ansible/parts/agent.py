@@ -272,7 +272,9 @@ class AgentPart(PlaybookPart):
                 if status == "changed":
                     outcome, msg = Outcome.SUCCEEDED, (f"app-current is now {u.get('to')}"
                                                        f"{' (reinstalled; config.json restored)' if reinstall else ''}"
-                                                       "; agent running")
+                                                       "; agent running"
+                                                       # an undo: what became of the user's settings
+                                                       f"{'; ' + u['config'] if u.get('config') else ''}")
                 elif status == "unchanged":
                     outcome, msg = Outcome.UNCHANGED, (f"{u.get('reason')}: nothing to do" if reinstall
                                                        else "already rolled back: nothing to do")

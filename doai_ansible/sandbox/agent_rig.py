@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 AGENT_DIR = Path("AppData") / "Local" / "DoAi-Desktop-Agent"
 APP_DIRS = ("app-current", "app-backup", "app-failed")
 RIG_FILES = ("config.json", "agent.pid", "agent.status.json", "agent.log")
+# Written by a running agent (pid, status, log, its app directory's lock) or by the role (its
+# marker): not part of what a rollback and its undo must leave as they found it.
+RUNTIME_FILES = ("agent.pid", "agent.status.json", "agent.log", ".locked", ".doai-rollback.json")
 VERSIONS = {"app-current": "2.0.0", "app-backup": "1.9.0", "app-failed": "1.9.5"}
 DEFAULT_USERS = ("alice", "bob")
 BARE_USERS = ("guest",)  # a profile without the agent
@@ -663,6 +666,38 @@ class AgentRig:
         except (OSError, ValueError):
             state["config"] = None
         return state
+
+    def snapshot(self, pc: str, user: str) -> dict[str, tuple[object, ...]]:
+        """Every file and directory of the user's agent folder, by path relative to it: ``(kind,
+        sha256 of a file's content or None, mode, uid, gid)``; links are not followed. The
+        runtime files (the agent's pid, status, log and lock files) and the role's marker are left
+        out: they change whenever an agent starts, and the marker is the role's history."""
+        folder = self.folder(pc, user)
+        out: dict[str, tuple[object, ...]] = {}
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in sorted(dirnames) + sorted(filenames):
+                path = Path(dirpath) / name
+                rel = str(path.relative_to(folder))
+                if name in RUNTIME_FILES or (name.endswith(".tmp") and name.startswith(RUNTIME_FILES)):
+                    continue
+                st = path.lstat()
+                if path.is_symlink():
+                    kind, digest = "link", os.readlink(path)
+                elif path.is_dir():
+                    kind, digest = "dir", None
+                else:
+                    kind, digest = "file", hashlib.sha256(path.read_bytes()).hexdigest()
+                out[rel] = (kind, digest, oct(st.st_mode & 0o7777), st.st_uid, st.st_gid)
+        return dict(sorted(out.items()))
+
+    def give_folder_to(self, pc: str, user: str, uid: int, gid: int) -> None:
+        """The user's agent folder owned by ``uid:gid``, as a real user owns theirs (the rig
+        runs as root and seeds root's files; the role acts as root too)."""
+        folder = self.folder(pc, user)
+        os.lchown(folder, uid, gid)
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in dirnames + filenames:
+                os.lchown(Path(dirpath) / name, uid, gid)
 
     def config_checksum(self, pc: str, user: str) -> str | None:
         """sha256 of the config.json the agent reads now (compare with ``config_checksums``)."""

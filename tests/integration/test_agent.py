@@ -305,3 +305,61 @@ def test_after_a_rollback_status_plans_and_a_second_run_show_the_live_folders(ag
     assert step["outcome"] == "unchanged" and (step["from"], step["to"]) == ("1.9.0", "1.9.0"), step
     assert step["details"]["from_label"] == "app-current 1.9.0", step
     assert rig.folder_state("pc01", "alice") == st
+
+
+def test_undo_with_nothing_changed_since_the_rollback_puts_the_folders_back_byte_for_byte(agent_fleet, state_dir):
+    """Issue 17 item 14: every file of the user's folder (content, mode, owner) is as it was before
+    the rollback once it is undone, when nothing changed in between: no copy of the user's
+    config.json left in the backup, no extra config.json.doai-<stamp>, no 0600 root-owned file in
+    a folder the user owns. The rollback itself keeps the owner and mode of the config it carries."""
+    import os
+
+    rig = agent_fleet(n=1, unreachable=0)
+    rig.give_folder_to("pc01", "alice", 4242, 4343)  # a user's own folder, not root's
+    before = rig.snapshot("pc01", "alice")
+    assert before["app-current/config.json"][2:] == ("0o644", 4242, 4343)
+    env = env_for(rig, state_dir)
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    carried = os.stat(rig.folder("pc01", "alice") / "app-current" / "config.json")
+    assert (oct(carried.st_mode & 0o7777), carried.st_uid, carried.st_gid) == ("0o644", 4242, 4343)
+    assert rig.config_checksum("pc01", "alice") == rig.config_checksums["pc01/alice"]
+    undo = run_cli("undo", res.json()["run_id"], "--yes", "-o", "json", env=env)
+    assert undo.code == 0, undo.stdout + undo.stderr
+    (step,) = undo.json()["steps"]
+    assert step["outcome"] == "succeeded" and "config.json unchanged since the rollback" in step["message"], step
+    after = rig.snapshot("pc01", "alice")
+    assert {k: v for k, v in after.items() if before.get(k) != v} == {} and after == before
+    assert rig.agent_running("pc01", "alice") and rig.agent_version("pc01", "alice") == "2.0.0"
+
+
+def test_undo_carries_settings_changed_since_the_rollback_and_says_so(agent_fleet, state_dir):
+    """Issue 17 item 14: alice changed her settings on the rolled-back agent; the undo takes them
+    forward into app-current (the ones from before the rollback kept beside them), gives the
+    backup its own config.json back, and says so."""
+    import json
+    import os
+
+    rig = agent_fleet(n=1, unreachable=0)
+    rig.give_folder_to("pc01", "alice", 4242, 4343)
+    before = rig.snapshot("pc01", "alice")
+    env = env_for(rig, state_dir)
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json", env=env)
+    assert res.code == 0, res.stdout + res.stderr
+    folder = rig.folder("pc01", "alice")
+    changed = dict(rig.user_config("pc01", "alice"), theme="solarized", settings_rev=3)
+    (folder / "app-current" / "config.json").write_text(json.dumps(changed) + "\n")  # as alice: mode and owner stay
+    undo = run_cli("undo", res.json()["run_id"], "--yes", "-o", "json", env=env)
+    assert undo.code == 0, undo.stdout + undo.stderr
+    (step,) = undo.json()["steps"]
+    assert step["outcome"] == "succeeded", step
+    assert "config.json changed since the rollback: carried into app-current" in step["message"], step
+    assert rig.folder_state("pc01", "alice")["config"] == changed  # what the agent reads now
+    st = os.stat(folder / "app-current" / "config.json")
+    assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == ("0o644", 4242, 4343)
+    after = rig.snapshot("pc01", "alice")
+    kept = [k for k in after if k.startswith("app-current/config.json.doai-")]
+    assert len(kept) == 1 and after[kept[0]] == before["app-current/config.json"]  # the earlier settings, kept
+    differs = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert differs == {"app-current/config.json", kept[0]}, differs  # the backup is as it was
+    assert rig.agent_running("pc01", "alice") and rig.agent_version("pc01", "alice") == "2.0.0"

@@ -204,7 +204,8 @@ def test_undo_steps_reverse_everything_and_restart():
 
 SCRIPT_NAMES = {getattr(swap, n): n for n in dir(swap) if n.startswith("PS_")}
 STEP_FIXTURE = {"PS_STOP": "stop_ok", "PS_RENAME": "rename_ok", "PS_COPY_CONFIG": "copy_config_kept",
-                "PS_MARKER": "marker_ok", "PS_START_TASK": "start_task_ok", "PS_VERIFY": "verify_ok"}
+                "PS_MARKER": "marker_ok", "PS_START_TASK": "start_task_ok", "PS_VERIFY": "verify_ok",
+                "PS_UNDO_CONFIG": "undo_config_unchanged", "PS_MOVE": "rename_ok"}
 
 
 class Recorder:
@@ -261,10 +262,10 @@ def run(observe, fail=None, check=False, **over):
     return out, rec
 
 
-def marker_params(phase, frm="2.4.1", to="2.4.0", kept=None, at=STAMP):
+def marker_params(phase, frm="2.4.1", to="2.4.0", kept=None, at=STAMP, **more):
     return {"Root": ROOT_A, "Marker": ".doai-rollback.json", "Content": json.dumps(
         {"at": at, "failed_kept_as": kept, "from": frm, "phase": phase, "run_id": "run-2", "to": to,
-         "user": "alice"}, sort_keys=True)}
+         "user": "alice", **more}, sort_keys=True)}
 
 
 def rename_params(path, new, retries=10, delay=3):
@@ -301,7 +302,8 @@ def test_windows_swap_exact_module_calls():
         SCHEDULED_TASK,
         ("PS_START_TASK", {"TaskName": TASK}),
         ("PS_VERIFY", verify_params("2.4.0")),
-        ("PS_MARKER", marker_params("done", kept="app-failed-" + STAMP)),
+        ("PS_MARKER", marker_params("done", kept="app-failed-" + STAMP, config_carried=True,
+                                    config_kept_as="config.json.doai-" + STAMP)),
     ]
     user = out["users"][0]
     assert user["status"] == "changed" and (user["from"], user["to"]) == ("2.4.1", "2.4.0")
@@ -548,14 +550,18 @@ def test_socketio_reach_is_checked_after_verify_when_configured():
 UNDO = dict(OPTS, undo_run="run-1")
 
 
-def test_undo_of_a_finished_swap_swaps_back_and_carries_config():
+def test_undo_of_a_finished_swap_swaps_back_and_puts_config_back():
     plan = swap.decide(observed("observe_swapped"), UNDO)
     assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.0", "2.4.1")
     assert ops(plan) == ["stop", "marker undoing", "rename app-current -> app-backup", "rename app-failed -> app-current",
-                         "copy_config", "start", "verify", "marker undone"]
+                         "undo_config", "start", "verify", "marker undone"]
     assert plan["steps"][1]["content"]["undoes"] == "run-1"
-    assert plan["steps"][4] == {"op": "copy_config", "src": "app-backup/config.json",
-                                "dest": "app-current/config.json", "keep_as": f"app-current/config.json.doai-{STAMP}"}
+    # a marker from before the config fields: the backup's own config.json was kept under the run's stamp
+    assert plan["steps"][1]["content"]["config_kept_as"] == "config.json.doai-20261127T010000Z"
+    assert plan["steps"][4] == {"op": "undo_config", "src": "app-backup/config.json",
+                                "dest": "app-current/config.json",
+                                "kept": "app-backup/config.json.doai-20261127T010000Z",
+                                "keep_as": f"app-current/config.json.doai-{STAMP}"}
     assert plan["steps"][6] == {"op": "verify", "version": "2.4.1", "timeout": 30}
     assert plan["steps"][-1]["content"] == {"run_id": "run-2", "phase": "undone", "from": "2.4.0", "to": "2.4.1",
                                             "failed_kept_as": None, "user": "alice", "at": STAMP, "undoes": "run-1"}
@@ -595,7 +601,7 @@ def test_an_undo_killed_half_way_is_finished_by_the_next(dirs, expected):
                      "failed_kept_as": "app-failed-20261127T010000Z", "user": "alice", "at": STAMP}
     plan = swap.decide(obs, UNDO)
     assert plan["status"] == "planned", plan["reason"]
-    assert ops(plan) == expected + ["copy_config", "start", "verify", "marker undone"]
+    assert ops(plan) == expected + ["undo_config", "start", "verify", "marker undone"]
     assert plan["steps"][-2]["version"] == "2.4.1"
     odd = dict(obs, dirs={"app-current": None, "app-backup": None, "app-failed": {"version": "2.4.1"}})
     assert swap.decide(odd, UNDO)["status"] == "refused"
@@ -643,3 +649,81 @@ def test_a_folder_that_changed_since_the_confirmed_plan_is_refused():
     assert new_user["status"] == "refused" and "not in the confirmed plan" in new_user["reason"]
     unchanged = swap.decide(observed("observe_swapped"), OPTS)
     assert swap.check_pin(unchanged, {"bob": {}}) is unchanged  # nothing to do is never refused
+
+
+def test_undo_config_follows_what_the_rollback_recorded_in_its_marker():
+    """Issue 17 item 14: the rollback's marker says whether it carried the user's config.json and
+    where it kept the backup's own; the undo puts exactly that back (nothing when nothing was
+    carried), and a name this tool does not write is refused."""
+    obs = copy.deepcopy(observed("observe_swapped"))
+    obs["marker"].update(config_carried=True, config_kept_as="config.json.doai-20261127T010500Z")
+    (step,) = [s for s in swap.decide(obs, UNDO)["steps"] if s["op"] == "undo_config"]
+    assert step["kept"] == "app-backup/config.json.doai-20261127T010500Z"
+    obs["marker"].update(config_carried=True, config_kept_as=None)  # the backup had no config.json
+    (step,) = [s for s in swap.decide(obs, UNDO)["steps"] if s["op"] == "undo_config"]
+    assert step["kept"] == ""
+    obs["marker"].update(config_carried=False)  # app-current had none to carry: the undo has none to move
+    assert "undo_config" not in ops(swap.decide(obs, UNDO))
+    obs["marker"].update(config_carried=True, config_kept_as="../../etc/passwd")
+    plan = swap.decide(obs, UNDO)
+    assert plan["status"] == "refused" and plan["steps"] == [] and "not one this tool writes" in plan["reason"]
+
+
+def test_a_failed_undo_moves_the_config_back_as_undo_config_found_it():
+    step = {"op": "undo_config", "src": "app-backup/config.json", "dest": "app-current/config.json",
+            "kept": "app-backup/config.json.doai-K", "keep_as": "app-current/config.json.doai-U",
+            "actions": [{"op": "remove", "path": "app-backup/config.json", "same_as": "app-current/config.json"},
+                        {"op": "rename", "src": "app-backup/config.json.doai-K", "dest": "app-backup/config.json"}]}
+    assert swap.undo_steps([step], stamp=STAMP) == [
+        {"op": "move", "src": "app-backup/config.json", "dest": "app-backup/config.json.doai-K"},
+        {"op": "copy_config", "src": "app-current/config.json", "dest": "app-backup/config.json",
+         "keep_as": "app-backup/config.json.doai-undone-" + STAMP}]
+    ((module, args),) = swap.posix_calls(swap.undo_steps([step], stamp=STAMP)[0], {"root": "/r"})
+    assert args == {"op": "rename", "root": "/r", "src": "app-backup/config.json",
+                    "dest": "app-backup/config.json.doai-K", "retries": 1, "delay": 0}
+
+
+RUN_1 = "20261127T010000Z-0a1b2c"
+
+
+def run_undo(fail=None):
+    """The plugin undoing run RUN_1 on the folder of observe_swapped (that run's marker)."""
+    seen = fixture("observe_swapped")
+    seen["result"][0]["marker"]["run_id"] = RUN_1
+
+    class Undo(Recorder):
+        def __call__(self, module_name=None, module_args=None, task_vars=None, **kw):
+            if not self.calls:
+                self.calls.append((module_name, copy.deepcopy(module_args)))
+                return copy.deepcopy(seen)
+            return super().__call__(module_name, module_args, task_vars, **kw)
+
+    rec = Undo("observe_swapped", fail)
+    out = plugin(rec).swap(task_args(undo_run=RUN_1), TASK_VARS, False)
+    assert SECRET not in json.dumps(rec.calls) and SECRET not in json.dumps(out)
+    return out, rec
+
+
+def test_windows_undo_exact_calls_config_unchanged_and_carried_then_put_back():
+    out, rec = run_undo()
+    named = rec.named()
+    assert [n for n, _ in named] == ["PS_OBSERVE", "PS_STOP", "PS_MARKER", "PS_RENAME", "PS_RENAME", "PS_UNDO_CONFIG",
+                                     swap.WIN_SCHEDULED_TASK, "PS_START_TASK", "PS_VERIFY", "PS_MARKER"]
+    assert named[5][1] == {"Root": ROOT_A, "Copy": "app-backup\\config.json", "Dest": "app-current\\config.json",
+                           "Kept": "app-backup\\config.json.doai-20261127T010000Z",
+                           "KeepAs": "app-current\\config.json.doai-" + STAMP}
+    user = out["users"][0]
+    assert user["status"] == "changed" and "failed" not in out
+    assert user["config"].startswith("config.json unchanged since the rollback")
+    # the settings changed since the rollback (carried), then the verify fails: every move undone
+    out, rec = run_undo(fail={5: "undo_config_carried", 8: "stop_timeout"})
+    user = out["users"][0]
+    assert user["status"] == "failed" and user["restore"] == "restored", user
+    moves = [(n, p.get("Path"), p.get("Dest")) for n, p in rec.named()[9:13]]
+    assert moves == [
+        ("PS_STOP", None, None),
+        ("PS_MOVE", "app-backup\\config.json", "app-backup\\config.json.doai-20261127T010000Z"),
+        ("PS_MOVE", "app-current\\config.json", "app-backup\\config.json"),
+        ("PS_MOVE", "app-current\\config.json.doai-" + STAMP, "app-current\\config.json")]
+    assert [n for n, _ in rec.named()[13:]] == ["PS_RENAME", "PS_RENAME", swap.WIN_SCHEDULED_TASK, "PS_START_TASK",
+                                                "PS_VERIFY"]

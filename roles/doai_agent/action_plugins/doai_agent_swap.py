@@ -91,6 +91,8 @@ DECIDE_DEFAULTS = dict({k: ARGUMENT_SPEC[k]["default"] for k in (
     "socketio_host", "socketio_port", "socketio_timeout", "undo_run")}, stamp="19700101T000000Z")
 RUN_ID_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}\Z")
 KEPT_AS_RE = re.compile(r"app-failed-\d{8}T\d{6}Z\Z")
+KEPT_CONFIG_RE = re.compile(r"config\.json\.doai-\d{8}T\d{6}Z\Z")
+STAMP_RE = re.compile(r"\d{8}T\d{6}Z\Z")
 _LEAF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}\Z")
 
 
@@ -200,10 +202,15 @@ def decide(observed, options=None):
             return []
         return [{"op": "reach", "host": o["socketio_host"], "port": o["socketio_port"], "timeout": o["socketio_timeout"]}]
 
-    def tail(frm, to, kept, carry_config):
+    def tail(frm, to, kept, carry_config, backup_config):
         steps = [config_copy()] if carry_config else []
+        done = mark("done", frm, to, kept)
+        # What an undo needs to give config.json back as it was: whether the user's was carried
+        # over, and the name the backup's own was kept under (None: it had none).
+        done["content"].update(config_carried=bool(carry_config), config_kept_as="%s.doai-%s" % (CONFIG, stamp)
+                               if carry_config and backup_config else None)
         return steps + [{"op": "start"}, {"op": "verify", "version": to, "timeout": o["verify_timeout"]}] + reach() + \
-            [mark("done", frm, to, kept)]
+            [done]
 
     def put_back_tail(frm, to, kept):
         return [mark("put_back", frm, to, kept), {"op": "start"},
@@ -223,7 +230,8 @@ def decide(observed, options=None):
             out["from"], out["to"] = frm, to
             out["prior"] = prior + [rename(CURRENT, FAILED)]
             if o["half_finished"] == "resume":
-                out["steps"] = stop() + [rename(BACKUP, CURRENT)] + tail(frm, to, kept, fail.get("config"))
+                out["steps"] = stop() + [rename(BACKUP, CURRENT)] + tail(frm, to, kept, fail.get("config"),
+                                                                         bak.get("config"))
                 out["reason"] = "%s: app-current was renamed to app-failed, app-backup not yet: resuming" % earlier
             else:
                 out["steps"] = stop() + [rename(FAILED, CURRENT)] + put_back_tail(frm, to, kept)
@@ -235,7 +243,7 @@ def decide(observed, options=None):
             out["from"] = frm
             out["prior"] = prior + [rename(CURRENT, FAILED), rename(BACKUP, CURRENT)]
             if o["half_finished"] == "resume":
-                out["steps"] = stop() + tail(frm, to, kept, fail.get("config"))
+                out["steps"] = stop() + tail(frm, to, kept, fail.get("config"), cur.get("config"))
                 out["reason"] = "%s: both renames done, not yet started and verified: resuming" % earlier
             else:
                 out["steps"] = stop() + [rename(CURRENT, BACKUP), rename(FAILED, CURRENT)] + put_back_tail(frm, to, kept)
@@ -279,7 +287,7 @@ def decide(observed, options=None):
     if kept:
         steps.append(rename(FAILED, kept))
     steps += [mark("swapping", frm, to, kept), rename(CURRENT, FAILED), rename(BACKUP, CURRENT)]
-    steps += tail(frm, to, kept, cur.get("config"))
+    steps += tail(frm, to, kept, cur.get("config"), bak.get("config"))
     notes = []
     if kept:
         notes.append("app-failed from an earlier incident kept as %s" % kept)
@@ -295,7 +303,9 @@ def decide(observed, options=None):
 def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, reach):
     """Undo the swap run ``o["undo_run"]`` finished, where the folder is as that run left it:
     app-current -> app-backup, app-failed -> app-current, the app-failed it kept aside back to
-    app-failed, config.json carried over again, start, verify on the version that run found."""
+    app-failed, config.json as it was (``undo_config``: the backup's own back in app-backup; the
+    user's settings carried into app-current only when they changed since the rollback), start,
+    verify on the version that run found."""
     run = o["undo_run"]
     phase, frm, to, kept = marker.get("phase"), marker.get("from"), marker.get("to"), marker.get("failed_kept_as")
     if phase == "undone" and marker.get("undoes") == run and cur is not None and _version(cur) == to:
@@ -306,9 +316,22 @@ def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, re
             out["status"], out["reason"] = "planned", "run %s already undone; the agent is not running: starting it" % run
             out["steps"] = [{"op": "start"}, {"op": "verify", "version": to, "timeout": o["verify_timeout"]}]
         return out
+    # What the rollback did to config.json, from its marker (one written before these fields:
+    # the user's was carried when a folder holds one, the backup's own kept under the run's stamp).
+    if "config_carried" in marker:
+        carried, kept_cfg = bool(marker.get("config_carried")), marker.get("config_kept_as")
+        if kept_cfg is not None and not (isinstance(kept_cfg, str) and KEPT_CONFIG_RE.match(kept_cfg)):
+            out["reason"] = ("the marker file names %r as the kept config.json: not one this tool writes; check it"
+                             " by hand" % (kept_cfg,))
+            return out
+    else:
+        carried = bool((fail or {}).get("config") or (cur or {}).get("config"))
+        at = marker.get("at")
+        kept_cfg = "%s.doai-%s" % (CONFIG, at) if carried and isinstance(at, str) and STAMP_RE.match(at) else None
     carry = []
-    if (cur or {}).get("config") or (bak or {}).get("config"):  # the user's settings, as they are now, go forward
-        carry = [{"op": "copy_config", "src": "%s/%s" % (BACKUP, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
+    if carried:
+        carry = [{"op": "undo_config", "src": "%s/%s" % (BACKUP, CONFIG), "dest": "%s/%s" % (CURRENT, CONFIG),
+                  "kept": "%s/%s" % (BACKUP, kept_cfg) if kept_cfg else "",
                   "keep_as": "%s/%s.doai-%s" % (CURRENT, CONFIG, o["stamp"])}]
     done = mark("undone", to, frm, None)
     done["content"]["undoes"] = run
@@ -343,13 +366,27 @@ def _decide_undo(out, o, cur, bak, fail, marker, running, rename, stop, mark, re
     out["from"], out["to"] = to, frm
     # The marker first: an undo killed half way is recognised (and finished) by the next one.
     undoing = mark("undoing", frm, to, kept)
-    undoing["content"]["undoes"] = run
+    undoing["content"].update(undoes=run, config_carried=carried, config_kept_as=kept_cfg)
     steps = stop() + [undoing, rename(CURRENT, BACKUP), rename(FAILED, CURRENT)]
     if kept:
         steps.append(rename(kept, FAILED))
     out.update(status="planned", steps=steps + carry + finish, reason="undo run %s: %s -> %s%s" % (
         run, to, frm, "; %s back to app-failed" % kept if kept else ""))
     return out
+
+
+def config_note(step):
+    """What an undo did with config.json (``undo_config``'s result), in words for the operator."""
+    settings = step.get("settings")
+    if settings == "unchanged":
+        return "config.json unchanged since the rollback: the backup's own put back, as before the rollback"
+    if settings == "carried":
+        kept = step.get("kept_as")
+        return "config.json changed since the rollback: carried into app-current%s" % (
+            " (the one from before the rollback kept as %s)" % _leaf(kept.replace("\\", "/")) if kept else "")
+    if settings == "done":
+        return "config.json put back already"
+    return "no copy of config.json in app-backup: nothing to carry"
 
 
 def check_pin(plan, pins):
@@ -396,6 +433,15 @@ def undo_steps(done, prior=(), stamp="19700101T000000Z", verify_timeout=30, vers
                          "retries": 1, "delay": 0})
             if step.get("kept"):
                 undo.append({"op": "rename", "src": step["keep_as"], "dest": step["dest"], "retries": 1, "delay": 0})
+        elif op == "undo_config":
+            # What it did, newest first: a move back; a copy it removed (byte for byte the file
+            # that stayed) made again from that file, with its owner and mode.
+            for action in reversed(step.get("actions") or []):
+                if action.get("op") == "rename":
+                    undo.append({"op": "move", "src": action["dest"], "dest": action["src"]})
+                elif action.get("op") == "remove":
+                    undo.append({"op": "copy_config", "src": action["same_as"], "dest": action["path"],
+                                 "keep_as": "%s.doai-undone-%s" % (action["path"], stamp)})
         elif op == "marker" and step["content"].get("phase") == "swapping":
             frm = step["content"].get("from")
             undo.append({"op": "marker", "content": dict(step["content"], phase="put_back", at=stamp)})
@@ -528,8 +574,71 @@ if (-not (Test-Path -LiteralPath $src)) { $Ansible.Result = @{ copied = $false; 
 $kept = $false
 if (Test-Path -LiteralPath $dst) { Rename-Item -LiteralPath $dst -NewName (Split-Path -Leaf $KeepAs); $kept = $true }
 Copy-Item -LiteralPath $src -Destination $dst
+# The user's file stays the user's: the source's owner and access rules, not this account's.
+$sd = Get-Acl -LiteralPath $src
+$ownerKept = $true
+try { Set-Acl -LiteralPath $dst -AclObject $sd }
+catch {
+    $ownerKept = $false
+    $acl = Get-Acl -LiteralPath $dst
+    $acl.SetSecurityDescriptorSddlForm($sd.GetSecurityDescriptorSddlForm('Access'), 'Access')
+    Set-Acl -LiteralPath $dst -AclObject $acl
+}
 $Ansible.Changed = $true
-$Ansible.Result = @{ copied = $true; kept = $kept }
+$Ansible.Result = @{ copied = $true; kept = $kept; owner_kept = $ownerKept }
+"""
+
+# An undo's config.json (the POSIX module's undo_config, same rules): settings unchanged since the
+# rollback - the copy it made (byte for byte the file that stays) removed and the backup's own put
+# back; changed - moved into app-current, the earlier ones kept as $KeepAs. Moves on one volume
+# keep each file's owner and ACL. Every action is returned, so that a failed undo puts them back.
+PS_UNDO_CONFIG = r"""param([string]$Root, [string]$Copy, [string]$Dest, [string]$Kept, [string]$KeepAs)
+$ErrorActionPreference = 'Stop'
+$copyPath = Join-Path $Root $Copy
+$destPath = Join-Path $Root $Dest
+$keptPath = if ($Kept) { Join-Path $Root $Kept } else { $null }
+""" + _PS_NO_LINK + r"""Assert-NoLink (@($Root, (Split-Path -Parent $copyPath), $copyPath, (Split-Path -Parent $destPath), $destPath,
+               (Join-Path $Root $KeepAs)) + @($keptPath | Where-Object { $_ }))
+$actions = New-Object System.Collections.ArrayList
+function Move-Config([string]$From, [string]$To) {
+    $t = Join-Path $Root $To
+    if (Test-Path -LiteralPath $t) { throw "refused: $To exists" }
+    Move-Item -LiteralPath (Join-Path $Root $From) -Destination $t
+    [void]$actions.Add([ordered]@{ op = 'rename'; src = $From; dest = $To })
+}
+function Set-Done([string]$Settings, $KeptAs) {
+    $Ansible.Changed = [bool]$actions.Count
+    $Ansible.Result = [ordered]@{ settings = $Settings; actions = @($actions); kept_as = $KeptAs }
+}
+if ($keptPath -and -not (Test-Path -LiteralPath $keptPath)) { Set-Done 'done' $null; return }
+if (-not (Test-Path -LiteralPath $copyPath -PathType Leaf)) {
+    if (Test-Path -LiteralPath $copyPath) { throw "refused: $Copy is not a file" }
+    if ($Kept) { Move-Config $Kept $Copy }
+    Set-Done 'none' $null; return
+}
+if ((Test-Path -LiteralPath $destPath -PathType Leaf) -and
+    (Get-FileHash -LiteralPath $copyPath -Algorithm SHA256).Hash -eq (Get-FileHash -LiteralPath $destPath -Algorithm SHA256).Hash) {
+    Remove-Item -LiteralPath $copyPath
+    [void]$actions.Add([ordered]@{ op = 'remove'; path = $Copy; same_as = $Dest })
+    if ($Kept) { Move-Config $Kept $Copy }
+    Set-Done 'unchanged' $null; return
+}
+$keptAs = $null
+if (Test-Path -LiteralPath $destPath) { Move-Config $Dest $KeepAs; $keptAs = $KeepAs }
+Move-Config $Copy $Dest
+if ($Kept) { Move-Config $Kept $Copy }
+Set-Done 'carried' $keptAs
+"""
+
+# A file moved from one app directory into another (a put-back of PS_UNDO_CONFIG's moves).
+PS_MOVE = r"""param([string]$Root, [string]$Path, [string]$Dest)
+$ErrorActionPreference = 'Stop'
+$src = Join-Path $Root $Path
+$dst = Join-Path $Root $Dest
+""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)
+if (Test-Path -LiteralPath $dst) { throw "refused: $Dest exists" }
+Move-Item -LiteralPath $src -Destination $dst
+$Ansible.Changed = $true
 """
 
 PS_MARKER = r"""param([string]$Root, [string]$Marker, [string]$Content)
@@ -614,6 +723,11 @@ def windows_calls(step, ctx):
     if op == "copy_config":
         return [_ps(PS_COPY_CONFIG, Root=root, Source=_win(step["src"]), Dest=_win(step["dest"]),
                     KeepAs=_win(step["keep_as"]))]
+    if op == "undo_config":
+        return [_ps(PS_UNDO_CONFIG, Root=root, Copy=_win(step["src"]), Dest=_win(step["dest"]),
+                    Kept=_win(step["kept"]), KeepAs=_win(step["keep_as"]))]
+    if op == "move":
+        return [_ps(PS_MOVE, Root=root, Path=_win(step["src"]), Dest=_win(step["dest"]))]
     if op == "marker":
         return [_ps(PS_MARKER, Root=root, Marker=MARKER, Content=_json(step["content"]))]
     if op == "start":
@@ -650,6 +764,10 @@ def posix_calls(step, ctx):
         args.update(src=step["src"], dest=step["dest"], retries=step["retries"], delay=step["delay"])
     elif op == "copy_config":
         args.update(src=step["src"], dest=step["dest"], keep_as=step["keep_as"])
+    elif op == "undo_config":
+        args.update(src=step["src"], dest=step["dest"], kept=step["kept"], keep_as=step["keep_as"])
+    elif op == "move":  # a rename from one app directory into another
+        args.update(op="rename", src=step["src"], dest=step["dest"], retries=1, delay=0)
     elif op == "reach":
         args.update(host=step["host"], port=step["port"], timeout=step["timeout"])
     elif op == "marker":
@@ -1289,12 +1407,20 @@ class ActionModule(ActionBase):
                 if step["op"] == "marker" and reinstall and step["content"].get("to") is None and installed:
                     step = dict(step, content=dict(step["content"], to=installed))
                 ok, msg, res = self._run_step(step, uctx, task_vars, calls)
+                res_ = (res.get("result") if ctx["os"] == "windows" else res) or {}
+                if step["op"] == "undo_config" and isinstance(res_, dict):
+                    # What it did, for a put-back (also the moves done before a failure).
+                    step = dict(step, settings=res_.get("settings"), kept_as=res_.get("kept_as"),
+                                actions=[a for a in res_.get("actions") or [] if isinstance(a, dict)])
+                    if step["actions"] and not ok:
+                        done.append(step)
                 if not ok:
                     entry.update(status="failed", failed_step=step, error=msg)
                     break
                 if step["op"] == "copy_config":
-                    res_ = res.get("result") if ctx["os"] == "windows" else res
-                    step = dict(step, kept=bool((res_ or {}).get("kept")))
+                    step = dict(step, kept=bool(res_.get("kept")))
+                if step["op"] == "undo_config":
+                    entry["config"] = config_note(step)
                 if step["op"] == "verify":
                     installed = ((res.get("result") if ctx["os"] == "windows" else res) or {}).get("version")
                 done.append(step)

@@ -17,7 +17,8 @@ options:
     description: The primitive.
     type: str
     required: true
-    choices: [observe, stop, rename, copy_config, marker, start, verify, reach, copy_tree, run, stage_dir, check_file]
+    choices: [observe, stop, rename, copy_config, undo_config, marker, start, verify, reach, copy_tree, run, stage_dir,
+              check_file]
   root: {description: "The user's agent folder (every op but observe; stage_dir, check_file - the staging directory).", type: path}
   users: {description: observe - target users; empty for every profile that has the folder., type: list, elements: str, default: []}
   profiles_root: {description: observe - the directory holding the user profiles., type: path, default: /home}
@@ -30,9 +31,10 @@ options:
   host: {description: reach - the backend's Socket.IO host., type: str, default: ""}
   port: {description: reach - its port., type: int, default: 0}
   content: {description: marker - the marker's content., type: dict}
-  src: {description: rename, copy_config - source relative to root., type: str}
-  dest: {description: rename, copy_config - destination relative to root., type: str}
-  keep_as: {description: copy_config - where an existing destination is kept, relative to root., type: str}
+  src: {description: "rename, copy_config - source relative to root; undo_config - the copy of the user's config.json the rollback made (now in app-backup).", type: str}
+  dest: {description: "rename, copy_config - destination relative to root; undo_config - the user's config.json from before the rollback (app-current).", type: str}
+  keep_as: {description: copy_config, undo_config - where an existing destination is kept, relative to root., type: str}
+  kept: {description: "undo_config - where the rollback kept the backup's own config.json (empty - it kept none).", type: str, default: ""}
   retries: {description: rename - attempts., type: int, default: 1}
   delay: {description: rename - seconds between attempts., type: float, default: 1}
   timeout: {description: stop, verify - seconds to wait., type: float, default: 30}
@@ -61,6 +63,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 
@@ -152,15 +155,84 @@ def _inside(root, rel):
     return path
 
 
-def _write_new(path, data):
-    """Write ``data`` to ``path`` through a new temporary file that follows no symlink."""
+def _write_new(path, data, like=None):
+    """Write ``data`` to ``path`` through a new temporary file that follows no symlink; with
+    ``like`` (an ``os.stat_result``) the file gets its owner and permission bits: a copy of the
+    user's file stays the user's (this module runs as root; the agent runs as the user)."""
     tmp = "%s.doai-%d.tmp" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
+        if like is not None:
+            if os.geteuid() == 0 and (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(f.fileno(), like.st_uid, like.st_gid)
+            os.fchmod(f.fileno(), like.st_mode & 0o777)
         os.fsync(f.fileno())
     return tmp
+
+
+def _read_regular(path):
+    """A regular file's bytes and stat (no symlink followed), or (None, None) when it is not one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None, None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        return f.read(), st
+
+
+def undo_config(module, at, p):
+    """An undo's config.json, in a folder the undo has swapped back: ``src`` the copy the rollback
+    made of the user's config.json (the rolled-back agent's settings, now in app-backup), ``dest``
+    the user's config.json from before the rollback (app-current), ``kept`` the backup's own
+    config.json the rollback kept aside (or none), ``keep_as`` where ``dest`` is kept when the
+    settings changed since the rollback. Unchanged settings: the copy (byte for byte the file
+    that stays) is removed and the backup's own put back - the folders as before the rollback.
+    Changed: they are moved into app-current, the earlier ones kept as ``keep_as``. Every action
+    is returned (a failed undo puts them back); a second call finds nothing to do."""
+    copy_, dest, keep_as = at(p["src"]), at(p["dest"]), at(p["keep_as"])
+    kept = at(p["kept"]) if p["kept"] else None
+    for path in (copy_, dest, keep_as) + ((kept,) if kept else ()):
+        if os.path.islink(path):
+            module.fail_json(msg="refused: %s is a symlink" % os.path.relpath(path, p["root"]))
+    actions = []
+
+    def move(src_rel, dest_rel):
+        src_, dst_ = at(src_rel), at(dest_rel)
+        if os.path.lexists(dst_):
+            module.fail_json(msg="refused: %s exists" % dest_rel, actions=actions)
+        os.rename(src_, dst_)
+        actions.append({"op": "rename", "src": src_rel, "dest": dest_rel})
+
+    def backup_own_back():
+        if kept:
+            move(p["kept"], p["src"])
+
+    if kept and not os.path.lexists(kept):
+        module.exit_json(changed=False, settings="done", actions=[])  # put back already (an undo run again)
+    data, _ = _read_regular(copy_)
+    if data is None:
+        if os.path.lexists(copy_):
+            module.fail_json(msg="refused: %s is not a regular file" % p["src"])
+        backup_own_back()
+        module.exit_json(changed=bool(actions), settings="none", actions=actions)
+    original, _ = _read_regular(dest)
+    if original is not None and original == data:
+        # The copy holds the bytes of the file that stays: nothing the user had is lost.
+        os.unlink(copy_)
+        actions.append({"op": "remove", "path": p["src"], "same_as": p["dest"]})
+        backup_own_back()
+        module.exit_json(changed=True, settings="unchanged", actions=actions)
+    if os.path.lexists(dest):
+        move(p["dest"], p["keep_as"])
+    move(p["src"], p["dest"])  # a rename: the user's owner and mode go with the file
+    backup_own_back()
+    module.exit_json(changed=True, settings="carried", actions=actions,
+                     kept_as=p["keep_as"] if actions[0]["dest"] == p["keep_as"] else None)
 
 
 def _is_agent(pid, root):
@@ -216,8 +288,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             op=dict(type="str", required=True,
-                    choices=["observe", "stop", "rename", "copy_config", "marker", "start", "verify", "reach",
-                             "copy_tree", "run", "stage_dir", "check_file"]),
+                    choices=["observe", "stop", "rename", "copy_config", "undo_config", "marker", "start", "verify",
+                             "reach", "copy_tree", "run", "stage_dir", "check_file"]),
             host=dict(type="str", default=""), port=dict(type="int", default=0),
             root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
             profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
@@ -225,14 +297,15 @@ def main():
             version_file=dict(type="str", default="VERSION"), pid_file=dict(type="str", default="agent.pid"),
             lock_file=dict(type="str", default=".locked"),
             marker=dict(type="str", default=".doai-rollback.json"), content=dict(type="dict"),
-            src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"),
+            src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"), kept=dict(type="str", default=""),
             retries=dict(type="int", default=1), delay=dict(type="float", default=1),
             timeout=dict(type="float", default=30), command=dict(type="list", elements="str"),
             expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
             sha256=dict(type="str", default=""),
         ),
         required_if=[("op", "stop", ["root"]), ("op", "rename", ["root", "src", "dest"]),
-                     ("op", "copy_config", ["root", "src", "dest", "keep_as"]), ("op", "marker", ["root", "content"]),
+                     ("op", "copy_config", ["root", "src", "dest", "keep_as"]),
+                     ("op", "undo_config", ["root", "src", "dest", "keep_as"]), ("op", "marker", ["root", "content"]),
                      ("op", "start", ["root", "command"]), ("op", "verify", ["root"]),
                      ("op", "copy_tree", ["root", "src", "dest"]), ("op", "run", ["root", "command"]),
                      ("op", "stage_dir", ["root"]), ("op", "check_file", ["root", "src"])],
@@ -303,17 +376,21 @@ def main():
         src, dest, keep_as = at(p["src"]), at(p["dest"]), at(p["keep_as"])
         if os.path.islink(src) or not os.path.isfile(src):
             module.exit_json(changed=False, copied=False, kept=False)
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
+        data, like = _read_regular(src)
+        if data is None:
+            module.exit_json(changed=False, copied=False, kept=False)
         # The new file first, then the swap: a failure before the last rename leaves dest as it was.
-        tmp = _write_new(dest, data)
+        # It is the user's file, with the user's owner and mode (not root's 0600).
+        tmp = _write_new(dest, data, like=like)
         kept = False
         if os.path.lexists(dest):
             os.rename(dest, keep_as)
             kept = True
         os.rename(tmp, dest)
         module.exit_json(changed=True, copied=True, kept=kept)
+
+    if op == "undo_config":
+        undo_config(module, at, p)
 
     if op == "copy_tree":
         src, dest = at(p["src"]), at(p["dest"])
