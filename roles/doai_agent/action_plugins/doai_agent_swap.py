@@ -20,7 +20,9 @@ agent folder, and the one place that turns those decisions into module calls per
 
 Nothing is ever deleted: an ``app-failed`` from an earlier incident is kept as
 ``app-failed-<stamp>``, a ``config.json`` that a copy replaces is kept as
-``config.json.doai-<stamp>``, and an undo moves a copied file aside instead of removing it.
+``config.json.doai-<stamp>``, and an undo moves a copied file aside instead of removing it. The
+one exception: the undo of a run (``undo_config``) removes the copy of config.json that run made
+when it is still byte for byte the file it was copied from, which stays.
 """
 
 from __future__ import annotations
