@@ -612,24 +612,31 @@ function Set-Done([string]$Settings, $KeptAs) {
     $Ansible.Changed = [bool]$actions.Count
     $Ansible.Result = [ordered]@{ settings = $Settings; actions = @($actions); kept_as = $KeptAs }
 }
-if ($keptPath -and -not (Test-Path -LiteralPath $keptPath)) { Set-Done 'done' $null; return }
-if (-not (Test-Path -LiteralPath $copyPath -PathType Leaf)) {
-    if (Test-Path -LiteralPath $copyPath) { throw "refused: $Copy is not a file" }
+try {
+    if ($keptPath -and -not (Test-Path -LiteralPath $keptPath)) { Set-Done 'done' $null; return }
+    if (-not (Test-Path -LiteralPath $copyPath -PathType Leaf)) {
+        if (Test-Path -LiteralPath $copyPath) { throw "refused: $Copy is not a file" }
+        if ($Kept) { Move-Config $Kept $Copy }
+        Set-Done 'none' $null; return
+    }
+    if ((Test-Path -LiteralPath $destPath -PathType Leaf) -and ((Get-FileHash -LiteralPath $copyPath -Algorithm SHA256).Hash -eq
+                                                               (Get-FileHash -LiteralPath $destPath -Algorithm SHA256).Hash)) {
+        Remove-Item -LiteralPath $copyPath
+        [void]$actions.Add([ordered]@{ op = 'remove'; path = $Copy; same_as = $Dest })
+        if ($Kept) { Move-Config $Kept $Copy }
+        Set-Done 'unchanged' $null; return
+    }
+    $keptAs = $null
+    if (Test-Path -LiteralPath $destPath) { Move-Config $Dest $KeepAs; $keptAs = $KeepAs }
+    Move-Config $Copy $Dest
     if ($Kept) { Move-Config $Kept $Copy }
-    Set-Done 'none' $null; return
+    Set-Done 'carried' $keptAs
+} catch {
+    # The moves done before the failure go back with the result: a put-back moves them back.
+    $Ansible.Result = [ordered]@{ settings = 'failed'; actions = @($actions); kept_as = $null }
+    $Ansible.Failed = $true
+    Write-Error "undo_config: $($_.Exception.Message)"
 }
-if ((Test-Path -LiteralPath $destPath -PathType Leaf) -and
-    (Get-FileHash -LiteralPath $copyPath -Algorithm SHA256).Hash -eq (Get-FileHash -LiteralPath $destPath -Algorithm SHA256).Hash) {
-    Remove-Item -LiteralPath $copyPath
-    [void]$actions.Add([ordered]@{ op = 'remove'; path = $Copy; same_as = $Dest })
-    if ($Kept) { Move-Config $Kept $Copy }
-    Set-Done 'unchanged' $null; return
-}
-$keptAs = $null
-if (Test-Path -LiteralPath $destPath) { Move-Config $Dest $KeepAs; $keptAs = $KeepAs }
-Move-Config $Copy $Dest
-if ($Kept) { Move-Config $Kept $Copy }
-Set-Done 'carried' $keptAs
 """
 
 # A file moved from one app directory into another (a put-back of PS_UNDO_CONFIG's moves).
