@@ -505,13 +505,15 @@ def _close(ctx: RunContext, run: RunResult) -> None:
 
 
 # -- undo and history ------------------------------------------------------------------------------
-def undo_jobs(record: dict[str, Any]) -> list[Job]:
-    """The jobs that roll every part of a journaled run forward to what that run found."""
+def undo_jobs(record: dict[str, Any], *, reason: str | None = None) -> list[Job]:
+    """The jobs that roll every part of a journaled run forward to what that run found; the
+    undo's ``reason`` goes with each part's request (to the host ledgers, Vercel, the markers)."""
+    why = validate.reason(reason) or f"undo {record.get('run_id')}"
     jobs = []
     for part in registry.all_parts():
         req = part.undo_request(record)
         if req is not None:
-            jobs.append(Job(part, req))
+            jobs.append(Job(part, dataclasses.replace(req, options={**req.options, "reason": why})))
     if not jobs:
         raise UsageError(f"run {record.get('run_id')} changed nothing that undo can put back")
     return jobs
@@ -521,7 +523,7 @@ def undo(ctx: RunContext, run_id: str, *, reason: str | None, dry_run: bool = Fa
          confirm: ConfirmHook | None = None) -> RunResult:
     """Roll the parts of run ``run_id`` forward to the state it found, newest part first."""
     record = Journal(ctx.settings.journal_path).find(validate.run_id(run_id))
-    jobs = undo_jobs(record)
+    jobs = undo_jobs(record, reason=reason)
     return run(ctx, jobs, command=f"undo {record['run_id']}", reason=reason or f"undo {record['run_id']}",
                dry_run=dry_run, confirm=confirm, reverse=True)
 

@@ -240,13 +240,13 @@ def announce(ctx: RunContext, event: str, text: str) -> dict[str, Any]:
     return out
 
 
-def announcement(req: SystemRequest, run: RunResult, event: str, ctx: RunContext) -> str:
+def announcement(req: SystemRequest, run: RunResult, event: str, ctx: RunContext, what: str = "rollback") -> str:
     why = f" Reason: {req.reason}." if req.reason else ""
     if event == "start":
-        return (f":rotating_light: DoAi rollback started by {ctx.operator} (run {run.run_id}): "
-                f"{' -> '.join(req.parts)}; service may be interrupted.{why}")
+        return (f":rotating_light: DoAi {what} started by {ctx.operator} (run {run.run_id}): "
+                f"{' -> '.join(run.parts or req.parts)}; service may be interrupted.{why}")
     mark = ":white_check_mark:" if run.exit_status is ExitStatus.OK else ":x:"
-    return f"{mark} DoAi rollback {run.run_id} ended: {run.exit_status.name}. {run.message}"
+    return f"{mark} DoAi {what} {run.run_id} ended: {run.exit_status.name}. {run.message}"
 
 
 # -- after ------------------------------------------------------------------------------------------------
@@ -297,6 +297,26 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
              confirm: ConfirmHook | None = None) -> RunResult:
     """The checklist around one engine run; returns the journaled run (``extra["checklist"]``)."""
     job_list = jobs(ctx, req)  # every part's request validated before anything is contacted
+    return checklisted(ctx, req, job_list, command="system rollback", dry_run=dry_run, confirm=confirm)
+
+
+def undo(ctx: RunContext, record: Mapping[str, Any], *, reason: str | None, dry_run: bool = False,
+         confirm: ConfirmHook | None = None) -> RunResult:
+    """Undo a whole-system run: a service change like the rollback, with the same checklist
+    (state kept, logs, the start and end announced, health and smoke checks, incident report),
+    every part it changed rolled forward to what it found, newest part first."""
+    run_id = str(record["run_id"])
+    reason = validate.reason(reason) or f"undo {run_id}"
+    job_list = engine.undo_jobs(dict(record), reason=reason)
+    req = SystemRequest(parts=tuple(j.part.name for j in job_list), skipped=(), reason=reason)
+    return checklisted(ctx, req, job_list, command=f"undo {run_id}", dry_run=dry_run, confirm=confirm,
+                       reverse=True, what=f"undo of rollback {run_id}")
+
+
+def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job], *, command: str,
+                dry_run: bool = False, confirm: ConfirmHook | None = None, reverse: bool = False,
+                what: str = "rollback") -> RunResult:
+    """One engine run of ``job_list`` inside the runbook's checklist (module docstring)."""
     checklist: dict[str, Any] = {"skipped_parts": [{"part": p, "why": w} for p, w in req.skipped],
                                  "before": None, "after": None, "announcements": [], "report": None}
     timeline: list[dict[str, str]] = []
@@ -315,7 +335,7 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
         return True
 
     def start(plan: RunResult) -> None:  # every part planned, confirmed and re-checked: the first change is next
-        checklist["announcements"].append(announce(ctx, "start", announcement(req, plan, "start", ctx)))
+        checklist["announcements"].append(announce(ctx, "start", announcement(req, plan, "start", ctx, what)))
         started["announced"] = True
         timeline.append({"at": utcnow(), "event": "start announced" if checklist["announcements"][-1]["sent"]
                          else "start not announced (" + str(checklist["announcements"][-1]["error"]) + ")"})
@@ -328,7 +348,12 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
             checklist["after"] = {"healthy": False, "reachable": False, "parts": {}, "smoke": [],
                                   "error": f"the checks could not run ({type(exc).__name__})"}
         timeline.append({"at": utcnow(), "event": "after: " + _after_text(checklist["after"])})
-        if run.exit_status is ExitStatus.OK and not _after_ok(checklist["after"]):
+        if reverse and not _after_ok(checklist["after"]):
+            # An undo returns to the state a rollback found, most likely unhealthy (that is why it
+            # was rolled back): the checks are observed and shown, not required.
+            run.message = (f"{run.message}; the checks after it (shown, not required for an undo): "
+                           f"{_after_text(checklist['after'])}")
+        elif run.exit_status is ExitStatus.OK and not _after_ok(checklist["after"]):
             run.exit_status = ExitStatus.UNHEALTHY
             run.message = (f"{run.message}; BUT the checks after the rollback fail: "
                            f"{_after_text(checklist['after'])}")
@@ -349,7 +374,7 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
                 timeline.append({"at": r.finished, "event": f"{r.step.part.value} {r.step.target}: {r.outcome.value}"})
         check_after(run)
         run.finished = utcnow()
-        checklist["announcements"].append(announce(ctx, "end", announcement(req, run, "end", ctx)))
+        checklist["announcements"].append(announce(ctx, "end", announcement(req, run, "end", ctx, what)))
         timeline.append({"at": utcnow(), "event": "end announced" if checklist["announcements"][-1]["sent"]
                          else "end not announced"})
         timeline.sort(key=lambda e: e["at"])
@@ -362,8 +387,8 @@ def rollback(ctx: RunContext, req: SystemRequest, *, dry_run: bool = False,
             run.warnings = list(ctx.warnings)
             checklist["report"] = write_report(ctx, req, run, checklist, ctx.log_dir)
 
-    return engine.run(ctx, job_list, command="system rollback", reason=req.reason, dry_run=dry_run,
-                      confirm=hook if not dry_run else None, extra={"checklist": checklist},
+    return engine.run(ctx, job_list, command=command, reason=req.reason, dry_run=dry_run,
+                      confirm=hook if not dry_run else None, extra={"checklist": checklist}, reverse=reverse,
                       before_plan=before_plan, before_apply=start, before_close=finish)
 
 
@@ -407,7 +432,7 @@ def write_report(ctx: RunContext, req: SystemRequest, run: RunResult, checklist:
 
 def report_markdown(doc: Mapping[str, Any], ctx: RunContext) -> str:
     c = doc["checklist"]
-    lines = [f"# Incident report: DoAi rollback {doc['run_id']}", "",
+    lines = [f"# Incident report: DoAi {doc.get('command') or 'rollback'} (run {doc['run_id']})", "",
              f"- **Result**: {doc['exit_name']} (exit {doc['exit_status']}): {doc['message']}",
              f"- **Operator**: {doc.get('who')}",
              f"- **Reason**: {doc.get('reason') or '(none given)'}",

@@ -31,10 +31,50 @@ def _files_under(d: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in d.rglob("*") if p.is_file() and p.suffix != ".dump")
 
 
-def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, state_dir):
+class _Webhook:
+    """A webhook receiver on loopback: the announcements' texts, in order."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        texts = self.texts = []
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                texts.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))["text"])
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    hook = _Webhook()
+    yield hook
+    hook.close()
+
+
+def _host_ledger(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, state_dir, webhook):
     rig = system_rig.break_all()
     assert rig.state() == rig.expected_bad()
-    res = _rollback(rig, state_dir)
+    res = run_cli("system", "rollback", "--database-last", "1", "--reason", "release 1.5 broke it all", "--yes",
+                  "-o", "json", env=dict(rig.env(state_dir), DOAI_WEBHOOK_URL=webhook.url), timeout=600)
     assert res.code == 0, res.stderr + res.stdout
     assert rig.state() == rig.expected_good()
     doc = res.json()
@@ -60,11 +100,26 @@ def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, s
         assert needle in md, needle
     assert json.loads(Path(c["report"]["json"]).read_text())["steps"] == rec["steps"]
     # undo: every part rolled forward to the state that run found, newest part first
-    undo = run_cli("undo", rec["run_id"], "--yes", "-o", "json", env=rig.env(state_dir), timeout=600)
+    assert len(webhook.texts) == 2
+    undo = run_cli("undo", rec["run_id"], "--yes", "--reason", "undo-canary-reason: false alarm", "-o", "json",
+                   env=dict(rig.env(state_dir), DOAI_WEBHOOK_URL=webhook.url), timeout=600)
     assert undo.code == 0, undo.stderr + undo.stdout
     assert rig.state() == rig.expected_bad()
-    parts_in_order = list(dict.fromkeys(s["part"] for s in undo.json()["steps"]))
+    udoc = undo.json()
+    parts_in_order = list(dict.fromkeys(s["part"] for s in udoc["steps"]))
     assert parts_in_order == list(reversed(ORDER))
+    # the undo of a whole-system run is a service change too: announced, checked and reported
+    assert len(webhook.texts) == 4 and "undo of rollback" in webhook.texts[2] and "started" in webhook.texts[2]
+    assert "undo-canary-reason" in webhook.texts[2] and "ended: OK" in webhook.texts[3]
+    umd = Path(udoc["checklist"]["report"]["markdown"]).read_text()
+    assert f"DoAi undo {rec['run_id']} (run {udoc['run_id']})" in umd and "undo-canary-reason" in umd
+    assert udoc["checklist"]["before"] and udoc["checklist"]["after"]
+    # its reason reaches the host ledgers, as `undo --help` says
+    ledgers = [rig.sandbox.host_state / "ledger.jsonl"] + (
+        [rig.docker.host_state / "docker-ledger.jsonl"] if rig.docker else [])
+    for host in ledgers:
+        last = _host_ledger(host)[-1]
+        assert "undo-canary-reason" in json.dumps(last), (host, last)
     # no secret anywhere: output, journal, run logs, reports
     everything = res.stdout + res.stderr + undo.stdout + undo.stderr + _files_under(state_dir)
     for secret in rig.secrets():
