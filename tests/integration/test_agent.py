@@ -363,3 +363,28 @@ def test_undo_carries_settings_changed_since_the_rollback_and_says_so(agent_flee
     differs = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert differs == {"app-current/config.json", kept[0]}, differs  # the backup is as it was
     assert rig.agent_running("pc01", "alice") and rig.agent_version("pc01", "alice") == "2.0.0"
+
+
+def test_an_undo_that_fails_after_putting_config_back_leaves_the_folder_as_the_rollback_left_it(agent_fleet, state_dir):
+    """Issue 17 item 14, the put-back: the undo removed the copy of config.json and gave the
+    backup its own back, then the Socket.IO check fails; every file (content, mode, owner) is
+    again as the rollback left it, and the agent runs the rolled-back version."""
+    import socket
+
+    rig = agent_fleet(n=1, unreachable=0)
+    rig.give_folder_to("pc01", "alice", 4242, 4343)
+    res = run_cli("agent", "rollback", "--yes", "--user", "alice", "-o", "json", env=env_for(rig, state_dir))
+    assert res.code == 0, res.stdout + res.stderr
+    rolled_back = rig.snapshot("pc01", "alice")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    undo = run_cli("undo", res.json()["run_id"], "--yes", "-o", "json",
+                   env=env_for(rig, state_dir, doai_agent_socketio_host="127.0.0.1", doai_agent_socketio_port=closed))
+    assert undo.code == 3, undo.stdout + undo.stderr
+    (step,) = undo.json()["steps"]
+    assert step["outcome"] == "restored" and "Socket.IO" in step["message"], step
+    after = rig.snapshot("pc01", "alice")
+    assert {k: (rolled_back.get(k), after.get(k)) for k in set(rolled_back) | set(after)
+            if rolled_back.get(k) != after.get(k)} == {}
+    assert rig.agent_running("pc01", "alice") and rig.agent_version("pc01", "alice") == "1.9.0"
