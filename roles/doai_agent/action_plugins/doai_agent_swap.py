@@ -418,6 +418,10 @@ def _state(d):
     return "absent" if d is None else "present (%s)" % (d.get("version") or "version unknown")
 
 
+def _strings(d, *keys):
+    return all(isinstance(d.get(k), str) and d.get(k) for k in keys)
+
+
 def undo_steps(done, prior=(), stamp="19700101T000000Z", verify_timeout=30, version=None):
     """The steps that put back ``prior`` + ``done`` (in execution order), newest first.
 
@@ -439,9 +443,9 @@ def undo_steps(done, prior=(), stamp="19700101T000000Z", verify_timeout=30, vers
             # What it did, newest first: a move back; a copy it removed (byte for byte the file
             # that stayed) made again from that file, with its owner and mode.
             for action in reversed(step.get("actions") or []):
-                if action.get("op") == "rename":
+                if action.get("op") == "rename" and _strings(action, "src", "dest"):
                     undo.append({"op": "move", "src": action["dest"], "dest": action["src"]})
-                elif action.get("op") == "remove":
+                elif action.get("op") == "remove" and _strings(action, "path", "same_as"):
                     undo.append({"op": "copy_config", "src": action["same_as"], "dest": action["path"],
                                  "keep_as": "%s.doai-undone-%s" % (action["path"], stamp)})
         elif op == "marker" and step["content"].get("phase") == "swapping":
