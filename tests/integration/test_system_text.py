@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.test_agent import env_for
 
 pytestmark = pytest.mark.integration
+
+FAST = {"doai_agent_rename_delay": 1, "doai_agent_rename_retries": 3, "doai_agent_stop_timeout": 10,
+        "doai_agent_verify_timeout": 10}
+
+
+def env_for(rig, state_dir) -> dict[str, str]:
+    return {"DOAI_INVENTORY": str(rig.write_inventory(**FAST)), "DOAI_STATE_DIR": str(state_dir)}
 
 
 def test_system_rollback_text_shows_the_steps_before_the_checks_after(agent_fleet, state_dir):

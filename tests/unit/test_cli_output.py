@@ -83,6 +83,28 @@ def test_click_usage_error_without_json_prints_nothing_on_stdout(tmp_path):
     assert res.code == 2 and res.stdout == "" and "--frobnicate" in res.stderr
 
 
+def _playbook_running(ancestor: int) -> bool:
+    """Whether an ansible-playbook process runs below process ``ancestor``."""
+    parents: dict[int, int] = {}
+    playbooks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            if b"ansible-playbook" in (entry / "cmdline").read_bytes():
+                playbooks.append(int(entry.name))
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+    for pid in playbooks:
+        while pid > 1:
+            if pid == ancestor:
+                return True
+            pid = parents.get(pid, 0)
+    return False
+
+
 def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
     """SIGINT to the whole process group (as Ctrl-C on a terminal) while the plan runs: one JSON
     document, exit 130. The inventory's host is a closed port on 127.0.0.1, so the plan stays
@@ -99,10 +121,9 @@ def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=_env(tmp_path),
                             cwd=ROOT, start_new_session=True)
-    runs = tmp_path / "state" / "runs"
     try:
-        # The plan has started once the run's log directory exists.
-        while proc.poll() is None and not (runs.is_dir() and any(runs.iterdir())):
+        # The plan is under way once its ansible-playbook runs (in the command's own session).
+        while proc.poll() is None and not _playbook_running(proc.pid):
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
