@@ -496,12 +496,25 @@ def _refused(run: RunResult, exc: DoaiError) -> None:
 
 def _close(ctx: RunContext, run: RunResult) -> None:
     run.finished = utcnow()
+    for r in run.results:  # every part gives its steps' times; the duration follows from them
+        if r.duration_s is None and r.started and r.finished:
+            r.duration_s = _seconds_between(r.started, r.finished)
     run.warnings = list(ctx.warnings)
     try:
         ctx.journal.append(run, who=ctx.operator)
     except OSError as exc:  # the run happened; losing its record must be loud, not fatal
         log.error("could not write the journal %s: %s", ctx.settings.journal_path, exc)
         run.warnings.append(f"NOT JOURNALED: {exc}")
+
+
+def _seconds_between(started: str, finished: str) -> float | None:
+    import datetime as dt
+
+    try:
+        a, b = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (started, finished))
+    except ValueError:
+        return None
+    return max(0.0, (b - a).total_seconds())
 
 
 # -- undo and history ------------------------------------------------------------------------------

@@ -59,7 +59,11 @@ def snapshot(url: DbUrl, conn: Any, db: DatabaseSettings, directory: Path, *, la
     tools = preflight_tools(conn, db, ("pg_dump",))
     ensure_private_dir(directory, parents=True)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', url.dbname)}-{stamp}-{label}.dump"
+    # A run id (the usual label) starts with its own UTC time: the name says it once.
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", url.dbname)
+    path = directory / (f"{base}-{label}.dump" if re.match(r"\d{8}T\d{6}Z-", label) else f"{base}-{stamp}-{label}.dump")
+    if path.exists() or path.with_suffix(".json").exists():
+        path = path.with_name(f"{path.stem}-{stamp}.dump")
     schemas = tuple(db.schemas) + (HISTORY_SCHEMA,)
     with url.connect() as sconn:
         sconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -60,8 +61,12 @@ def test_rollback_of_the_last_migration_and_the_supabase_cli_agrees(pg_rig, env,
     rig = pg_rig
     before = rig.catalog_fingerprint()
     plan = run_cli("database", "rollback", "--last", "1", "--dry-run", env=env)
-    assert plan.code == 0, plan.stderr
+    # The plan is shown, and the dry run exits as the real run would: refused without the flag.
+    assert plan.code == 2, plan.stderr
     assert "device_issues" in plan.stdout and "at risk" in plan.stdout and "--accept-data-loss" in plan.stdout
+    assert "REFUSED" in plan.stdout + plan.stderr
+    accepted = run_cli("database", "rollback", "--last", "1", "--dry-run", "--accept-data-loss", env=env)
+    assert accepted.code == 0 and "at risk" in accepted.stdout, accepted.stderr
     res = run_cli("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", "-o", "json", env=env)
     assert res.code == 0, res.stdout + res.stderr
     assert rig.applied_versions() == [V1, V2]
@@ -72,6 +77,8 @@ def test_rollback_of_the_last_migration_and_the_supabase_cli_agrees(pg_rig, env,
     (step,) = res.json()["steps"]
     snap = Path(step["details"]["snapshot"])
     assert snap.is_file() and json.loads(snap.with_suffix(".json").read_text())["last_migration"] == V3
+    assert len(re.findall(r"\d{8}T\d{6}Z", snap.name)) == 1, snap.name  # its time said once, not twice
+    assert step["duration_s"] is not None and step["duration_s"] >= 0  # the journal's timings are whole
     # Round trip: Supabase rolls forward cleanly, to the very schema the rollback started from.
     up = rig.supabase("migration", "up", project=project)
     assert up.returncode == 0, up.stdout + up.stderr
