@@ -1082,8 +1082,8 @@ class DashboardPart(PartBase):
             return [f"dashboard: not configured ({self.needs})"]
         project = st.get("project") or {}
         if st.get("health_state") == "unreachable":
-            lines = [f"dashboard {project.get('name')}: UNREACHABLE (the health URL {st.get('health_url')} did not "
-                     f"answer: {st.get('health')})"]
+            lines = [(f"dashboard {project.get('name')}: UNREACHABLE (the health URL {st.get('health_url')} did not "
+                      f"answer: {st.get('health')})")]
         else:
             health = "healthy" if st.get("healthy") else "UNHEALTHY"
             lines = [f"dashboard {project.get('name')}: {health} ({st.get('health')} from {st.get('health_url')})"]
