@@ -16,7 +16,7 @@ from doai_ansible import parts as registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus, LockedError, UnreachableError, ValidationError
 from doai_ansible.journal import Journal
-from doai_ansible.lock import Lock
+from doai_ansible.lock import Lock, process_start
 from doai_ansible.model import Outcome, Part, Step, StepResult
 from doai_ansible.part import PartBase, Request
 from doai_ansible.settings import load_settings
@@ -156,9 +156,10 @@ def test_a_held_lock_refuses_and_is_journaled(ctx):
     calls: list[str] = []
     held = Lock(ctx.settings.locks_dir, "backend", 3600)
     with held.held(owner="someone", reason="busy", run_id="other"):
-        # The same process holds it: take it over only if stale, so fake another live holder.
+        # The same process holds it: take it over only if stale, so fake another live holder
+        # (pid 1, with its own start time: a pid with another process's start time is recycled).
         info = json.loads(held.path.read_text())
-        info["pid"] = 1
+        info["pid"], info["started"] = 1, process_start(1)
         held.path.write_text(json.dumps(info))
         run = engine.run(ctx, jobs(FakePart(Part.BACKEND, calls)), command="x", reason=None)
         held.path.unlink()
