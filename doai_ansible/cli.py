@@ -918,6 +918,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(opts: Options, args: list[str]) -> int:
+    with engine.interrupt_handlers():
+        return _main_handled(opts, args)
+
+
+def _main_handled(opts: Options, args: list[str]) -> int:
     try:
         with cli.make_context("doai-rollback", args, obj=opts) as ctx:
             _configure_logging(opts)
@@ -946,6 +951,13 @@ def _main(opts: Options, args: list[str]) -> int:
         if exc.hint:
             click.echo(f"doai-rollback: hint: {exc.hint}", err=True)
         return int(status)
+    except engine.Interrupted as exc:
+        if exc.run is not None:  # a run had begun: its record, journaled, is the document
+            click.echo(f"doai-rollback: interrupted by {exc.signame}", err=True)
+            return int(render_run(opts, exc.run))
+        _error_json(opts, ExitStatus.INTERRUPTED, f"interrupted ({exc.signame})", None)
+        click.echo(f"doai-rollback: interrupted by {exc.signame}", err=True)
+        return ExitStatus.INTERRUPTED
     except KeyboardInterrupt:
         hint = "a run that had reached a part is in `doai-rollback history`"
         _error_json(opts, ExitStatus.INTERRUPTED, "interrupted (Ctrl-C)", hint)

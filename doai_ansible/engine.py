@@ -51,6 +51,43 @@ _DONE = (Outcome.SUCCEEDED, Outcome.UNCHANGED)
 _UNTOUCHED = (Outcome.PLANNED, Outcome.UNCHANGED, Outcome.REFUSED, Outcome.SKIPPED, Outcome.FAILED)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside an apply (while planning or reading): the reads at work are
+    stopped at once (their playbooks' process groups killed), the run, if one had begun, is
+    journaled, and ``run`` is its record (the CLI prints it, exit 130)."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+        self.run: RunResult | None = None
+
+
+def _interrupt_now(signum: int, frame: object) -> None:
+    from doai_ansible import runner
+
+    runner.STOP_READS.set()
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interrupt_handlers() -> Iterator[None]:
+    """For one command: SIGINT and SIGTERM interrupt it at once, except during an apply (see
+    :class:`_StopRequest`): the playbooks reading are stopped, the run journaled. The handlers
+    before are put back at the end (in the main thread only)."""
+    from doai_ansible import runner
+
+    runner.STOP_READS.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _interrupt_now) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 @dataclasses.dataclass
 class Job:
     """One part's share of a run."""
@@ -132,10 +169,19 @@ def run(
                 _checks_after(ctx, run, before_close)
     except DoaiError as exc:  # the lock, or a refusal while planning: nothing was changed
         _refused(run, exc)
-    except BaseException:  # Ctrl-C, a bug: journal what is known, then let it go on
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a bug: journal what is known, then let it go on
         run.exit_status = ExitStatus.INTERRUPTED
-        run.message = run.message or "interrupted; see the steps for what had been done"
+        applying = (ctx.log_dir / PLAN_FILE).exists()
+        if isinstance(exc, Interrupted) and not applying:
+            run.results = [r for r in run.results if r.outcome is not Outcome.PLANNED]
+            run.message = f"interrupted by {exc.signame} before any change: nothing was changed"
+        elif isinstance(exc, KeyboardInterrupt) and not applying:
+            run.message = "interrupted before any change: nothing was changed"
+        else:
+            run.message = run.message or "interrupted; see the steps for what had been done"
         _close(ctx, run)
+        if isinstance(exc, Interrupted):
+            exc.run = run
         raise
     _close(ctx, run)
     return run

@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -334,12 +335,21 @@ def _runner_config(
     bindir = str(Path(ansible_playbook_bin()).parent)
     config.envvars["PATH"] = bindir + os.pathsep + os.environ.get("PATH", os.defpath)
     config.prepare()
+    config.pexpect_timeout = STOP_CHECK_S  # how often the cancel callback is asked (default 5 s)
     scrubbed = sorted(k for k in config.env if is_secret_env_name(k))
     for k in scrubbed:
         del config.env[k]
     if scrubbed:
         log.debug("scrubbed %d secret variable(s) from the ansible environment", len(scrubbed))
     return config
+
+
+#: Set when the command is interrupted (SIGINT, SIGTERM) while it only reads (a plan, a status):
+#: every playbook at work is stopped at its next check (its process group killed), within
+#: STOP_CHECK_S. Never set during an apply: the engine defers signals there (the step at work
+#: finishes, or puts itself back).
+STOP_READS = threading.Event()
+STOP_CHECK_S = 0.5
 
 
 class _EventReducer:
@@ -399,8 +409,8 @@ class _EventReducer:
             )
 
     def cancel(self) -> bool:
-        """ansible-runner's cancel callback."""
-        return self.prompt_problem is not None
+        """ansible-runner's cancel callback: a prompt nobody may answer, or an interrupt."""
+        return self.prompt_problem is not None or STOP_READS.is_set()
 
 
 def _collect_outputs(

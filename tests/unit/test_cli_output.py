@@ -85,6 +85,11 @@ def test_click_usage_error_without_json_prints_nothing_on_stdout(tmp_path):
 
 def _playbook_running(ancestor: int) -> bool:
     """Whether an ansible-playbook process runs below process ``ancestor``."""
+    return bool(_playbooks_below(ancestor))
+
+
+def _playbooks_below(ancestor: int) -> list[int]:
+    """The ansible-playbook processes running below process ``ancestor`` (their pids)."""
     parents: dict[int, int] = {}
     playbooks = []
     for entry in Path("/proc").iterdir():
@@ -97,18 +102,31 @@ def _playbook_running(ancestor: int) -> bool:
                 playbooks.append(int(entry.name))
         except (OSError, ValueError):  # gone meanwhile
             continue
-    for pid in playbooks:
+    below = []
+    for found in playbooks:
+        pid = found
         while pid > 1:
             if pid == ancestor:
-                return True
+                below.append(found)
+                break
             pid = parents.get(pid, 0)
-    return False
+    return below
 
 
-def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
-    """SIGINT to the whole process group (as Ctrl-C on a terminal) while the plan runs: one JSON
-    document, exit 130. The inventory's host is a closed port on 127.0.0.1, so the plan stays
-    on its SSH connection until the signal comes."""
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_planning_prints_a_json_document(tmp_path, signame):
+    """SIGINT to the whole process group (as Ctrl-C on a terminal), or SIGTERM (a CI job
+    cancelled), while the plan runs: the run journaled, its JSON document, exit 130, and no
+    ansible-playbook of it left running. The inventory's host is a closed port on 127.0.0.1, so
+    the plan stays on its SSH connection until the signal comes."""
     import signal
     import socket
 
@@ -125,7 +143,8 @@ def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
         # The plan is under way once its ansible-playbook runs (in the command's own session).
         while proc.poll() is None and not _playbook_running(proc.pid):
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
+        children = _playbooks_below(proc.pid)
+        os.killpg(proc.pid, getattr(signal, signame))
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -134,7 +153,11 @@ def test_ctrl_c_while_planning_prints_a_json_document(tmp_path):
     assert proc.returncode == 130, out + err
     assert out.strip(), err
     doc = json.loads(out)
-    assert doc["exit_status"] == 130 and doc["exit_name"] == "INTERRUPTED" and doc["error"], doc
+    assert doc["exit_status"] == 130 and doc["exit_name"] == "INTERRUPTED", doc
+    assert f"interrupted by {signame} before any change" in doc["message"], doc
+    assert children and not [pid for pid in children if _alive(pid)]  # its playbooks were stopped
+    (rec,) = [json.loads(line) for line in (tmp_path / "state" / "journal.jsonl").read_text().splitlines()]
+    assert rec["run_id"] == doc["run_id"] and rec["exit_status"] == 130
     from doai_ansible.schemas import output_problems
 
     assert output_problems(args, out, proc.returncode) == []
