@@ -200,12 +200,15 @@ def _checks_after(ctx: RunContext, run: RunResult, checks: Callable[[RunResult],
 
 @contextlib.contextmanager
 def _locks(ctx: RunContext, jobs: list[Job], reason: str | None, dry_run: bool) -> Iterator[None]:
-    """The local lock of every part of the run, taken once in a fixed order (no deadlock)."""
+    """The local lock of every part of the run, taken once in a fixed order (no deadlock), then
+    each part's own :meth:`~doai_ansible.part.PartBase.session` (the database's advisory lock)."""
     with contextlib.ExitStack() as stack:
         if not dry_run:
             for target in sorted({j.part.lock_target for j in jobs}):
                 stack.enter_context(ctx.lock(target).held(owner=ctx.operator, reason=reason, run_id=ctx.run_id,
                                                           on_takeover=lambda held: _killed_run(ctx, held)))
+            for job in jobs:
+                stack.enter_context(job.part.session(ctx, job.request))
         yield
 
 

@@ -39,6 +39,7 @@ How to write a part
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -156,6 +157,15 @@ class PartBase(abc.ABC):
         from doai_ansible.model import Outcome
 
         return any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results)
+
+    def session(self, ctx: RunContext, request: Request) -> contextlib.AbstractContextManager[object]:
+        """What this part holds for a whole run, entered by the engine after the local locks and
+        before the plan, left once the run has ended (applied, reverted, refused or interrupted),
+        before it is journaled: e.g. the database part's advisory lock on the target database, so
+        that two controllers never plan or apply there at once. A LockedError (or any refusal) it
+        raises refuses the run before anything is planned. Not entered for a dry run, which
+        takes no lock (so it never blocks a real run). The default holds nothing."""
+        return contextlib.nullcontext()
 
     def one_pass(self, request: Request) -> bool:
         """Whether :meth:`plan_and_apply` can serve this request when nothing needs confirming."""

@@ -15,15 +15,23 @@ rows; ``migration down`` resets the whole database). Here a migration
   with their row counts, foreign keys valid) and restores the snapshot if that fails;
 * revert and ``undo``: restore the snapshot the run took (after a snapshot of the present).
 
+A run (not a dry run) holds a session-level advisory lock on the target database from before
+its plan to its end (:meth:`DatabasePart.session`), on a connection of its own whose
+``application_name`` says who holds it: two controllers with separate state dirs (CI and a
+laptop) never plan or apply on one database at once; the second exits 5 naming the first. A
+controller that dies releases it with its connection.
+
 The password in ``DOAI_DATABASE_URL`` never reaches a message, a command line or a child's
 environment (:mod:`doai_ansible.db.conn`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +41,7 @@ from doai_ansible.db import dump
 from doai_ansible.db import migrations as mig
 from doai_ansible.db.conn import DbUrl, ToolError
 from doai_ansible.db.sqlsplit import split
-from doai_ansible.errors import DoaiError, UsageError, ValidationError
+from doai_ansible.errors import DoaiError, LockedError, UnreachableError, UsageError, ValidationError
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 
@@ -43,8 +51,66 @@ TX_CONTROL = re.compile(r"(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|S
                         r"|COMMIT\s+PREPARED|ROLLBACK\s+PREPARED)\b", re.I)
 
 
+#: The advisory lock every doai-rollback run takes on the target database (per database: the
+#: same key in another database of the server is another lock). A fixed bigint, so that every
+#: version of the tool and every server agrees on it.
+ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"doai-rollback:database").digest()[:8], "big", signed=True)
+#: What the holder's connection is called (``application_name``): the prefix, then its run id and who.
+HOLDER_PREFIX = "doai-rollback-lock"
+#: PostgreSQL keeps ``application_name`` to NAMEDATALEN - 1 bytes.
+_APP_NAME_MAX = 63
+
+
 class DownFailed(DoaiError):
     pass
+
+
+def holder_name(run_id: str, operator: str) -> str:
+    """``application_name`` of the lock's connection: ``doai-rollback-lock <run id> <who>``, who
+    being ``user@host`` (the host added to a ``DOAI_OPERATOR`` without one), ASCII, cut to fit."""
+    who = operator if "@" in operator else f"{operator}@{socket.gethostname()}"
+    text = f"{HOLDER_PREFIX} {run_id} {who}".encode("ascii", "replace").decode()
+    return "".join(c if c.isprintable() else "?" for c in text)[:_APP_NAME_MAX]
+
+
+def _key_parts(key: int) -> tuple[int, int]:
+    """How pg_locks shows a bigint advisory key: (classid, objid), the high and low 32 bits."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+
+def advisory_holder(conn: Any) -> dict[str, Any] | None:
+    """Who holds the run lock on ``conn``'s database (another session): its backend pid, its
+    ``application_name`` (run id and who), since when; None when nobody does."""
+    classid, objid = _key_parts(ADVISORY_KEY)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT l.pid, a.application_name, a.backend_start, a.client_addr::text FROM pg_locks l "
+            "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1 "
+            "AND l.pid <> pg_backend_pid() LIMIT 1", (classid, objid))
+        row = cur.fetchone()
+    if row is None:
+        return None
+    pid, app, since, addr = row
+    out: dict[str, Any] = {"pid": pid, "application_name": app or "", "since": since.isoformat() if since else None,
+                           "client_addr": addr}
+    parts = (app or "").split(" ", 2)
+    if len(parts) == 3 and parts[0] == HOLDER_PREFIX:
+        out["run_id"], out["who"] = parts[1], parts[2]
+    return out
+
+
+def _holder_text(h: dict[str, Any]) -> str:
+    if "run_id" in h:
+        text = f"run {h['run_id']} by {h['who']}"
+    else:  # not a doai-rollback run's lock connection (or its name was changed)
+        text = f"PostgreSQL session {h['pid']} ({h['application_name'] or 'no application_name'})"
+    if h.get("since"):
+        text += f", connected since {h['since']}"
+    return text
 
 
 def _version(value: str | None, option: str = "--to") -> str | None:
@@ -123,6 +189,49 @@ class DatabasePart(PartBase):
         return lines
 
     # -- a run -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self, ctx: RunContext, request: Request) -> Iterator[None]:
+        """The run lock on the target database, from before the plan to the run's end: a
+        session-level ``pg_try_advisory_lock`` on a connection kept open for the run (autocommit,
+        idle), named after the run and its operator so that a second controller can say who
+        holds it. Never waits: held by another, the run is refused (exit 5) before it plans."""
+        import psycopg
+
+        url = self._url(ctx)
+        conn = url.connect(autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT set_config('application_name', %s, false)", (holder_name(ctx.run_id, ctx.operator),))
+                # A controller that vanishes without closing its connection (a laptop's lid, a
+                # cut network) must not hold the lock for the kernel's default 2 hours.
+                for name, value in (("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"),
+                                    ("tcp_keepalives_count", "3")):
+                    cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+                cur.execute("SELECT pg_try_advisory_lock(%s::bigint)", (ADVISORY_KEY,))
+                got = bool(cur.fetchone()[0])
+                holder = None if got else advisory_holder(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise UnreachableError(f"database {url.label}: could not take the run lock: "
+                                   f"{url.scrub(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+                                   hint="check DOAI_DATABASE_URL, the network and the server") from None
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            who = _holder_text(holder) if holder else "another session (it has just ended: try again)"
+            raise LockedError(
+                f"another rollback of the database {url.label} is running: {who}; nothing was changed",
+                hint="wait for it to end (`doai-rollback history` on its controller); the lock is PostgreSQL's "
+                     "own and goes with that run's connection, also when its controller dies")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # closing the session releases the lock in any case
+                conn.execute("SELECT pg_advisory_unlock(%s::bigint)", (ADVISORY_KEY,))
+            conn.close()
+
     def request(self, *, to: str | None = None, last: int | None = None, accept_data_loss: bool = False,
                 reason: str | None = None, action: str = "rollback", targets: Mapping[str, str] | None = None,
                 health_gate: bool = True, restore_file: str | None = None, limit: str | None = None) -> Request:

@@ -385,3 +385,115 @@ def test_a_manifest_naming_other_schemas_is_refused(pg_rig, env):
     res = run_cli("database", "restore", snap["file"], "--yes", env=env)
     assert res.code == 2 and "not the application's" in res.stderr, res.stdout + res.stderr
     assert state(pg_rig) == before and pg_rig.sql("SELECT count(*) FROM auth.users")[0][0] == 1
+
+
+# -- two controllers on one database (issue 18 item 4) ---------------------------------------------
+# The run lock's key, computed here as the README states it (a bigint from "doai-rollback:database"):
+# every controller, of any version, must agree on it.
+RUN_LOCK_KEY = int.from_bytes(__import__("hashlib").sha256(b"doai-rollback:database").digest()[:8], "big", signed=True)
+ROLLBACK = ("database", "rollback", "--last", "1", "--yes", "--accept-data-loss", "-o", "json")
+
+
+def _snapshot_files(state_dir: Path) -> list[Path]:
+    d = state_dir / "snapshots"
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+def _gated_bin(rig, bindir: Path, gate: Path, *, after_dump: str = "") -> Path:
+    """A pg_bin_dir whose pg_dump is the real one, run, then ``after_dump`` (shell), then held
+    until ``gate`` exists (at most 120 s); pg_restore and psql are the real ones."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name in ("pg_restore", "psql"):
+        (bindir / name).symlink_to(rig.pg_bin / name)
+    real = rig.pg_bin / "pg_dump"
+    (bindir / "pg_dump").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+        f'{real} "$@" || exit $?\n'
+        f"{after_dump}\n"
+        "i=0\n"
+        f'while [ ! -e {gate} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n')
+    (bindir / "pg_dump").chmod(0o755)
+    return bindir
+
+
+def test_a_database_locked_by_another_controller_refuses_with_exit_5_naming_it(pg_rig, env, state_dir):
+    """Another controller (its own state dir, so no local lock in common) holds the database's
+    run lock: the rollback exits 5 before it plans, names the holder, changes nothing, leaves
+    no snapshot, and is journaled as locked. A dry run takes no lock and is not blocked."""
+    import psycopg
+
+    before = state(pg_rig)
+    other = "20261206T120000Z-a1b2c3"
+    with psycopg.connect(**pg_rig.dsn_kwargs(), autocommit=True,
+                         application_name=f"doai-rollback-lock {other} ci-job@runner7") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s::bigint)", (RUN_LOCK_KEY,))
+        res = run_cli(*ROLLBACK, env=env)
+        dry = run_cli("database", "rollback", "--last", "1", "--accept-data-loss", "--dry-run", env=env)
+    assert res.code == 5, res.stdout + res.stderr
+    doc = res.json()
+    assert doc["exit_name"] == "LOCKED" and other in doc["message"] and "ci-job@runner7" in doc["message"]
+    assert other in res.stderr
+    assert not [s for s in doc["steps"] if s["outcome"] == "planned"]
+    assert state(pg_rig) == before and _snapshot_files(state_dir) == []
+    (rec,) = [r for r in journal(state_dir) if r["run_id"] == doc["run_id"]]
+    assert rec["exit_status"] == 5 and rec["exit_name"] == "LOCKED" and other in rec["message"]
+    assert dry.code == 0, dry.stdout + dry.stderr
+    assert pg_rig.password not in res.stdout + res.stderr
+    # The holder gone (its session ended), the same command goes through.
+    again = run_cli(*ROLLBACK, env=env)
+    assert again.code == 0, again.stdout + again.stderr
+    assert pg_rig.applied_versions() == [V1, V2]
+    held = pg_rig.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0]
+    assert held == 0  # released at the end of the run
+
+
+def test_two_controllers_started_together_one_wins_the_other_exits_5(pg_rig, project, tmp_path):
+    """CI and a laptop, separate state dirs, the same rollback started at the same time: one
+    rolls back, the other exits 5 naming it, changes nothing, leaves no snapshot, and its journal
+    says 5. The winner's pg_dump is held at a gate (bounded) until the loser has ended, so the two
+    runs overlap in every round whatever the machine's load."""
+    import subprocess
+    import sys
+
+    from doai_ansible.schemas import output_problems
+
+    for rnd in range(3):
+        if rnd:
+            pg_rig.reset()
+        gate = tmp_path / f"gate{rnd}"
+        bindir = _gated_bin(pg_rig, tmp_path / f"bin{rnd}", gate)
+        dirs = [tmp_path / f"ci{rnd}", tmp_path / f"laptop{rnd}"]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+        procs = []
+        for d, who in zip(dirs, ("ci-job", "alice@laptop"), strict=True):
+            d.mkdir()
+            e = dict(base, **env_for(pg_rig, project, d), DOAI_PG_BIN_DIR=str(bindir), DOAI_OPERATOR=who)
+            procs.append(subprocess.Popen([sys.executable, "-m", "doai_ansible", *ROLLBACK], env=e, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
+        try:
+            deadline = time.monotonic() + 90
+            while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            gate.touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+        codes = [p.returncode for p in procs]
+        for (out, _err), code in zip(outs, codes, strict=True):
+            assert not output_problems(ROLLBACK, out, code), out
+        assert sorted(codes) == [0, 5], (rnd, codes, [o[1][-800:] for o in outs])
+        win, lose = (0, 1) if codes[0] == 0 else (1, 0)
+        won, lost = json.loads(outs[win][0]), json.loads(outs[lose][0])
+        assert won["run_id"] in lost["message"] and ("ci-job" if win == 0 else "alice@laptop") in lost["message"]
+        assert pg_rig.applied_versions() == [V1, V2]  # the one rollback's result
+        assert _snapshot_files(dirs[lose]) == []
+        for d in dirs:
+            listed = run_cli("database", "snapshots", "-o", "json",
+                             env=dict(env_for(pg_rig, project, d))).json()["snapshots"]
+            assert all(s["intact"] for s in listed), listed
+        assert len(_snapshot_files(dirs[win])) == 2  # the dump and its manifest, nothing half made
+        rec = journal(dirs[lose])[-1]
+        assert rec["exit_status"] == 5 and rec["exit_name"] == "LOCKED"
+        assert not [s for s in rec.get("steps", []) if s.get("outcome") == "planned"]
+        assert journal(dirs[win])[-1]["exit_status"] == 0
+
