@@ -4,18 +4,18 @@ they are, independent of what else ``public`` holds)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from doai_ansible.db import migrations as mig
 from doai_ansible.db.conn import DbUrl, ToolError, run_tool, tool, tool_major
-from doai_ansible.errors import ConfigError, ValidationError
+from doai_ansible.errors import ConfigError, UnreachableError, ValidationError
 from doai_ansible.settings import DatabaseSettings, ensure_private_dir
 
 HISTORY_SCHEMA = "supabase_migrations"
@@ -46,14 +46,16 @@ def preflight_tools(conn: Any, db: DatabaseSettings,
     return found
 
 
-def _row_counts(conn: Any, schemas: tuple[str, ...]) -> dict[str, int]:
-    return {t: mig.row_count(conn, t) or 0 for t in mig.tables(conn, schemas)}
-
-
 def snapshot(url: DbUrl, conn: Any, db: DatabaseSettings, directory: Path, *, label: str) -> dict[str, Any]:
     """Dump the application schemas and the migration history; returns the manifest. The row
     counts and the history in the manifest are read in the very snapshot pg_dump dumps
-    (``pg_export_snapshot`` + ``pg_dump --snapshot``): exact even while the app writes."""
+    (``pg_export_snapshot`` + ``pg_dump --snapshot``): exact even while the app writes. They are
+    read before the dump, which keeps every table from being dropped until the dump is done.
+
+    All or nothing on disk: the dump is written under a ``.partial`` name (not a snapshot: never
+    listed) and gets its ``.dump`` name only after its manifest is in place; a failure at any
+    point (pg_dump, the connection, an interrupt) leaves no file of it behind, so ``database
+    snapshots`` never lists a half-made snapshot as damaged."""
     import psycopg
 
     tools = preflight_tools(conn, db, ("pg_dump",))
@@ -64,36 +66,77 @@ def snapshot(url: DbUrl, conn: Any, db: DatabaseSettings, directory: Path, *, la
     path = directory / (f"{base}-{label}.dump" if re.match(r"\d{8}T\d{6}Z-", label) else f"{base}-{stamp}-{label}.dump")
     if path.exists() or path.with_suffix(".json").exists():
         path = path.with_name(f"{path.stem}-{stamp}.dump")
+    partial = path.with_name(path.name + ".partial")
+    mpartial = manifest_path(path).with_name(manifest_path(path).name + ".partial")
     schemas = tuple(db.schemas) + (HISTORY_SCHEMA,)
-    with url.connect() as sconn:
-        sconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        sconn.read_only = True
-        with sconn.cursor() as cur:
-            cur.execute("SELECT pg_export_snapshot()")
-            exported = cur.fetchone()[0]
-        argv = [tools["pg_dump"], "--format=custom", "--no-password", f"--snapshot={exported}", f"--file={path}"]
-        argv += [f"--schema={s}" for s in schemas]
+    published: list[Path] = []
+    try:
         try:
-            run_tool(url, argv, what="pg_dump")
-        except (ToolError, subprocess.TimeoutExpired):
-            path.unlink(missing_ok=True)
-            raise
-        hist = mig.history(sconn)
-        counts = _row_counts(sconn, schemas)
-        sconn.rollback()
-    os.chmod(path, 0o600)
-    manifest = {
-        "file": str(path), "sha256": mig.sha256_file(path), "bytes": path.stat().st_size,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "database": url.label, "server_version": server_version(conn), "schemas": list(schemas),
-        "last_migration": hist[-1]["version"] if hist else None,
-        "applied": [h["version"] for h in hist],
-        "row_counts": counts,
-        "label": label,
-    }
-    manifest_path(path).write_text(json.dumps(manifest, indent=2) + "\n")
-    os.chmod(manifest_path(path), 0o600)
+            with url.connect() as sconn:
+                sconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                sconn.read_only = True
+                with sconn.cursor() as cur:
+                    cur.execute("SELECT pg_export_snapshot()")
+                    exported = cur.fetchone()[0]
+                hist = mig.history(sconn)
+                counts = _counts_in_snapshot(sconn, mig.tables(sconn, schemas))
+                version = server_version(sconn)
+                argv = [tools["pg_dump"], "--format=custom", "--no-password", f"--snapshot={exported}",
+                        f"--file={partial}"]
+                argv += [f"--schema={s}" for s in schemas]
+                run_tool(url, argv, what="pg_dump")
+                with contextlib.suppress(psycopg.Error):  # the dump is whole: a connection lost now costs nothing
+                    sconn.close()
+        except psycopg.OperationalError as exc:
+            raise UnreachableError(f"database {url.label}: the connection broke while the snapshot was taken "
+                                   f"({_first_line(url, exc)}); no snapshot was kept") from None
+        except psycopg.Error as exc:
+            raise ToolError(f"the snapshot of {url.label} could not be taken ({type(exc).__name__}: "
+                            f"{_first_line(url, exc)}); no snapshot was kept") from None
+        os.chmod(partial, 0o600)
+        manifest = {
+            "file": str(path), "sha256": mig.sha256_file(partial), "bytes": partial.stat().st_size,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "database": url.label, "server_version": version, "schemas": list(schemas),
+            "last_migration": hist[-1]["version"] if hist else None,
+            "applied": [h["version"] for h in hist],
+            "row_counts": counts,
+            "label": label,
+        }
+        fd = os.open(mpartial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(manifest, indent=2) + "\n")
+        # The manifest first: a manifest without its dump is never listed; a dump without one would be.
+        os.replace(mpartial, manifest_path(path))
+        published.append(manifest_path(path))
+        os.replace(partial, path)
+        published.append(path)
+    except BaseException:
+        for leftover in (partial, mpartial, *([] if path in published else published)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise
     return manifest
+
+
+def _first_line(url: DbUrl, exc: BaseException) -> str:
+    text = url.scrub(str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _counts_in_snapshot(conn: Any, tables: list[str]) -> dict[str, int]:
+    """Exact rows of every table, read in ``conn``'s transaction (its snapshot); each count holds
+    the table (ACCESS SHARE) until the transaction ends. A table dropped meanwhile is an error,
+    not 0 rows: the manifest would not match the dump."""
+    from psycopg import sql
+
+    out = {}
+    with conn.cursor() as cur:
+        for table in tables:
+            schema, name = table.split(".", 1)
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))
+            out[table] = int(cur.fetchone()[0])
+    return out
 
 
 def server_version(conn: Any) -> str:

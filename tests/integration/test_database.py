@@ -497,3 +497,23 @@ def test_two_controllers_started_together_one_wins_the_other_exits_5(pg_rig, pro
         assert not [s for s in rec.get("steps", []) if s.get("outcome") == "planned"]
         assert journal(dirs[win])[-1]["exit_status"] == 0
 
+
+def test_a_snapshot_whose_connection_breaks_after_the_dump_leaves_no_damaged_file(pg_rig, env, state_dir, tmp_path):
+    """The server ends the tool's sessions right after pg_dump wrote its file (a network cut, a
+    failover): `database snapshots` must never list a half-made snapshot of the tool's own as
+    DAMAGED; the snapshot is either whole (dump and manifest) or not there at all."""
+    gate = tmp_path / "open"
+    gate.touch()
+    kill = (f"{pg_rig.pg_bin / 'psql'} -qAtX -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'doai-rollback' AND pid <> pg_backend_pid()\" >/dev/null")
+    bindir = _gated_bin(pg_rig, tmp_path / "bin", gate, after_dump=kill)
+    res = run_cli("database", "snapshot", "-o", "json", env=dict(env, DOAI_PG_BIN_DIR=str(bindir)))
+    assert "internal error" not in res.stderr, res.stderr
+    listed = run_cli("database", "snapshots", "-o", "json", env=env).json()["snapshots"]
+    assert all(s["intact"] for s in listed), listed
+    files = _snapshot_files(state_dir)
+    if res.code == 0:
+        assert [Path(s["file"]) for s in listed] == [Path(res.json()["file"])]
+        assert len(files) == 2
+    else:
+        assert files == [] and "no snapshot was kept" in res.stderr
