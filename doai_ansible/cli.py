@@ -501,14 +501,19 @@ def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
               help="The earlier installer: a file on this machine (copied to each PC) or an https URL "
                    "(http only for 127.0.0.1/localhost) each PC fetches.")
 @click.option("--sha256", metavar="HEX", default=None,
-              help="The installer's sha256, checked here (a file) and on each PC before anything changes.")
+              help="The installer's sha256, checked here (a file) and on each PC before anything changes; "
+                   "required for a URL.")
+@click.option("--publisher", metavar="NAME", default=None,
+              help="Windows PCs: the publisher (signer certificate common name) the installer must carry a valid "
+                   "Authenticode signature of, checked on each PC before anything changes.")
 @click.option("--expect-version", metavar="VERSION", default=None,
               help="The version the installer installs: verified after it, and a PC already on it is unchanged.")
 @fleet_options
 @common_options
 @pass_opts
 @dry_run("plans")
-def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expect_version: str | None,
+def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, publisher: str | None,
+                        expect_version: str | None,
                         limit: str | None, users: tuple[str, ...], batch: str | None, max_fail_percent: int | None,
                         rerun: str | None, reason: str | None) -> ExitStatus:
     """Reinstall an earlier agent on every PC (an unreachable or refusing PC does not stop the
@@ -519,7 +524,8 @@ def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, expec
     part = parts_registry.get("agent")
     limit = _rerun_limit(opts, part, rerun, limit)
     job = engine.Job(part, part.request(action="reinstall", installer=installer, sha256=sha256,  # type: ignore[call-arg]
-                                        expect_version=expect_version, limit=limit, users=list(users), batch=batch,
+                                        expect_version=expect_version, publisher=publisher, limit=limit,
+                                        users=list(users), batch=batch,
                                         max_fail_percent=max_fail_percent, reason=reason))
     return run_jobs(opts, [job], command="agent reinstall", reason=reason,
                     question="Reinstall the agent as shown?")

@@ -118,7 +118,8 @@ class AgentPart(PlaybookPart):
                 batch: str | None = None, max_fail_percent: int | None = None, reason: str | None = None,
                 action: str = "rollback", targets: Mapping[str, str] | None = None, health_gate: bool = True,
                 to: str | None = None, installer: str | None = None, sha256: str | None = None,
-                expect_version: str | None = None, undo_run: str | None = None) -> Request:
+                expect_version: str | None = None, undo_run: str | None = None,
+                publisher: str | None = None) -> Request:
         if to is not None:
             raise ValidationError("the agent goes back to each PC's own app-backup: there is no --to")
         if action not in ("rollback", "reinstall", "undo"):
@@ -132,8 +133,12 @@ class AgentPart(PlaybookPart):
             inst = check_installer(installer, sha256)
             if expect_version is not None and not _VERSION_RE.match(expect_version):
                 raise ValidationError(f"--expect-version {expect_version!r} is not a version")
-        elif installer or sha256 or expect_version:
-            raise ValidationError("--installer, --sha256 and --expect-version belong to `agent reinstall`")
+            try:
+                publisher = _plugin().check_publisher(publisher) or None
+            except ValueError as exc:
+                raise ValidationError(f"--publisher: {exc}") from None
+        elif installer or sha256 or expect_version or publisher:
+            raise ValidationError("--installer, --sha256, --expect-version and --publisher belong to `agent reinstall`")
         for u in users or ():
             if not _USER_RE.match(u):
                 raise ValidationError(f"--user {u!r} is not a user name")
@@ -145,7 +150,7 @@ class AgentPart(PlaybookPart):
                        targets=dict(targets or {}),
                        options={"reason": validate.reason(reason), "users": list(users or []), "undo_run": undo_run,
                                 "batch": batch, "max_fail_percent": max_fail_percent, "installer": inst,
-                                "expect_version": expect_version})
+                                "expect_version": expect_version, "publisher": publisher})
 
     def secrets(self) -> dict[str, Any]:
         """The WinRM password, from DOAI_WINRM_PASSWORD only (else the inventory's, e.g. vault)."""
@@ -172,6 +177,8 @@ class AgentPart(PlaybookPart):
             xv.update(doai_agent_installer=inst["value"], doai_agent_installer_sha256=inst["sha256"])
             if request.options.get("expect_version"):
                 xv["doai_agent_installer_version"] = request.options["expect_version"]
+            if request.options.get("publisher"):
+                xv["doai_agent_installer_publisher"] = request.options["publisher"]
         return xv
 
     def _run(self, ctx: RunContext, request: Request, *, check: bool, label: str) -> dict[str, Any]:

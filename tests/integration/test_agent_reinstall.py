@@ -137,6 +137,10 @@ def test_an_installer_fetched_by_url_is_checked_on_the_pc_before_anything_change
     ["--installer", "http://downloads.example.org/setup.exe"],
     ["--installer", "ftp://127.0.0.1/setup.exe"],
     ["--installer", "https://user:pw@downloads.example.org/setup.exe"],
+    # a URL without its sha256: each PC would download and run unchecked bytes (issue 19 item 5)
+    ["--installer", "https://downloads.example.org/setup.exe"],
+    ["--installer", "http://127.0.0.1:9/setup.exe"],
+    ["--installer", "GOOD", "--publisher", 'DoAi"; Remove-Item C:\\ -Recurse; "'],
     ["--installer", "GOOD", "--sha256", "0" * 64],
     ["--installer", "GOOD", "--sha256", "not-hex"],
     ["--installer", "GOOD", "--expect-version", "1.9;rm"],
@@ -149,6 +153,8 @@ def test_a_bad_installer_path_url_or_checksum_is_refused_before_any_connection(a
     res = run_cli("agent", "reinstall", *[str(good) if a == "GOOD" else a for a in args], "--yes",
                   env=env_for(rig, state_dir))
     assert res.code == 2, res.stdout + res.stderr
+    if args[1] in ("https://downloads.example.org/setup.exe", "http://127.0.0.1:9/setup.exe"):
+        assert "needs its sha256 (--sha256" in res.stderr, res.stderr
     assert not (state_dir / "runs").exists()  # no run started: nothing contacted
     assert rig.folder_state("pc01", "alice") == before and rig.staged_installers("pc01") == []
 

@@ -155,14 +155,14 @@ def test_check_installer(tmp_path):
     assert swap.check_installer(str(f)) == {"kind": "file", "value": str(f), "name": "DoAi-Setup-2.4.0.exe",
                                             "sha256": digest, "id": digest}
     assert swap.check_installer(str(f), digest.upper())["sha256"] == digest
-    assert swap.check_installer(URL)["id"] == URL and swap.check_installer(URL, SHA)["id"] == SHA
-    assert swap.check_installer("http://127.0.0.1:8080/setup.exe")["kind"] == "url"
+    assert swap.check_installer(URL, SHA)["id"] == SHA
+    assert swap.check_installer("http://127.0.0.1:8080/setup.exe", SHA)["kind"] == "url"
     for bad, why in [("", "empty"), ("relative.exe", "absolute path"), (str(tmp_path / "none.exe"), "does not exist"),
                      (str(tmp_path), "not a file"), ("http://dl.example.org/a.exe", "plain http"),
                      ("ftp://127.0.0.1/a.exe", "only https"), ("https://u:p@dl.example.org/a.exe", "credentials"),
                      ('https://dl.example.org/a".exe', "quotes"), (" " + URL, "surrounding spaces")]:
         with pytest.raises(ValueError, match=why):
-            swap.check_installer(bad)
+            swap.check_installer(bad, SHA if "://" in bad else "")
     with pytest.raises(ValueError, match="not the"):
         swap.check_installer(str(f), "0" * 64)
     with pytest.raises(ValueError, match="64 hex"):
@@ -465,3 +465,66 @@ def test_posix_calls():
                                           "src": "DoAi-Desktop-Agent-Setup-2.4.0.exe", "sha256": SHA})]
     unsafe, _ = swap.stage_calls(swap.check_installer(URL, SHA), dict(ctx, run_id="x/../y"))
     assert unsafe == f"/var/tmp/doai-rollback/{STAMP}/DoAi-Desktop-Agent-Setup-2.4.0.exe"  # a run id not fit for a path: the stamp only
+
+
+@pytest.mark.parametrize("url", [URL, "http://127.0.0.1:8080/setup.exe"])
+def test_an_installer_url_without_its_sha256_is_refused(url):
+    """Each PC downloads the URL and runs it as each user: never without a checksum (issue 19 item 5)."""
+    with pytest.raises(ValueError, match=r"needs its sha256 \(--sha256"):
+        swap.check_installer(url)
+    with pytest.raises(ValueError, match="needs its sha256"):
+        swap.check_installer(url, "")
+    # the plugin refuses it too (a playbook run without the CLI), before any module call
+    out, rec = run(task_args(installer=url, installer_sha256=""))
+    assert out["failed"] is True and "needs its sha256" in out["msg"] and "nothing was changed" in out["msg"]
+    assert rec.calls == []
+
+
+def test_the_expected_publisher_is_checked_on_the_pc_with_the_sha256():
+    out, rec = run(task_args(installer_publisher="DoAi Inc."))
+    assert rec.named()[:5] == HEAD[:4] + [("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA, "Publisher": "DoAi Inc."})]
+    assert out["users"][0]["status"] == "changed"
+    # without one, the call is as before (no Publisher parameter: the script checks no signature)
+    _, rec = run(task_args())
+    assert rec.named()[4] == ("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA})
+
+
+def test_the_check_file_script_checks_the_authenticode_signature():
+    script = swap.PS_CHECK_FILE
+    assert script.startswith("param([string]$Path, [string]$Sha256, [string]$Publisher)")
+    sig = script.index("Get-AuthenticodeSignature -LiteralPath $Path")
+    assert script.index("if ($Publisher) {") < sig
+    # status must be Valid (unchanged since signing, chain trusted), then the signer's common name must match
+    assert "SignatureStatus]::Valid" in script[sig:] and "SimpleName" in script[sig:]
+    assert "$signer -ne $Publisher" in script[sig:]
+    assert script[sig:].count("$Ansible.Failed = $true") == 2
+    # the publisher is a parameter, never spliced into the script
+    assert "DoAi Inc." not in script
+
+
+@pytest.mark.parametrize("bad", ['Evil"; Remove-Item C:\\ -Recurse; "', "DoAi\nInc", " DoAi", "x" * 201])
+def test_a_bad_publisher_is_refused_before_anything(bad):
+    with pytest.raises(ValueError, match="installer publisher"):
+        swap.check_publisher(bad)
+    out, rec = run(task_args(installer_publisher=bad))
+    assert out["failed"] is True and "installer publisher" in out["msg"] and rec.calls == []
+
+
+def test_the_cli_part_requires_the_sha256_of_a_url_and_passes_the_publisher():
+    from types import SimpleNamespace
+
+    from doai_ansible import parts as parts_registry
+    from doai_ansible.errors import ValidationError
+
+    part = parts_registry.get("agent")
+    with pytest.raises(ValidationError, match=r"--installer: .*needs its sha256 \(--sha256"):
+        part.request(action="reinstall", installer=URL)
+    with pytest.raises(ValidationError, match="--publisher"):
+        part.request(action="reinstall", installer=URL, sha256=SHA, publisher='a"b')
+    with pytest.raises(ValidationError, match="belong to `agent reinstall`"):
+        part.request(action="rollback", publisher="DoAi Inc.")
+    req = part.request(action="reinstall", installer=URL, sha256=SHA, publisher="DoAi Inc.")
+    xv = part._vars(SimpleNamespace(run_id="run-7"), req)
+    assert xv["doai_agent_installer_publisher"] == "DoAi Inc." and xv["doai_agent_installer_sha256"] == SHA
+    plain = part._vars(SimpleNamespace(run_id="run-7"), part.request(action="reinstall", installer=URL, sha256=SHA))
+    assert "doai_agent_installer_publisher" not in plain

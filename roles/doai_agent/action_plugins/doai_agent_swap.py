@@ -78,6 +78,9 @@ ARGUMENT_SPEC = dict(
     installer=dict(type="str", default=""),
     installer_sha256=dict(type="str", default=""),
     installer_version=dict(type="str", default=""),
+    # Windows: the publisher the installer must be validly Authenticode-signed by (the signer
+    # certificate's common name, Get-AuthenticodeSignature on the PC); empty: not checked.
+    installer_publisher=dict(type="str", default=""),
     installer_args=dict(type="list", elements="str", default=["/S", "/currentuser"]),
     uninstall_key=dict(type="str", default="DoAi-Desktop-Agent"),
     uninstall_args=dict(type="list", elements="str", default=["/S", "/currentuser"]),
@@ -859,6 +862,10 @@ def check_installer(installer, sha256=""):
             raise ValueError("installer URL %r is plain http: use https (http only for 127.0.0.1/localhost)" % installer)
         if parts.username or parts.password:
             raise ValueError("installer URL holds credentials: they would be logged; refused")
+        if not sha256:
+            # Each PC downloads it and runs it as each user: never bytes nobody checked.
+            raise ValueError("installer URL %r needs its sha256 (--sha256 / doai_agent_installer_sha256): "
+                             "each PC would run whatever it downloads" % installer)
         name = parts.path.rsplit("/", 1)[-1]
         return {"kind": "url", "value": installer, "name": name if _LEAF_RE.match(name) else "installer",
                 "sha256": sha256, "id": sha256 or installer}
@@ -880,10 +887,26 @@ def check_installer(installer, sha256=""):
             "sha256": h.hexdigest(), "id": h.hexdigest()}
 
 
+def check_publisher(publisher):
+    """The expected Authenticode publisher (a signer certificate's common name), or a
+    ``ValueError``: a name of printable characters, no quotes, at most 200 of them."""
+    if publisher is None or publisher == "":
+        return ""
+    if (not isinstance(publisher, str) or _BAD_ARG_RE.search(publisher) or publisher != publisher.strip()
+            or len(publisher) > 200):
+        raise ValueError("installer publisher %r: a certificate common name (no quotes, control characters or "
+                         "surrounding spaces, at most 200 characters)" % (publisher,))
+    return publisher
+
+
 def check_reinstall_options(args):
     bad = []
     try:
         check_installer(args["installer"], args["installer_sha256"])
+    except ValueError as exc:
+        bad.append(str(exc))
+    try:
+        check_publisher(args.get("installer_publisher", ""))
     except ValueError as exc:
         bad.append(str(exc))
     if args["installer_version"] and not _VERSION_RE.match(args["installer_version"]):
@@ -1095,7 +1118,10 @@ if ($LASTEXITCODE -ne 0) { $Ansible.Failed = $true; Write-Error "icacls on $Dir 
 $Ansible.Changed = $true
 """
 
-PS_CHECK_FILE = r"""param([string]$Path, [string]$Sha256)
+# With $Publisher: the installer must also carry a valid Authenticode signature (status Valid:
+# the file unchanged since signing, the chain trusted by the PC) whose signer certificate's
+# common name is $Publisher.
+PS_CHECK_FILE = r"""param([string]$Path, [string]$Sha256, [string]$Publisher)
 $ErrorActionPreference = 'Stop'
 $Ansible.Changed = $false
 $item = Get-Item -LiteralPath $Path -Force
@@ -1105,7 +1131,22 @@ if ($item.Attributes -band [IO.FileAttributes]::ReparsePoint) {
 $hash = (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
 $Ansible.Result = @{ sha256 = $hash }
 if ($Sha256 -and $hash -ne $Sha256.ToLowerInvariant()) {
-    $Ansible.Failed = $true; Write-Error "the installer on the PC has sha256 $hash, not $Sha256"
+    $Ansible.Failed = $true; Write-Error "the installer on the PC has sha256 $hash, not $Sha256"; return
+}
+if ($Publisher) {
+    $sig = Get-AuthenticodeSignature -LiteralPath $Path
+    $signer = ''
+    if ($sig.SignerCertificate) {
+        $signer = $sig.SignerCertificate.GetNameInfo([Security.Cryptography.X509Certificates.X509NameType]::SimpleName, $false)
+    }
+    $Ansible.Result.signature = "$($sig.Status)"
+    $Ansible.Result.publisher = $signer
+    if ($sig.Status -ne [System.Management.Automation.SignatureStatus]::Valid) {
+        $Ansible.Failed = $true; Write-Error "the installer's Authenticode signature is $($sig.Status), not Valid: refused"; return
+    }
+    if ($signer -ne $Publisher) {
+        $Ansible.Failed = $true; Write-Error "the installer is signed by '$signer', not by the expected publisher '$Publisher': refused"
+    }
 }
 """
 
@@ -1263,7 +1304,10 @@ def stage_calls(installer, ctx):
             calls.append((WIN_GET_URL, get))
         else:
             calls.append(("put_file", {"src": installer["value"], "dest": dest}))
-        calls.append(_ps(PS_CHECK_FILE, Path=dest, Sha256=installer["sha256"]))
+        check = {"Path": dest, "Sha256": installer["sha256"]}
+        if ctx.get("installer_publisher"):
+            check["Publisher"] = ctx["installer_publisher"]
+        calls.append(_ps(PS_CHECK_FILE, **check))
         return dest, calls
     d = "%s/%s" % (ctx["posix_stage_dir"].rstrip("/"), sub)
     dest = "%s/%s" % (d, installer["name"])
