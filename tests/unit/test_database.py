@@ -155,3 +155,22 @@ def test_database_timeouts_out_of_range_are_refused(tmp_path, value):
     cfg.write_text(f"database:\n  lock_timeout: {value}\n")
     with pytest.raises(ConfigError, match="database.lock_timeout"):
         load_settings(cfg, state_dir=tmp_path / "st", env={})
+
+
+def test_the_run_lock_holder_name_fits_postgres_and_says_who():
+    """The run lock's connection is named after its run and operator (``application_name``,
+    which PostgreSQL cuts at 63 bytes): a DOAI_OPERATOR without a host gets this host."""
+    import socket
+
+    from doai_ansible.parts.database import ADVISORY_KEY, HOLDER_PREFIX, _key_parts, holder_name
+
+    run_id = "20261206T120000Z-a1b2c3"
+    name = holder_name(run_id, "ci-job")
+    assert name.startswith(f"{HOLDER_PREFIX} {run_id} ci-job@") and len(name.encode()) <= 63
+    assert socket.gethostname()[:10] in name or len(name.encode()) == 63
+    long = holder_name(run_id, "a-very-long-operator-name@" + "h" * 80 + "\n\u00e9")
+    assert len(long.encode()) <= 63 and long.isprintable() and long.isascii() and run_id in long
+    assert holder_name(run_id, "alice@laptop").endswith(" alice@laptop")
+    # pg_locks shows a bigint key as its high and low 32 bits (classid, objid)
+    hi, lo = _key_parts(ADVISORY_KEY)
+    assert ((hi << 32) | lo) == ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF and 0 <= hi < 2**32 and 0 <= lo < 2**32
