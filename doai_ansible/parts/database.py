@@ -132,6 +132,10 @@ class DatabasePart(PartBase):
     part = Part.DATABASE
     needs = "DOAI_DATABASE_URL and the supabase/migrations folder (database.project_dir)"
 
+    def __init__(self) -> None:
+        #: The run lock's connection of each run under way (by run id), from :meth:`session`.
+        self._run_locks: dict[str, Any] = {}
+
     def _url(self, ctx: RunContext) -> DbUrl:
         return DbUrl.parse(ctx.settings.database.url)
 
@@ -225,12 +229,34 @@ class DatabasePart(PartBase):
                 f"another rollback of the database {url.label} is running: {who}; nothing was changed",
                 hint="wait for it to end (`doai-rollback history` on its controller); the lock is PostgreSQL's "
                      "own and goes with that run's connection, also when its controller dies")
+        self._run_locks[ctx.run_id] = conn
         try:
             yield
         finally:
+            self._run_locks.pop(ctx.run_id, None)
             with contextlib.suppress(Exception):  # closing the session releases the lock in any case
                 conn.execute("SELECT pg_advisory_unlock(%s::bigint)", (ADVISORY_KEY,))
             conn.close()
+
+    def _still_locked(self, ctx: RunContext) -> None:
+        """Before the first change: the run lock's session is still there and holds the lock (a
+        server restart or a cut connection would have freed it for another controller)."""
+        conn = self._run_locks.get(ctx.run_id)
+        if conn is None:  # not run by the engine (no session): nothing to check
+            return
+        classid, objid = _key_parts(ADVISORY_KEY)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                            "AND pid = pg_backend_pid() AND classid = %s::bigint::oid AND objid = %s::bigint::oid "
+                            "AND objsubid = 1", (classid, objid))
+                held = cur.fetchone()[0] > 0
+        except Exception:  # noqa: BLE001 - the session is gone, and the lock with it
+            held = False
+        if not held:
+            raise LockedError(f"the run lock on the database {self._url(ctx).label} was lost (its connection "
+                              "ended): another controller may be at work there; nothing was changed",
+                              hint="check `doai-rollback database status`, then run again")
 
     def request(self, *, to: str | None = None, last: int | None = None, accept_data_loss: bool = False,
                 reason: str | None = None, action: str = "rollback", targets: Mapping[str, str] | None = None,
@@ -341,6 +367,8 @@ class DatabasePart(PartBase):
         return step
 
     def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        if any(s.part is Part.DATABASE and s.changes for s in steps):
+            self._still_locked(ctx)  # a refusal: nothing was changed
         results = []
         for step in steps:
             if step.part is not Part.DATABASE:

@@ -399,16 +399,17 @@ def _snapshot_files(state_dir: Path) -> list[Path]:
     return sorted(d.iterdir()) if d.exists() else []
 
 
-def _gated_bin(rig, bindir: Path, gate: Path, *, after_dump: str = "") -> Path:
+def _gated_bin(rig, bindir: Path, gate: Path, *, after_dump: str = "", on_version: str = "") -> Path:
     """A pg_bin_dir whose pg_dump is the real one, run, then ``after_dump`` (shell), then held
-    until ``gate`` exists (at most 120 s); pg_restore and psql are the real ones."""
+    until ``gate`` exists (at most 120 s); ``pg_dump --version`` (the plan's preflight) runs
+    ``on_version`` first; pg_restore and psql are the real ones."""
     bindir.mkdir(parents=True, exist_ok=True)
     for name in ("pg_restore", "psql"):
         (bindir / name).symlink_to(rig.pg_bin / name)
     real = rig.pg_bin / "pg_dump"
     (bindir / "pg_dump").write_text(
         "#!/bin/sh\n"
-        f'if [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+        f'if [ "$1" = "--version" ]; then {on_version}\n exec {real} --version; fi\n'
         f'{real} "$@" || exit $?\n'
         f"{after_dump}\n"
         "i=0\n"
@@ -517,3 +518,23 @@ def test_a_snapshot_whose_connection_breaks_after_the_dump_leaves_no_damaged_fil
         assert len(files) == 2
     else:
         assert files == [] and "no snapshot was kept" in res.stderr
+
+
+def test_a_run_whose_database_lock_was_lost_before_the_apply_changes_nothing(pg_rig, env, state_dir, tmp_path):
+    """The run lock's session ends while the run plans (a server restart, a cut connection): the
+    lock is free for another controller, so the apply refuses (exit 5) before any change."""
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_rig.port}:*:postgres:{pg_rig.password}\n")
+    pgpass.chmod(0o600)
+    end_lock = (f"PGPASSFILE={pgpass} {pg_rig.pg_bin / 'psql'} -h 127.0.0.1 -p {pg_rig.port} -U postgres -d doai "
+                "-qAtX -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'doai-rollback-lock %'\" >/dev/null")
+    gate = tmp_path / "open"
+    gate.touch()
+    bindir = _gated_bin(pg_rig, tmp_path / "bin", gate, on_version=end_lock)
+    before = state(pg_rig)
+    res = run_cli(*ROLLBACK, env=dict(env, DOAI_PG_BIN_DIR=str(bindir)))
+    assert res.code == 5, res.stdout + res.stderr
+    assert "was lost" in res.json()["message"]
+    assert state(pg_rig) == before and _snapshot_files(state_dir) == []
+    assert journal(state_dir)[-1]["exit_name"] == "LOCKED"
