@@ -165,6 +165,7 @@ def run(
                 planned = _plan(ctx, ordered, run)
                 if planned is not None:
                     _decide(ctx, planned, run, confirm, revert_on_failure, reason, before_apply)
+            _durations(run)  # before the checks after: the report they write has the steps' times too
             if before_close is not None:
                 _checks_after(ctx, run, before_close)
     except DoaiError as exc:  # the lock, or a refusal while planning: nothing was changed
@@ -545,15 +546,19 @@ def _refused(run: RunResult, exc: DoaiError) -> None:
 
 def _close(ctx: RunContext, run: RunResult) -> None:
     run.finished = utcnow()
-    for r in run.results:  # every part gives its steps' times; the duration follows from them
-        if r.duration_s is None and r.started and r.finished:
-            r.duration_s = _seconds_between(r.started, r.finished)
+    _durations(run)
     run.warnings = list(ctx.warnings)
     try:
         ctx.journal.append(run, who=ctx.operator)
     except OSError as exc:  # the run happened; losing its record must be loud, not fatal
         log.error("could not write the journal %s: %s", ctx.settings.journal_path, exc)
         run.warnings.append(f"NOT JOURNALED: {exc}")
+
+
+def _durations(run: RunResult) -> None:
+    for r in run.results:  # every part gives its steps' times; the duration follows from them
+        if r.duration_s is None and r.started and r.finished:
+            r.duration_s = _seconds_between(r.started, r.finished)
 
 
 def _seconds_between(started: str, finished: str) -> float | None:
