@@ -60,7 +60,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -143,24 +142,183 @@ def _lock_holders(d, lock_file):
 LEAF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}\Z")
 
 
-def _inside(root, rel):
-    """``root``/``rel`` when it stays inside ``root`` (no absolute path, no '..', no symlink out):
-    the folder belongs to the user, and this module runs with more rights than they have."""
-    if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
-        raise ValueError("%r is not a path inside the agent folder" % rel)
-    path = os.path.join(root, rel)
-    real_root = os.path.realpath(root)
-    if os.path.realpath(path) != real_root and not os.path.realpath(path).startswith(real_root + os.sep):
-        raise ValueError("%r leads out of the agent folder %s (a symlink?)" % (rel, root))
-    return path
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _write_new(path, data, like=None):
-    """Write ``data`` to ``path`` through a new temporary file that follows no symlink; with
-    ``like`` (an ``os.stat_result``) the file gets its owner and permission bits: a copy of the
+def _parts(rel):
+    """``rel`` as path components inside the agent folder: no absolute path, no '..', no '.'."""
+    if not rel or not isinstance(rel, str) or os.path.isabs(rel):
+        raise ValueError("%r is not a path inside the agent folder" % (rel,))
+    parts = [c for c in rel.replace("\\", "/").split("/") if c not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError("%r is not a path inside the agent folder" % (rel,))
+    return parts
+
+
+def open_dir_nofollow(path):
+    """A descriptor of the directory ``path``, opened component by component from ``/`` with
+    O_NOFOLLOW: a symlink on the way is followed only when root made it in a directory root owns
+    (e.g. /home -> /var/home), never one a user could have made or replaced. The last component
+    is never a symlink. ``ValueError`` says what is wrong."""
+    if not os.path.isabs(path):
+        raise ValueError("%s is not an absolute path" % path)
+    fd = os.open("/", _DIR_FLAGS & ~os.O_NOFOLLOW)
+    comps = [c for c in path.split("/") if c not in ("", ".")]
+    try:
+        for i, comp in enumerate(comps):
+            if comp == "..":
+                raise ValueError("%s holds '..'" % path)
+            try:
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                st = _lstat_at(fd, comp)
+                trusted = (st is not None and stat.S_ISLNK(st.st_mode) and st.st_uid == 0
+                           and os.fstat(fd).st_uid == 0 and i < len(comps) - 1)
+                if not trusted:
+                    what = "a symlink" if st is not None and stat.S_ISLNK(st.st_mode) else (
+                        "missing" if st is None else "not a directory (%s)" % exc.strerror)
+                    raise ValueError("%s: %s is %s" % (path, "/" + "/".join(comps[:i + 1]), what)) from None
+                nfd = os.open(comp, _DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd)  # root's own link
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _lstat_at(dir_fd, name):
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+class Folder:
+    """The user's agent folder, opened **once** (O_DIRECTORY|O_NOFOLLOW, no user-made symlink on
+    its path) and checked (a directory, its owner recorded); every read, write, rename and copy
+    below is done relative to that descriptor, each sub-directory opened with O_NOFOLLOW at the
+    moment of use, each file with O_NOFOLLOW. The folder belongs to the user and this module runs
+    as root: a user who swaps app-current (or the folder) for a symlink between a check and an
+    act gets an error, never a file written where the link points."""
+
+    def __init__(self, root):
+        self.root = root
+        self.fd = open_dir_nofollow(root)
+        st = os.fstat(self.fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.close(self.fd)
+            raise ValueError("%s is not a directory" % root)
+        self.uid, self.gid = st.st_uid, st.st_gid
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def parent(self, rel):
+        """``(dir_fd, name)``: a new descriptor of ``rel``'s directory (the caller closes it) and
+        its last component. Every directory on the way is opened with O_NOFOLLOW."""
+        parts = _parts(rel)
+        fd = os.dup(self.fd)
+        try:
+            for comp in parts[:-1]:
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise ValueError("%s: %s is a symlink or not a directory (%s)" % (rel, comp, exc.strerror)) from None
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
+    def lstat(self, rel):
+        try:
+            dfd, name = self.parent(rel)
+        except ValueError:
+            return None
+        try:
+            return _lstat_at(dfd, name)
+        finally:
+            os.close(dfd)
+
+    def exists(self, rel):
+        return self.lstat(rel) is not None
+
+    def is_link(self, rel):
+        st = self.lstat(rel)
+        return st is not None and stat.S_ISLNK(st.st_mode)
+
+    def is_dir(self, rel):
+        st = self.lstat(rel)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def open_dir(self, rel):
+        dfd, name = self.parent(rel)
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as exc:
+            raise ValueError("%s is a symlink or not a directory (%s)" % (rel, exc.strerror)) from None
+        finally:
+            os.close(dfd)
+
+    def read_regular(self, rel):
+        """A regular file's bytes and stat (no symlink followed), or (None, None)."""
+        try:
+            dfd, name = self.parent(rel)
+        except ValueError:
+            return None, None
+        try:
+            return _read_regular_at(dfd, name)
+        finally:
+            os.close(dfd)
+
+    def rename(self, src, dest):
+        """``src`` to ``dest`` by rename(2) between the two directories' descriptors: the last
+        components are never followed. An existing ``dest`` is refused."""
+        sfd, sname = self.parent(src)
+        try:
+            dfd, dname = self.parent(dest)
+            try:
+                if _lstat_at(dfd, dname) is not None:
+                    raise FileExistsError("%s exists" % dest)
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def unlink(self, rel):
+        dfd, name = self.parent(rel)
+        try:
+            os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+
+def _read_regular_at(dir_fd, name):
+    try:
+        # O_NONBLOCK: a fifo put in place of the file does not hang the open
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+    except OSError:
+        return None, None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        return f.read(), st
+
+
+def _write_new_at(dir_fd, name, data, like=None):
+    """Write ``data`` to a new temporary file beside ``name`` in ``dir_fd`` (O_CREAT|O_EXCL|
+    O_NOFOLLOW: never an existing file, never through a symlink) and return its name; with
+    ``like`` (an ``os.stat_result``) it gets that owner and those permission bits: a copy of the
     user's file stays the user's (this module runs as root; the agent runs as the user)."""
-    tmp = "%s.doai-%d.tmp" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    tmp = "%s.doai-%d.tmp" % (name, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600,
+                 dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -172,20 +330,121 @@ def _write_new(path, data, like=None):
     return tmp
 
 
-def _read_regular(path):
-    """A regular file's bytes and stat (no symlink followed), or (None, None) when it is not one."""
+def _read_regular(folder, rel):
+    """A regular file of the folder (no symlink followed): (bytes, stat) or (None, None)."""
+    return folder.read_regular(rel)
+
+
+def write_file(folder, rel, data, like=None, keep_as=None):
+    """``rel`` replaced by a new file holding ``data`` (see ``_write_new_at``), written and renamed
+    in the one descriptor of its directory; an existing ``rel`` is first renamed to ``keep_as``
+    (when given; else replaced). Returns whether one was kept."""
+    dfd, name = folder.parent(rel)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None, None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None, None
-        return f.read(), st
+        tmp = _write_new_at(dfd, name, data, like=like)
+        kept = False
+        if keep_as is not None and _lstat_at(dfd, name) is not None:
+            kfd, kname = folder.parent(keep_as)
+            try:
+                if _lstat_at(kfd, kname) is not None:
+                    raise FileExistsError("%s exists" % keep_as)
+                os.rename(name, kname, src_dir_fd=dfd, dst_dir_fd=kfd)
+            finally:
+                os.close(kfd)
+            kept = True
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        return kept
+    finally:
+        os.close(dfd)
 
 
-def undo_config(module, at, p):
+def copy_config(folder, src, dest, keep_as):
+    """The user's config.json (``src``) copied to ``dest`` with its owner and mode, an existing
+    ``dest`` kept as ``keep_as``: ``{"copied", "kept"}``. The new file first, then the swap: a
+    failure before the last rename leaves ``dest`` as it was."""
+    data, like = _read_regular(folder, src)
+    if data is None:
+        return {"copied": False, "kept": False}
+    kept = write_file(folder, dest, data, like=like, keep_as=keep_as)
+    return {"copied": True, "kept": kept}
+
+
+def copy_tree(folder, src, dest):
+    """``src`` copied whole as ``dest`` (which must not exist), through descriptors: every
+    directory opened with O_NOFOLLOW, every file read with O_NOFOLLOW and written O_EXCL, links
+    copied as links (never followed), owners and modes kept; anything else (a device, a fifo)
+    refused. The folder is the user's: nothing outside it is read or written."""
+    sfd = folder.open_dir(src)
+    try:
+        pfd, name = folder.parent(dest)
+        try:
+            if _lstat_at(pfd, name) is not None:
+                raise FileExistsError("%s exists already" % dest)
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            dfd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            _copy_dir_fd(sfd, dfd, dest)
+            _same_owner_and_mode(dfd, os.fstat(sfd))
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def _same_owner_and_mode(fd, st):
+    if os.geteuid() == 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+
+
+def _copy_dir_fd(sfd, dfd, where):
+    for name in sorted(os.listdir(sfd)):
+        st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            csfd = os.open(name, _DIR_FLAGS, dir_fd=sfd)
+            try:
+                cdfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    _copy_dir_fd(csfd, cdfd, where + "/" + name)
+                    _same_owner_and_mode(cdfd, os.fstat(csfd))
+                finally:
+                    os.close(cdfd)
+            finally:
+                os.close(csfd)
+        elif stat.S_ISREG(st.st_mode):
+            ifd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=sfd)
+            try:
+                fst = os.fstat(ifd)
+                if not stat.S_ISREG(fst.st_mode):
+                    raise OSError("%s/%s changed while copied" % (where, name))
+                ofd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                              0o600, dir_fd=dfd)
+                try:
+                    while True:
+                        chunk = os.read(ifd, 1 << 20)
+                        if not chunk:
+                            break
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(ofd, view):]
+                    _same_owner_and_mode(ofd, fst)
+                    os.utime(ofd, ns=(fst.st_atime_ns, fst.st_mtime_ns))
+                finally:
+                    os.close(ofd)
+            finally:
+                os.close(ifd)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+            if os.geteuid() == 0:
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+        else:
+            raise OSError("%s/%s is neither a file, a directory nor a symlink: not copied" % (where, name))
+
+
+def undo_config(module, folder, p):
     """An undo's config.json, in a folder the undo has swapped back: ``src`` the copy the rollback
     made of the user's config.json (the rolled-back agent's settings, now in app-backup), ``dest``
     the user's config.json from before the rollback (app-current), ``kept`` the backup's own
@@ -194,40 +453,39 @@ def undo_config(module, at, p):
     that stays) is removed and the backup's own put back - the folders as before the rollback.
     Changed: they are moved into app-current, the earlier ones kept as ``keep_as``. Every action
     is returned (a failed undo puts them back); a second call finds nothing to do."""
-    copy_, dest, keep_as = at(p["src"]), at(p["dest"]), at(p["keep_as"])
-    kept = at(p["kept"]) if p["kept"] else None
-    for path in (copy_, dest, keep_as) + ((kept,) if kept else ()):
-        if os.path.islink(path):
-            module.fail_json(msg="refused: %s is a symlink" % os.path.relpath(path, p["root"]))
+    copy_, dest, keep_as = p["src"], p["dest"], p["keep_as"]
+    kept = p["kept"] or None
+    for rel in (copy_, dest, keep_as) + ((kept,) if kept else ()):
+        if folder.is_link(rel):
+            module.fail_json(msg="refused: %s is a symlink" % rel)
     actions = []
 
     def move(src_rel, dest_rel):
-        src_, dst_ = at(src_rel), at(dest_rel)
-        if os.path.lexists(dst_):
+        if folder.exists(dest_rel):
             module.fail_json(msg="refused: %s exists" % dest_rel, actions=actions)
-        os.rename(src_, dst_)
+        folder.rename(src_rel, dest_rel)
         actions.append({"op": "rename", "src": src_rel, "dest": dest_rel})
 
     def backup_own_back():
         if kept:
             move(p["kept"], p["src"])
 
-    if kept and not os.path.lexists(kept):
+    if kept and not folder.exists(kept):
         module.exit_json(changed=False, settings="done", actions=[])  # put back already (an undo run again)
-    data, _ = _read_regular(copy_)
+    data, _ = _read_regular(folder, copy_)
     if data is None:
-        if os.path.lexists(copy_):
+        if folder.exists(copy_):
             module.fail_json(msg="refused: %s is not a regular file" % p["src"])
         backup_own_back()
         module.exit_json(changed=bool(actions), settings="none", actions=actions)
-    original, _ = _read_regular(dest)
+    original, _ = _read_regular(folder, dest)
     if original is not None and original == data:
         # The copy holds the bytes of the file that stays: nothing the user had is lost.
-        os.unlink(copy_)
+        folder.unlink(copy_)
         actions.append({"op": "remove", "path": p["src"], "same_as": p["dest"]})
         backup_own_back()
         module.exit_json(changed=True, settings="unchanged", actions=actions)
-    if os.path.lexists(dest):
+    if folder.exists(dest):
         move(p["dest"], p["keep_as"])
     move(p["src"], p["dest"])  # a rename: the user's owner and mode go with the file
     backup_own_back()
@@ -325,17 +583,31 @@ def main():
         stage_dir(module, root)
     if op == "check_file":
         check_file(module, root, p)
-    if os.path.islink(root) or not os.path.isdir(root):
-        module.fail_json(msg="%s is not the agent folder (missing, or a symlink)" % root)
+    try:
+        folder = Folder(root)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg="%s is not the agent folder (missing, or a symlink): %s" % (root, exc))
+    try:
+        act(module, folder, p)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg="%s %s: %s (nothing followed out of the agent folder)" % (op, root, exc))
+    finally:
+        folder.close()
 
-    def at(rel):
+
+def _check_rel(module, *rels):
+    for rel in rels:
         try:
-            return _inside(root, rel)
+            _parts(rel)
         except ValueError as exc:
             module.fail_json(msg=str(exc))
 
+
+def act(module, folder, p):
+    """Every op on the user's folder, through ``folder``'s descriptor (see ``Folder``)."""
+    op, root = p["op"], folder.root
     if op == "stop":
-        pid = _pid(root, p["pid_file"])
+        pid = _pid_at(folder, p["pid_file"])
         if pid is None:
             module.exit_json(changed=False, stopped=[])
         if not _is_agent(pid, root):
@@ -349,23 +621,23 @@ def main():
         module.exit_json(changed=True, stopped=[pid])
 
     if op == "rename":
-        src, dest = at(p["src"]), at(p["dest"])
-        if p["missing_ok"] and not os.path.lexists(src):
+        _check_rel(module, p["src"], p["dest"])
+        if p["missing_ok"] and not folder.exists(p["src"]):
             module.exit_json(changed=False, moved=False)
-        if os.path.islink(src):
+        if folder.is_link(p["src"]):
             module.fail_json(msg="refused: %s is a symlink" % p["src"])
         attempt = 0
         while True:
             attempt += 1
             try:
-                if os.path.lexists(dest):
-                    raise FileExistsError("%s exists" % dest)
-                holders = _lock_holders(src, p["lock_file"])
+                if folder.exists(p["dest"]):
+                    raise FileExistsError("%s exists" % p["dest"])
+                holders = _lock_holders_at(folder, p["src"], p["lock_file"])
                 if holders:
                     raise OSError("%s is in use (locked by pid %s)" % (p["src"], ", ".join(map(str, holders))))
-                os.rename(src, dest)
+                folder.rename(p["src"], p["dest"])
                 break
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 if attempt >= max(1, p["retries"]):
                     module.fail_json(msg="rename %s -> %s failed after %d attempts: %s"
                                      % (p["src"], p["dest"], attempt, exc), attempts=attempt)
@@ -373,46 +645,36 @@ def main():
         module.exit_json(changed=True, attempts=attempt)
 
     if op == "copy_config":
-        src, dest, keep_as = at(p["src"]), at(p["dest"]), at(p["keep_as"])
-        if os.path.islink(src) or not os.path.isfile(src):
-            module.exit_json(changed=False, copied=False, kept=False)
-        data, like = _read_regular(src)
-        if data is None:
-            module.exit_json(changed=False, copied=False, kept=False)
-        # The new file first, then the swap: a failure before the last rename leaves dest as it was.
-        # It is the user's file, with the user's owner and mode (not root's 0600).
-        tmp = _write_new(dest, data, like=like)
-        kept = False
-        if os.path.lexists(dest):
-            os.rename(dest, keep_as)
-            kept = True
-        os.rename(tmp, dest)
-        module.exit_json(changed=True, copied=True, kept=kept)
+        _check_rel(module, p["src"], p["dest"], p["keep_as"])
+        # The user's file, with the user's owner and mode (not root's 0600), written in the
+        # descriptor of app-current as it is when written: never where a link points.
+        result = copy_config(folder, p["src"], p["dest"], p["keep_as"])
+        module.exit_json(changed=result["copied"], **result)
 
     if op == "undo_config":
-        undo_config(module, at, p)
+        _check_rel(module, p["src"], p["dest"], p["keep_as"], *([p["kept"]] if p["kept"] else []))
+        undo_config(module, folder, p)
 
     if op == "copy_tree":
-        src, dest = at(p["src"]), at(p["dest"])
-        if os.path.islink(src) or not os.path.isdir(src):
+        _check_rel(module, p["src"], p["dest"])
+        if folder.is_link(p["src"]) or not folder.is_dir(p["src"]):
             module.fail_json(msg="%s is not a directory (missing, or a symlink)" % p["src"])
-        if os.path.lexists(dest):
+        if folder.exists(p["dest"]):
             module.fail_json(msg="%s exists already" % p["dest"])
         # Links are copied as links, never followed: the folder is the user's.
-        shutil.copytree(src, dest, symlinks=True)
+        copy_tree(folder, p["src"], p["dest"])
         module.exit_json(changed=True)
 
     if op == "run":
-        current = at("app-current")
+        current = os.path.join(root, "app-current")
         argv = [current + a[len("{current}"):] if a == "{current}" or a.startswith("{current}/") else a
                 for a in p["command"]]
         if not os.path.isfile(argv[0]):
             module.fail_json(msg="%s does not exist" % argv[0])
         # In the user's context, as a per-user installer runs on Windows: as the folder's owner
         # (a file the user can write never runs with more rights than the user has).
-        owner = os.stat(root)
-        as_owner = {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []} \
-            if os.geteuid() == 0 and owner.st_uid != 0 else {}
+        as_owner = {"user": folder.uid, "group": folder.gid, "extra_groups": []} \
+            if os.geteuid() == 0 and folder.uid != 0 else {}
         try:
             proc = subprocess.run(argv, cwd=root, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=p["timeout"], check=False, **as_owner)
@@ -425,19 +687,19 @@ def main():
         module.exit_json(changed=True, rc=0, output=tail)
 
     if op == "marker":
-        path = at(p["marker"])
-        os.rename(_write_new(path, json.dumps(p["content"], sort_keys=True).encode()), path)
+        _check_rel(module, p["marker"])
+        write_file(folder, p["marker"], json.dumps(p["content"], sort_keys=True).encode())
         module.exit_json(changed=True)
 
     if op == "start":
-        current = at("app-current")
+        _check_rel(module, p["pid_file"])
+        current = os.path.join(root, "app-current")
         argv = [current + a[len("{current}"):] if a == "{current}" or a.startswith("{current}/") else a
                 for a in p["command"]]
         with open(os.devnull, "rb") as devnull_in, open(os.devnull, "wb") as devnull_out:
             proc = subprocess.Popen(argv, cwd=current, stdin=devnull_in, stdout=devnull_out, stderr=devnull_out,
                                     start_new_session=True, close_fds=True)
-        pid_path = at(p["pid_file"])
-        os.rename(_write_new(pid_path, ("%d\n" % proc.pid).encode()), pid_path)
+        write_file(folder, p["pid_file"], ("%d\n" % proc.pid).encode())
         module.exit_json(changed=True, pid=proc.pid)
 
     if op == "reach":  # read-only: answered in check mode too
@@ -449,18 +711,48 @@ def main():
         module.exit_json(changed=False, reachable=True)
 
     if op == "verify":
+        _check_rel(module, p["pid_file"], p["version_file"])
         deadline = time.monotonic() + p["timeout"]
         while True:
-            pid = _pid(root, p["pid_file"])
+            pid = _pid_at(folder, p["pid_file"])
             if pid is not None or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-        version = _read_version(at("app-current"), p["version_file"])
+        version = _version_at(folder, "app-current/" + p["version_file"])
         result = dict(changed=False, running=pid is not None, pid=pid, version=version)
         if pid is None or (p["expected"] and version != p["expected"]):
             module.fail_json(msg="verify: running=%s, app-current version %s, expected %s"
                              % (pid is not None, version, p["expected"] or "any"), **result)
         module.exit_json(**result)
+
+
+def _version_at(folder, rel):
+    """The first line of a version file of the folder (no symlink followed), or None."""
+    data, _ = folder.read_regular(rel)
+    if data is None:
+        return None
+    lines = data.decode("utf-8", "replace").splitlines()
+    return (lines[0].strip() if lines else "") or None
+
+
+def _pid_at(folder, pid_file):
+    data, _ = folder.read_regular(pid_file)
+    try:
+        pid = int(data.decode().strip()) if data is not None else None
+    except ValueError:
+        return None
+    return pid if pid is not None and pid_alive(pid) else None
+
+
+def _lock_holders_at(folder, d, lock_file):
+    """``_lock_holders`` through the folder's descriptor (no symlink followed)."""
+    if not lock_file:
+        return []
+    data, _ = folder.read_regular(d + "/" + lock_file)
+    if data is None:
+        return []
+    pids = [int(x) for x in data.decode("utf-8", "replace").split() if x.strip().isdigit()]
+    return [pid for pid in pids if pid_alive(pid)]
 
 
 if __name__ == "__main__":

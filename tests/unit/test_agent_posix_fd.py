@@ -1,0 +1,207 @@
+"""doai_agent_posix acts in the user's folder through descriptors (issue 19 item 6).
+
+The folder belongs to the user; the module runs as root. A user who swaps app-current (or the
+folder itself) for a symlink between the module's checks and its act must not get a file written
+where the link points. Each race test runs the module as Ansible runs it (a JSON args file, in
+its own process) with one hook: the module's `_read_regular` (the read that comes after the
+checks and before the write, in the old code and the new) is wrapped so that, once it has read,
+the "user" swaps a directory for a symlink to an outside directory. The outside directory must
+stay empty, and the module must fail saying why instead of writing there."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+LIBRARY = ROLES / "doai_agent" / "library" / "doai_agent_posix.py"
+MODULE_UTILS = [ROLES / "doai_common" / "module_utils"]
+
+
+def run_module(tmp_path: Path, args: dict, swap: tuple[str, str] | None = None) -> dict:
+    """The module in its own process; with ``swap`` = (victim, outside), once ``_read_regular``
+    has returned the directory ``victim`` is moved aside and replaced by a symlink to ``outside``."""
+    argfile = tmp_path / "args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    hook = ""
+    if swap:
+        victim, outside = swap
+        hook = (
+            "import os as _os\n"
+            "_orig = ns['_read_regular']\n"
+            "def _racing(*a, **k):\n"
+            "    out = _orig(*a, **k)\n"
+            f"    _os.rename({victim!r}, {victim!r} + '.moved')\n"
+            f"    _os.symlink({outside!r}, {victim!r})\n"
+            "    return out\n"
+            "ns['_read_regular'] = _racing\n"
+        )
+    boot = (
+        "import sys, ansible.module_utils as m\n"
+        f"m.__path__.extend({[str(p) for p in MODULE_UTILS]!r})\n"
+        f"sys.argv = ['module', {str(argfile)!r}]\n"
+        "ns = {'__name__': 'doai_agent_posix'}\n"
+        f"exec(compile(open({str(LIBRARY)!r}).read(), 'doai_agent_posix', 'exec'), ns)\n"
+        + hook +
+        "ns['main']()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False, timeout=60)
+    assert proc.stdout.strip(), proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "home" / "alice" / ".local" / "share" / "DoAi-Desktop-Agent"
+    for name, version in (("app-current", "2.4.0"), ("app-failed", "2.4.1")):
+        (root / name).mkdir(parents=True)
+        (root / name / "VERSION").write_text(version + "\n")
+    (root / "app-failed" / "config.json").write_text('{"server": "user-settings"}')
+    (root / "app-current" / "config.json").write_text('{"server": "backup-own"}')
+    outside = tmp_path / "outside"  # where the user would like root to write
+    outside.mkdir()
+    return root, outside
+
+
+def test_copy_config_does_not_follow_app_current_swapped_for_a_link_after_the_checks(tmp_path, folder):
+    root, outside = folder
+    out = run_module(tmp_path, {"op": "copy_config", "root": str(root), "src": "app-failed/config.json",
+                                "dest": "app-current/config.json",
+                                "keep_as": "app-current/config.json.doai-20261127T010500Z"},
+                     swap=(str(root / "app-current"), str(outside)))
+    assert (root / "app-current").is_symlink()  # the swap happened between the read and the write
+    assert sorted(os.listdir(outside)) == [], out  # nothing written where the link points
+    assert out.get("failed") is True and "symlink or not a directory" in out["msg"], out
+    # the real app-current (moved aside by the user) is untouched too: the act stopped, nothing half done
+    moved = root / "app-current.moved"
+    assert sorted(os.listdir(moved)) == ["VERSION", "config.json"]
+    assert (moved / "config.json").read_text() == '{"server": "backup-own"}'
+
+
+def test_undo_config_does_not_follow_a_folder_swapped_for_a_link_after_the_checks(tmp_path, folder):
+    root, outside = folder
+    # after a rollback: app-backup holds the copy the rollback made, app-current the user's file
+    (root / "app-backup").mkdir()
+    (root / "app-backup" / "config.json").write_text('{"server": "copy"}')
+    (root / "app-current" / "config.json").write_text('{"server": "changed-since"}')
+    out = run_module(tmp_path, {"op": "undo_config", "root": str(root), "src": "app-backup/config.json",
+                                "dest": "app-current/config.json",
+                                "keep_as": "app-current/config.json.doai-20261127T010500Z"},
+                     swap=(str(root / "app-current"), str(outside)))
+    assert sorted(os.listdir(outside)) == [], out
+    assert out.get("failed") is True, out
+    assert (root / "app-current.moved" / "config.json").read_text() == '{"server": "changed-since"}'
+    assert (root / "app-backup" / "config.json").read_text() == '{"server": "copy"}'
+
+
+def test_the_marker_is_written_in_the_folder_opened_not_where_a_swapped_folder_points(tmp_path, folder):
+    """The folder itself swapped for a link after it was opened: the marker lands in the folder
+    the module opened (the user's, wherever they moved it), never in the link's target."""
+    root, outside = folder
+    args = {"op": "marker", "root": str(root), "content": {"phase": "swapping", "run_id": "r"}}
+    # the marker op reads nothing: swap the folder through the same hook, called here explicitly
+    argfile_hook = tmp_path / "hooked"
+    argfile_hook.mkdir()
+    out = run_module_with_swap_before_act(argfile_hook, args, str(root), str(outside))
+    assert sorted(os.listdir(outside)) == [], out
+    assert out.get("changed") is True, out
+    marker = root.parent / (root.name + ".moved") / ".doai-rollback.json"
+    assert json.loads(marker.read_text()) == {"phase": "swapping", "run_id": "r"}
+
+
+def run_module_with_swap_before_act(tmp_path: Path, args: dict, victim: str, outside: str) -> dict:
+    """The module with the folder swapped for a link right after its checks (the new module:
+    after ``Folder`` opened it; the old one had no such step and wrote by path)."""
+    argfile = tmp_path / "args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    boot = (
+        "import os as _os, sys, ansible.module_utils as m\n"
+        f"m.__path__.extend({[str(p) for p in MODULE_UTILS]!r})\n"
+        f"sys.argv = ['module', {str(argfile)!r}]\n"
+        "ns = {'__name__': 'doai_agent_posix'}\n"
+        f"exec(compile(open({str(LIBRARY)!r}).read(), 'doai_agent_posix', 'exec'), ns)\n"
+        "def _swap():\n"
+        f"    _os.rename({victim!r}, {victim!r} + '.moved')\n"
+        f"    _os.symlink({outside!r}, {victim!r})\n"
+        "if 'act' in ns:\n"
+        "    _act = ns['act']\n"
+        "    def _racing(module, folder, p):\n"
+        "        _swap()\n"
+        "        return _act(module, folder, p)\n"
+        "    ns['act'] = _racing\n"
+        "else:\n"
+        "    _isdir = _os.path.isdir\n"
+        "    _done = []\n"
+        "    def _checked(path):\n"
+        "        r = _isdir(path)\n"
+        f"        if path == {victim!r} and not _done:\n"
+        "            _done.append(1); _swap()\n"
+        "        return r\n"
+        "    _os.path.isdir = _checked\n"
+        "ns['main']()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False, timeout=60)
+    assert proc.stdout.strip(), proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_copy_tree_copies_links_as_links_and_keeps_owner_and_mode(tmp_path, folder):
+    root, outside = folder
+    secret = outside / "secret"
+    secret.write_text("root's file")
+    cur = root / "app-current"
+    (cur / "resources").mkdir()
+    (cur / "resources" / "app.asar").write_bytes(b"\x00asar")
+    os.chmod(cur / "resources" / "app.asar", 0o640)
+    os.symlink(str(secret), cur / "link-out")
+    out = run_module(tmp_path, {"op": "copy_tree", "root": str(root), "src": "app-current",
+                                "dest": "app-replaced-20261127T010500Z"})
+    assert out.get("changed") is True, out
+    kept = root / "app-replaced-20261127T010500Z"
+    assert (kept / "resources" / "app.asar").read_bytes() == b"\x00asar"
+    assert oct((kept / "resources" / "app.asar").stat().st_mode & 0o777) == oct(0o640)
+    assert (kept / "link-out").is_symlink() and os.readlink(kept / "link-out") == str(secret)
+    assert (kept / "config.json").read_text() == '{"server": "backup-own"}'
+
+
+def test_copy_tree_refuses_a_source_swapped_for_a_link(tmp_path, folder):
+    """The lower-level function with a prepared descriptor: app-current is a link to an outside
+    directory by the time the copy opens it: refused, nothing of the outside read or written."""
+    root, outside = folder
+    (outside / "secret").write_text("root's file")
+    import ansible.module_utils as mu
+
+    for p in MODULE_UTILS:
+        if str(p) not in mu.__path__:
+            mu.__path__.append(str(p))
+    ns: dict = {"__name__": "doai_agent_posix_unit"}
+    exec(compile(LIBRARY.read_text(), str(LIBRARY), "exec"), ns)
+    f = ns["Folder"](str(root))
+    try:
+        os.rename(root / "app-current", root / "app-current.moved")
+        os.symlink(str(outside), root / "app-current")
+        with pytest.raises(ValueError, match="symlink or not a directory"):
+            ns["copy_tree"](f, "app-current", "app-replaced-x")
+        with pytest.raises(ValueError, match="symlink or not a directory"):
+            ns["write_file"](f, "app-current/config.json", b"{}")
+    finally:
+        f.close()
+    assert not (root / "app-replaced-x").exists()
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
+def test_a_folder_reached_through_a_user_made_symlink_is_refused(tmp_path, folder):
+    root, outside = folder
+    # the user replaces .local/share with a link to a tree of their choosing
+    share = root.parent
+    os.rename(share, share.parent / "share.real")
+    os.symlink(str(share.parent / "share.real"), share)
+    if os.geteuid() == 0:
+        os.lchown(share, 1000, 1000)  # made by the user, as on a real PC
+    out = run_module(tmp_path, {"op": "marker", "root": str(root), "content": {"phase": "x"}})
+    assert out.get("failed") is True and "is a symlink" in out["msg"], out
+    assert not (share.parent / "share.real" / root.name / ".doai-rollback.json").exists()
