@@ -77,7 +77,7 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--config", "-c", type=click.Path(dir_okay=False), expose_value=False, callback=_set("config"),
                      help="Config file (default: ./doai-rollback.yml, $DOAI_CONFIG, ~/.config/doai-rollback/config.yml)."),
         click.option("--inventory", "-i", type=click.Path(), expose_value=False, callback=_set("inventory"),
-                     help="Ansible inventory (default: $DOAI_INVENTORY, the config's, inventory/example)."),
+                     help="Ansible inventory (or $DOAI_INVENTORY, or the config key `inventory`; no default)."),
         click.option("--state-dir", type=click.Path(file_okay=False), expose_value=False, callback=_set("state_dir"),
                      help="Journal, locks and run logs (default: ~/.local/state/doai-rollback)."),
         click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, expose_value=False,
@@ -274,6 +274,7 @@ def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit), one="backend")
 
 
+    opts.settings().require_inventory()  # asked for the backend by name: no inventory is exit 2, with how to set one
 # -- the whole system ------------------------------------------------------------------------
 @cli.group("system")
 def system_group() -> None:
@@ -391,8 +392,10 @@ def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
         for name, h in st["parts"].items():
             targets = h.get("targets") or {name: h["healthy"]}
             for target, ok in targets.items():
-                click.echo(f"{name} {target}: {'healthy' if ok else 'UNHEALTHY'}"
-                           + (f" ({h['detail']})" if h.get("detail") else ""))
+                state = states.get(target) or ("healthy" if ok else "UNHEALTHY")
+                state = state.upper() if state == "unreachable" else state  # not "UNHEALTHY": unknown
+                click.echo(f"{name} {target}: {state}" + (f" ({h['detail']})" if h.get("detail") else ""))
+            states = h.get("states") or {}
     return engine.status_exit(st)
 
 

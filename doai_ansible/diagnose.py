@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
-from doai_ansible.runner import PlaybookRun, run_playbook
+from doai_ansible.runner import PlaybookRun, run_playbook, task_progress
 from doai_ansible.settings import is_secret_env_name, write_private
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
 def _run(ctx: RunContext, playbook: str, extravars: dict[str, Any], limit: str | None, label: str,
          secrets: Mapping[str, Any] | None = None) -> PlaybookRun:
     pb = run_playbook(ctx.settings, playbook, extravars=extravars, limit=limit, log_dir=ctx.log_dir / label,
-                      on_event=ctx.progress, timeout_s=600, secrets=secrets)
+                      on_event=task_progress(ctx.progress, check=True), timeout_s=600, secrets=secrets)
     for w in pb.warnings:
         ctx.warn(w)
     return pb

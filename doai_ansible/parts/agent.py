@@ -386,8 +386,12 @@ class AgentPart(PlaybookPart):
 
     def health(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
         st = self.status(ctx, limit=limit)
-        return {"healthy": st["healthy"], "reachable": st["reachable"],
-                "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+        out = {"healthy": st["healthy"], "reachable": st["reachable"],
+               "targets": {h: v["healthy"] for h, v in st["hosts"].items()}}
+        states = {h: "unreachable" for h, v in st["hosts"].items() if v.get("unreachable")}
+        if states:  # a PC that was not reached is not "unhealthy": unknown
+            out["states"] = states
+        return out
 
 
 class _Reinstall(AgentPart):

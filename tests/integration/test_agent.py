@@ -45,6 +45,16 @@ def test_fleet_rollback_keeps_config_and_goes_on_past_an_unreachable_pc(agent_fl
             assert rig.agent_running(pc, user) and rig.agent_version(pc, user) == "1.9.0"
     assert steps["pc03/*"]["outcome"] == "failed" and "nothing was changed" in steps["pc03/*"]["message"]
     assert "guest" not in str(steps)  # a profile without the agent is not a target
+    # a fleet partly done is not "back on what it had before": the message names where each stands
+    doc = res.json()
+    assert "back on what it had before" not in doc["message"], doc["message"]
+    assert "stay rolled back: agent pc01/alice" in doc["message"] and "agent pc03/*" in doc["message"]
+    assert doc["where_parts_stand"]["left_as_they_were"] == ["agent pc03/*"]
+    # health: the PC that is off is UNREACHABLE, not UNHEALTHY
+    health = run_cli("health", env=env)
+    assert health.code == 7, health.stdout + health.stderr
+    (line,) = [x for x in health.stdout.splitlines() if x.startswith("agent pc03")]
+    assert "UNREACHABLE" in line and "UNHEALTHY" not in line, line
     # a second run changes nothing on the PCs it rolled back
     again = run_cli("agent", "rollback", "--yes", "--limit", "pc01,pc02", "-o", "json", env=env)
     assert again.code == 0, again.stdout + again.stderr

@@ -78,6 +78,19 @@ def test_health_json_marks_the_unreachable_and_unknown_hosts(env_hosts):
     backend = res.json()["parts"]["backend"]
     assert backend["states"]["gone"] == "unreachable"
     assert backend["states"]["docker-down"].startswith("unknown (docker not answering: ")
+    # the text says the same: not reached is not "UNHEALTHY"
+    text = run_cli("health", env=env_hosts)
+    assert text.code == 7, text.stdout + text.stderr
+    lines = {x.split(":")[0]: x for x in text.stdout.splitlines()}
+    assert lines["backend gone"].startswith("backend gone: UNREACHABLE"), text.stdout
+    assert lines["backend docker-down"].startswith("backend docker-down: unknown (docker not answering"), text.stdout
+
+
+def test_backend_status_without_an_inventory_exits_2_saying_how_to_set_one(tmp_path):
+    env = {"DOAI_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)}
+    res = run_cli("backend", "status", env=env)
+    assert res.code == 2, res.stdout + res.stderr
+    assert "--inventory" in res.stderr and "DOAI_INVENTORY" in res.stderr
 
 
 @pytest.fixture
