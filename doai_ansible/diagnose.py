@@ -304,43 +304,27 @@ def _api_next(d: Diagnosis, bad: list[str], hosts: list[str], limit: str | None)
 
 
 # -- B: a database migration failed ---------------------------------------------------------------------
-_ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(\S+)\s+ADD\s+(?:COLUMN\s+)?"
-                         r"(?:IF\s+NOT\s+EXISTS\s+)?(\"[^\"]+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.I | re.S)
-_CREATE_INDEX = re.compile(r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
-                           r"(\"[^\"]+\"|[A-Za-z_][A-Za-z0-9_$]*)\s+ON\s+(?:ONLY\s+)?(\S+)", re.I | re.S)
-_DROP = re.compile(r"^\s*(?:DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(\S+)|ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(\S+)"
-                   r"\s+DROP\s+(?:COLUMN\s+)?(?:IF\s+EXISTS\s+)?(\"[^\"]+\"|[A-Za-z_][A-Za-z0-9_$]*)"
-                   r"|DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(\S+))", re.I | re.S)
-
-
-def _unquote(name: str) -> str:
-    return name[1:-1] if name.startswith('"') else name.lower()
-
-
 def migration_objects(sql_text: str) -> tuple[list[tuple[str, ...]], set[tuple[str, ...]]]:
     """(objects a migration creates, objects it drops): ``("table", "s.t")``, ``("column", "s.t",
-    "c")``, ``("index", "s", "i")``, from its statements (what the half-applied check looks for)."""
-    from doai_ansible.db.migrations import qualify
-    from doai_ansible.db.sqlsplit import split
+    "c")``, ``("index", "s", "i")``, read by PostgreSQL's parser exactly as the database part
+    reads it (:mod:`doai_ansible.db.sqlread`: quoted names kept, unquoted lower-cased)."""
+    from doai_ansible.db import sqlread
 
     made: list[tuple[str, ...]] = []
     dropped: set[tuple[str, ...]] = set()
-    for st in split(sql_text):
-        s = st.sql.rstrip(";")
-        if m := re.match(r"^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([^\s(]+)", s, re.I):
-            made.append(("table", qualify(m.group(1))))
-        elif m := _ADD_COLUMN.match(s):
-            made.append(("column", qualify(m.group(1)), _unquote(m.group(2))))
-        elif m := _CREATE_INDEX.match(s):
-            made.append(("index", qualify(m.group(2)).split(".")[0], _unquote(m.group(1))))
-        elif m := _DROP.match(s):
-            if m.group(1):
-                dropped.add(("table", qualify(m.group(1))))
-            elif m.group(2):
-                dropped.add(("column", qualify(m.group(2)), _unquote(m.group(3))))
-            elif m.group(4):
-                name = qualify(m.group(4))
-                dropped.add(("index", *name.split(".", 1)))
+    for e in sqlread.read(sql_text):
+        if e.kind == "table" and e.table:
+            obj: tuple[str, ...] = ("table", e.table)
+        elif e.kind == "column" and e.table and e.column:
+            obj = ("column", e.table, e.column)
+        elif e.kind == "index":
+            obj = ("index", *e.name.split(".", 1))
+        else:
+            continue
+        if e.action == "created":
+            made.append(obj)
+        elif e.action == "dropped":
+            dropped.add(obj)
     return made, dropped
 
 

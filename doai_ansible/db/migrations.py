@@ -10,25 +10,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from doai_ansible.db.sqlsplit import split
+from doai_ansible.db import sqlread
 
 FILE_RE = re.compile(r"(\d{14})_([A-Za-z0-9_.-]+)\.sql\Z")
 VERSION_RE = re.compile(r"\d{14}\Z")
 HISTORY = "supabase_migrations.schema_migrations"
-
-_IDENT = r'(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_QNAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
-_QLIST = rf"{_QNAME}(?:\s*,\s*{_QNAME})*"
-_DROP_TABLE = re.compile(rf"^\s*DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?({_QLIST})", re.I)
-_TRUNCATE = re.compile(rf"^\s*TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?({_QLIST})", re.I)
-_DELETE = re.compile(rf"^\s*DELETE\s+FROM\s+(?:ONLY\s+)?({_QNAME})", re.I)
-_DROP_COLUMN = re.compile(rf"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?({_QNAME})\s+.*?\bDROP\s+(?:COLUMN\s+)?"
-                          rf"(?:IF\s+EXISTS\s+)?({_IDENT})", re.I | re.S)
-_TOUCH = re.compile(rf"^\s*(?:CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?|ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?"
-                    rf"(?:ONLY\s+)?|DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?|INSERT\s+INTO\s+|"
-                    rf"CREATE\s+(?:UNIQUE\s+)?INDEX\s+.*?\bON\s+(?:ONLY\s+)?)({_QNAME})", re.I | re.S)
-_CREATE_TABLE = re.compile(rf"^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?({_QNAME})", re.I)
-
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -36,17 +22,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def qualify(name: str, default_schema: str = "public") -> str:
-    """``schema.table`` without quotes (quoted names keep their case)."""
-    parts = [p.strip() for p in re.findall(_IDENT, name)]
-    parts = [p[1:-1] if p.startswith('"') else p.lower() for p in parts]
-    return ".".join(parts) if len(parts) == 2 else f"{default_schema}.{parts[0]}"
-
-
-def _names(listing: str) -> list[str]:
-    return [qualify(x) for x in re.findall(_QNAME, listing)]
 
 
 @dataclasses.dataclass
@@ -69,37 +44,41 @@ class Migration:
         return sha256_file(self.down) if self.down else None
 
     def touches(self) -> list[str]:
+        """The tables the migration creates, alters, fills or drops (PostgreSQL's parser reads it)."""
         if not self.path:
             return []
         seen: list[str] = []
-        for st in split(self.path.read_text(encoding="utf-8")):
-            m = _TOUCH.match(st.sql)
-            if m and qualify(m.group(1)) not in seen:
-                seen.append(qualify(m.group(1)))
+        for e in sqlread.read(self.path.read_text(encoding="utf-8")):
+            if e.table and e.table not in seen and e.kind in ("table", "column", "index", "constraint"):
+                seen.append(e.table)
         return seen
 
     def creates(self) -> list[str]:
         if not self.path:
             return []
-        return [qualify(m.group(1)) for st in split(self.path.read_text(encoding="utf-8"))
-                if (m := _CREATE_TABLE.match(st.sql))]
+        return [e.table for e in sqlread.read(self.path.read_text(encoding="utf-8"))
+                if e.action == "created" and e.kind == "table" and e.table]
 
     def at_risk(self) -> list[dict[str, Any]]:
-        """What the down file would destroy: tables dropped, truncated or emptied, columns dropped."""
+        """What the down file would destroy or change, as PostgreSQL's parser reads it: tables,
+        schemas, types dropped (CASCADE noted), tables truncated or emptied, rows updated,
+        columns dropped or retyped, constraints and indexes dropped, and every statement that
+        cannot be read (``always``: it needs --accept-data-loss whatever the row counts)."""
         if not self.down:
             return []
         out: list[dict[str, Any]] = []
-        for st in split(self.down.read_text(encoding="utf-8")):
-            if m := _DROP_TABLE.match(st.sql):
-                out += [{"table": t, "what": "dropped"} for t in _names(m.group(1))]
-            elif m := _TRUNCATE.match(st.sql):
-                out += [{"table": t, "what": "truncated"} for t in _names(m.group(1))]
-            elif m := _DELETE.match(st.sql):
-                out.append({"table": qualify(m.group(1)), "what": "rows deleted"})
-            elif m := _DROP_COLUMN.match(st.sql):
-                col = m.group(2)
-                col = col[1:-1] if col.startswith('"') else col.lower()
-                out.append({"table": qualify(m.group(1)), "column": col, "what": f"column {col} dropped"})
+        for e in sqlread.at_risk(self.down.read_text(encoding="utf-8")):
+            item: dict[str, Any] = {"table": e.label if e.action != "unreadable"
+                                    else f"{self.down.name} statement {e.statement} (line {e.line})",
+                                    "what": e.describe(), "kind": e.kind, "action": e.action, "cascade": e.cascade,
+                                    "name": e.name}
+            if e.kind == "column":
+                item["table"], item["column"] = e.table, e.column
+            if e.action == "dropped" and e.kind == "table":
+                item["what"], item["gone"] = "dropped", True
+            if e.action == "unreadable":
+                item["always"] = True
+            out.append(item)
         return out
 
 
@@ -203,3 +182,71 @@ def foreign_keys_not_valid(conn: Any, schemas: tuple[str, ...]) -> list[str]:
                     "JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE con.contype = 'f' AND NOT con.convalidated AND n.nspname = ANY(%s)", (list(schemas),))
         return [f"{t}: foreign key {name} is NOT VALID" for t, name in cur.fetchall()]
+
+
+def tables_in_schema(conn: Any, schema: str) -> list[str]:
+    return tables(conn, (schema,))
+
+
+def columns_of_type(conn: Any, type_name: str) -> list[tuple[str, str]]:
+    """(table, column) of every table column of the type (or domain) ``schema.name``, arrays of
+    it included: what ``DROP TYPE ... CASCADE`` drops with it."""
+    schema, name = type_name.split(".", 1)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT n.nspname || '.' || c.relname, a.attname FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_type t ON t.oid = a.atttypid OR t.typarray = a.atttypid "
+            "JOIN pg_namespace tn ON tn.oid = t.typnamespace "
+            "WHERE tn.nspname = %s AND t.typname = %s AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
+            "AND NOT a.attisdropped ORDER BY 1, 2", (schema, name))
+        return [(t, c) for t, c in cur.fetchall()]
+
+
+def cascade_dependents(conn: Any, table: str, column: str | None = None) -> list[dict[str, Any]]:
+    """What ``DROP TABLE table CASCADE`` (or ``DROP COLUMN column CASCADE``) takes along that the
+    statement does not name, from the catalog: the foreign keys of other tables that reference it
+    (with the rows that use them) and the views and materialized views built on it."""
+    from psycopg import sql
+
+    schema, name = table.split(".", 1)
+    reg = sql.Identifier(schema, name).as_string(conn)
+    out: list[dict[str, Any]] = []
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)::oid", (reg,))
+        oid = cur.fetchone()[0]
+        if oid is None:
+            return out
+        attnum = None
+        if column is not None:
+            cur.execute("SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s AND NOT attisdropped",
+                        (oid, column))
+            row = cur.fetchone()
+            if row is None:
+                return out
+            attnum = row[0]
+        cur.execute(
+            "SELECT con.conname, n.nspname, c.relname, ARRAY(SELECT a.attname FROM unnest(con.conkey) k(n) "
+            "JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n) "
+            "FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE con.contype = 'f' AND con.confrelid = %s AND con.conrelid <> con.confrelid "
+            "AND (%s::int IS NULL OR %s::int = ANY(con.confkey)) ORDER BY 2, 3, 1", (oid, attnum, attnum))
+        for conname, sch, tab, cols in cur.fetchall():
+            cond = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in cols)
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(sch, tab), cond))
+            rows = int(cur.fetchone()[0])
+            out.append({"table": f"{sch}.{tab}", "constraint": conname, "rows": rows, "always": True,
+                        "what": f"foreign key {conname} ({', '.join(cols)} -> {table}) dropped by CASCADE; "
+                                f"{rows:,} rows reference {table}"})
+        cur.execute(
+            "SELECT DISTINCT vn.nspname, v.relname, v.relkind FROM pg_depend d "
+            "JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
+            "JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace "
+            "WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %s AND v.oid <> %s "
+            "AND (%s::int IS NULL OR d.refobjsubid = %s::int) ORDER BY 1, 2", (oid, oid, attnum, attnum))
+        for sch, view, kind in cur.fetchall():
+            label = "materialized view" if kind == "m" else "view"
+            rows = row_count(conn, f"{sch}.{view}") if kind == "m" else 0
+            out.append({"table": f"{sch}.{view}", "rows": rows or 0, "always": True,
+                        "what": f"{label} dropped by CASCADE (built on {table}{'.' + column if column else ''})"})
+    return out

@@ -39,6 +39,7 @@ from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.db import dump
 from doai_ansible.db import migrations as mig
+from doai_ansible.db import sqlread
 from doai_ansible.db.conn import DbUrl, ToolError
 from doai_ansible.db.sqlsplit import split
 from doai_ansible.errors import DoaiError, LockedError, UnreachableError, UsageError, ValidationError
@@ -122,10 +123,60 @@ def _version(value: str | None, option: str = "--to") -> str | None:
     return value
 
 
+_OBJECTS = ("index", "constraint", "view", "function", "sequence", "extension")
+
+
 def _risk_text(at_risk: list[dict[str, Any]]) -> str | None:
-    items = [f"{r['table']} ({r['what']}, {r['rows']:,} {'values' if r.get('column') else 'rows'})"
-             for r in at_risk if r.get("rows")]
+    """The plan's "data at risk": every item with rows or values, and every item that needs the
+    flag whatever its rows (a statement that cannot be read, what CASCADE takes along)."""
+    items = []
+    for r in at_risk:
+        if not (r.get("rows") or r.get("always")):
+            continue
+        what = r["what"] + (" with CASCADE" if r.get("cascade") and r.get("kind") == "table" else "")
+        if r.get("action") == "unreadable" or r.get("constraint"):
+            items.append(f"{r['table']} ({what})")
+        else:
+            items.append(f"{r['table']} ({what}, {r.get('rows') or 0:,} {'values' if r.get('column') else 'rows'})")
     return "; ".join(items) or None
+
+
+def _with_catalog(conn: Any, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One item a down file puts at risk, with its row counts and what its CASCADE takes along
+    (from the catalog, at plan time)."""
+    kind, action, cascade = r.get("kind"), r.get("action"), r.get("cascade")
+    if action == "unreadable":
+        return [dict(r, rows=0)]
+    if kind == "column":
+        out = [dict(r, rows=mig.values_in_column(conn, r["table"], r["column"]))]
+        if action == "dropped" and cascade:
+            out += mig.cascade_dependents(conn, r["table"], r["column"])
+        return out
+    if kind == "table":
+        out = [dict(r, rows=mig.row_count(conn, r["table"]) or 0)]
+        if cascade and action == "dropped":
+            out += mig.cascade_dependents(conn, r["table"])
+        elif cascade and action == "truncated":
+            out += [{"table": d["table"], "what": f"truncated by CASCADE ({d['what'].split(' dropped')[0]})",
+                     "rows": mig.row_count(conn, d["table"]) or 0, "kind": "table", "action": "truncated",
+                     "always": True} for d in mig.cascade_dependents(conn, r["table"]) if d.get("constraint")]
+        return out
+    if kind == "schema":
+        out = [dict(r, rows=0, always=bool(cascade))]
+        for t in mig.tables_in_schema(conn, r["name"]):
+            out.append({"table": t, "what": f"dropped (schema {r['name']} dropped)", "kind": "table", "action": "dropped",
+                        "gone": True, "rows": mig.row_count(conn, t) or 0, "cascade": cascade})
+            if cascade:
+                out += [d for d in mig.cascade_dependents(conn, t) if not d["table"].startswith(r["name"] + ".")]
+        return out
+    if kind == "type" and cascade:
+        out = [dict(r, rows=0)]
+        for t, c in mig.columns_of_type(conn, r["name"]):
+            out.append({"table": t, "column": c, "kind": "column", "action": "dropped", "always": True,
+                        "what": f"column {c} dropped by CASCADE (type {r['name']} dropped)",
+                        "rows": mig.values_in_column(conn, t, c)})
+        return out
+    return [dict(r, rows=0)]
 
 
 class DatabasePart(PartBase):
@@ -328,6 +379,15 @@ class DatabasePart(PartBase):
         if missing:
             raise ValidationError(f"migration(s) {', '.join(missing)} are applied but not in {db.migrations_path}",
                                   hint="run from the project's checkout at the deployed commit")
+        covered = set(db.schemas) | {dump.HISTORY_SCHEMA}
+        for v in undo:
+            m = files[v]
+            outside = sorted(sqlread.schemas_touched(m.down.read_text(encoding="utf-8")) - covered) if m.down else []
+            if outside:
+                raise ValidationError(
+                    f"{m.down.name} changes schema(s) {', '.join(outside)}, which the snapshot taken first would not "
+                    f"hold (database.schemas: {', '.join(db.schemas)}); nothing was changed",
+                    hint="add them to database.schemas (an application schema, not Supabase's own) or change the down file")
         no_down = [files[v].file_name for v in undo if files[v].down is None]
         for v in undo:
             m = files[v]
@@ -348,10 +408,17 @@ class DatabasePart(PartBase):
                           "down_file": str(m.down), "down_sha256": m.down_sha256,
                           "statements": len(split(m.down.read_text(encoding="utf-8"))), "creates": m.creates()})
             for r in m.at_risk():
-                r["rows"] = (mig.values_in_column(conn, r["table"], r["column"]) if r.get("column")
-                             else mig.row_count(conn, r["table"]) or 0)
                 r["migration"] = v
-                at_risk.append(r)
+                at_risk += [dict(x, migration=v) for x in _with_catalog(conn, r)]
+        beyond = sorted({r["table"] for r in at_risk if r.get("table") and r.get("action") != "unreadable"
+                         and r["table"].split(".", 1)[0] not in covered})
+        if beyond:
+            raise ValidationError(f"the down files would change {', '.join(beyond)} (with CASCADE), outside the schemas "
+                                  f"the snapshot holds ({', '.join(db.schemas)}); nothing was changed",
+                                  hint="add the schema to database.schemas or drop the dependent objects explicitly")
+        gone = {r["table"] for r in at_risk if r.get("gone")}
+        # A foreign key of a table that goes too is no loss of its own.
+        at_risk = [r for r in at_risk if not (r.get("constraint") and r["table"] in gone)]
         step = Step(Part.DATABASE, url.label, current, target, rule=rule,
                     details={"kind": "rollback", "migrations": items, "at_risk_tables": at_risk,
                              "tables": mig.tables(conn, db.schemas), "applied": applied, "schemas": list(db.schemas),
@@ -362,6 +429,9 @@ class DatabasePart(PartBase):
                       for i in items]
         step.notes.append("a snapshot is taken first; then one transaction (lock timeout "
                           f"{db.lock_timeout_s:g} s, statement timeout {db.statement_timeout_s:g} s)")
+        objects = [f"{r['name']} ({r['kind']})" for r in at_risk if r.get("kind") in _OBJECTS and r.get("action") == "dropped"]
+        if objects:
+            step.notes.append("objects dropped (no rows of their own): " + ", ".join(objects))
         if step.at_risk:
             step.notes.append("data at risk (below): running it needs --accept-data-loss")
         return step
@@ -522,7 +592,7 @@ class DatabasePart(PartBase):
         if applied != want:
             problems.append(f"history is {applied[-3:]}, expected {want[-3:]}")
         created = {t for i in step.details["migrations"] for t in i["creates"]}
-        dropped = {r["table"] for r in step.details["at_risk_tables"] if r["what"] == "dropped"}
+        dropped = {r["table"] for r in step.details["at_risk_tables"] if r.get("gone") or r["what"] == "dropped"}
         left = set(mig.tables(conn, tuple(db.schemas)))
         problems += [f"{t} still exists" for t in sorted(created & left)]
         problems += [f"{t} is gone" for t in sorted(set(step.details["tables"]) - created - dropped - left)]
