@@ -18,11 +18,10 @@ from typing import Any
 import click
 
 from doai_ansible import __version__, engine, render, validate
+from doai_ansible import state as state_store
 from doai_ansible import parts as parts_registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
-from doai_ansible.journal import Journal
-from doai_ansible.lock import Lock
 from doai_ansible.model import RunResult
 from doai_ansible.render import Progress, emit_json, run_text, short_ref
 from doai_ansible.settings import Settings, load_settings
@@ -37,6 +36,7 @@ class Options:
         self.config: str | None = None
         self.inventory: str | None = None
         self.state_dir: str | None = None
+        self.state_backend: str | None = None
         self.output = "text"
         self.dry_run = False
         self.yes = False
@@ -51,7 +51,8 @@ class Options:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.config, inventory=self.inventory, state_dir=self.state_dir)
+            self._settings = load_settings(self.config, inventory=self.inventory, state_dir=self.state_dir,
+                                           state_backend=self.state_backend)
         return self._settings
 
     def context(self) -> RunContext:
@@ -80,6 +81,9 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Ansible inventory (or $DOAI_INVENTORY, or the config key `inventory`; no default)."),
         click.option("--state-dir", type=click.Path(file_okay=False), expose_value=False, callback=_set("state_dir"),
                      help="Journal, locks and run logs (default: ~/.local/state/doai-rollback)."),
+        click.option("--state", type=click.Choice(["local", "postgres"]), default=None, expose_value=False,
+                     callback=_set("state_backend"), help="Where run records and locks live, for this run: local "
+                     "files, or the team's shared store ($DOAI_STATE_DATABASE_URL) (default: the setting state.backend)."),
         click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, expose_value=False,
                      callback=_set("output"), help="Result as text (default) or one JSON document on stdout."),
         click.option("--dry-run", "-n", is_flag=True, expose_value=False, callback=_set("dry_run"),
@@ -451,7 +455,7 @@ def _rerun_limit(opts: Options, part: Any, rerun: str | None, limit: str | None)
         return limit
     if limit:
         raise UsageError("--rerun-failed chooses the PCs itself: leave --limit out")
-    return str(part.rerun_limit(Journal(opts.settings().journal_path).find(validate.run_id(rerun))))
+    return str(part.rerun_limit(state_store.journal(opts.settings()).find(validate.run_id(rerun))))
 
 
 def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -663,7 +667,7 @@ def history(opts: Options, count: int, part: str | None) -> ExitStatus:
         emit_json(runs)
         return ExitStatus.OK
     if not runs:
-        click.echo(f"no runs in {opts.settings().journal_path}")
+        click.echo(f"no runs in {state_store.where(opts.settings())}")
     for r in runs:
         click.echo(f"{r['run_id']}  {r['started']}  {r['command']}{' (dry run)' if r.get('dry_run') else ''}"
                    f"  {r['exit_name']}  by {r.get('who')}" + (f"  why: {r['reason']}" if r.get("reason") else ""))
@@ -686,7 +690,7 @@ def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
     validate.run_id(run_id)
     validate.reason(reason)
     ctx = opts.context()
-    record = Journal(ctx.settings.journal_path).find(run_id)
+    record = ctx.journal.find(run_id)
     hook = confirm_hook(opts, f"Undo run {record['run_id']} as shown?")
     if record.get("command") == "system rollback":  # a service change too: the same checklist, announced, reported
         from doai_ansible import system
@@ -754,8 +758,7 @@ def lock_release(opts: Options, target: str, host: str | None, force: bool) -> E
     """Release a local lock, or with --host the lock a host keeps (after asking). With --dry-run:
     what would be released (refused as the release would be), nothing removed, nothing journaled."""
     if host is None:
-        s = opts.settings()
-        held = Lock(s.locks_dir, target, s.lock_ttl_s).release(force=force, dry_run=opts.dry_run)
+        held = state_store.lock(opts.settings(), target).release(force=force, dry_run=opts.dry_run)
         if opts.dry_run:
             line = (f"dry run: would release {target} (held by {held.owner}, pid {held.pid} on {held.host}); "
                     "nothing was changed" if held else f"dry run: {target} is not locked; nothing to release")
@@ -788,6 +791,29 @@ def lock_release(opts: Options, target: str, host: str | None, force: bool) -> E
         click.echo(f"{target} {host}: " + ("host lock released" if out["released"] else
                                            "not released: another run holds it now"))
     return ExitStatus.OK if out["released"] else ExitStatus.LOCKED
+
+
+# -- the shared state store ----------------------------------------------------------------------
+@cli.group("state")
+def state_group() -> None:
+    """The shared state store (state.backend: postgres): run records and locks for a team."""
+
+
+@state_group.command("push")
+@common_options
+@pass_opts
+@dry_run("plans")
+def state_push(opts: Options) -> ExitStatus:
+    """Add this machine's journal records (runs made with --state local, or kept locally when the
+    store went away mid-run) to the shared store, each run once: a second push adds none."""
+    out = state_store.push(opts.settings(), dry_run=opts.dry_run)
+    out.update(exit_status=int(ExitStatus.OK), exit_name=ExitStatus.OK.name)
+    if opts.json:
+        emit_json(out)
+    else:
+        click.echo(f"{'dry run: would add' if opts.dry_run else 'added'} {out['added']} run record(s) from "
+                   f"{out['journal']} to the shared store {out['store']}; {out['already']} were there already")
+    return ExitStatus.OK
 
 
 # -- diagnose ------------------------------------------------------------------------------------

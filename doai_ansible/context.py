@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from doai_ansible.journal import Journal, operator
+from doai_ansible import state
+from doai_ansible.journal import operator
 from doai_ansible.lock import Lock
 from doai_ansible.model import new_run_id
 from doai_ansible.settings import Settings, ensure_private_dir
@@ -42,11 +43,13 @@ class RunContext:
         return d
 
     @property
-    def journal(self) -> Journal:
-        return Journal(self.settings.journal_path)
+    def journal(self) -> state.JournalLike:
+        """The run records, where the settings keep them (``state.backend``: local or postgres)."""
+        return state.journal(self.settings)
 
-    def lock(self, target: str) -> Lock:
-        return Lock(self.settings.locks_dir, target, self.settings.lock_ttl_s)
+    def lock(self, target: str) -> Lock | state.PgLock:
+        """The lock of a part, where the settings keep it (a file, or the shared store's)."""
+        return state.lock(self.settings, target)
 
     def say(self, text: str) -> None:
         if self.note is not None:

@@ -29,15 +29,16 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from doai_ansible import parts as registry
+from doai_ansible import state as state_store
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, LockedError, UnreachableError, UsageError
-from doai_ansible.journal import Journal
 from doai_ansible.lock import LockInfo
 from doai_ansible.model import Outcome, RunResult, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
@@ -204,6 +205,7 @@ def _locks(ctx: RunContext, jobs: list[Job], reason: str | None, dry_run: bool) 
     """The local lock of every part of the run, taken once in a fixed order (no deadlock), then
     each part's own :meth:`~doai_ansible.part.PartBase.session` (the database's advisory lock)."""
     with contextlib.ExitStack() as stack:
+        state_store.check(ctx.settings)  # a shared store that is down stops the run here (exit 7), dry runs too
         if not dry_run:
             for target in sorted({j.part.lock_target for j in jobs}):
                 stack.enter_context(ctx.lock(target).held(owner=ctx.operator, reason=reason, run_id=ctx.run_id,
@@ -227,7 +229,8 @@ def _save_plan(ctx: RunContext, run: RunResult) -> None:
 
 def _killed_run(ctx: RunContext, held: LockInfo) -> None:
     """A run died holding the lock (its process is gone) without journaling: record it now."""
-    if not held.run_id or any(r.get("run_id") == held.run_id for r in Journal(ctx.settings.journal_path)):
+    journal = ctx.journal
+    if not held.run_id or any(r.get("run_id") == held.run_id for r in journal):
         return
     try:
         plan = json.loads((ctx.settings.runs_dir / held.run_id / PLAN_FILE).read_text(encoding="utf-8"))
@@ -236,9 +239,13 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
     if plan is not None and not plan.get("steps"):  # killed in a one-pass run: what it did is unknown
         plan["steps"] = [{"part": p, "target": "?", "from": None, "to": None, "changes": True}
                          for p in plan.get("parts", [])]
-    if plan is None:  # killed before its plan was confirmed: it changed nothing
-        message = "killed before it applied anything (found when run {} took its lock over)"
+    if plan is None and held.host != socket.gethostname():  # its plan is on its own controller
+        message = (f"KILLED (its controller {held.host} lost its lock's session; found when run {{}} took the lock "
+                   "over): whether it changed anything is unknown here; check `doai-rollback status`")
         steps: list[dict[str, Any]] = []
+    elif plan is None:  # killed before its plan was confirmed: it changed nothing
+        message = "killed before it applied anything (found when run {} took its lock over)"
+        steps = []
     else:
         message = ("KILLED DURING ITS APPLY (found when run {} took its lock over): the state of its steps is "
                    "unknown; check `doai-rollback status` and `lock status` (its host locks may remain)")
@@ -247,10 +254,10 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
                  for st in plan.get("steps", []) if st.get("changes")]
     record = dict(plan or {}, run_id=held.run_id, exit_status=int(ExitStatus.INTERRUPTED),
                   exit_name=ExitStatus.INTERRUPTED.name, message=message.format(ctx.run_id), steps=steps,
-                  finished=utcnow(), who=(plan or {}).get("who") or held.owner)
+                  finished=utcnow(), who=(plan or {}).get("who") or held.owner, found_killed_by=ctx.run_id)
     record.setdefault("command", "(unknown command)")
     record.setdefault("started", held.to_dict()["acquired_iso"])
-    Journal(ctx.settings.journal_path).append_record(record)
+    journal.append_record(record)
     ctx.warn(f"run {held.run_id} by {held.owner} was killed and had not been journaled: " + message.format(ctx.run_id))
 
 
@@ -551,7 +558,7 @@ def _close(ctx: RunContext, run: RunResult) -> None:
     try:
         ctx.journal.append(run, who=ctx.operator)
     except OSError as exc:  # the run happened; losing its record must be loud, not fatal
-        log.error("could not write the journal %s: %s", ctx.settings.journal_path, exc)
+        log.error("could not write the journal %s: %s", state_store.where(ctx.settings), exc)
         run.warnings.append(f"NOT JOURNALED: {exc}")
 
 
@@ -589,7 +596,7 @@ def undo_jobs(record: dict[str, Any], *, reason: str | None = None) -> list[Job]
 def undo(ctx: RunContext, run_id: str, *, reason: str | None, dry_run: bool = False,
          confirm: ConfirmHook | None = None) -> RunResult:
     """Roll the parts of run ``run_id`` forward to the state it found, newest part first."""
-    record = Journal(ctx.settings.journal_path).find(validate.run_id(run_id))
+    record = ctx.journal.find(validate.run_id(run_id))
     jobs = undo_jobs(record, reason=reason)
     return run(ctx, jobs, command=f"undo {record['run_id']}", reason=reason or f"undo {record['run_id']}",
                dry_run=dry_run, confirm=confirm, reverse=True)
@@ -598,7 +605,7 @@ def undo(ctx: RunContext, run_id: str, *, reason: str | None, dry_run: bool = Fa
 def history(ctx: RunContext, *, limit: int = 20, part: str | None = None) -> list[dict[str, Any]]:
     if part is not None:
         registry.get(part)  # a part that does not exist is a usage error
-    return Journal(ctx.settings.journal_path).runs(limit=limit, part=part)
+    return ctx.journal.runs(limit=limit, part=part)
 
 
 # -- locks ---------------------------------------------------------------------------------------------
@@ -606,12 +613,10 @@ def locks(ctx: RunContext, *, hosts: bool = True) -> dict[str, Any]:
     """Every lock: the local ones, and (``hosts``) those the parts' hosts hold, each with whether
     the run that holds it is still alive from this controller's view (``alive``, ``finished``:
     journaled, so the lock is left over, or ``unknown``: another controller, or a killed run)."""
-    from doai_ansible.lock import all_locks
-
-    local = all_locks(ctx.settings.locks_dir, ctx.settings.lock_ttl_s)
+    local = state_store.locks(ctx.settings)
     live_runs = {info.run_id for info, stale in local if not stale and info.run_id}
     # A journaled run has ended; so has one whose local lock outlived its process (killed).
-    journaled = {r.get("run_id") for r in Journal(ctx.settings.journal_path)}
+    journaled = {r.get("run_id") for r in ctx.journal}
     journaled |= {info.run_id for info, stale in local if stale and info.run_id}
     out: dict[str, Any] = {"local": [dict(i.to_dict(), stale=stale) for i, stale in local], "hosts": []}
     for part in registry.all_parts() if hosts else []:

@@ -27,7 +27,8 @@ CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
 
 # Environment variables that hold secrets. They are read here, and scrubbed from every child
 # process environment (ansible-runner writes its environment into its artifacts).
-SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD", "DOAI_WEBHOOK_URL")
+SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD", "DOAI_WEBHOOK_URL",
+              "DOAI_STATE_DATABASE_URL")
 # `_PASS` at the end is Ansible's spelling of a password in env (ANSIBLE_BECOME_PASS, ANSIBLE_SUDO_PASS);
 # `ASK_PASS`, `ASK_VAULT_PASS` are only the switches that make it prompt.
 _SECRET_NAME_RE = re.compile(
@@ -312,6 +313,9 @@ class DatabaseSettings:
             raise ConfigError("database.schemas", "must be a list of schema names (lower case)")
         if set(schemas) & {"auth", "storage", "supabase_migrations", "pg_catalog", "information_schema"}:
             raise ConfigError("database.schemas", "lists a schema Supabase manages; name the application's own")
+        if STATE_SCHEMA in schemas:
+            raise ConfigError("database.schemas", f"lists {STATE_SCHEMA}, the shared state store's own schema (run "
+                              "records and locks): a database rollback or restore never touches it")
         for key in ("migrations_dir", "rollbacks_dir"):
             value = d.get(key, getattr(cls, key))
             if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/"):
@@ -331,6 +335,39 @@ class DatabaseSettings:
 
 
 _ENV_NAME_RE = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+
+#: The schema of the shared state store (doai_ansible.state); never one of the application's.
+STATE_SCHEMA = "doai_rollback"
+STATE_BACKENDS = ("local", "postgres")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSettings:
+    """Where run records and locks live (``state:`` in the config file, see doai_ansible.state):
+    ``local`` files under the state dir, or a ``postgres`` store shared by a team, its URL (a
+    secret) only from ``DOAI_STATE_DATABASE_URL``."""
+
+    backend: str = "local"
+    url: Secret | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any], env: Mapping[str, str], override: str | None = None) -> StateSettings:
+        d = dict(data or {})
+        if "url" in d:
+            raise ConfigError("state.url", "must not be in the config file: it holds a password",
+                              hint="export DOAI_STATE_DATABASE_URL instead")
+        unknown = set(d) - {"backend"}
+        if unknown:
+            raise ConfigError(f"state.{min(unknown)}", "unknown setting", hint="known: backend")
+        value = override or env.get("DOAI_STATE_BACKEND") or d.get("backend", cls.backend)
+        if value not in STATE_BACKENDS:
+            raise ConfigError("state.backend", f"{value!r} is not one of {', '.join(STATE_BACKENDS)}")
+        url = env.get("DOAI_STATE_DATABASE_URL")
+        if value == "postgres" and not url:
+            raise ConfigError("DOAI_STATE_DATABASE_URL", "environment variable is not set, and state.backend is "
+                              "postgres", hint="export DOAI_STATE_DATABASE_URL=postgresql://user:password@host:5432/db "
+                              "(never on a command line), or use --state local")
+        return cls(backend=value, url=Secret(url) if url else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,6 +518,7 @@ class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     system: SystemSettings = dataclasses.field(default_factory=SystemSettings)
     diagnose: DiagnoseSettings = dataclasses.field(default_factory=DiagnoseSettings)
+    state: StateSettings = dataclasses.field(default_factory=StateSettings)
 
     @property
     def snapshot_dir(self) -> Path:
@@ -540,7 +578,7 @@ def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     return user if user.is_file() else None
 
 
-TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database", "system", "diagnose"}
+TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database", "system", "diagnose", "state"}
 
 
 def load_settings(
@@ -549,6 +587,7 @@ def load_settings(
     inventory: str | os.PathLike[str] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    state_backend: str | None = None,
 ) -> Settings:
     """Build the settings: defaults < config file < environment < explicit arguments (flags)."""
     env = os.environ if env is None else env
@@ -608,6 +647,7 @@ def load_settings(
         database=DatabaseSettings.build(_mapping("database", data.get("database")), env, base),
         system=SystemSettings.build(_mapping("system", data.get("system")), env, base),
         diagnose=DiagnoseSettings.build(_mapping("diagnose", data.get("diagnose"))),
+        state=StateSettings.build(_mapping("state", data.get("state")), env, state_backend),
     )
 
 

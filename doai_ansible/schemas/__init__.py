@@ -44,6 +44,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("diagnose", "migration-failure"): "diagnose",
     ("diagnose", "agent-connection"): "diagnose",
     ("demo",): "demo",
+    ("state", "push"): "state_push",
 }
 
 

@@ -1,0 +1,236 @@
+"""The shared state backend (state.backend: postgres) with a real PostgreSQL (the pg rig) and the
+real PM2 backend rig: two controllers with separate state dirs and one DOAI_STATE_DATABASE_URL
+share the run records and the part locks."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from doai_ansible import engine, state
+from doai_ansible.context import RunContext
+from doai_ansible.parts import get as get_part
+from doai_ansible.sandbox.pg_rig import PgRig
+from doai_ansible.settings import load_settings
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def state_db(pg_server) -> Iterator[tuple[str, str]]:
+    """A database of its own on the session's PostgreSQL for the shared store, and a role of its
+    own whose password is a canary: (url, password). Dropped at the end."""
+    name = "doai_state_" + secrets.token_hex(4)
+    role = "state_" + secrets.token_hex(4)
+    password = "canary-state-" + secrets.token_hex(8)
+    pg_server.sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'", dbname="postgres")
+    pg_server.sql(f"CREATE DATABASE {name} OWNER {role}", dbname="postgres")
+    try:
+        yield f"postgresql://{role}:{password}@127.0.0.1:{pg_server.port}/{name}?sslmode=disable", password
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", dbname="postgres")
+        pg_server.sql(f"DROP ROLE IF EXISTS {role}", dbname="postgres")
+
+
+def controller(tmp_path: Path, name: str, url: str, **extra: str) -> dict[str, str]:
+    """The environment of one controller: its own state dir, the shared store's URL."""
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    return {"DOAI_STATE_DIR": str(d), "DOAI_STATE_DATABASE_URL": url, "DOAI_STATE_BACKEND": "postgres", **extra}
+
+
+def store_rows(pg_server, url: str) -> list[dict]:
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    return [r[0] for r in pg_server.sql("SELECT record FROM doai_rollback.runs ORDER BY seq", dbname=dbname)]
+
+
+def test_a_run_of_one_controller_is_listed_and_undone_by_another(sandbox, state_db, tmp_path):
+    sb = sandbox
+    url, _ = state_db
+    a = controller(tmp_path, "ci", url, DOAI_INVENTORY=str(sb.inventory), DOAI_OPERATOR="ci-job")
+    b = controller(tmp_path, "laptop", url, DOAI_INVENTORY=str(sb.inventory), DOAI_OPERATOR="alice@laptop")
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], "--reason", "deploy 42", "-o", "json",
+                  env=a)
+    assert res.code == 0, res.stderr
+    run_id = res.json()["run_id"]
+    assert sb.head() == sb.commits["v2"]
+    assert not (tmp_path / "ci" / "journal.jsonl").exists()  # the record is in the shared store only
+
+    hist = run_cli("history", "-o", "json", env=b)
+    assert hist.code == 0, hist.stderr
+    assert hist.json()[0]["run_id"] == run_id and hist.json()[0]["who"] == "ci-job"
+    assert hist.json()[0]["log_dir"].startswith(str(tmp_path / "ci"))  # the logs stay where they were written
+
+    undo = run_cli("undo", run_id[:18], "--yes", "-o", "json", env=b)
+    assert undo.code == 0, undo.stderr + undo.stdout
+    assert sb.head() == sb.commits["v3"]
+    seen = run_cli("history", "-o", "json", env=a).json()
+    assert [r["run_id"] for r in seen[:2]] == [undo.json()["run_id"], run_id]
+    assert seen[0]["who"] == "alice@laptop"
+
+
+def test_a_lock_held_by_another_controller_refuses_the_run(sandbox, state_db, tmp_path):
+    """Controller A (this test, through the same code as the CLI) holds the backend's lock in the
+    shared store; controller B, with a state dir of its own, exits 5 naming A and changes nothing."""
+    sb = sandbox
+    url, _ = state_db
+    b = controller(tmp_path, "laptop", url, DOAI_INVENTORY=str(sb.inventory))
+    settings_a = load_settings(env=controller(tmp_path, "ci", url))
+    with state.lock(settings_a, "backend").held(owner="ci-job@runner", reason="deploy 42 failed",
+                                                run_id="20261206T000000Z-aaaaaa"):
+        res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o", "json", env=b)
+        assert res.code == 5, res.stderr + res.stdout
+        assert "ci-job@runner" in res.json()["message"] and "deploy 42 failed" in res.json()["message"]
+        assert sb.head() == sb.commits["v3"]
+        st = run_cli("lock", "status", "--local", "-o", "json", env=b)
+        assert st.code == 5 and st.json()["local"][0]["owner"] == "ci-job@runner"
+        assert run_cli("lock", "release", "backend", env=b).code == 5  # a live holder: refused
+    assert sb.head() == sb.commits["v3"]
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], env=b)
+    assert res.code == 0, res.stderr
+    assert run_cli("lock", "status", "--local", env=b).stdout.strip() == "no locks held"
+
+
+def test_a_controller_that_dies_leaves_a_row_the_next_run_records(state_db, tmp_path):
+    """A holder whose session ended (its controller died) no longer blocks anyone; the next run
+    takes the lock and records the dead run, once."""
+    url, _ = state_db
+    settings = load_settings(env=controller(tmp_path, "ci", url))
+    lk = state.lock(settings, "dashboard")
+    st = state.store(settings)
+    st.ready()
+    with st.session() as conn:  # what a killed controller leaves: the row, and no session holding the lock
+        conn.execute("INSERT INTO doai_rollback.locks (target, owner, pid, host, acquired, reason, run_id, "
+                     "backend_pid) VALUES ('dashboard', 'bob@far', 4242, 'far-away', 1, 'x', "
+                     "'20261206T000000Z-bbbbbb', 1)")
+    (info, stale), = state.locks(settings)
+    assert info.owner == "bob@far" and stale
+    ctx = RunContext.create(settings)
+    with lk.held(owner="me", reason=None, run_id=ctx.run_id,
+                 on_takeover=lambda held: engine._killed_run(ctx, held)):
+        pass
+    (rec,) = [r for r in state.journal(settings) if r["run_id"] == "20261206T000000Z-bbbbbb"]
+    assert rec["exit_name"] == "INTERRUPTED" and "far-away" in rec["message"]
+    assert state.locks(settings) == []
+
+
+def test_the_store_unreachable_stops_the_run_then_local_then_push_once(sandbox, state_db, tmp_path):
+    sb = sandbox
+    url, password = state_db
+    closed = url.replace(url.split("@")[1].split("/")[0], f"127.0.0.1:{_closed_port()}")
+    env = controller(tmp_path, "laptop", closed, DOAI_INVENTORY=str(sb.inventory))
+    res = run_cli("backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o", "json", env=env)
+    assert res.code == 7, res.stderr + res.stdout
+    assert "--state local" in res.json()["hint"]
+    assert sb.head() == sb.commits["v3"]  # nothing changed
+    assert password not in res.stdout + res.stderr
+
+    local = run_cli("--state", "local", "backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o", "json",
+                    env=env)
+    assert local.code == 0, local.stderr
+    assert sb.head() == sb.commits["v2"]
+    journal = tmp_path / "laptop" / "journal.jsonl"
+    ids = [json.loads(line)["run_id"] for line in journal.read_text().splitlines()]
+    assert local.json()["run_id"] in ids
+
+    env["DOAI_STATE_DATABASE_URL"] = url  # the store is back
+    pushed = run_cli("state", "push", "-o", "json", env=env)
+    assert pushed.code == 0, pushed.stderr
+    assert pushed.json()["added"] == len(ids) and pushed.json()["already"] == 0
+    again = run_cli("state", "push", env=env)
+    assert again.code == 0 and "added 0 run record(s)" in again.stdout, again.stdout
+    hist = run_cli("history", "-o", "json", env=env).json()
+    assert [r["run_id"] for r in hist].count(local.json()["run_id"]) == 1
+
+
+def _closed_port() -> int:
+    from doai_ansible.sandbox.rig import free_port
+
+    return free_port()  # bound, then closed: nothing listens there
+
+
+def test_the_store_gone_mid_run_keeps_the_record_locally_and_says_so(pg_rig, state_db, tmp_path):
+    """After the locks, before the record is written, the store goes away (its role may no longer
+    log in, its sessions ended): the run's record is in the local journal, the run says so, and
+    `state push` adds it."""
+    url, _ = state_db
+    role = url.split("//")[1].split(":")[0]
+    project = PgRig.project(tmp_path / "project")
+    env = controller(tmp_path, "ci", url, DOAI_DATABASE_URL=pg_rig.url, DOAI_DATABASE_PROJECT_DIR=str(project))
+    ctx = RunContext.create(load_settings(env=env))
+    part = get_part("database")
+    job = engine.Job(part, part.request(last=1, accept_data_loss=True))
+
+    def store_gone(run) -> None:
+        pg_rig.sql(f"ALTER ROLE {role} NOLOGIN", dbname="postgres")
+        pg_rig.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", role,
+                   dbname="postgres")
+
+    run = engine.run(ctx, [job], command="database rollback", reason="mid-run", before_close=store_gone)
+    assert run.exit_status == 0, run.message
+    journal = tmp_path / "ci" / "journal.jsonl"
+    assert [w for w in run.warnings if "NOT in the shared store" in w and str(journal) in w
+            and "state push" in w]
+    (rec,) = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert rec["run_id"] == run.run_id
+
+    pg_rig.sql(f"ALTER ROLE {role} LOGIN", dbname="postgres")
+    pushed = run_cli("state", "push", "-o", "json", env=env)
+    assert pushed.code == 0 and pushed.json()["added"] == 1, pushed.stderr + pushed.stdout
+    assert [r["run_id"] for r in store_rows(pg_rig, url)] == [run.run_id]
+
+
+def test_database_rollback_and_restore_leave_the_state_schema_alone(pg_rig, tmp_path):
+    """The store in the Supabase project's own database: the database part's snapshot, rollback and
+    restore never touch the schema doai_rollback."""
+    project = PgRig.project(tmp_path / "project")
+    env = {"DOAI_STATE_DIR": str(tmp_path / "st"), "DOAI_STATE_DATABASE_URL": pg_rig.url,
+           "DOAI_DATABASE_URL": pg_rig.url, "DOAI_DATABASE_PROJECT_DIR": str(project)}
+    (tmp_path / "st").mkdir()
+    rb = run_cli("--state", "postgres", "database", "rollback", "--last", "1", "--accept-data-loss", "--yes",
+                 "-o", "json", env=env)
+    assert rb.code == 0, rb.stderr + rb.stdout
+    before = pg_rig.sql("SELECT run_id, record FROM doai_rollback.runs ORDER BY seq")
+    assert [r[0] for r in before] == [rb.json()["run_id"]]
+    snaps = sorted((tmp_path / "st" / "snapshots").glob("*.dump"))
+    assert snaps
+    manifest = json.loads(snaps[0].with_suffix(".json").read_text())
+    assert "doai_rollback" not in manifest["schemas"]
+    rs = run_cli("--state", "postgres", "database", "restore", str(snaps[0]), "--yes", "-o", "json", env=env)
+    assert rs.code == 0, rs.stderr + rs.stdout
+    assert all("doai_rollback" not in (s.get("at_risk") or "") for s in rs.json()["steps"])
+    after = pg_rig.sql("SELECT run_id, record FROM doai_rollback.runs ORDER BY seq")
+    assert after[:1] == before and [r[0] for r in after[1:]] == [rs.json()["run_id"]]
+    assert pg_rig.sql("SELECT value FROM doai_rollback.meta WHERE key = 'schema_version'") == [
+        (str(state.SCHEMA_VERSION),)]
+
+
+def test_the_store_password_never_leaks(sandbox, pg_server, state_db, tmp_path):
+    """The URL's password (a canary): not in stdout/stderr of any command, the journal, the run
+    logs or ansible-runner's artifacts."""
+    sb = sandbox
+    url, password = state_db
+    env = controller(tmp_path, "ci", url, DOAI_INVENTORY=str(sb.inventory), DOAI_KEEP_ARTIFACTS="1")
+    bad = dict(env, DOAI_STATE_DATABASE_URL=url.replace(":canary", ":wrong-canary"))
+    outputs = [
+        run_cli("-v", "backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o", "json", env=env),
+        run_cli("history", env=env), run_cli("lock", "status", "--local", env=env),
+        run_cli("history", env=bad),  # a wrong password: the error must not echo the URL's
+        run_cli("--state", "local", "backend", "rollback", "--yes", "--to", sb.commits["v3"], env=env),
+        run_cli("state", "push", env=env),
+    ]
+    assert outputs[0].code == 0, outputs[0].stderr
+    assert outputs[3].code == 7 and "--state local" in outputs[3].stderr
+    for res in outputs:
+        assert password not in res.stdout + res.stderr
+    files = [p for p in (tmp_path / "ci").rglob("*") if p.is_file()]
+    assert any(p.name == "command" for p in files)  # ansible-runner's record of its environment
+    for p in files:
+        assert password.encode() not in p.read_bytes(), p
+    rows = store_rows(pg_server, url)
+    assert len(rows) == 2 and password not in json.dumps(rows)
