@@ -147,9 +147,23 @@ class PartBase(abc.ABC):
     def recheck(self, ctx: RunContext, steps: list[Step], request: Request) -> None:
         """Raise (ValidationError, LockedError, UnreachableError) when the live state moved since
         the plan. The engine calls it for every part but the first to change, once the plan is
-        confirmed and before the first change of the run; cheap reads only. The default reads
-        nothing: such a part's apply checks its pins itself (and says so in the README)."""
-        return None
+        confirmed and before the first change of the run (all at once). The default plans again
+        and compares every target's from and to with the plan's; a part with a cheaper read of
+        its pins overrides it."""
+        from doai_ansible.errors import ValidationError
+
+        again = {s.target: s for s in self.plan(ctx, request)}
+        moved = []
+        for s in steps:
+            now = again.get(s.target)
+            if now is None:
+                moved.append(f"{s.target}: no longer planned")
+            elif (now.current, now.desired) != (s.current, s.desired):
+                moved.append(f"{s.target}: {_short(s.current)} -> {_short(s.desired)} planned, "
+                             f"now {_short(now.current)} -> {_short(now.desired)}")
+        if moved:
+            raise ValidationError("moved since the plan: " + "; ".join(moved) + "; nothing was changed",
+                                  hint="someone changed it meanwhile: plan again")
 
     def blocks_next(self, results: list[StepResult], request: Request) -> bool:
         """Whether these apply results stop the parts after this one in a multi-part run. By
@@ -180,3 +194,8 @@ class PartBase(abc.ABC):
     def steps_of(self, record: Mapping[str, Any], outcome: str = "succeeded") -> list[Mapping[str, Any]]:
         """The journaled steps of this part with the given outcome."""
         return [s for s in record.get("steps", []) if s.get("part") == self.name and s.get("outcome") == outcome]
+
+
+def _short(value: str | None) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 40 and all(c in "0123456789abcdef" for c in text) else text

@@ -188,7 +188,10 @@ class DatabasePart(PartBase):
         self._run_locks: dict[str, Any] = {}
 
     def _url(self, ctx: RunContext) -> DbUrl:
-        return DbUrl.parse(ctx.settings.database.url)
+        url = DbUrl.parse(ctx.settings.database.url)
+        if url.tls.warning:  # the operator weakened TLS to a remote database: said in every run, journaled
+            ctx.warn(url.tls.warning)
+        return url
 
     def configured(self, ctx: RunContext) -> bool:
         db = ctx.settings.database

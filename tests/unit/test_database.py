@@ -142,10 +142,13 @@ def test_bad_url_parameter_values_are_configuration_errors(query):
         url(f"postgresql://u:p@h:5432/d?{query}")
 
 
-def test_url_parameters_reach_the_client_tools_too():
-    u = url("postgresql://u:p@h:5432/d?sslmode=verify-full&options=-c%20search_path%3Dapp&connect_timeout=3")
+def test_url_parameters_reach_the_client_tools_too(tmp_path):
+    (tmp_path / "ca.crt").write_text("a CA")
+    u = url(f"postgresql://u:p@h:5432/d?sslmode=verify-full&options=-c%20search_path%3Dapp&connect_timeout=3"
+            f"&sslrootcert={tmp_path}/ca.crt")
     with u.client_env() as env:
         assert env["PGSSLMODE"] == "verify-full" and env["PGOPTIONS"] == "-c search_path=app"
+        assert env["PGSSLROOTCERT"] == f"{tmp_path}/ca.crt"
         assert env["PGCONNECT_TIMEOUT"] == "3"
 
 

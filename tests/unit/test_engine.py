@@ -103,10 +103,28 @@ def test_applies_in_runbook_order_under_one_run_id(ctx):
     assert run.exit_status is ExitStatus.OK
     # every part planned (at once: in any order) before the first apply; applied in the runbook's order
     assert sorted(calls[:3]) == ["plan agent", "plan backend", "plan dashboard"]
-    assert calls[3:] == ["apply agent", "apply backend", "apply dashboard"]
+    # then every part but the first to change is planned again (nothing moved), before the first apply
+    assert sorted(calls[3:5]) == ["plan backend", "plan dashboard"]
+    assert calls[5:] == ["apply agent", "apply backend", "apply dashboard"]
     records = journal(ctx)
     assert len(records) == 1 and records[0]["run_id"] == ctx.run_id
     assert [s["outcome"] for s in records[0]["steps"]] == ["succeeded"] * 3
+
+
+def test_a_part_that_moved_since_the_plan_refuses_before_the_first_change(ctx):
+    """The default re-check plans again: the backend's live commit moved after the plan (someone
+    deployed while the operator read it): refused before the agent, the first part, changes."""
+    calls: list[str] = []
+    agent, back = FakePart(Part.AGENT, calls), FakePart(Part.BACKEND, calls)
+
+    def confirm(plan):
+        back.live = "v9"  # a deploy lands while the plan is on screen
+        return True
+
+    run = engine.run(ctx, jobs(agent, back), command="system rollback", reason="test", confirm=confirm)
+    assert run.exit_status is ExitStatus.USAGE, run.message
+    assert "backend: moved since the plan: t: v3 -> v2 planned, now v9 -> v2" in run.message
+    assert not [c for c in calls if c.startswith("apply")]
 
 
 def test_stops_at_first_failure_and_reverts_in_reverse(ctx):
@@ -247,7 +265,8 @@ def test_undo_plan_from_the_journal(ctx, monkeypatch):
     calls.clear()
     undo = engine.run(ctx2, undo_jobs, command=f"undo {run.run_id}", reason=None, reverse=True)
     assert undo.exit_status is ExitStatus.OK and back.live == dash.live == "v3"
-    assert sorted(calls[:2]) == ["plan backend", "plan dashboard"] and calls[2:] == ["apply dashboard", "apply backend"]
+    assert sorted(calls[:2]) == ["plan backend", "plan dashboard"] and calls[2:] == [
+        "plan backend", "apply dashboard", "apply backend"]  # undo: newest part first; the later one re-read
 
 
 def test_undo_of_a_run_that_changed_nothing(ctx, monkeypatch):
