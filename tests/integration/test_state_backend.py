@@ -5,7 +5,12 @@ share the run records and the part locks."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,26 +101,57 @@ def test_a_lock_held_by_another_controller_refuses_the_run(sandbox, state_db, tm
     assert run_cli("lock", "status", "--local", env=b).stdout.strip() == "no locks held"
 
 
-def test_a_controller_that_dies_leaves_a_row_the_next_run_records(state_db, tmp_path):
-    """A holder whose session ended (its controller died) no longer blocks anyone; the next run
-    takes the lock and records the dead run, once."""
+_KILLED_HOLDER = """
+import os, signal
+from doai_ansible import state
+from doai_ansible.settings import load_settings
+with state.lock(load_settings(), "dashboard").held(owner="bob@far", reason="killed mid-run",
+                                                   run_id="20261206T000000Z-bbbbbb"):
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_holder(pg_server, env: dict[str, str], dbname: str) -> None:
+    """A controller that takes the dashboard's lock in the shared store and is SIGKILLed holding
+    it; returns once PostgreSQL has ended its session."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_HOLDER], env=dict(full, **env), check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    for _ in range(600):  # its server process notices the closed socket and ends, releasing the lock
+        if not pg_server.sql("SELECT 1 FROM pg_stat_activity WHERE datname = %s AND application_name LIKE "
+                             "'doai-rollback-state 20261206T000000Z-bbbbbb%%'", dbname, dbname="postgres"):
+            return
+        time.sleep(0.05)
+    pytest.fail("the killed controller's session did not end")
+
+
+def test_a_controller_that_dies_releases_its_lock_and_the_next_run_records_it(pg_server, state_db, tmp_path):
+    """SIGKILLed holding the lock: PostgreSQL ends its session and the lock with it; its row
+    says who it was (stale), `lock release` removes the row, and a run that takes the lock over
+    records the dead run, once."""
     url, _ = state_db
-    settings = load_settings(env=controller(tmp_path, "ci", url))
-    lk = state.lock(settings, "dashboard")
-    st = state.store(settings)
-    st.ready()
-    with st.session() as conn:  # what a killed controller leaves: the row, and no session holding the lock
-        conn.execute("INSERT INTO doai_rollback.locks (target, owner, pid, host, acquired, reason, run_id, "
-                     "backend_pid) VALUES ('dashboard', 'bob@far', 4242, 'far-away', 1, 'x', "
-                     "'20261206T000000Z-bbbbbb', 1)")
-    (info, stale), = state.locks(settings)
-    assert info.owner == "bob@far" and stale
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    a = controller(tmp_path, "ci", url)
+    b = controller(tmp_path, "laptop", url)
+    _killed_holder(pg_server, a, dbname)
+    st = run_cli("lock", "status", "--local", "-o", "json", env=b)
+    assert st.code == 0, st.stdout + st.stderr  # nobody holds it any more
+    (row,) = st.json()["local"]
+    assert row["owner"] == "bob@far" and row["stale"] and row["reason"] == "killed mid-run"
+    rel = run_cli("lock", "release", "dashboard", env=b)
+    assert rel.code == 0 and "released dashboard (held by bob@far)" in rel.stdout, rel.stdout + rel.stderr
+    assert run_cli("lock", "status", "--local", env=b).stdout.strip() == "no locks held"
+
+    _killed_holder(pg_server, a, dbname)
+    settings = load_settings(env=b)
     ctx = RunContext.create(settings)
-    with lk.held(owner="me", reason=None, run_id=ctx.run_id,
-                 on_takeover=lambda held: engine._killed_run(ctx, held)):
-        pass
-    (rec,) = [r for r in state.journal(settings) if r["run_id"] == "20261206T000000Z-bbbbbb"]
-    assert rec["exit_name"] == "INTERRUPTED" and "far-away" in rec["message"]
+    for _ in range(2):
+        with state.lock(settings, "dashboard").held(owner="me", reason=None, run_id=ctx.run_id,
+                                                    on_takeover=lambda held: engine._killed_run(ctx, held)):
+            pass
+    recs = [r for r in state.journal(settings) if r["run_id"] == "20261206T000000Z-bbbbbb"]
+    assert len(recs) == 1 and recs[0]["exit_name"] == "INTERRUPTED" and recs[0]["who"] == "bob@far"
     assert state.locks(settings) == []
 
 
