@@ -31,6 +31,13 @@ def _require(inventory: Path | None) -> Path:
     return inventory
 
 
+# What the in-process read may run: parsers of static files, which read no environment and run
+# nothing. An inventory script or plugin (it could read the environment, or run a program that
+# inherits it) is read by ansible-inventory, in the allow-listed environment ansible-playbook gets.
+_STATIC_PARSERS = ["yaml", "ini", "toml"]
+_STATIC_VARS = ["host_group_vars"]
+
+
 def _in_process(inventory: Path, group: str, limit: str | None) -> dict[str, dict[str, Any]]:
     from ansible import constants
     from ansible.inventory.manager import InventoryManager
@@ -41,6 +48,12 @@ def _in_process(inventory: Path, group: str, limit: str | None) -> dict[str, dic
     # matches nothing is an answer here (no hosts), not a warning Ansible should print on our
     # stderr ("Could not match supplied host pattern"): the caller says what it means.
     constants.HOST_PATTERN_MISMATCH = "ignore"
+    # Static files only (see _STATIC_PARSERS): a source they cannot parse raises, and the
+    # caller reads it with ansible-inventory instead.
+    constants.INVENTORY_ENABLED = list(_STATIC_PARSERS)
+    constants.VARIABLE_PLUGINS_ENABLED = list(_STATIC_VARS)
+    constants.INVENTORY_UNPARSED_IS_FAILED = True
+    constants.INVENTORY_ANY_UNPARSED_IS_FAILED = True
     loader = DataLoader()
     inv = InventoryManager(loader=loader, sources=[str(inventory)])
     if limit:
@@ -54,9 +67,10 @@ def _by_command(inventory: Path, group: str, limit: str | None) -> dict[str, dic
 
     exe = Path(ansible_playbook_bin()).with_name("ansible-inventory")
     argv = [str(exe), "-i", str(inventory), "--list", "--export"] + (["--limit", limit] if limit else [])
-    from doai_ansible.settings import is_secret_env_name
+    from doai_ansible.runner import child_env
 
-    env = {k: v for k, v in os.environ.items() if not is_secret_env_name(k)}  # an inventory script gets no secret
+    env = child_env()  # as ansible-playbook's: an inventory script or plugin gets no secret
+    env["PATH"] = str(exe.parent) + os.pathsep + env.get("PATH", os.defpath)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True,
                          env={**env, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore"}).stdout
     data = json.loads(out)
@@ -88,6 +102,8 @@ def group_vars(inventory: Path | None, group: str, limit: str | None = None) -> 
     """host -> its variables, for the hosts of ``group`` that ``limit`` selects."""
     inventory = _require(inventory)
     try:
+        if not _static_only(inventory):
+            raise LookupError("an inventory script or plugin: read by ansible-inventory")
         return _in_process(inventory, group, limit)
     except Exception:  # noqa: BLE001 - anything the in-process read cannot do, the CLI can
         try:
@@ -105,6 +121,20 @@ def _sources(inventory: Path) -> list[Path]:
         if (base / sub).is_dir():
             files += [p for p in (base / sub).rglob("*") if p.is_file()]
     return files
+
+
+def _static_only(inventory: Path) -> bool:
+    """Whether every file of the inventory is data the in-process read may parse: no script
+    (an executable file starting with ``#!``), no plugin configuration (``plugin:``)."""
+    try:
+        for path in _sources(inventory):
+            with path.open("rb") as fh:
+                head = fh.read(1 << 16)
+            if (os.access(path, os.X_OK) and head.startswith(b"#!")) or b"plugin:" in head:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def declares_modes(inventory: Path | None) -> bool:

@@ -3,8 +3,9 @@
 - a fresh private data dir per run (mode 0700), removed afterwards unless artifacts are kept
   on purpose (``keep_artifacts``) for forensics;
 - extra vars go to ``env/extravars`` in that dir, never on the command line, and may not hold
-  a :class:`~doai_ansible.settings.Secret`; secret-named variables are scrubbed from the child
-  environment (ansible-runner writes the whole environment into ``artifacts/*/command``);
+  a :class:`~doai_ansible.settings.Secret`; the child environment is an allow-list
+  (:func:`child_env_allowed`: no secret-named variable, nothing Ansible does not need), since
+  ansible-runner writes the whole environment into ``artifacts/*/command``;
 - secrets a playbook needs travel only as answers to Ansible's own prompts (see
   :func:`run_playbook`'s ``secrets``): in memory, through the pseudo-terminal;
 - SSH host keys are always checked; a targeted host whose inventory turns that off is
@@ -31,6 +32,7 @@ from typing import Any
 
 from doai_ansible.ansible_plugins import CALLBACK_DIR, HOST_KEY_AUDIT, HOST_KEY_AUDIT_FILE_ENV
 from doai_ansible.errors import PlaybookError, UsageError
+from doai_ansible.secrets import url_has_password
 from doai_ansible.settings import Secret, Settings, ensure_private_dir, is_secret_env_name
 
 log = logging.getLogger(__name__)
@@ -221,6 +223,37 @@ def ansible_env(settings: Settings, private_dir: Path) -> dict[str, str]:
     }
 
 
+# The child environment is an allow-list: these names of the caller's environment (and ANSIBLE_*),
+# never a secret-named one nor a value with a password in a URL (a proxy's); ansible-runner's own
+# variables; and ansible_env's. Credentials for the hosts travel as prompts' answers (run_playbook).
+CHILD_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM",
+    # SSH keys in an agent; Kerberos for WinRM; CA bundles for WinRM over HTTPS; proxies.
+    "SSH_AUTH_SOCK", "KRB5CCNAME", "KRB5_CONFIG", "KRB5_KTNAME", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
+    "SSL_CERT_DIR", "CURL_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+    "NO_PROXY", "VIRTUAL_ENV",
+})
+CHILD_ENV_PREFIXES = ("LC_", "ANSIBLE_")
+RUNNER_ENV = frozenset({
+    "AWX_ISOLATED_DATA_DIR", "AWX_LIB_DIRECTORY", "RUNNER_OMIT_EVENTS", "RUNNER_ONLY_FAILED_EVENTS",
+    "ORIGINAL_STDOUT_CALLBACK", "AD_HOC_COMMAND_ID", "JOB_ID", "PROJECT_UPDATE_ID", "MAX_EVENT_RES",
+})
+
+
+def child_env_allowed(name: str, value: str) -> bool:
+    """Whether a variable of the caller's environment may reach Ansible (ansible-playbook,
+    ansible-inventory): allow-listed by name, not secret-named, no password in a URL."""
+    if is_secret_env_name(name) or url_has_password(value):
+        return False
+    return name in CHILD_ENV or name.startswith(CHILD_ENV_PREFIXES)
+
+
+def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of ``environ`` (default: this process's environment)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if child_env_allowed(k, v)}
+
+
 def _audit_file(private_dir: Path) -> Path:
     return private_dir / "doai" / "host-key-audit.json"
 
@@ -336,11 +369,14 @@ def _runner_config(
     config.envvars["PATH"] = bindir + os.pathsep + os.environ.get("PATH", os.defpath)
     config.prepare()
     config.pexpect_timeout = STOP_CHECK_S  # how often the cancel callback is asked (default 5 s)
-    scrubbed = sorted(k for k in config.env if is_secret_env_name(k))
-    for k in scrubbed:
+    # ansible-runner seeds the child's environment with ours: keep only what Ansible needs.
+    ours = set(config.envvars) | {k for k in config.env if k in RUNNER_ENV}
+    dropped = sorted(k for k in config.env if not (k in ours and not is_secret_env_name(k))
+                     and not child_env_allowed(k, config.env[k]))
+    for k in dropped:
         del config.env[k]
-    if scrubbed:
-        log.debug("scrubbed %d secret variable(s) from the ansible environment", len(scrubbed))
+    if dropped:
+        log.debug("left %d variable(s) out of the ansible environment", len(dropped))
     return config
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from doai_ansible.errors import ConfigError, UsageError
+from doai_ansible.secrets import is_secret_name
 
 CONFIG_ENV = "DOAI_CONFIG"
 CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
@@ -29,29 +30,10 @@ CONFIG_NAMES = ("doai-rollback.yml", "doai-rollback.yaml")
 # process environment (ansible-runner writes its environment into its artifacts).
 SECRET_ENV = ("VERCEL_TOKEN", "DOAI_DATABASE_URL", "DOAI_WINRM_PASSWORD", "DOAI_SSH_PASSWORD", "DOAI_WEBHOOK_URL",
               "DOAI_STATE_DATABASE_URL")
-# `_PASS` at the end is Ansible's spelling of a password in env (ANSIBLE_BECOME_PASS, ANSIBLE_SUDO_PASS);
-# `ASK_PASS`, `ASK_VAULT_PASS` are only the switches that make it prompt.
-_SECRET_NAME_RE = re.compile(
-    "|".join((r"TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY|WEBHOOK",
-              r"(?<!_ASK)(?<!_ASK_VAULT)_PASS$")),
-    re.IGNORECASE,
-)
-# Names that mention a secret but hold none: `..._FILE` / `..._PATH` name a file, as Ansible
-# (ANSIBLE_VAULT_PASSWORD_FILE, ANSIBLE_BECOME_PASSWORD_FILE, ANSIBLE_CONNECTION_PASSWORD_FILE,
-# ANSIBLE_PRIVATE_KEY_FILE, ANSIBLE_GALAXY_TOKEN_PATH) and Docker (POSTGRES_PASSWORD_FILE) spell it;
-# the child needs them to find the file, e.g. to decrypt an inventory encrypted with ansible-vault.
-_FILE_NAME_RE = re.compile(r"_(FILE|PATH)$", re.IGNORECASE)
-# Ansible settings that only choose how a secret is asked for.
-_NOT_SECRET = frozenset({"ANSIBLE_SSH_PASSWORD_MECHANISM"})
-
-
 def is_secret_env_name(name: str) -> bool:
-    """Whether an environment variable of this name holds a secret (and is kept from children)."""
-    if name in SECRET_ENV:
-        return True
-    if name.upper() in _NOT_SECRET or _FILE_NAME_RE.search(name):
-        return False
-    return bool(_SECRET_NAME_RE.search(name))
+    """Whether an environment variable of this name holds a secret (and is kept from children):
+    the one rule, shared with the hosts (:mod:`doai_ansible.secrets`)."""
+    return name in SECRET_ENV or is_secret_name(name)
 
 
 def write_private(path: Path, text: str) -> None:
