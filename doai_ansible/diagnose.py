@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,7 +31,8 @@ from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.runner import PlaybookRun, run_playbook, task_progress
-from doai_ansible.settings import is_secret_env_name, write_private
+from doai_ansible.secrets import scrub_here
+from doai_ansible.settings import write_private
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +167,10 @@ def scan_log(text: str) -> LogScan:
 
 
 def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """The values of this process's secret-named environment variables (the database URL, the
-    Vercel token ...) replaced by ***, and passwords in URLs: the host scrubbed its own already."""
-    env = os.environ if environ is None else environ
-    for v in sorted({v for k, v in env.items() if is_secret_env_name(k) and len(v) >= 4}, key=len, reverse=True):
-        text = text.replace(v, "***")
-    return re.sub(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)", r"\1***\3", text, flags=re.IGNORECASE)
+    """Secrets replaced by ***: the values of this process's secret-named environment variables
+    (the database URL, the Vercel token ...) and secrets by shape, by the same rule the hosts
+    scrubbed their logs with (:mod:`doai_ansible.secrets`)."""
+    return scrub_here(text, environ)
 
 
 # -- the playbook runs ----------------------------------------------------------------------------

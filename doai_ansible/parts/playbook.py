@@ -33,6 +33,7 @@ from doai_ansible.errors import DoaiError, ExitStatus, LockedError, UnreachableE
 from doai_ansible.model import Outcome, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.runner import HostFailure, PlaybookRun, run_playbook, task_progress
+from doai_ansible.secrets import scrub_here as scrub
 
 _STATUS_OUTCOME = {
     "succeeded": Outcome.SUCCEEDED,
@@ -138,6 +139,22 @@ def health_text(h: Mapping[str, Any]) -> str:
     except (TypeError, ValueError):
         answered = False
     return f"HTTP {int(code)} version {h.get('health_version') or '?'}" if answered else "no answer"
+
+
+def log_text(res: Mapping[str, Any]) -> str:
+    """The log bundle's file of one host from a logs task's result: its ``logs`` entries
+    (``{app, kind, path, text, error}``, scrubbed on the host by doai_common's doai_secrets),
+    passed through the same scrubber here (defence in depth: nothing unscrubbed is kept)."""
+    parts = []
+    for e in res.get("logs") or []:
+        parts.append(f"## {e.get('app') or ''} {e.get('kind') or ''} {e.get('path') or ''}".rstrip())
+        parts.append(e.get("text") or (f"(unreadable: {e['error']})" if e.get("error") else "(empty)"))
+    for key in ("pm2_error", "docker_error"):
+        if res.get(key):
+            parts.append(f"## error\n{res[key]}")
+    if not parts and res.get("msg"):
+        parts.append(f"## not read\n{res['msg']}")
+    return scrub("\n".join(parts)) + "\n"
 
 
 class PlaybookPart(PartBase):
@@ -248,12 +265,10 @@ class PlaybookPart(PartBase):
                     started.discard(data["host"])
             if (self.logs_task and event.get("event") == "runner_on_ok" and data.get("task") == self.logs_task
                     and data.get("host")):
-                res = data.get("res") or {}
                 log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(log_dir / f"{data['host']}-{self.logs_name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    # a command's output, or a debug task's message (the Docker role's container logs)
-                    fh.write(f"{res.get('stdout', res.get('msg', ''))}\n{res.get('stderr', '')}\n")
+                    fh.write(log_text(data.get("res") or {}))
             if progress is not None:
                 progress(event)
 

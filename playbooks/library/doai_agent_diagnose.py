@@ -16,6 +16,9 @@ description:
   - Per user profile with the agent folder, whether the agent runs (its pid file names a live
     process) and the last lines of its log file. Nothing is followed out of the profile
     (symbolic links are not opened).
+  - The log lines are scrubbed on the PC before they leave it (doai_common's doai_secrets: the
+    values of the running agent's secret-named variables, secret-named keys and their values,
+    passwords in URLs, JWTs, bearer tokens); the play needs doai_common's module_utils.
   - Never changes anything.
 options:
   profiles_root: {description: Directory holding the user profiles., type: path, required: true}
@@ -33,7 +36,7 @@ author: doai-ansible contributors
 
 RETURN = r"""
 tcp: {description: "host, port, ok, error (null when not checked).", type: dict, returned: always}
-users: {description: "Per user: user, folder, running, pid, log (last lines), log_error.", type: list, returned: always}
+users: {description: "Per user: user, folder, running, pid, log (last lines, scrubbed), log_error.", type: list, returned: always}
 """
 
 import errno
@@ -42,6 +45,8 @@ import re
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.doai_diagnose import proc_environ
+from ansible.module_utils.doai_secrets import scrub, secret_values
 
 LEAF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
@@ -129,6 +134,8 @@ def main():
             continue
         pid = _pid(root, p["pid_file"])
         log, log_error = _tail(root, p["log_file"], p["lines"])
+        if log:
+            log = scrub(log, secret_values(proc_environ(pid) or {}) if pid else ())
         out.append({"user": user, "folder": True, "running": pid is not None, "pid": pid, "log": log,
                     "log_error": log_error})
     module.exit_json(changed=False, tcp=_tcp(p["socketio_host"], p["socketio_port"], p["timeout"]), users=out)

@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _host_utils():
+    import ansible.module_utils as mu
+
+    utils = str(ROOT / "roles" / "doai_common" / "module_utils")
+    if utils not in mu.__path__:  # as Ansible ships it: doai_common's module_utils importable
+        mu.__path__.append(utils)
     path = ROOT / "roles" / "doai_common" / "module_utils" / "doai_diagnose.py"
     spec = importlib.util.spec_from_file_location("doai_diagnose_utils", path)
     mod = importlib.util.module_from_spec(spec)

@@ -17,6 +17,8 @@ import os
 import platform
 import re
 
+from ansible.module_utils.doai_secrets import scrub, secret_values
+
 # A tag (Docker's grammar), a repository with an optional registry prefix, an image id.
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -215,8 +217,18 @@ class Docker(object):
         self.compose(["up", "-d", "--no-deps", self.service])
 
     def logs(self, container_id, lines):
+        """The container's last ``lines`` log lines, scrubbed here on the host (doai_secrets:
+        the values of the container's secret-named variables, then secrets by shape): no
+        caller ever holds them raw."""
         rc, out, err = self.run(["logs", "--tail", str(int(lines)), "--timestamps", container_id], check=False)
-        return (out + err)[-65536:]
+        values = []
+        rc, inspected, _ = self.run(["inspect", "--format", "{{json .Config.Env}}", container_id], check=False)
+        try:
+            env = dict(item.partition("=")[::2] for item in json.loads(inspected) or []) if rc == 0 else {}
+            values = secret_values(env)
+        except (ValueError, TypeError):
+            values = []
+        return scrub((out + err)[-65536:], values)
 
 
 def _json_or_fail(out, ref):

@@ -26,6 +26,10 @@ options:
   health_url: {description: Health URL probed once (empty = not probed)., type: str, default: ''}
   lines: {description: Lines of each log file to read., type: int, default: 200}
   required_env: {description: Environment variable names the app needs., type: list, elements: str, default: []}
+  logs_only:
+    description: Only the log lines (the rollback's log bundle); no health probe, no git.
+    type: bool
+    default: false
 author: doai-ansible contributors
 """
 
@@ -136,6 +140,7 @@ def main():
             health_url=dict(type="str", default=""),
             lines=dict(type="int", default=200),
             required_env=dict(type="list", elements="str", default=[]),
+            logs_only=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -164,6 +169,8 @@ def main():
     for entry in logs:
         text, error = tail(entry["path"], p["lines"])
         entry["text"], entry["error"] = scrub(text, ordered), error
+    if p["logs_only"]:
+        module.exit_json(changed=False, processes=processes, logs=logs, pm2_error=pm2_error)
     status, body = probe(p["health_url"], timeout=5) if p["health_url"] else (None, b"")
     commit, version, release_error = _release(module, p["path"], p["git_bin"])
     module.exit_json(

@@ -7,34 +7,9 @@ sets, and the scrubbing of secret values out of text before it leaves the host."
 from __future__ import annotations
 
 import os
-import re
 
-# The same rule as doai_ansible.settings.is_secret_env_name: a name that says it holds a secret.
-SECRET_NAME_RE = re.compile(
-    r"TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|DATABASE_URL|_DB_URL|PRIVATE_KEY|API_KEY|WEBHOOK|(?<!_ASK)_PASS$|"
-    r"_KEY$|CREDENTIAL|DSN$", re.IGNORECASE)
-_FILE_NAME_RE = re.compile(r"_(FILE|PATH)$", re.IGNORECASE)
-# Credentials in a URL (scheme://user:password@host): the password part, whatever the name.
-_URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)", re.IGNORECASE)
-REDACTED = "***"
-
-
-def is_secret_name(name):
-    return bool(SECRET_NAME_RE.search(name)) and not _FILE_NAME_RE.search(name)
-
-
-def secret_values(env):
-    """The values of ``env`` (a dict) held by secret-named variables, longest first (a value
-    that contains another is replaced whole); values shorter than 4 characters are left out
-    (scrubbing "1" would garble every line)."""
-    vals = set(str(v) for k, v in env.items() if is_secret_name(str(k)) and v is not None and len(str(v)) >= 4)
-    return sorted(vals, key=len, reverse=True)
-
-
-def scrub(text, values):
-    for v in values:
-        text = text.replace(v, REDACTED)
-    return _URL_PASSWORD_RE.sub(r"\1" + REDACTED + r"\3", text)
+# What is secret and how text is scrubbed: the one rule, shared with the controller.
+from ansible.module_utils.doai_secrets import REDACTED, is_secret_name, scrub, secret_values  # noqa: F401
 
 
 def tail(path, lines, max_bytes=4 * 1024 * 1024):
