@@ -400,7 +400,7 @@ def test_host_lock_takes_refuses_releases(tmp_path):
 def test_stale_host_lock_is_taken_over(tmp_path):
     path = tmp_path / "state" / "backend.lock"
     module("doai_host_lock", tmp_path, path=str(path), run_id="A", owner="alice")
-    os.utime(path, (1, 1))
+    _age_lock(path)
     b = module("doai_host_lock", tmp_path, path=str(path), run_id="B", owner="bob", ttl=60)
     assert b["changed"] and b["holder"]["owner"] == "bob" and b.get("warnings")
 
@@ -409,6 +409,21 @@ def test_capture_takes_the_lock_and_releases_it_when_it_refuses(tmp_path, repo, 
     r, (v1, _v2, _v3) = repo
     lock = tmp_path / "state" / "backend.lock"
     out = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="A", owner="alice")
+def _age_lock(path, **more):
+    """Make the lock at ``path`` look taken (and last refreshed) in 1970, with ``more`` in owner.json."""
+    owner = json.loads((path / "owner.json").read_text())
+    owner.update(more, since="1970-01-01T00:00:00Z", refreshed="1970-01-01T00:00:00Z")
+    (path / "owner.json").write_text(json.dumps(owner))
+    os.utime(path, (1, 1))
+
+
+def _job_of(pid):
+    """The job process entry a lock records: pid, start (field 22 of /proc/<pid>/stat), boot id."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {"pid": pid, "start_ticks": int(fields[19]),
+            "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
+
+
     assert out["locked_by_us"] and json.loads((lock / "owner.json").read_text())["owner"] == "alice"
     other = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="B", owner="bob")
     assert other["failed"] and other["locked"] and "alice" in other["msg"]
@@ -417,6 +432,40 @@ def test_capture_takes_the_lock_and_releases_it_when_it_refuses(tmp_path, repo, 
     module("doai_host_lock", tmp_path, path=str(lock), run_id="A", state="absent")
     bad = capture(tmp_path, r, pm2, target="0" * 40, lock_path=str(lock), run_id="C", owner="carol")
     assert bad["failed"] and bad["invalid_target"]
+def test_host_lock_older_than_the_ttl_with_a_live_job_is_not_taken_over(tmp_path):
+    """Issue 18 item 3: age alone never overrides a live holder. The lock records its run's
+    detached job (pid + start time + boot id); while that process runs the lock holds, however
+    old; once it is gone and the lock was not refreshed for the TTL, it is taken over."""
+    path = tmp_path / "state" / "backend.lock"
+    module("doai_host_lock", tmp_path, path=str(path), run_id="A", owner="alice")
+    job = subprocess.Popen(["sleep", "120"])
+    try:
+        _age_lock(path, job=_job_of(job.pid))
+        b = module("doai_host_lock", tmp_path, path=str(path), run_id="B", owner="bob", ttl=60)
+        assert b["failed"] and b["locked"] and "alice" in b["msg"], b
+        assert json.loads((path / "owner.json").read_text())["run_id"] == "A"
+        # The same pid with another start time is a recycled pid, not the job.
+        _age_lock(path, job=dict(_job_of(job.pid), start_ticks=1))
+        c = module("doai_host_lock", tmp_path, path=str(path), run_id="C", owner="carol", ttl=60)
+        assert c["changed"] and c["holder"]["owner"] == "carol", c
+    finally:
+        job.kill()
+        job.wait()
+    _age_lock(path, job=_job_of(os.getpid()) | {"pid": job.pid})  # the job is gone now
+    d = module("doai_host_lock", tmp_path, path=str(path), run_id="D", owner="dave", ttl=60)
+    assert d["changed"] and d["holder"]["owner"] == "dave" and d.get("warnings")
+
+
+def test_host_lock_taken_again_by_its_run_is_refreshed(tmp_path):
+    path = tmp_path / "state" / "backend.lock"
+    module("doai_host_lock", tmp_path, path=str(path), run_id="A", owner="alice")
+    _age_lock(path)
+    again = module("doai_host_lock", tmp_path, path=str(path), run_id="A", owner="alice")
+    assert not again["changed"] and again["holder"]["refreshed"] > "1970-01-01T00:00:00Z"
+    b = module("doai_host_lock", tmp_path, path=str(path), run_id="B", owner="bob", ttl=60)
+    assert b["failed"] and b["locked"], b
+
+
     assert not lock.exists()  # the refused capture did not leave its lock behind
     planned = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="D", plan_only=True)
     assert planned["locked_by_us"] is False and not lock.exists()
