@@ -270,3 +270,50 @@ def test_the_store_password_never_leaks(sandbox, pg_server, state_db, tmp_path):
         assert password.encode() not in p.read_bytes(), p
     rows = store_rows(pg_server, url)
     assert len(rows) == 2 and password not in json.dumps(rows)
+
+
+def test_a_store_of_a_newer_schema_is_refused(pg_server, state_db, tmp_path):
+    """The tool made the tables and recorded their version; a store another, newer tool migrated
+    further is refused (exit 2, saying so) before any change, and left as it is."""
+    url, _ = state_db
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    env = controller(tmp_path, "ci", url)
+    assert run_cli("history", env=env).code == 0  # creates the tables
+    assert pg_server.sql("SELECT value FROM doai_rollback.meta WHERE key = 'schema_version'", dbname=dbname) == [
+        (str(state.SCHEMA_VERSION),)]
+    newer = state.SCHEMA_VERSION + 1
+    pg_server.sql("UPDATE doai_rollback.meta SET value = %s WHERE key = 'schema_version'", str(newer), dbname=dbname)
+    for args in (("history",), ("lock", "status", "--local", "-o", "json"), ("state", "push")):
+        res = run_cli(*args, env=env)
+        assert res.code == 2, (args, res.stdout, res.stderr)
+        assert f"version {newer}, newer than this tool knows" in res.stderr
+    assert pg_server.sql("SELECT value FROM doai_rollback.meta WHERE key = 'schema_version'", dbname=dbname) == [
+        (str(newer),)]
+
+
+def test_two_controllers_started_together_never_both_change_the_backend(sandbox, state_db, tmp_path):
+    """Two `backend rollback --yes` with separate state dirs and one shared store, started
+    together: one rolls back; the other either exits 5 naming the first and changes nothing, or
+    (when it started after the first ended) finds nothing to do. Never two changes."""
+    sb = sandbox
+    url, _ = state_db
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
+    procs = []
+    for name in ("ci", "laptop"):
+        env = dict(full, **controller(tmp_path, name, url, DOAI_INVENTORY=str(sb.inventory), DOAI_OPERATOR=name))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "doai_ansible", "backend", "rollback", "--yes", "--to", sb.commits["v2"], "-o",
+             "json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
+    outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    docs = [json.loads(out) for _, out, _ in outs]
+    assert sorted(code for code, _, _ in outs) in ([0, 0], [0, 5]), outs
+    changed = [d for d in docs if any(s["outcome"] == "succeeded" for s in d["steps"])]
+    assert len(changed) == 1
+    for i, ((code, _, _), doc) in enumerate(zip(outs, docs, strict=True)):
+        if code == 5:  # it names the winner (the other controller's operator)
+            winner = ("ci", "laptop")[1 - i]
+            assert f"another rollback of backend is running: {winner} (pid" in doc["message"], doc["message"]
+            assert not doc["steps"]
+    assert sb.head() == sb.commits["v2"]
+    hist = run_cli("history", "-o", "json", env=controller(tmp_path, "ci", url)).json()
+    assert sorted(r["run_id"] for r in hist) == sorted(d["run_id"] for d in docs)
