@@ -71,7 +71,10 @@ class Migration:
             item: dict[str, Any] = {"table": e.label if e.action != "unreadable"
                                     else f"{self.down.name} statement {e.statement} (line {e.line})",
                                     "what": e.describe(), "kind": e.kind, "action": e.action, "cascade": e.cascade,
-                                    "name": e.name}
+                                    "name": e.name, "on": e.table,
+                                    "schema": (None if e.action == "unreadable" else e.name if e.kind == "schema"
+                                               else (e.table or e.name).split(".", 1)[0]
+                                               if "." in (e.table or e.name) else None)}
             if e.kind == "column":
                 item["table"], item["column"] = e.table, e.column
             if e.action == "dropped" and e.kind == "table":
@@ -188,21 +191,6 @@ def tables_in_schema(conn: Any, schema: str) -> list[str]:
     return tables(conn, (schema,))
 
 
-def columns_of_type(conn: Any, type_name: str) -> list[tuple[str, str]]:
-    """(table, column) of every table column of the type (or domain) ``schema.name``, arrays of
-    it included: what ``DROP TYPE ... CASCADE`` drops with it."""
-    schema, name = type_name.split(".", 1)
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname || '.' || c.relname, a.attname FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_type t ON t.oid = a.atttypid OR t.typarray = a.atttypid "
-            "JOIN pg_namespace tn ON tn.oid = t.typnamespace "
-            "WHERE tn.nspname = %s AND t.typname = %s AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
-            "AND NOT a.attisdropped ORDER BY 1, 2", (schema, name))
-        return [(t, c) for t, c in cur.fetchall()]
-
-
 def cascade_dependents(conn: Any, table: str, column: str | None = None) -> list[dict[str, Any]]:
     """What ``DROP TABLE table CASCADE`` (or ``DROP COLUMN column CASCADE``) takes along that the
     statement does not name, from the catalog: the foreign keys of other tables that reference it
@@ -235,7 +223,7 @@ def cascade_dependents(conn: Any, table: str, column: str | None = None) -> list
             cond = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in cols)
             cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(sch, tab), cond))
             rows = int(cur.fetchone()[0])
-            out.append({"table": f"{sch}.{tab}", "constraint": conname, "rows": rows, "always": True,
+            out.append({"table": f"{sch}.{tab}", "constraint": conname, "rows": rows, "always": True, "schema": sch,
                         "what": f"foreign key {conname} ({', '.join(cols)} -> {table}) dropped by CASCADE; "
                                 f"{rows:,} rows reference {table}"})
         cur.execute(
@@ -247,6 +235,81 @@ def cascade_dependents(conn: Any, table: str, column: str | None = None) -> list
         for sch, view, kind in cur.fetchall():
             label = "materialized view" if kind == "m" else "view"
             rows = row_count(conn, f"{sch}.{view}") if kind == "m" else 0
-            out.append({"table": f"{sch}.{view}", "rows": rows or 0, "always": True,
+            out.append({"table": f"{sch}.{view}", "rows": rows or 0, "always": True, "schema": sch,
                         "what": f"{label} dropped by CASCADE (built on {table}{'.' + column if column else ''})"})
+    return out
+
+
+def _object_oids(conn: Any, kind: str, name: str, table: str | None = None) -> list[tuple[str, int]]:
+    """(catalog, oid) of the object a down file drops, as the catalog has it now ([] if absent)."""
+    from psycopg import sql
+
+    def ident(qualified: str) -> str:
+        return sql.Identifier(*qualified.split(".", 1)).as_string(conn)
+
+    with conn.cursor() as cur:
+        if kind in ("table", "view", "sequence", "index"):
+            cur.execute("SELECT 'pg_class', to_regclass(%s)::oid", (ident(name),))
+        elif kind == "type":
+            cur.execute("SELECT 'pg_type', to_regtype(%s)::oid", (ident(name),))
+        elif kind == "function":
+            schema, fn = name.split(".", 1)
+            cur.execute("SELECT 'pg_proc', p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                        "WHERE n.nspname = %s AND p.proname = %s", (schema, fn))
+        elif kind == "extension":
+            cur.execute("SELECT 'pg_extension', oid FROM pg_extension WHERE extname = %s", (name,))
+        elif kind == "constraint" and table:
+            cur.execute("SELECT 'pg_constraint', oid FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+                        "AND conname = %s", (ident(table), name.rsplit(".", 1)[-1]))
+        else:
+            return []
+        return [(c, o) for c, o in cur.fetchall() if o is not None]
+
+
+def cascade_objects(conn: Any, kind: str, name: str, table: str | None = None) -> list[dict[str, Any]]:
+    """Everything ``DROP <kind> <name> CASCADE`` takes along, from pg_depend as PostgreSQL's own
+    drop follows it (normal and automatic dependents, and the object an internal part belongs
+    to: a view through its rewrite rule), with the rows or values of each table or column."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for catalog, oid in _object_oids(conn, kind, name, table):
+        with conn.cursor() as cur:
+            cur.execute(
+                "WITH RECURSIVE dep(classid, objid, objsubid, lvl) AS ("
+                "  SELECT %s::regclass::oid, %s::oid, 0, 0"
+                "  UNION"
+                "  SELECT CASE WHEN d.deptype = 'i' AND d.objid = dep.objid AND d.classid = dep.classid"
+                "              THEN d.refclassid ELSE d.classid END,"
+                "         CASE WHEN d.deptype = 'i' AND d.objid = dep.objid AND d.classid = dep.classid"
+                "              THEN d.refobjid ELSE d.objid END,"
+                "         CASE WHEN d.deptype = 'i' AND d.objid = dep.objid AND d.classid = dep.classid"
+                "              THEN 0 ELSE d.objsubid END, dep.lvl + 1"
+                "  FROM dep JOIN pg_depend d ON"
+                "   (d.refclassid = dep.classid AND d.refobjid = dep.objid"
+                "    AND (dep.objsubid = 0 OR d.refobjsubid = dep.objsubid) AND d.deptype IN ('n', 'a', 'e'))"
+                "   OR (d.classid = dep.classid AND d.objid = dep.objid AND d.deptype = 'i')"
+                "  WHERE dep.lvl < 12)"
+                "SELECT DISTINCT (pg_identify_object_as_address(classid, objid, objsubid)).*, "
+                "       (pg_identify_object(classid, objid, objsubid)).identity FROM dep "
+                "WHERE lvl > 0 AND NOT (classid = %s::regclass::oid AND objid = %s::oid)",
+                (catalog, oid, catalog, oid))
+            rows = cur.fetchall()
+        for typ, names, _args, identity in rows:
+            described = f"{typ} {identity}"
+            if typ in ("rule", "toast table", "type") or described in seen:  # a view's rule, a table's row type
+                continue
+            seen.add(described)
+            why = f"dropped by CASCADE (DROP {kind.upper()} {name})"
+            item: dict[str, Any] = {"what": why, "always": True, "rows": 0, "cascade_of": name,
+                                    "schema": names[0] if names and len(names) > 1 else None}
+            if typ == "table column" and len(names) == 3:
+                t = f"{names[0]}.{names[1]}"
+                item.update(table=t, column=names[2], kind="column", action="dropped", what=f"column {names[2]} {why}",
+                            rows=values_in_column(conn, t, names[2]))
+            elif typ in ("table", "materialized view") and len(names) == 2:
+                item.update(table=f"{names[0]}.{names[1]}", kind="table", action="dropped",
+                            rows=row_count(conn, f"{names[0]}.{names[1]}") or 0, gone=typ == "table")
+            else:
+                item.update(table=described, kind=typ, action="dropped")
+            out.append(item)
     return out

@@ -180,7 +180,7 @@ def read_statement(st: Statement) -> list[Effect]:
                 return out + unreadable(f"DROP {node.removeType.name.removeprefix('OBJECT_')} ... CASCADE: what it takes along "
                                   "cannot be read")
             for obj in node.objects:
-                if what == "schema":
+                if what in ("schema", "extension"):
                     name = _strings(obj)[0]
                 elif what == "function":
                     name = _name(_strings(obj.objname))

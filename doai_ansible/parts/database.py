@@ -134,11 +134,21 @@ def _risk_text(at_risk: list[dict[str, Any]]) -> str | None:
         if not (r.get("rows") or r.get("always")):
             continue
         what = r["what"] + (" with CASCADE" if r.get("cascade") and r.get("kind") == "table" else "")
-        if r.get("action") == "unreadable" or r.get("constraint"):
+        if r.get("action") == "unreadable" or r.get("constraint") or (r.get("cascade_of") and not r.get("rows")
+                                                                        and r.get("kind") not in ("table", "column")):
             items.append(f"{r['table']} ({what})")
         else:
             items.append(f"{r['table']} ({what}, {r.get('rows') or 0:,} {'values' if r.get('column') else 'rows'})")
     return "; ".join(items) or None
+
+
+def _table_cascade(conn: Any, table: str) -> list[dict[str, Any]]:
+    """What ``DROP TABLE table CASCADE`` takes along: the other tables' foreign keys to it (with
+    the rows that use them) and, through pg_depend, the views built on it or on those views."""
+    fks = [d for d in mig.cascade_dependents(conn, table) if d.get("constraint")]
+    views = [g for g in mig.cascade_objects(conn, "table", table)
+             if g.get("kind") in ("view", "materialized view", "table", "column") and g.get("table") != table]
+    return fks + views
 
 
 def _with_catalog(conn: Any, r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -155,7 +165,7 @@ def _with_catalog(conn: Any, r: dict[str, Any]) -> list[dict[str, Any]]:
     if kind == "table":
         out = [dict(r, rows=mig.row_count(conn, r["table"]) or 0)]
         if cascade and action == "dropped":
-            out += mig.cascade_dependents(conn, r["table"])
+            out += _table_cascade(conn, r["table"])
         elif cascade and action == "truncated":
             out += [{"table": d["table"], "what": f"truncated by CASCADE ({d['what'].split(' dropped')[0]})",
                      "rows": mig.row_count(conn, d["table"]) or 0, "kind": "table", "action": "truncated",
@@ -165,17 +175,13 @@ def _with_catalog(conn: Any, r: dict[str, Any]) -> list[dict[str, Any]]:
         out = [dict(r, rows=0, always=bool(cascade))]
         for t in mig.tables_in_schema(conn, r["name"]):
             out.append({"table": t, "what": f"dropped (schema {r['name']} dropped)", "kind": "table", "action": "dropped",
+                        "schema": r["name"],
                         "gone": True, "rows": mig.row_count(conn, t) or 0, "cascade": cascade})
             if cascade:
-                out += [d for d in mig.cascade_dependents(conn, t) if not d["table"].startswith(r["name"] + ".")]
+                out += [d for d in _table_cascade(conn, t) if d.get("schema") != r["name"]]
         return out
-    if kind == "type" and cascade:
-        out = [dict(r, rows=0)]
-        for t, c in mig.columns_of_type(conn, r["name"]):
-            out.append({"table": t, "column": c, "kind": "column", "action": "dropped", "always": True,
-                        "what": f"column {c} dropped by CASCADE (type {r['name']} dropped)",
-                        "rows": mig.values_in_column(conn, t, c)})
-        return out
+    if cascade and action == "dropped":  # a type, view, function, extension, index, constraint ... CASCADE
+        return [dict(r, rows=0), *mig.cascade_objects(conn, kind or "", r["name"], r.get("on"))]
     return [dict(r, rows=0)]
 
 
@@ -413,8 +419,7 @@ class DatabasePart(PartBase):
             for r in m.at_risk():
                 r["migration"] = v
                 at_risk += [dict(x, migration=v) for x in _with_catalog(conn, r)]
-        beyond = sorted({r["table"] for r in at_risk if r.get("table") and r.get("action") != "unreadable"
-                         and r["table"].split(".", 1)[0] not in covered})
+        beyond = sorted({r["table"] for r in at_risk if r.get("schema") and r["schema"] not in covered})
         if beyond:
             raise ValidationError(f"the down files would change {', '.join(beyond)} (with CASCADE), outside the schemas "
                                   f"the snapshot holds ({', '.join(db.schemas)}); nothing was changed",
@@ -432,7 +437,8 @@ class DatabasePart(PartBase):
                       for i in items]
         step.notes.append("a snapshot is taken first; then one transaction (lock timeout "
                           f"{db.lock_timeout_s:g} s, statement timeout {db.statement_timeout_s:g} s)")
-        objects = [f"{r['name']} ({r['kind']})" for r in at_risk if r.get("kind") in _OBJECTS and r.get("action") == "dropped"]
+        objects = [f"{r['name']} ({r['kind']})" for r in at_risk
+                   if r.get("name") and r.get("kind") in _OBJECTS and r.get("action") == "dropped"]
         if objects:
             step.notes.append("objects dropped (no rows of their own): " + ", ".join(objects))
         if step.at_risk:
