@@ -220,7 +220,10 @@ PLAN_FILE = "plan.json"
 
 def _save_plan(ctx: RunContext, run: RunResult) -> None:
     """The confirmed plan, kept in the run's log dir before anything changes: if this process is
-    killed (SIGKILL), the next run that takes the lock over journals what it was doing."""
+    killed (SIGKILL), the next run that takes the lock over journals what it was doing. With a
+    shared state store the plan goes there too (a controller elsewhere may take the lock over),
+    and the run's locks there are checked to be still its own."""
+    state_store.save_plan(ctx.settings, ctx.run_id, dict(run.to_dict(), who=ctx.operator))
     path = ctx.log_dir / PLAN_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -235,7 +238,7 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
     try:
         plan = json.loads((ctx.settings.runs_dir / held.run_id / PLAN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        plan = None
+        plan = state_store.saved_plan(ctx.settings, held.run_id)  # its controller was elsewhere
     if plan is not None and not plan.get("steps"):  # killed in a one-pass run: what it did is unknown
         plan["steps"] = [{"part": p, "target": "?", "from": None, "to": None, "changes": True}
                          for p in plan.get("parts", [])]

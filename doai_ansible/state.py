@@ -43,7 +43,7 @@ BACKENDS = ("local", "postgres")
 URL_ENV = "DOAI_STATE_DATABASE_URL"
 SCHEMA = STATE_SCHEMA
 #: The version of the tables this tool writes; a store of a newer version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How to go on when the shared store is down.
 LOCAL_HINT = ("the shared state store could not be reached: nothing was changed. To go on without it, run again "
               "with --state local (the record is kept in this machine's journal), then `doai-rollback state push` "
@@ -75,6 +75,15 @@ MIGRATIONS: tuple[str, ...] = (
         acquired double precision NOT NULL,
         refreshed double precision,
         backend_pid integer NOT NULL
+    );
+    """,
+    # 2: the plan a run confirmed, kept from before its first change until its record is written,
+    # so that a controller on another machine that finds it killed journals what it was doing.
+    f"""
+    CREATE TABLE IF NOT EXISTS {SCHEMA}.plans (
+        run_id text PRIMARY KEY,
+        plan jsonb NOT NULL,
+        saved_at timestamptz NOT NULL DEFAULT now()
     );
     """,
 )
@@ -124,6 +133,36 @@ def check(settings: Settings) -> None:
     """Before a run: the shared store answers and its tables are this tool's (exit 7, exit 2)."""
     if backend(settings) == "postgres":
         store(settings).ready()
+
+
+def save_plan(settings: Settings, run_id: str, plan: dict[str, Any]) -> None:
+    """Before a run's first change: its confirmed plan into the shared store, and its locks there
+    checked to be still its own (a lock whose session ended is free for another controller:
+    then the run is refused, exit 5, nothing changed). Nothing to do for local files."""
+    if backend(settings) != "postgres":
+        return
+    from psycopg.types.json import Jsonb
+
+    st = store(settings)
+    with st.session() as conn:
+        lost = [r[0] for r in conn.execute(
+            f"SELECT l.target FROM {SCHEMA}.locks l WHERE l.run_id = %s AND NOT EXISTS (SELECT 1 FROM pg_locks p "
+            "WHERE p.locktype = 'advisory' AND p.granted AND p.pid = l.backend_pid)", (run_id,)).fetchall()]
+        if lost:
+            raise LockedError(f"the lock of {', '.join(lost)} in the shared state store {st.label} was lost (its "
+                              "session ended): another controller may be at work; nothing was changed",
+                              hint="check `doai-rollback lock status`, then run again")
+        conn.execute(f"INSERT INTO {SCHEMA}.plans (run_id, plan) VALUES (%s, %s) ON CONFLICT (run_id) "
+                     "DO UPDATE SET plan = EXCLUDED.plan, saved_at = now()", (run_id, Jsonb(plan)))
+
+
+def saved_plan(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """The plan a run saved in the shared store (see :func:`save_plan`), or None."""
+    if backend(settings) != "postgres":
+        return None
+    with store(settings).session() as conn:
+        row = conn.execute(f"SELECT plan FROM {SCHEMA}.plans WHERE run_id = %s", (run_id,)).fetchone()
+    return row[0] if row else None
 
 
 def where(settings: Settings) -> str:
@@ -264,7 +303,9 @@ class PgStore:
                 f"VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) {conflict}",
                 (record.get("run_id"), record.get("started"), record.get("command"), record.get("who"),
                  record.get("exit_status"), Jsonb(record), socket.gethostname()))
-            return cur.rowcount > 0
+            written = cur.rowcount > 0
+            conn.execute(f"DELETE FROM {SCHEMA}.plans WHERE run_id = %s", (record.get("run_id"),))
+            return written
 
     def records(self, *, limit: int | None = None, part: str | None = None, prefix: str | None = None,
                 newest_first: bool = True) -> list[dict[str, Any]]:

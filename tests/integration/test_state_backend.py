@@ -102,20 +102,30 @@ def test_a_lock_held_by_another_controller_refuses_the_run(sandbox, state_db, tm
 
 
 _KILLED_HOLDER = """
-import os, signal
+import json, os, signal, sys
 from doai_ansible import state
 from doai_ansible.settings import load_settings
-with state.lock(load_settings(), "dashboard").held(owner="bob@far", reason="killed mid-run",
-                                                   run_id="20261206T000000Z-bbbbbb"):
+settings = load_settings()
+with state.lock(settings, "dashboard").held(owner="bob@far", reason="killed mid-run",
+                                            run_id="20261206T000000Z-bbbbbb"):
+    if len(sys.argv) > 1:  # killed in its apply: its plan was saved before the first change
+        state.save_plan(settings, "20261206T000000Z-bbbbbb", json.loads(sys.argv[1]))
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
+KILLED_PLAN = {"run_id": "20261206T000000Z-bbbbbb", "command": "dashboard rollback", "dry_run": False,
+               "reason": "killed mid-run", "started": "2026-12-06T00:00:00Z", "parts": ["dashboard"],
+               "who": "bob@far", "steps": [{"part": "dashboard", "target": "doai-dashboard", "from": "dpl_new",
+                                            "to": "dpl_old", "changes": True, "outcome": "planned"}]}
 
-def _killed_holder(pg_server, env: dict[str, str], dbname: str) -> None:
-    """A controller that takes the dashboard's lock in the shared store and is SIGKILLed holding
-    it; returns once PostgreSQL has ended its session."""
+
+def _killed_holder(pg_server, env: dict[str, str], dbname: str, plan: dict | None = None) -> None:
+    """A controller that takes the dashboard's lock in the shared store (and saves ``plan`` as
+    a run does before its first change) and is SIGKILLed holding it; returns once PostgreSQL
+    has ended its session."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")}
-    proc = subprocess.run([sys.executable, "-c", _KILLED_HOLDER], env=dict(full, **env), check=False,
+    argv = [sys.executable, "-c", _KILLED_HOLDER] + ([json.dumps(plan)] if plan else [])
+    proc = subprocess.run(argv, env=dict(full, **env), check=False,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     for _ in range(600):  # its server process notices the closed socket and ends, releasing the lock
@@ -128,8 +138,9 @@ def _killed_holder(pg_server, env: dict[str, str], dbname: str) -> None:
 
 def test_a_controller_that_dies_releases_its_lock_and_the_next_run_records_it(pg_server, state_db, tmp_path):
     """SIGKILLed holding the lock: PostgreSQL ends its session and the lock with it; its row
-    says who it was (stale), `lock release` removes the row, and a run that takes the lock over
-    records the dead run, once."""
+    says who it was (stale), `lock release` removes the row, and a run of another controller (no
+    plan.json of that run on its disk) that takes the lock over records the dead run once, with
+    the plan it had saved in the store: from and to, so `undo` can work on it."""
     url, _ = state_db
     dbname = url.rsplit("/", 1)[1].split("?")[0]
     a = controller(tmp_path, "ci", url)
@@ -143,7 +154,7 @@ def test_a_controller_that_dies_releases_its_lock_and_the_next_run_records_it(pg
     assert rel.code == 0 and "released dashboard (held by bob@far)" in rel.stdout, rel.stdout + rel.stderr
     assert run_cli("lock", "status", "--local", env=b).stdout.strip() == "no locks held"
 
-    _killed_holder(pg_server, a, dbname)
+    _killed_holder(pg_server, a, dbname, KILLED_PLAN)
     settings = load_settings(env=b)
     ctx = RunContext.create(settings)
     for _ in range(2):
@@ -152,7 +163,11 @@ def test_a_controller_that_dies_releases_its_lock_and_the_next_run_records_it(pg
             pass
     recs = [r for r in state.journal(settings) if r["run_id"] == "20261206T000000Z-bbbbbb"]
     assert len(recs) == 1 and recs[0]["exit_name"] == "INTERRUPTED" and recs[0]["who"] == "bob@far"
+    assert "KILLED DURING ITS APPLY" in recs[0]["message"]
+    (step,) = recs[0]["steps"]
+    assert (step["from"], step["to"], step["outcome"]) == ("dpl_new", "dpl_old", "not_restored")
     assert state.locks(settings) == []
+    assert state.saved_plan(settings, "20261206T000000Z-bbbbbb") is None  # journaled: the plan is dropped
 
 
 def test_the_store_unreachable_stops_the_run_then_local_then_push_once(sandbox, state_db, tmp_path):
@@ -317,3 +332,49 @@ def test_two_controllers_started_together_never_both_change_the_backend(sandbox,
     assert sb.head() == sb.commits["v2"]
     hist = run_cli("history", "-o", "json", env=controller(tmp_path, "ci", url)).json()
     assert sorted(r["run_id"] for r in hist) == sorted(d["run_id"] for d in docs)
+
+
+def test_a_store_of_an_older_schema_is_migrated(pg_server, state_db, tmp_path):
+    """A store made by the tool's first version (schema 1) is migrated to this one's on first
+    use, its records kept."""
+    url, _ = state_db
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    role = url.split("//")[1].split(":")[0]
+    pg_server.sql(f"CREATE SCHEMA doai_rollback AUTHORIZATION {role}", dbname=dbname)
+    pg_server.sql(state.MIGRATIONS[0], dbname=dbname)
+    pg_server.sql("INSERT INTO doai_rollback.meta VALUES ('schema_version', '1'); INSERT INTO doai_rollback.runs "
+                  "(run_id, record) VALUES ('20261206T000000Z-cccccc', '{\"run_id\": \"20261206T000000Z-cccccc\", "
+                  "\"command\": \"backend rollback\", \"started\": \"x\", \"exit_name\": \"OK\", "
+                  "\"steps\": []}')", dbname=dbname)
+    pg_server.sql(f"GRANT ALL ON ALL TABLES IN SCHEMA doai_rollback TO {role}; "
+                  f"GRANT ALL ON ALL SEQUENCES IN SCHEMA doai_rollback TO {role}", dbname=dbname)
+    res = run_cli("history", env=controller(tmp_path, "ci", url))
+    assert res.code == 0 and "20261206T000000Z-cccccc" in res.stdout, res.stdout + res.stderr
+    assert pg_server.sql("SELECT value FROM doai_rollback.meta WHERE key = 'schema_version'", dbname=dbname) == [
+        (str(state.SCHEMA_VERSION),)]
+    assert pg_server.sql("SELECT to_regclass('doai_rollback.plans') IS NOT NULL", dbname=dbname) == [(True,)]
+
+
+def test_a_lock_lost_before_the_first_change_refuses_the_run(pg_rig, state_db, tmp_path):
+    """The session holding the run's lock in the shared store ends after the plan was confirmed
+    (a store restart, a cut connection: the lock is then free for another controller): the run
+    is refused before its first change (exit 5), the database untouched."""
+    url, _ = state_db
+    project = PgRig.project(tmp_path / "project")
+    env = controller(tmp_path, "ci", url, DOAI_DATABASE_URL=pg_rig.url, DOAI_DATABASE_PROJECT_DIR=str(project))
+    ctx = RunContext.create(load_settings(env=env))
+    part = get_part("database")
+    job = engine.Job(part, part.request(last=1, accept_data_loss=True))
+    before = pg_rig.applied_versions()
+
+    def lock_session_ends(run) -> None:
+        ended = pg_rig.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                           f"doai-rollback-state {ctx.run_id}%", dbname="postgres")
+        assert ended == [(True,)]
+
+    run = engine.run(ctx, [job], command="database rollback", reason="lost", confirm=lambda plan: True,
+                     before_apply=lock_session_ends)
+    assert run.exit_status == 5, run.message
+    assert "was lost" in run.message and "nothing was changed" in run.message
+    assert pg_rig.applied_versions() == before
+    assert [r["run_id"] for r in state.journal(ctx.settings)] == [run.run_id]
