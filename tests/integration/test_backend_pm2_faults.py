@@ -269,14 +269,18 @@ def test_host_gone_too_long_then_resumed(sandbox, playbook):
     assert first.rc != 0
     assert [r for r in first.results if r["kind"] == "unreachable"], first.output[-4000:]
     # What the role leaves for the CLI to resume from: the run "started" on the host, its host
-    # lock still held, nothing recorded in the ledger.
+    # lock still held, nothing recorded by the controller in the ledger.
     assert first.host_stats(sb.host_name)["status"] == "started"
     owner = json.loads((sb.host_state / "backend.lock" / "owner.json").read_text())
     assert owner["run_id"] == "gone-1"
-    assert ledger(sb)[-1]["action"] == "deploy"
-    # The apply job finished on the host while it was unreachable.
+    # The apply job finished on the host while it was unreachable, and recorded that itself.
+    wait_for(lambda: all(json.loads(p.read_text()).get("state") == "done"
+                         for p in (sb.host_state / "jobs").glob("*-apply.json")) or None)
     sb.wait_health(expect_ok=True)
     assert sb.head() == v1
+    last = ledger(sb)[-1]
+    assert (last["action"], last["from"], last["to"], last["result"], last["by"], last["run_id"]) == (
+        "rollback", v3, v1, "applied", "job", "gone-1")
 
     resumed = playbook(dict(plan, doai_backend_pm2_resume=True, doai_backend_pm2_action="resume"))
     assert resumed.rc == 0, resumed.output[-4000:]

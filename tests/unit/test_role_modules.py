@@ -146,6 +146,18 @@ def test_rule_put_back_is_neither_rolled_back_from_nor_a_release():
     assert first(ledger, "v3") == "v2"
 
 
+def test_rule_a_killed_runs_job_record_is_its_rollback_until_the_controller_records():
+    """Issue 18 item 1: the detached job's own entry (by: job, result applied) of a run whose
+    controller was killed counts as that rollback: no default return to the release it left."""
+    job = {"action": "rollback", "from": "v3", "to": "v1", "result": "applied", "by": "job", "run_id": "R"}
+    ledger = [deploy(None, "v1"), deploy("v1", "v2"), deploy("v2", "v3"), job]
+    assert history.rolled_back_from(ledger) == {"v3"}
+    assert first(ledger, "v1") == "v2"
+    # The controller's own record of the same run replaces the job's: here it put v3 back.
+    ledger.append(dict(job, result="restored", by=None))
+    assert history.rolled_back_from(ledger) == set() and first(ledger, "v3") == "v2"
+
+
 def test_rule_ignores_failed_attempts_and_counts_resume_as_rollback():
     ledger = [deploy(None, "v1"), deploy("v1", "v2"), deploy("v2", "v3"), done("rollback", "v3", "v1", "restored")]
     assert first(ledger, "v3") == "v2"
@@ -397,18 +409,6 @@ def test_host_lock_takes_refuses_releases(tmp_path):
     assert done_["changed"] and not os.path.exists(path)
 
 
-def test_stale_host_lock_is_taken_over(tmp_path):
-    path = tmp_path / "state" / "backend.lock"
-    module("doai_host_lock", tmp_path, path=str(path), run_id="A", owner="alice")
-    _age_lock(path)
-    b = module("doai_host_lock", tmp_path, path=str(path), run_id="B", owner="bob", ttl=60)
-    assert b["changed"] and b["holder"]["owner"] == "bob" and b.get("warnings")
-
-
-def test_capture_takes_the_lock_and_releases_it_when_it_refuses(tmp_path, repo, pm2):
-    r, (v1, _v2, _v3) = repo
-    lock = tmp_path / "state" / "backend.lock"
-    out = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="A", owner="alice")
 def _age_lock(path, **more):
     """Make the lock at ``path`` look taken (and last refreshed) in 1970, with ``more`` in owner.json."""
     owner = json.loads((path / "owner.json").read_text())
@@ -424,14 +424,14 @@ def _job_of(pid):
             "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
 
 
-    assert out["locked_by_us"] and json.loads((lock / "owner.json").read_text())["owner"] == "alice"
-    other = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="B", owner="bob")
-    assert other["failed"] and other["locked"] and "alice" in other["msg"]
-    status = module("doai_backend_pm2_inspect", tmp_path, path=str(r), pm2_bin=pm2, lock_path=str(lock))
-    assert status["host_lock"]["owner"] == "alice" and status["host_lock"]["age_s"] >= 0
-    module("doai_host_lock", tmp_path, path=str(lock), run_id="A", state="absent")
-    bad = capture(tmp_path, r, pm2, target="0" * 40, lock_path=str(lock), run_id="C", owner="carol")
-    assert bad["failed"] and bad["invalid_target"]
+def test_stale_host_lock_is_taken_over(tmp_path):
+    path = tmp_path / "state" / "backend.lock"
+    module("doai_host_lock", tmp_path, path=str(path), run_id="A", owner="alice")
+    _age_lock(path)
+    b = module("doai_host_lock", tmp_path, path=str(path), run_id="B", owner="bob", ttl=60)
+    assert b["changed"] and b["holder"]["owner"] == "bob" and b.get("warnings")
+
+
 def test_host_lock_older_than_the_ttl_with_a_live_job_is_not_taken_over(tmp_path):
     """Issue 18 item 3: age alone never overrides a live holder. The lock records its run's
     detached job (pid + start time + boot id); while that process runs the lock holds, however
@@ -466,6 +466,18 @@ def test_host_lock_taken_again_by_its_run_is_refreshed(tmp_path):
     assert b["failed"] and b["locked"], b
 
 
+def test_capture_takes_the_lock_and_releases_it_when_it_refuses(tmp_path, repo, pm2):
+    r, (v1, _v2, _v3) = repo
+    lock = tmp_path / "state" / "backend.lock"
+    out = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="A", owner="alice")
+    assert out["locked_by_us"] and json.loads((lock / "owner.json").read_text())["owner"] == "alice"
+    other = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="B", owner="bob")
+    assert other["failed"] and other["locked"] and "alice" in other["msg"]
+    status = module("doai_backend_pm2_inspect", tmp_path, path=str(r), pm2_bin=pm2, lock_path=str(lock))
+    assert status["host_lock"]["owner"] == "alice" and status["host_lock"]["age_s"] >= 0
+    module("doai_host_lock", tmp_path, path=str(lock), run_id="A", state="absent")
+    bad = capture(tmp_path, r, pm2, target="0" * 40, lock_path=str(lock), run_id="C", owner="carol")
+    assert bad["failed"] and bad["invalid_target"]
     assert not lock.exists()  # the refused capture did not leave its lock behind
     planned = capture(tmp_path, r, pm2, target=v1, lock_path=str(lock), run_id="D", plan_only=True)
     assert planned["locked_by_us"] is False and not lock.exists()
@@ -612,6 +624,41 @@ def test_apply_job_is_attached_to_not_run_twice(tmp_path, repo, pm2):
     assert first["steps"] == second["steps"]
     assert (tmp_path / "pm2.log").read_text() == "reload all\n"  # one reload, not two
     assert git(r, "rev-parse", "HEAD") == v2
+
+
+def test_apply_job_records_itself_in_the_ledger_and_holds_the_host_lock(tmp_path, repo, pm2):
+    """Issue 18 items 1 and 3: the apply job writes its own ledger entry (it outlives a killed
+    controller) and records its process in the host lock, refreshed."""
+    r, (_v1, v2, v3) = repo
+    lock = tmp_path / "state" / "backend.lock"
+    ledger_ = tmp_path / "state" / "ledger.jsonl"
+    assert module("doai_host_lock", tmp_path, path=str(lock), run_id="R1", owner="alice")["changed"]
+    _age_lock(lock)
+    record = {"action": "rollback", "from": v3, "to": v2, "who": "alice", "why": "bad", "run_id": "R1"}
+    out = module("doai_backend_pm2_apply", tmp_path, path=str(r), commit=v2, install_argv=["true"], pm2_bin=pm2,
+                 job="R1-apply", job_dir=str(tmp_path / "jobs"), record=record, ledger_path=str(ledger_),
+                 lock_path=str(lock), lock_ttl=60)
+    assert out["changed"] and not out.get("failed") and out["recorded"], out
+    (entry,) = [json.loads(x) for x in ledger_.read_text().splitlines()]
+    assert {k: entry[k] for k in record} == record and entry["result"] == "applied" and entry["by"] == "job"
+    owner = json.loads((lock / "owner.json").read_text())
+    assert owner["run_id"] == "R1" and owner["refreshed"] > "1970-01-01T00:00:00Z" and owner["job"]["pid"] > 0
+    assert owner["job"]["start_ticks"] is not None
+    # Without a record asked for, nothing is written (the restore's apply).
+    module("doai_backend_pm2_apply", tmp_path, path=str(r), commit=v3, install_argv=["true"], pm2_bin=pm2,
+           job="R1-restore", job_dir=str(tmp_path / "jobs"))
+    assert len(ledger_.read_text().splitlines()) == 1
+
+
+def test_ledger_read_returns_one_runs_entries(tmp_path):
+    ledger_ = tmp_path / "ledger.jsonl"
+    ledger_.write_text("".join(json.dumps(x) + "\n" for x in (
+        {"action": "rollback", "run_id": "A", "result": "applied", "by": "job"},
+        {"action": "rollback", "run_id": "B", "result": "succeeded"},
+        {"action": "rollback", "run_id": "A", "result": "succeeded"})))
+    out = module("doai_ledger_read", tmp_path, path=str(ledger_), run_id="A")
+    assert [e["result"] for e in out["entries"]] == ["applied", "succeeded"] and out["last"]["result"] == "succeeded"
+    assert module("doai_ledger_read", tmp_path, path=str(ledger_), run_id="C")["entries"] == []
 
 
 # -- the roles' interfaces stay in step ------------------------------------------------------------

@@ -48,6 +48,19 @@ options:
   job_dir: {description: Where job files live., type: path, required: true}
   timeout: {description: Seconds the job may run., type: int, default: 900}
   until: {description: Return at this progress key (healthy)., type: str, default: ""}
+  record:
+    description:
+      - The job's own record in the host's ledger, written by the detached job once the commit is
+        live (C(result) applied, C(by) job), so that a controller killed meanwhile leaves the
+        change on record (action, from, to, who, why, run_id); empty - none.
+    type: dict
+  ledger_path: {description: The host's ledger, for I(record)., type: path}
+  lock_path:
+    description:
+      - The host lock the job works under (held by I(record)'s run_id) - the job records its
+        process in it and refreshes it every I(lock_ttl)/4 while it runs.
+    type: path
+  lock_ttl: {description: The host lock's TTL in seconds., type: int, default: 3600}
   reconnect_timeout: {description: Used by the action plugin., type: float, default: 0}
 author: doai-ansible contributors
 """
@@ -76,6 +89,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.doai_docker import Docker, DockerError, short
 from ansible.module_utils.doai_health import probe, reported_version
+from ansible.module_utils.doai_history import job_recorder
 from ansible.module_utils.doai_job import run_job
 
 
@@ -135,6 +149,8 @@ def main():
             job=dict(type="str", default=""), job_dir=dict(type="path", required=True),
             timeout=dict(type="int", default=900), until=dict(type="str", default=""),
             reconnect_timeout=dict(type="float", default=0),
+            record=dict(type="dict"), ledger_path=dict(type="path"), lock_path=dict(type="path"),
+            lock_ttl=dict(type="int", default=3600),
         ),
         supports_check_mode=False,
     )
@@ -197,7 +213,13 @@ def main():
         except (Failed, DockerError) as exc:
             module.exit_json(status="not_restored", restore_error=str(exc), **result)
 
-    run_job(module, p["job_dir"], p["job"], work, p["timeout"], until=p["until"] or None)
+    # The job's own record: its whole outcome (it checks health and puts back on failure itself).
+    record = dict(p["record"] or {}, job=p["job"])
+    run_id = record.get("run_id")
+    run_job(module, p["job_dir"], p["job"], work, p["timeout"], until=p["until"] or None,
+            on_result=job_recorder(p["ledger_path"], p["record"] and record,
+                                   lambda done: None if done.get("status") in (None, "refused") else done["status"]),
+            lock=(p["lock_path"], run_id, p["lock_ttl"]) if p["lock_path"] and run_id else None)
 
 
 def _safe(docker):

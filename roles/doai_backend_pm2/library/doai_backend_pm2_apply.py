@@ -69,6 +69,19 @@ options:
     default: ''
   job_dir: {description: Directory of the job files on the host., type: path, default: /var/lib/doai-rollback/jobs}
   timeout: {description: Seconds the job may run; then it is stopped and fails., type: int, default: 900}
+  record:
+    description:
+      - The job's own record in the host's ledger, written by the detached job once the commit is
+        live (C(result) applied, C(by) job), so that a controller killed meanwhile leaves the
+        change on record (action, from, to, who, why, run_id); empty - none.
+    type: dict
+  ledger_path: {description: The host's ledger, for I(record)., type: path}
+  lock_path:
+    description:
+      - The host lock the job works under (held by I(record)'s run_id) - the job records its
+        process in it and refreshes it every I(lock_ttl)/4 while it runs.
+    type: path
+  lock_ttl: {description: The host lock's TTL in seconds., type: int, default: 3600}
   reconnect_timeout:
     description:
       - Used by the role's action plugin, on the controller - seconds, from the first failure of
@@ -97,6 +110,7 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.doai_history import job_recorder
 from ansible.module_utils.doai_job import run_job
 from ansible.module_utils.doai_npm import InstallError, NodeModules
 
@@ -121,6 +135,8 @@ def main():
             job_dir=dict(type="path", default="/var/lib/doai-rollback/jobs"),
             timeout=dict(type="int", default=900),
             reconnect_timeout=dict(type="float", default=0),
+            record=dict(type="dict"), ledger_path=dict(type="path"), lock_path=dict(type="path"),
+            lock_ttl=dict(type="int", default=3600),
         ),
         supports_check_mode=True,
     )
@@ -137,7 +153,15 @@ def main():
         module.exit_json(changed=True, installed=False, steps=[{"step": n, "argv": a} for n, a, _, _ in plan])
 
     run_job(module, p["job_dir"], p["job"], lambda progress: apply(module, checkout, install, reloads, progress),
-            p["timeout"])
+            p["timeout"], **job_hooks(p, lambda done: None if done.get("failed") else "applied"))
+
+
+def job_hooks(p, result_of):
+    """The job's record in the ledger and its hold on the host lock, when the task asks for them."""
+    record = dict(p["record"] or {}, job=p["job"])
+    run_id = record.get("run_id")
+    return {"on_result": job_recorder(p["ledger_path"], p["record"] and record, result_of),
+            "lock": (p["lock_path"], run_id, p["lock_ttl"]) if p["lock_path"] and run_id else None}
 
 
 def apply(module, checkout, install, reloads, progress=lambda **values: None):

@@ -24,6 +24,7 @@ import re
 import signal
 import time
 
+from ansible.module_utils.doai_lock import keep_fresh
 from ansible.module_utils.doai_proc import pid_alive
 
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
@@ -67,8 +68,13 @@ def _prune(job_dir):
             pass
 
 
-def _worker(module, path, job, work, timeout):
-    """In the detached process: run ``work(progress)`` and write its result; never returns."""
+def _worker(module, path, job, work, timeout, lock=None, on_result=None):
+    """In the detached process: run ``work(progress)`` and write its result; never returns.
+
+    ``lock``: (path, run_id, ttl) of the host lock the job works under: the job records its
+    process in it and refreshes it while it runs. ``on_result(result)``: called with the job's
+    result before the job file says "done" (the job's own record in the host's ledger, which
+    outlives a controller killed meanwhile); what it raises goes into the result."""
     state = {"job": job, "pid": os.getpid(), "state": "running", "progress": {}, "result": None}
 
     def progress(**values):
@@ -78,7 +84,13 @@ def _worker(module, path, job, work, timeout):
     def finish(result):
         # The result carries what the job recorded on its way (its progress), as the module's
         # own keys would.
-        state.update(state="done", result=dict(state["progress"], finished_at=time.time(), **result))
+        done = dict(state["progress"], finished_at=time.time(), **result)
+        if on_result is not None:
+            try:
+                on_result(done)
+            except Exception as exc:  # the job's outcome stands; its record could not be written
+                done["record_error"] = "%s: %s" % (type(exc).__name__, exc)
+        state.update(state="done", result=done)
         _write(path, state)
 
     def stop(result):
@@ -97,6 +109,8 @@ def _worker(module, path, job, work, timeout):
     signal.alarm(max(1, int(timeout)))
     try:
         progress()
+        if lock:
+            keep_fresh(*lock)
         work(progress)
         finish({"failed": True, "msg": "job %s ended without a result" % job})
     except _Exit as exc:
@@ -106,7 +120,7 @@ def _worker(module, path, job, work, timeout):
     os._exit(0)
 
 
-def _detach(module, path, job, work, timeout):
+def _detach(module, path, job, work, timeout, lock=None, on_result=None):
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)
@@ -121,19 +135,19 @@ def _detach(module, path, job, work, timeout):
             os.dup2(null, fd)
         os.closerange(3, 1024)
         os.chdir("/")
-        _worker(module, path, job, work, timeout)
+        _worker(module, path, job, work, timeout, lock, on_result)
     finally:
         os._exit(1)
 
 
-def run_job(module, job_dir, job, work, timeout, until=None):
+def run_job(module, job_dir, job, work, timeout, until=None, lock=None, on_result=None):
     """Run ``work(progress)`` as job ``job`` (or attach to it, when it exists), then leave the
     module with the job's result: exit_json/fail_json as the worker called them.
 
     ``work`` calls module.exit_json/fail_json as a module's main would; ``progress(**values)``
     records values in the job file. ``until``: a progress key that ends the wait early (the
     module then returns the progress, with ``reached: <until>``, and the job goes on; a later
-    call with the same job id returns its result)."""
+    call with the same job id returns its result). ``lock``, ``on_result``: see :func:`_worker`."""
     if not job:  # no job asked for: run here, in the session
         work(lambda **values: None)
         return
@@ -153,7 +167,7 @@ def run_job(module, job_dir, job, work, timeout, until=None):
         attached = True
     if not attached:
         _prune(job_dir)
-        _detach(module, path, job, work, timeout)
+        _detach(module, path, job, work, timeout, lock, on_result)
     end = time.monotonic() + timeout + 30
     while True:
         data = read_job(path)
