@@ -168,6 +168,9 @@ def test_a_controller_that_dies_releases_its_lock_and_the_next_run_records_it(pg
     assert (step["from"], step["to"], step["outcome"]) == ("dpl_new", "dpl_old", "not_restored")
     assert state.locks(settings) == []
     assert state.saved_plan(settings, "20261206T000000Z-bbbbbb") is None  # journaled: the plan is dropped
+    by_part = run_cli("history", "--part", "dashboard", "-o", "json", env=b).json()
+    assert [r["run_id"] for r in by_part] == ["20261206T000000Z-bbbbbb"]
+    assert run_cli("history", "--part", "backend", "-o", "json", env=b).json() == []
 
 
 def test_the_store_unreachable_stops_the_run_then_local_then_push_once(sandbox, state_db, tmp_path):
