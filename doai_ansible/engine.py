@@ -250,11 +250,13 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
         message = "killed before it applied anything (found when run {} took its lock over)"
         steps = []
     else:
-        message = ("KILLED DURING ITS APPLY (found when run {} took its lock over): the state of its steps is "
-                   "unknown; check `doai-rollback status` and `lock status` (its host locks may remain)")
-        steps = [dict(st, outcome=Outcome.NOT_RESTORED.value,
-                      message="state unknown: the run was killed while applying")
-                 for st in plan.get("steps", []) if st.get("changes")]
+        steps = _killed_steps(ctx, held.run_id, plan)
+        unknown = sum(1 for st in steps if st.get("target") == "?" or "state unknown" in st.get("message", ""))
+        message = ("KILLED DURING ITS APPLY (found when run {} took its lock over): "
+                   + ("the state of its steps is unknown" if unknown == len(steps) else
+                      "its steps as its hosts recorded them" + (f" ({unknown} unknown)" if unknown else "")
+                      + ", not verified by its controller")
+                   + "; check `doai-rollback status` and `lock status` (its host locks may remain)")
     record = dict(plan or {}, run_id=held.run_id, exit_status=int(ExitStatus.INTERRUPTED),
                   exit_name=ExitStatus.INTERRUPTED.name, message=message.format(ctx.run_id), steps=steps,
                   finished=utcnow(), who=(plan or {}).get("who") or held.owner, found_killed_by=ctx.run_id)
@@ -262,6 +264,38 @@ def _killed_run(ctx: RunContext, held: LockInfo) -> None:
     record.setdefault("started", held.to_dict()["acquired_iso"])
     journal.append_record(record)
     ctx.warn(f"run {held.run_id} by {held.owner} was killed and had not been journaled: " + message.format(ctx.run_id))
+
+
+def _killed_steps(ctx: RunContext, run_id: str, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps of a killed run: each part's targets as they recorded the run
+    (:meth:`~doai_ansible.part.PartBase.recover`: a host's job outlives its controller and
+    writes its outcome), from and to pinned by the plan when it had steps; "state unknown"
+    for what no target recorded."""
+    parts = list(dict.fromkeys([*plan.get("parts", []), *(st.get("part") for st in plan.get("steps", []))]))
+    found: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for name in parts:
+        try:
+            got = registry.get(name).recover(ctx, dict(plan, run_id=run_id))
+        except Exception as exc:  # noqa: BLE001 - the record is written all the same, as unknown
+            log.debug("recover %s of run %s", name, run_id, exc_info=True)
+            ctx.warn(f"what run {run_id} did to the {name} could not be read from its targets ({type(exc).__name__}: "
+                     f"{exc}); its steps are journaled as unknown")
+            continue
+        found.update(((st["part"], st["target"]), st) for st in got)
+    steps = []
+    for st in plan.get("steps", []):
+        if not st.get("changes"):
+            continue
+        got = found.pop((st.get("part"), st.get("target")), None)
+        if got is not None:  # the plan's pins stand; the target says what became of them
+            steps.append(dict(st, outcome=got["outcome"], message=got["message"],
+                              details=dict(st.get("details") or {}, **got.get("details", {}))))
+        elif st.get("target") == "?" and any(part == st.get("part") for part, _ in found):
+            continue  # a one-pass run: its targets are the ones that recorded it (below)
+        else:
+            steps.append(dict(st, outcome=Outcome.NOT_RESTORED.value,
+                              message="state unknown: the run was killed while applying"))
+    return steps + list(found.values())
 
 
 def _one_pass(ctx: RunContext, job: Job, run: RunResult) -> None:

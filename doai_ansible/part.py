@@ -190,6 +190,14 @@ class PartBase(abc.ABC):
         for a part whose separate plan costs the outage time, e.g. a second playbook run."""
         raise NotImplementedError
 
+    def recover(self, ctx: RunContext, killed: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """What a run killed (SIGKILL) while it applied this part did, as the targets themselves
+        recorded it (a host's detached job writes its own outcome to the host's ledger): journal
+        steps (``part``, ``target``, ``from``, ``to``, ``changes``, ``outcome``, ``message``) for
+        the targets that recorded something of run ``killed["run_id"]``. The engine calls it when
+        it journals such a run; [] (the default) leaves its steps "state unknown"."""
+        return []
+
     # -- helpers for subclasses ------------------------------------------------------------------
     def steps_of(self, record: Mapping[str, Any], outcome: str = "succeeded") -> list[Mapping[str, Any]]:
         """The journaled steps of this part with the given outcome."""

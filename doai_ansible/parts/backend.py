@@ -200,6 +200,15 @@ class BackendPart(PartBase):
             return None
         return self.request(action="undo", targets=targets, health_gate=False)
 
+    def recover(self, ctx: RunContext, killed: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each mode's hosts' ledger entries of the killed run (see PlaybookPart.recover)."""
+        steps: list[dict[str, Any]] = []
+        for mode in self.split(ctx, None):
+            for st in self.modes[mode].recover(ctx, killed):
+                st["details"]["mode"] = mode
+                steps.append(st)
+        return sorted(steps, key=lambda st: st["target"])
+
     # -- prepare (PM2 hosts: the node_modules a rollback needs, into each host's cache) -----------
     def prepare(self, ctx: RunContext, request: Request, *, check: bool = False) -> dict[str, Any]:
         """Each host prepared by its mode (PM2: node_modules into the cache; Docker: the image

@@ -78,16 +78,46 @@ def reports(pb: PlaybookRun, key: str) -> dict[str, HostReport]:
             for h in sorted(set(stats) | set(failures) | set(pb.hosts))}
 
 
-def refusal_error(refused: list[HostReport]) -> DoaiError:
+def refusal_error(refused: list[HostReport], part: str | None = None) -> DoaiError:
     """One error for hosts that refused before changing anything: locked (5), unreachable (7), else 2.
-    Hosts stopped only because another one failed (all or nothing) say nothing of their own."""
+    Hosts stopped only because another one failed (all or nothing) say nothing of their own.
+    A host lock names the command that clears it when its run is dead (``part``: the CLI's name)."""
     refused = [r for r in refused if r.failure is not None] or refused
     text = "; ".join(f"{r.host}: {r.failure_text()}" for r in refused)
-    if any(r.failure is not None and r.failure.flags.get("locked") for r in refused):
-        return LockedError(text, hint="another run holds the host lock: `doai-rollback status` shows it")
+    locked = [r.host for r in refused if r.failure is not None and r.failure.flags.get("locked")]
+    if locked:
+        clear = "; ".join(f"doai-rollback lock release {part or '<part>'} --host {h}" for h in locked)
+        return LockedError(text + f" (if that run is dead: {clear})",
+                           hint=f"another run holds the host lock: wait for it; `doai-rollback lock status` says "
+                                f"whether its run is dead, and then `{clear}` removes a lock it left")
     if all(r.unreachable for r in refused):
         return UnreachableError(text, hint="check the inventory address, the SSH key and known_hosts")
     return ValidationError(text)
+
+
+def recovered_step(part: str, host: str, entries: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """A journal step for a killed run from its ledger entries on ``host`` (oldest first; the
+    last counts: the controller's record, else the detached job's own, ``by: job``)."""
+    last = entries[-1]
+    result, by_job = str(last.get("result") or ""), last.get("by") == "job"
+    who = "the host's job" if by_job else "the run on the host"
+    after = ("after the controller was killed; not verified by the controller: `doai-rollback status` "
+             "shows the live state")
+    if result == "applied":
+        outcome, message = Outcome.SUCCEEDED, f"applied by {who} {after}"
+    elif result == "succeeded":
+        outcome = Outcome.SUCCEEDED
+        message = (f"applied and found healthy by {who} {after}" if by_job
+                   else "recorded on the host as succeeded before the controller was killed")
+    elif result == "restored" or last.get("action") == "put-back":
+        outcome, message = Outcome.RESTORED, f"failed and put back by {who} ({last.get('error') or result}) {after}"
+    else:
+        outcome = Outcome.NOT_RESTORED
+        message = f"{result or 'unknown'} per {who} ({last.get('error') or '-'}) {after}: ACT NOW"
+    return {"part": part, "target": host, "from": last.get("from"), "to": last.get("to"), "rule": "",
+            "changes": True, "at_risk": None, "notes": [], "details": {"ledger": dict(last)},
+            "outcome": outcome.value, "message": message, "started": None, "finished": last.get("at"),
+            "duration_s": None, "logs": None}
 
 
 def group_hosts(ctx: RunContext, group: str) -> list[str]:
@@ -288,7 +318,7 @@ class PlaybookPart(PartBase):
             raise self._no_hosts(ctx, pb, limit, "plan")
         refused = [r for r in reps.values() if r.failure is not None or r.status not in ("planned", "unchanged")]
         if refused:
-            raise refusal_error(refused)
+            raise refusal_error(refused, self.name)
         return [self.step_from_report(h, r.stats) for h, r in reps.items()]
 
     def _no_hosts(self, ctx: RunContext, pb: PlaybookRun, limit: str | None, what: str) -> DoaiError:
@@ -322,7 +352,7 @@ class PlaybookPart(PartBase):
                 reps[host].stats["status"] = "started"
         refused = [r for r in reps.values() if not r.started and r.status != "unchanged"]
         if refused and not any(r.started for r in reps.values()):
-            raise refusal_error(refused)
+            raise refusal_error(refused, self.name)
         results = []
         for host, rep in reps.items():
             step = self.step_from_report(host, rep.stats)
@@ -365,7 +395,7 @@ class PlaybookPart(PartBase):
                 continue
             results.append(self._result(step, rep, started, time.monotonic() - t0, pb))
         if refused and not results:
-            raise refusal_error(refused)  # nothing was changed on any host
+            raise refusal_error(refused, self.name)  # nothing was changed on any host
         for rep in refused:
             results.append(StepResult(by_host[rep.host], Outcome.REFUSED, rep.failure_text(), started, utcnow()))
         if any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results):
@@ -484,6 +514,24 @@ class PlaybookPart(PartBase):
     def host_locks(self, ctx: RunContext) -> list[dict[str, Any]]:
         return locks_of(self.status(ctx))
 
+    # -- a killed run: what its hosts' jobs recorded --------------------------------------------------
+    def recover(self, ctx: RunContext, killed: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The steps of run ``killed["run_id"]`` as its hosts' ledgers record them (the status
+        playbook reads each host's entries of that run): a detached job outlives a controller
+        killed mid-apply and records what it did. [] when no host recorded anything."""
+        run_id = str(killed.get("run_id") or "")
+        if not run_id:
+            return []
+        pb = run_playbook(ctx.settings, self.status_playbook, log_dir=ctx.log_dir / "recover",
+                          on_event=self._progress(ctx, check=True),
+                          extravars={**self.fixed_vars, f"{self.var_prefix}_recover_run_id": run_id})
+        steps = []
+        for host, rep in reports(pb, self.status_stats_key).items():
+            entries = [e for e in rep.stats.get("run_ledger") or [] if isinstance(e, Mapping)]
+            if entries:
+                steps.append(recovered_step(self.name, host, entries))
+        return steps
+
     release_playbook: ClassVar[str | None] = None
     release_stats_key: ClassVar[str] = ""
 
@@ -498,7 +546,7 @@ class PlaybookPart(PartBase):
         if rep is None:
             raise UsageError(f"{host} is not a host of the {self.name} group")
         if rep.failure is not None:
-            raise refusal_error([rep])
+            raise refusal_error([rep], self.name)
         return {"host": host, "run_id": run_id, "released": bool(rep.stats.get("released")),
                 "holder": rep.stats.get("holder")}
 
@@ -526,7 +574,7 @@ class PlaybookPart(PartBase):
         failed = [r for r in reps.values() if r.failure is not None or not r.status]
         if failed and len(failed) == len(reps) and all(r.unreachable or r.failure is None or r.failure.flags
                                                        for r in failed):
-            raise refusal_error(failed)  # nothing ran anywhere: a refusal, exit 2 (or 5, 7)
+            raise refusal_error(failed, self.name)  # nothing ran anywhere: a refusal, exit 2 (or 5, 7)
         hosts: dict[str, dict[str, Any]] = {}
         worst = ExitStatus.OK
         for host, rep in reps.items():

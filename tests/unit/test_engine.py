@@ -339,6 +339,45 @@ def test_a_killed_run_is_journaled_by_the_next_run(ctx):
     assert new["run_id"] == ctx.run_id and any(first.run_id in w for w in new["warnings"])
 
 
+def test_a_killed_one_pass_run_is_journaled_from_what_its_targets_recorded(ctx, monkeypatch):
+    """Issue 18 item 1: a one-pass run (plan.json without steps) killed while its host's job
+    applied: the next run journals it from what the part's targets recorded (PartBase.recover:
+    the host ledger's entries of that run), so that `undo` works on it."""
+    import socket
+    import subprocess
+
+    calls: list[str] = []
+    first = RunContext.create(ctx.settings)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    engine._save_plan(first, engine.RunResult(first.run_id, "backend rollback", False, "r", "t", parts=["backend"]))
+    ctx.settings.locks_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.settings.locks_dir / "backend.lock").write_text(json.dumps({
+        "target": "backend", "owner": "dave", "pid": dead.pid, "host": socket.gethostname(), "acquired": 1.0,
+        "reason": "r", "run_id": first.run_id}))
+    asked: list[str] = []
+
+    class Recorded(FakePart):
+        def recover(self, ctx, killed):
+            asked.append(killed["run_id"])
+            return [{"part": "backend", "target": "vps1", "from": "a" * 40, "to": "b" * 40, "changes": True,
+                     "details": {}, "outcome": "succeeded",
+                     "message": "applied by the host's job after the controller was killed; not verified"}]
+
+    real_get = registry.get
+    monkeypatch.setattr(registry, "get", lambda name: Recorded(Part.BACKEND, calls) if name == "backend"
+                        else real_get(name))
+    run = engine.run(ctx, jobs(FakePart(Part.BACKEND, calls)), command="backend rollback", reason=None)
+    assert run.exit_status is ExitStatus.OK and asked == [first.run_id]
+    killed, _new = journal(ctx)
+    assert [(s["target"], s["from"], s["to"], s["outcome"]) for s in killed["steps"]] == [
+        ("vps1", "a" * 40, "b" * 40, "succeeded")]
+    assert "as its hosts recorded them" in killed["message"]
+    monkeypatch.setattr(registry, "get", real_get)
+    (undo,) = engine.undo_jobs(killed)
+    assert undo.part.name == "backend" and dict(undo.request.targets) == {"vps1": "a" * 40}
+
+
 def test_parts_are_planned_at_once_and_the_first_refusal_in_order_wins(ctx):
     """Plans only read: they run at the same time; a refusal is still the first in the runbook's order."""
     import threading
