@@ -55,6 +55,7 @@ class BackendDockerPart(PlaybookPart):
     prepare_stats_key = "doai_backend_docker_prepare"
     logs_task = "Read the last container log lines"
     logs_name = "container"
+    reports_run_ledger = True  # tasks/status.yml: doai_backend_docker_recover_run_id
     apply_modules = ("doai_backend_docker_apply",)
     var_prefix = "doai_backend_docker"
     group = "backend"

@@ -515,12 +515,16 @@ class PlaybookPart(PartBase):
         return locks_of(self.status(ctx))
 
     # -- a killed run: what its hosts' jobs recorded --------------------------------------------------
+    #: Whether the role's status playbook reports a run's ledger entries (``run_ledger``, asked
+    #: with ``<prefix>_recover_run_id``): only then does :meth:`recover` run it.
+    reports_run_ledger: ClassVar[bool] = False
+
     def recover(self, ctx: RunContext, killed: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The steps of run ``killed["run_id"]`` as its hosts' ledgers record them (the status
         playbook reads each host's entries of that run): a detached job outlives a controller
         killed mid-apply and records what it did. [] when no host recorded anything."""
         run_id = str(killed.get("run_id") or "")
-        if not run_id:
+        if not run_id or not self.reports_run_ledger:
             return []
         pb = run_playbook(ctx.settings, self.status_playbook, log_dir=ctx.log_dir / "recover",
                           on_event=self._progress(ctx, check=True),
