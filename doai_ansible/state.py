@@ -224,7 +224,10 @@ class PgStore:
         """An autocommit connection (exit 7 with the --state local hint when it cannot be had)."""
         import psycopg
 
-        kw = dict(self.url.connect_kwargs(), application_name=app, connect_timeout=10)
+        # keepalives: a store that vanishes without closing the connection (a cut network) is
+        # noticed in about a minute, not the kernel's two hours (a lock's release must not hang).
+        kw = dict(self.url.connect_kwargs(), application_name=app, connect_timeout=10, keepalives=1,
+                  keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
         try:
             return psycopg.connect(autocommit=True, **kw)
         except psycopg.ProgrammingError as exc:

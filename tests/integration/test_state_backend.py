@@ -381,3 +381,16 @@ def test_a_lock_lost_before_the_first_change_refuses_the_run(pg_rig, state_db, t
     assert "was lost" in run.message and "nothing was changed" in run.message
     assert pg_rig.applied_versions() == before
     assert [r["run_id"] for r in state.journal(ctx.settings)] == [run.run_id]
+
+
+def test_the_store_connection_notices_a_vanished_server(state_db, tmp_path):
+    """TCP keepalives on every connection to the store: a server that vanishes without closing the
+    connection (a cut network) is noticed in about a minute, so releasing a lock never hangs."""
+    url, password = state_db
+    conn = state.store(load_settings(env=controller(tmp_path, "ci", url))).connect()
+    try:
+        params = conn.info.get_parameters()
+    finally:
+        conn.close()
+    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_count"]) == ("1", "30", "3")
+    assert password not in json.dumps(params)
