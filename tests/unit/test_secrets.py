@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,32 @@ def test_scrub_by_value_of_the_writers_environment():
     values = secrets.secret_values(env)
     assert values == ["srk-abcdef"]
     assert secrets.scrub("k srk-abcdef on port 3001 true", values) == "k *** on port 3001 true"
+
+
+def _tasks(node):
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        yield node
+        for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
+            yield from _tasks(node.get(key))
+
+
+def test_no_debug_task_carries_log_data():
+    """A debug task's message is in the playbook log and every AWX job's output: log lines
+    travel as a module's result (scrubbed on the host), never through one (issue 19 item 1)."""
+    import yaml
+
+    offenders = []
+    for path in sorted([*ROOT.glob("roles/*/tasks/*.yml"), *ROOT.glob("playbooks/*.yml"),
+                        *ROOT.glob("playbooks/tasks/*.yml")]):
+        for task in _tasks(yaml.safe_load(path.read_text()) or []):
+            debug = task.get("ansible.builtin.debug", task.get("debug"))
+            if not isinstance(debug, dict):
+                continue
+            var = debug.get("var")
+            said = str(debug.get("msg", "")) + ("{{ " + str(var) + " }}" if var else "")
+            if re.search(r"\{\{[^}]*(logs?|stdout|stderr)\b[^}]*\}\}", said):
+                offenders.append(f"{path.relative_to(ROOT)}: {task.get('name')}")
+    assert offenders == []
