@@ -43,7 +43,7 @@ def test_secret_names_are_secret_on_both_sides(name):
 @pytest.mark.parametrize("name", [
     "PATH", "HOME", "PORT", "NODE_ENV", "LANG", "SSH_AUTH_SOCK", "ANSIBLE_HOST_KEY_CHECKING",
     "ANSIBLE_PRIVATE_KEY_FILE", "ANSIBLE_VAULT_PASSWORD_FILE", "ANSIBLE_ASK_PASS", "PGPASSFILE", "PM2_HOME", "PWD",
-    "SUPABASE_URL", "XDG_SESSION_ID",
+    "SUPABASE_URL", "XDG_SESSION_ID", "ANSIBLE_HOST_KEY_AUTO_ADD", "SSH_PUBLIC_KEY",
 ])
 def test_ordinary_names_are_not(name):
     assert not _host_module().is_secret_name(name)

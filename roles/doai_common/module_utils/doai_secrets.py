@@ -61,6 +61,8 @@ def is_secret_name(name):
     if n in _NOT_SECRET or n.startswith(_NOT_SECRET_PREFIX) or _NOT_SECRET_SUFFIX_RE.search(n):
         return False
     words = [w for w in _SPLIT_RE.split(n) if w]
+    # A host key or a public key is not a secret (ANSIBLE_HOST_KEY_AUTO_ADD, SSH_PUBLIC_KEY).
+    words = [w for i, w in enumerate(words) if not (w == "KEY" and i and words[i - 1] in ("HOST", "PUBLIC"))]
     if not words:
         return False
     if any(w in _SECRET_WORDS for w in words) or any(w.endswith("KEY") and len(w) > 3 for w in words):
