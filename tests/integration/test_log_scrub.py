@@ -69,6 +69,16 @@ def test_pm2_release_logging_secrets_is_rolled_back_and_its_logs_kept_scrubbed(f
         assert line in text, text
     diag = run_cli("diagnose", "api-errors", "-o", "json", env=env)
     assert diag.code in (0, 6), diag.stderr + diag.stdout
+    # The whole-system rollback's log collection reads them the same way.
+    from doai_ansible import diagnose
+    from doai_ansible.context import RunContext
+    from doai_ansible.settings import load_settings
+
+    ctx = RunContext.create(load_settings(None, inventory=env["DOAI_INVENTORY"], state_dir=str(state_dir)))
+    (entry,) = diagnose.collect_logs(ctx, state_dir / "collected", lines=200, parts=("backend",))
+    collected = Path(entry["file"]).read_text()
+    for line in SCRUBBED:
+        assert line in collected, collected
     assert leaks(state_dir, res.stdout, res.stderr, diag.stdout, diag.stderr) == []
     assert leaks(tmp_path, "") == []
 
