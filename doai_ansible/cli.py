@@ -275,10 +275,10 @@ def backend_prepare(opts: Options, to: str | None, limit: str | None) -> ExitSta
 def backend_status(opts: Options, limit: str | None) -> ExitStatus:
     """Per backend host: live commit and PM2 processes, or running image and container; health."""
     validate.host_limit(limit)
+    opts.settings().require_inventory()  # asked for the backend by name: no inventory is exit 2, with how to set one
     return render_status(opts, engine.status(opts.context(), only=["backend"], limit=limit), one="backend")
 
 
-    opts.settings().require_inventory()  # asked for the backend by name: no inventory is exit 2, with how to set one
 # -- the whole system ------------------------------------------------------------------------
 @cli.group("system")
 def system_group() -> None:
@@ -395,11 +395,11 @@ def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
     else:
         for name, h in st["parts"].items():
             targets = h.get("targets") or {name: h["healthy"]}
+            states = h.get("states") or {}
             for target, ok in targets.items():
                 state = states.get(target) or ("healthy" if ok else "UNHEALTHY")
                 state = state.upper() if state == "unreachable" else state  # not "UNHEALTHY": unknown
                 click.echo(f"{name} {target}: {state}" + (f" ({h['detail']})" if h.get("detail") else ""))
-            states = h.get("states") or {}
     return engine.status_exit(st)
 
 
