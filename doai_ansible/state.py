@@ -426,7 +426,19 @@ class PgLock:
         return _info(row) if row else None
 
     def _locked(self, conn: Any) -> LockedError:
-        row = conn.execute(f"SELECT {_LOCK_COLS} FROM {SCHEMA}.locks WHERE target = %s", (self.target,)).fetchone()
+        # The holder writes its row right after it takes the lock: a loser of a close race waits
+        # for that row (briefly, bounded) so that it names the holder, not an older row's.
+        deadline = time.monotonic() + 3.0
+        while True:
+            pid = _holder_pid(conn, self.target)
+            row = conn.execute(f"SELECT {_LOCK_COLS} FROM {SCHEMA}.locks WHERE target = %s",
+                               (self.target,)).fetchone()
+            if row is not None and (pid is None or row[9] == pid):
+                break
+            if time.monotonic() > deadline:
+                row = None
+                break
+            time.sleep(0.05)
         if row is None:
             who = "another controller (it has just taken it or let it go: try again)"
         else:
