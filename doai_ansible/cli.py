@@ -774,14 +774,12 @@ def lock_release(opts: Options, target: str, host: str | None, force: bool) -> E
         if opts.json:
             emit_json(out)
         else:
-            click.echo(f"{target} {host}: dry run: would release the host lock by {lk.get('owner')} (run "
-                       f"{lk.get('run_id')}, since {lk.get('since')}; its run: {lk['run']}); nothing was changed")
+            click.echo(f"{target} {host}: dry run: would release the {_host_lock_text(lk)}; nothing was changed")
         return ExitStatus.OK
     hook = confirm_hook(opts, f"Release the {target} lock on {host} held by run {lk.get('run_id')}?")
     if hook is not None:
         shown = RunResult(ctx.run_id, f"lock release {target} --host {host}", True, None, "",
-                          message=f"{target} {host}: host lock by {lk.get('owner')} (run {lk.get('run_id')}) since "
-                                  f"{lk.get('since')}; its run: {lk['run']}")
+                          message=f"{target} {host}: {_host_lock_text(lk)}")
         if not hook(shown):
             raise click.exceptions.Abort()
     out = engine.release_host_lock(ctx, target, host, force=force, lock=lk)
@@ -791,6 +789,11 @@ def lock_release(opts: Options, target: str, host: str | None, force: bool) -> E
         click.echo(f"{target} {host}: " + ("host lock released" if out["released"] else
                                            "not released: another run holds it now"))
     return ExitStatus.OK if out["released"] else ExitStatus.LOCKED
+
+
+def _host_lock_text(lk: dict[str, Any]) -> str:
+    """A host lock as the dry run and the confirmation show it."""
+    return f"host lock by {lk.get('owner')} (run {lk.get('run_id')}) since {lk.get('since')}; its run: {lk['run']}"
 
 
 # -- the shared state store ----------------------------------------------------------------------
