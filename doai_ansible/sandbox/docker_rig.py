@@ -57,7 +57,11 @@ BUSYBOX = "/bin/busybox"  # busybox-static
 PROJECT = "doai"  # the compose project: the project directory's name
 SERVICE = "api"
 REPO_NAME = "doai-backend"
-IMAGE_VERSIONS = {"v1": "1.0.0", "v2": "2.0.0", "v3": "3.0.0", "bad": None}  # None: no health file (404)
+IMAGE_VERSIONS = {"v1": "1.0.0", "v2": "2.0.0", "v3": "3.0.0", "bad": None,  # None: no health file (404)
+                  "crash": "4.0.0"}
+# Images whose process exits at once (entrypoint `busybox false`, before the command Compose
+# gives): with `restart: unless-stopped` the container crash-loops and never answers.
+CRASHING = {"crash"}
 REGISTRY_TAGS = {"previous": "v2", "current": "v3"}
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -460,13 +464,16 @@ class DockerRig:
             if version is not None:  # bad: no health file, so /api/health is a 404
                 www["www/api/health"] = (json.dumps({"status": "ok", "version": version}) + "\n").encode()
             files = layer(www, {})
+            image_config: dict[str, object] = {
+                "Cmd": ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{self.app_port}", "-h", "/www"],
+                "Labels": {"org.opencontainers.image.title": REPO_NAME,
+                           "org.opencontainers.image.version": version or name},
+            }
+            if name in CRASHING:
+                image_config["Entrypoint"] = ["/bin/busybox", "false"]
             config = json.dumps({
                 "architecture": "amd64", "os": "linux", "created": created,
-                "config": {
-                    "Cmd": ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{self.app_port}", "-h", "/www"],
-                    "Labels": {"org.opencontainers.image.title": REPO_NAME,
-                               "org.opencontainers.image.version": version or name},
-                },
+                "config": image_config,
                 "rootfs": {"type": "layers", "diff_ids": [busybox[0], files[0]]},
                 "history": [{"created": created, "created_by": "COPY /bin/busybox /bin/busybox"},
                             {"created": created, "created_by": f"COPY www-{name} /www"}],

@@ -29,8 +29,10 @@ APP_SRC = Path(__file__).resolve().parent / "app"
 # v1 good, v2 good (other lockfile), v3 bad (health 500), v4 healthy at first but its server
 # exits 6 s after it starts (PM2 restarts it, and again): a crash the health gate's restart
 # watch must catch. v4 is a commit on top of v3 that HEAD never pointed at (tag only): the
-# history that v1..v3's tests read (log, reflog) is as it was without it.
-VERSIONS = ("v1", "v2", "v3", "v4")
+# history that v1..v3's tests read (log, reflog) is as it was without it. v5 (also a tag only, on
+# top of v3) dies as it starts: a crash loop that never answers health, which the restart count
+# must catch long before the health deadline.
+VERSIONS = ("v1", "v2", "v3", "v4", "v5")
 CRASH_AFTER_S = 6
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd")
 
@@ -343,14 +345,19 @@ class Sandbox:
             # The lockfile is committed as generated: v3 shares v2's byte for byte.
             shutil.copyfile(src / "package-lock.json", self.app / "package-lock.json")
             (self.app / "release.json").write_text(json.dumps({"broken": version == "v3"}) + "\n")
+            if version == "v5":
+                shutil.copyfile(APP_SRC / "server.js", self.app / "server.js")
+                with (self.app / "server.js").open("a", encoding="utf-8") as fh:
+                    fh.write("\n// v5's bug: the worker dies as it starts.\nprocess.exit(1);\n")
             if version == "v4":
                 with (self.app / "server.js").open("a", encoding="utf-8") as fh:
                     fh.write(f"\n// v4's bug: the worker dies {CRASH_AFTER_S} s after it starts.\n"
                              f"setTimeout(() => process.exit(1), {CRASH_AFTER_S * 1000});\n")
             self._git("add", "-A")
             subject = {"v1": "v1: first release", "v2": "v2: add dayjs dependency", "v3": "v3: bad release",
-                       "v4": f"v4: crashes {CRASH_AFTER_S} s after start"}[version]
-            if version == "v4":  # beside the branch: not in HEAD's reflog, the default target's fallback
+                       "v4": f"v4: crashes {CRASH_AFTER_S} s after start",
+                       "v5": "v5: crashes as it starts"}[version]
+            if version in ("v4", "v5"):  # beside the branch: not in HEAD's reflog, the default target's fallback
                 tree = self._git("write-tree").strip()
                 self.commits[version] = self._git("commit-tree", tree, "-p", "HEAD", "-m", subject).strip()
                 self._git("tag", version, self.commits[version])

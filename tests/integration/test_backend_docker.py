@@ -137,6 +137,23 @@ def test_unhealthy_previous_image_puts_the_original_back(docker_rig, env, state_
     assert not (Path(rig.host_state) / "backend.lock").exists()
 
 
+def test_an_image_that_exits_at_once_is_put_back_by_its_restarts(docker_rig, env, state_dir):
+    """:crash exits as it starts (restart: unless-stopped makes it a loop) and never answers: the
+    health gate finds it by its restarts or its exit, not by the 60 s health timeout, and v3 is
+    put back running and healthy."""
+    rig = docker_rig
+    v3 = rig.image_ids["v3"]
+    rig.registry_tag("previous", "crash")
+    res = run_cli("backend", "rollback", "--yes", "-o", "json", env=env)
+    assert res.code == 3, (res.stdout, res.stderr)
+    (step,) = res.json()["steps"]
+    assert step["outcome"] == "restored" and "crash-loops" in step["message"], step
+    assert "not healthy within" not in step["message"], step
+    assert rig.image_id(f"{rig.image_repo}:current") == v3 and rig.container_image_id() == v3
+    assert rig.health() == (200, "3.0.0")
+    assert ledger(rig)[-1]["result"] == "restored"
+
+
 @pytest.mark.parametrize("bad", ["bad tag", "-x", "sha256:zz", "a/b:c", "$(id)", "x" * 200, "previous;id"])
 def test_bad_target_is_a_usage_error_before_any_command(docker_rig, env, state_dir, bad):
     rig = docker_rig

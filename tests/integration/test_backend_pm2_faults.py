@@ -367,3 +367,26 @@ def test_a_release_that_crashes_after_six_seconds_is_rolled_back(sandbox, state_
     last = ledger(sb)[-1]
     assert (last["action"], last["to"], last["result"]) == ("rollback", sb.commits["v4"], "restored")
     assert not (sb.host_state / "backend.lock").exists()
+
+
+def test_a_release_that_crashes_as_it_starts_is_put_back_by_its_restart_count(sandbox, state_dir):
+    """v5 dies as it starts, so it never answers health and PM2's reload waits out its
+    listen_timeout per process. The restart counters give it away during the reload: the step
+    fails with "crash-loops", not with the health deadline, the captured commit is put back (by a
+    restart: the stopped reload holds PM2's reload lock) and every process is online on v3."""
+    from tests.conftest import run_cli
+
+    sb = sandbox
+    res = run_cli("backend", "rollback", "--yes", "--to", "v5", "-o", "json", "--reason", "crash test",
+                  env={"DOAI_INVENTORY": str(sb.inventory), "DOAI_STATE_DIR": str(state_dir)})
+    assert res.code == 3, res.stdout + res.stderr
+    (step,) = res.json()["steps"]
+    assert step["outcome"] == "restored", step
+    assert "crash-loops" in step["message"] and "failed after" not in step["message"], step
+    assert sb.head() == sb.commits["v3"]
+    assert sb.wait_health(expect_ok=False) == (500, "3.0.0")
+    procs = sb.pm2_processes()
+    assert procs and all(p["status"] == "online" for p in procs), procs
+    last = ledger(sb)[-1]
+    assert (last["action"], last["to"], last["result"]) == ("rollback", sb.commits["v5"], "restored")
+    assert not (sb.host_state / "backend.lock").exists()

@@ -41,6 +41,12 @@ options:
   deadline: {description: Seconds for the container to run the target and health to answer 2xx., type: int, default: 60}
   expect_version: {description: The version health must report (empty - not checked)., type: str, default: ""}
   stable_seconds: {description: Seconds the container must keep running without a restart., type: int, default: 10}
+  crash_restarts:
+    description:
+      - While waiting for health, a container of the awaited image that restarted this many times, or
+        that exited and was not restarted, fails the wait at once (a crash loop); 0 waits for the deadline.
+    type: int
+    default: 3
   require_health: {description: Fail on bad health (false - report it only)., type: bool, default: true}
   restore_requires_health: {description: Whether the put-back must be healthy too., type: bool, default: true}
   log_lines: {description: Container log lines kept in the result., type: int, default: 50}
@@ -98,13 +104,24 @@ class Failed(Exception):
 
 
 def wait_healthy(docker, p, image_id, deadline_s, expect_version, require_health, progress=None):
-    """Until the container runs ``image_id`` and health is good (or, not required, answers at all)."""
+    """Until the container runs ``image_id`` and health is good (or, not required, answers at all).
+    A container of ``image_id`` that exits (and is not restarted) or restarts ``crash_restarts``
+    times fails at once: a crash loop is found by its restarts, not by the deadline."""
     t0 = time.monotonic()
     end = t0 + deadline_s
     last = "no container yet"
     code, version = None, None
+    seen = {}  # container id -> the restart count first seen: a recreated container starts at 0
     while True:
         c = docker.container()
+        if c and c["image"] == image_id:
+            first = seen.setdefault(c["id"], c["restart_count"] or 0)
+            restarts = (c["restart_count"] or 0) - first
+            if p["crash_restarts"] > 0 and (restarts >= p["crash_restarts"]
+                                            or (c["status"] in ("exited", "dead") and c["started_at"]
+                                                and not c["started_at"].startswith("0001-"))):
+                raise Failed("the container crash-loops: %s %s (exit code %s, %d restarts) %.1f s after it was "
+                             "recreated" % (c["name"], c["status"], c["exit_code"], restarts, time.monotonic() - t0))
         if c and c["image"] == image_id and c["running"]:
             code, body = probe(p["health_url"], 2)
             version = reported_version(body) if code is not None else None
@@ -144,7 +161,8 @@ def main():
             project_dir=dict(type="path", required=True), project_name=dict(type="str", default=""),
             service=dict(type="str", required=True), health_url=dict(type="str", required=True),
             deadline=dict(type="int", default=60), expect_version=dict(type="str", default=""),
-            stable_seconds=dict(type="int", default=10), require_health=dict(type="bool", default=True),
+            stable_seconds=dict(type="int", default=10), crash_restarts=dict(type="int", default=3),
+            require_health=dict(type="bool", default=True),
             restore_requires_health=dict(type="bool", default=True), log_lines=dict(type="int", default=50),
             job=dict(type="str", default=""), job_dir=dict(type="path", required=True),
             timeout=dict(type="int", default=900), until=dict(type="str", default=""),

@@ -58,6 +58,15 @@ options:
   pm2_home: {description: PM2_HOME for pm2 calls., type: str, default: ''}
   pm2_mode: {description: reload or restart., type: str, choices: [reload, restart], default: reload}
   apps: {description: Apps to reload; empty means all., type: list, elements: str, default: []}
+  crash_restarts:
+    description:
+      - While PM2 reloads, C(pm2 jlist) is read about every 0.5 s; when a process restarted this
+        many times more than the reload itself restarts it, or PM2 gave up on it (C(errored)),
+        the release crash-loops - the reload is stopped and the step fails at once (C(crash_loop)
+        in the result) instead of waiting out PM2's C(listen_timeout) per process and the health
+        deadline. 0 turns the watch off.
+    type: int
+    default: 3
   git_bin: {description: git executable., type: str, default: git}
   lock_wait: {description: Seconds to wait for another apply on the same checkout., type: int, default: 600}
   job:
@@ -101,18 +110,21 @@ node_modules:
   returned: success
 waited: {description: Seconds spent waiting for another apply on the checkout., type: float, returned: success}
 live_since: {description: When the PM2 reload started (epoch seconds on the host)., type: float, returned: when a job reached the reload}
+crash_loop: {description: The reload was stopped because the release crash-loops., type: bool, returned: on that failure}
 job: {description: The job id (with I(job))., type: str, returned: when a job ran}
 attached: {description: Whether this call attached to a job started earlier., type: bool, returned: when a job ran}
 """
 
 import fcntl
 import os
+import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.doai_history import job_recorder
 from ansible.module_utils.doai_job import run_job
 from ansible.module_utils.doai_npm import InstallError, NodeModules
+from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist
 
 
 def main():
@@ -129,6 +141,7 @@ def main():
             pm2_home=dict(type="str", default=""),
             pm2_mode=dict(type="str", choices=["reload", "restart"], default="reload"),
             apps=dict(type="list", elements="str", default=[]),
+            crash_restarts=dict(type="int", default=3),
             git_bin=dict(type="str", default="git"),
             lock_wait=dict(type="int", default=600),
             job=dict(type="str", default=""),
@@ -168,6 +181,9 @@ def apply(module, checkout, install, reloads, progress=lambda **values: None):
     p = module.params
     waited = hold_checkout(module)
     steps = []
+    # The restart counters before the reload, read while the install and checkout run: the
+    # crash-loop watch compares with them (an app that is not running yet has none).
+    counters = start_jlist(p["pm2_bin"], p["pm2_home"]) if p["crash_restarts"] > 0 else None
     # node_modules is made ready before the checkout (the running release keeps its own while
     # npm works) and swapped in by rename after it; see doai_npm.NodeModules.
     deps = NodeModules(p["path"], p["cache_dir"], p["cache_keep"], p["install_argv"], steps=steps,
@@ -185,8 +201,15 @@ def apply(module, checkout, install, reloads, progress=lambda **values: None):
                          changed=True, installed=deps.installed)
     # When PM2 starts the release: the health gate's restart watch counts from here.
     progress(live_since=time.time())
+    baseline = None
+    if counters is not None:
+        procs, _ = finish_jlist(counters, p["apps"])
+        baseline = dict((x["pm_id"], x["restarts"] or 0) for x in procs or [])
     for step in reloads:
-        run(module, step, steps)
+        if baseline is None:
+            run(module, step, steps)
+        else:
+            run_watched(module, step, steps, baseline)
     deps.finish()
     module.exit_json(changed=True, steps=steps, installed=deps.installed, node_modules=deps.report(), waited=waited)
 
@@ -222,6 +245,66 @@ def run(module, step, steps):
         module.fail_json(
             msg="%s failed (rc %d): %s" % (name, rc, (err or out).strip()[-1000:]),
             steps=steps, failed_step=name, changed=True, installed=name == "install",
+        )
+
+
+def crash_looping(procs, baseline, limit):
+    """The processes (``name (id N): ...``) that restarted ``limit`` times more than a reload does
+    (once) since ``baseline`` ({pm_id: restarts}), or that PM2 gave up on (errored)."""
+    looping = []
+    for x in procs:
+        extra = (x["restarts"] or 0) - baseline.get(x["pm_id"], 0) - 1
+        if x["status"] == "errored" or extra >= limit:
+            looping.append("%s (id %s): %s, %d restarts" % (x["name"], x["pm_id"], x["status"],
+                                                             max(0, extra + 1)))
+    return looping
+
+
+def run_watched(module, step, steps, baseline):
+    """``run`` for a PM2 reload, watching the restart counters meanwhile: a release that
+    crash-loops stops the reload (the pm2 client; the put-back restarts the app) and fails the
+    step at once, instead of after PM2's listen_timeout per process and the health deadline."""
+    p = module.params
+    name, argv, env, cwd = step
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The client's output is small (a few lines per process): read by communicate() at the end.
+    probe = None
+    next_probe = t0 + 0.5
+    while proc.poll() is None:
+        now = time.monotonic()
+        if probe is None and now >= next_probe:
+            probe = start_jlist(p["pm2_bin"], p["pm2_home"])
+        if probe is not None and (isinstance(probe, OSError) or probe.poll() is not None):
+            procs, _ = finish_jlist(probe, p["apps"])
+            probe, next_probe = None, time.monotonic() + 0.5
+            looping = crash_looping(procs or [], baseline, p["crash_restarts"])
+            if looping:
+                proc.terminate()
+                try:
+                    proc.communicate(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                seconds = round(time.monotonic() - t0, 3)
+                steps.append({"step": name, "argv": argv, "rc": None, "seconds": seconds, "stopped": "crash loop"})
+                module.fail_json(
+                    msg="the release crash-loops: %s, %.1f s into the %s; the reload was stopped"
+                    % ("; ".join(looping), seconds, name),
+                    steps=steps, failed_step=name, changed=True, crash_loop=True, processes=procs,
+                )
+        time.sleep(0.05)
+    if probe is not None and not isinstance(probe, OSError):
+        probe.kill()
+        probe.communicate()
+    out, _ = proc.communicate()
+    rc = proc.returncode
+    steps.append({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)})
+    if rc != 0:
+        module.fail_json(
+            msg="%s failed (rc %d): %s" % (name, rc, out.decode("utf-8", "replace").strip()[-1000:]),
+            steps=steps, failed_step=name, changed=True, installed=False,
         )
 
 

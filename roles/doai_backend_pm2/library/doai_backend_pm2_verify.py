@@ -24,6 +24,13 @@ options:
   health_url: {description: URL probed from the host., type: str, required: true}
   deadline: {description: Seconds to wait for health., type: float, default: 60}
   expect_version: {description: Version the health body must report (empty = any)., type: str, default: ''}
+  crash_restarts:
+    description:
+      - While health is not good yet, C(pm2 jlist) is read about every second; a process that
+        restarted this many times since the first read, or that PM2 marked C(errored), fails the
+        gate at once (C(crash_loop) in the result). 0 turns it off.
+    type: int
+    default: 3
   stable_seconds: {description: Seconds the PM2 restart counters must stay still (from I(since), else from health good)., type: float, default: 3}
   require_health:
     description:
@@ -103,6 +110,7 @@ def main():
             reconnect_timeout=dict(type="float", default=0),
             since=dict(type="float", default=0),
             until=dict(type="str", choices=["healthy", "stable"], default="stable"),
+            crash_restarts=dict(type="int", default=3),
         ),
         supports_check_mode=True,
     )
@@ -122,6 +130,12 @@ def verify(module, progress):
     # added to what the operator waits for.
     delay = 0.05
     status, version, last = None, None, ""
+    # While health is not good, the restart counters are read about every second (in the
+    # background: node's start-up is most of a jlist): an app that keeps restarting, or that PM2
+    # gave up on, fails the gate at once rather than at the deadline.
+    watch = p["crash_restarts"] > 0
+    counters = start_jlist(p["pm2_bin"], p["pm2_home"]) if watch else None
+    baseline, next_look = None, start + 1.0
     while True:
         status, body = probe(p["health_url"], timeout=max(1.0, min(10.0, deadline - time.monotonic())))
         version = reported_version(body) if status else None
@@ -135,6 +149,24 @@ def verify(module, progress):
             last = "HTTP %s" % status
         else:
             last = "reports version %s, expected %s" % (version, p["expect_version"])
+        if counters is not None and (isinstance(counters, OSError) or counters.poll() is not None):
+            procs, _ = finish_jlist(counters, p["apps"])
+            counters = None
+            if procs is not None and baseline is None:
+                baseline = dict((x["pm_id"], x["restarts"] or 0) for x in procs)
+            elif procs is not None:
+                looping = ["%s (id %s): %s, %d restarts" % (x["name"], x["pm_id"], x["status"],
+                                                            (x["restarts"] or 0) - baseline.get(x["pm_id"], 0))
+                           for x in procs if x["status"] == "errored"
+                           or (x["restarts"] or 0) - baseline.get(x["pm_id"], 0) >= p["crash_restarts"]]
+                if looping:
+                    module.fail_json(
+                        msg="the release crash-loops: %s, %.1f s into the health check (%s)"
+                        % ("; ".join(looping), time.monotonic() - start, last),
+                        status=status, version=version, unhealthy=True, crash_loop=True, processes=procs,
+                    )
+        if watch and counters is None and time.monotonic() >= next_look:
+            counters, next_look = start_jlist(p["pm2_bin"], p["pm2_home"]), time.monotonic() + 1.0
         if time.monotonic() + delay > deadline:
             module.fail_json(
                 msg="health check %s failed after %.0f s: %s" % (p["health_url"], p["deadline"], last),
@@ -143,6 +175,9 @@ def verify(module, progress):
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
     elapsed = time.monotonic() - start
+    if counters is not None and not isinstance(counters, OSError):
+        counters.kill()
+        counters.communicate()
     jlist_run = start_jlist(p["pm2_bin"], p["pm2_home"])
     # What an operator waits for: the outage is over. The watch for restarts goes on.
     progress(healthy=True, status=status, version=version, elapsed=round(elapsed, 3),
