@@ -4,7 +4,8 @@ the action plugin's module calls on Windows PCs replayed from recorded module re
 
 The Windows results are in the shape ansible.windows.win_powershell / win_service and
 community.windows.win_scheduled_task return them; no Windows host ran here (there is none), so
-the PowerShell scripts themselves are not exercised by these tests.
+the PowerShell scripts themselves are not exercised by these tests: each call's script is checked
+to be its file's text (roles/doai_agent/files/windows), which tests/unit/test_powershell.py parses.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 its put-back over every state, the installer check, and the action plugin's module calls on a
 Windows PC replayed from recorded module results (below, in the shape ansible.windows
 win_powershell / win_get_url and community.windows win_scheduled_task return them). No Windows
-host ran here: the PowerShell scripts themselves are not exercised; the Linux stand-in PCs run
+host ran here: the PowerShell scripts themselves are not exercised (each call's script is its
+file's text, parsed by tests/unit/test_powershell.py); the Linux stand-in PCs run
 the whole flow in tests/integration/test_agent_reinstall.py."""
 
 from __future__ import annotations

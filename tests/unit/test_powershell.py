@@ -1,8 +1,9 @@
 """Every PowerShell script of the project, checked without PowerShell (there is no Windows here):
 each ``.ps1`` of the repository parsed with a real PowerShell grammar (tree-sitter-powershell),
-any syntax error failing the test with its line:column and text; and each script of the agent
-role (roles/doai_agent/files/windows) taking exactly the parameters the action plugin passes it
-(``PS_PARAMS``, which its ``_ps`` enforces on every call).
+any syntax error failing the test with its line:column and text; each script of the agent role
+(roles/doai_agent/files/windows) taking exactly the parameters the action plugin passes it
+(``PS_PARAMS``, which its ``_ps`` enforces on every call); and each one a playbook runs through
+``ansible.builtin.raw`` (``& { <file> } -Name value``) taking exactly the names the task passes.
 
 A typo in a script would otherwise first show on a real PC, after the agent was stopped."""
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import tree_sitter
 import tree_sitter_powershell
+import yaml
 from ansible.errors import AnsibleError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,9 +56,13 @@ def syntax_errors(text):
 
     def walk(node):
         if node.type == "ERROR" or node.is_missing:
-            line, col = node.start_point
+            # An ERROR node can open with the well-formed statements before the fault (a
+            # param() block): it is reported where its first token outside them is.
+            at = next((c for c in node.children if not c.is_named or c.type == "ERROR"), node)
+            line, col = at.start_point
             what = f"missing {node.type!r}" if node.is_missing else "syntax error"
-            snippet = node.text.decode("utf-8", "replace").splitlines()[0][:60] if node.text else ""
+            snippet = text.encode("utf-8")[at.start_byte:node.end_byte].decode("utf-8", "replace")
+            snippet = snippet.splitlines()[0][:60] if snippet else ""
             out.append(f"{line + 1}:{col + 1}: {what} {snippet!r}")
             if not node.is_missing:
                 return  # one report per broken region, not one per node inside it
@@ -228,3 +235,96 @@ def test_the_scripts_are_found_from_a_collection_layout(tmp_path):
     assert moved.scripts_dir() == str(coll / "roles" / "doai_agent" / "files" / "windows")
     assert moved.script_text("stop") == "param([string]$Root, [int]$TimeoutSeconds)\n"
     assert moved.script_text("rename") == (WIN_SCRIPTS / "rename.ps1").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# The scripts playbooks run through ansible.builtin.raw (no collection, no `parameters`)
+# --------------------------------------------------------------------------------------------
+
+YAML_DIRS = ("playbooks", "molecule", "roles", "examples")
+# `& {<newline>{{ lookup('ansible.builtin.file', 'x.ps1') }}<newline>} -Name value ...`
+RAW_CALL = re.compile(r"& \{\n\{\{ lookup\('ansible\.builtin\.file', '([\w.-]+\.ps1)'\) \}\}\n\}((?: -.*)?)\Z")
+RAW_ARG = re.compile(r" -(\w+) ('\{\{[^}']*\}\}'|\{\{[^}]*\}\}|'[\w.-]*'|\d+)")
+POWERSHELL_MODULES = {"ansible.windows.win_powershell", "win_powershell", "ansible.windows.win_shell", "win_shell",
+                      "ansible.builtin.script", "script"}
+
+
+def yaml_tasks():
+    """(file, task) for every task of every YAML file of playbooks/, molecule/, roles/, examples/."""
+    out = []
+
+    def walk(path, items):
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            out.append((path, item))
+            for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
+                walk(path, item.get(key))
+
+    for top in YAML_DIRS:
+        for path in sorted((ROOT / top).rglob("*.yml")):
+            if any(part.startswith(".") or part == "node_modules" for part in path.relative_to(ROOT).parts):
+                continue
+            walk(path, yaml.safe_load(path.read_text(encoding="utf-8")))
+    return out
+
+
+def raw_calls():
+    return [(path, task["name"], task.get("ansible.builtin.raw", task.get("raw")))
+            for path, task in yaml_tasks() if "ansible.builtin.raw" in task or "raw" in task]
+
+
+def check_raw_call(path, command):
+    """What is wrong with a raw task's command: PowerShell text other than a call of a .ps1 file
+    beside the playbook (files/), or a call whose -Name arguments are not the script's param()."""
+    if re.fullmatch(r"[\w.-]+(?: [\w.-]+)*", command):
+        return []  # a plain command (echo doai-agent-reachable): no script
+    m = RAW_CALL.match(command)
+    if not m:
+        return [("PowerShell text in the task: put it in a .ps1 file under files/ and call it as "
+                 "& {\\n{{ lookup('ansible.builtin.file', 'x.ps1') }}\\n} -Name value")]
+    script = path.parent / "files" / m.group(1)
+    if not script.is_file():
+        return [f"files/{m.group(1)} (beside {path.name}) does not exist"]
+    args = RAW_ARG.findall(m.group(2))
+    if "".join(f" -{n} {v}" for n, v in args) != m.group(2):
+        return [f"arguments not understood: {m.group(2)!r}"]
+    text = script.read_text(encoding="utf-8")
+    problems = check_script(text, [name for name, _ in args])
+    # the call as the PC gets it (each templated value standing in as a plain one) parses too
+    values = "".join(f" -{n} " + ("'x'" if v.startswith("'") else "1") for n, v in args)
+    wrapped = "& {\n" + text.rstrip() + "\n}" + values
+    problems += ["the call: " + e for e in syntax_errors(wrapped)]
+    return problems
+
+
+def test_every_raw_powershell_task_calls_a_script_with_its_parameters():
+    calls = raw_calls()
+    # the three that run PowerShell: agent-diagnose's TCP connect, molecule agent_windows' two
+    scripts = {RAW_CALL.match(c).group(1) for _, _, c in calls if RAW_CALL.match(c)}
+    assert scripts == {"agent_tcp_connect.ps1", "prepare_agent_folder.ps1", "read_agent_folder.ps1"}
+    for path, name, command in calls:
+        problems = check_raw_call(path, command)
+        assert not problems, f"{path.relative_to(ROOT)}: {name}:\n  " + "\n  ".join(problems)
+
+
+def test_no_task_holds_powershell_text_inline():
+    inline = [(str(path.relative_to(ROOT)), task.get("name")) for path, task in yaml_tasks()
+              if POWERSHELL_MODULES & set(task)]
+    assert inline == []
+
+
+def test_the_raw_check_can_fail(tmp_path):
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "x.ps1").write_text("param([string]$User)\n$User\n")
+    play = tmp_path / "play.yml"
+    call = "& {\n{{ lookup('ansible.builtin.file', 'x.ps1') }}\n}"
+    assert check_raw_call(play, call + " -User '{{ u }}'") == []
+    assert check_raw_call(play, call + " -Name '{{ u }}'") == ["param() takes User, the caller passes Name"]
+    assert check_raw_call(play, "$c = New-Object Net.Sockets.TcpClient; $c.Connect('{{ h }}', 1)")[0].startswith(
+        "PowerShell text in the task")
+    assert check_raw_call(play, call.replace("x.ps1", "y.ps1") + " -User 'a'") == [
+        "files/y.ps1 (beside play.yml) does not exist"]
+    (tmp_path / "files" / "x.ps1").write_text("param([string]$User)\nif ($User {\n")
+    assert check_raw_call(play, call + " -User 'a'") == ["2:1: syntax error 'if ($User {'",
+                                                        "the call: 3:1: syntax error 'if ($User {'"]
