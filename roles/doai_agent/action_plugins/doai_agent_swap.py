@@ -911,7 +911,8 @@ def undo_reinstall(done, stamp, options=None, version=None, failed=None):
     return undo
 
 
-# The reinstall's Windows scripts: files/windows/*.ps1 too (PS_PARAMS).
+# The reinstall's Windows scripts are files/windows/*.ps1 as well (PS_PARAMS above).
+
 WIN_GET_URL = "ansible.windows.win_get_url"
 POSIX_GET_URL = "ansible.builtin.get_url"
 
