@@ -4,7 +4,8 @@ the action plugin's module calls on Windows PCs replayed from recorded module re
 
 The Windows results are in the shape ansible.windows.win_powershell / win_service and
 community.windows.win_scheduled_task return them; no Windows host ran here (there is none), so
-the PowerShell scripts themselves are not exercised by these tests.
+the PowerShell scripts themselves are not exercised by these tests: each call's script is checked
+to be its file's text (roles/doai_agent/files/windows), which tests/unit/test_powershell.py parses.
 """
 
 from __future__ import annotations
@@ -202,10 +203,20 @@ def test_undo_steps_reverse_everything_and_restart():
 # The action plugin against recorded Windows module results
 # ------------------------------------------------------------------------------------------
 
-SCRIPT_NAMES = {getattr(swap, n): n for n in dir(swap) if n.startswith("PS_")}
-STEP_FIXTURE = {"PS_STOP": "stop_ok", "PS_RENAME": "rename_ok", "PS_COPY_CONFIG": "copy_config_kept",
-                "PS_MARKER": "marker_ok", "PS_START_TASK": "start_task_ok", "PS_VERIFY": "verify_ok",
-                "PS_UNDO_CONFIG": "undo_config_unchanged", "PS_MOVE": "rename_ok"}
+WIN_SCRIPTS = ROOT / "roles" / "doai_agent" / "files" / "windows"
+
+
+def ps1(name):
+    """A PowerShell script as its file holds it (read here, not through the plugin)."""
+    with open(WIN_SCRIPTS / (name + ".ps1"), encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+# Every script the plugin sends is named by its text: the file's text exactly (KeyError otherwise).
+SCRIPT_NAMES = {ps1(n): n for n in swap.PS_PARAMS}
+STEP_FIXTURE = {"stop": "stop_ok", "rename": "rename_ok", "copy_config": "copy_config_kept",
+                "marker": "marker_ok", "start_task": "start_task_ok", "verify": "verify_ok",
+                "undo_config": "undo_config_unchanged", "move": "rename_ok"}
 
 
 class Recorder:
@@ -277,7 +288,7 @@ SCHEDULED_TASK = (swap.WIN_SCHEDULED_TASK, {
     "name": TASK, "state": "present", "enabled": True,
     "actions": [{"path": ROOT_A + "\\app-current\\DoAi-Desktop-Agent.exe", "working_directory": ROOT_A + "\\app-current"}],
     "username": "alice", "logon_type": "interactive_token", "run_level": "limited", "multiple_instances": 2})
-OBSERVE = ("PS_OBSERVE", {"Users": [], "FolderName": "DoAi-Desktop-Agent", "LocalPath": "AppData\\Local",
+OBSERVE = ("observe", {"Users": [], "FolderName": "DoAi-Desktop-Agent", "LocalPath": "AppData\\Local",
                           "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe",
                           "Marker": ".doai-rollback.json", "ServiceName": ""})
 
@@ -292,17 +303,17 @@ def test_windows_swap_exact_module_calls():
     assert out["os"] == "windows" and out["changed"] is True and "failed" not in out
     assert rec.named() == [
         OBSERVE,
-        ("PS_STOP", {"Root": ROOT_A, "TimeoutSeconds": 30}),
-        ("PS_RENAME", rename_params("app-failed", "app-failed-" + STAMP)),
-        ("PS_MARKER", marker_params("swapping", kept="app-failed-" + STAMP)),
-        ("PS_RENAME", rename_params("app-current", "app-failed")),
-        ("PS_RENAME", rename_params("app-backup", "app-current")),
-        ("PS_COPY_CONFIG", {"Root": ROOT_A, "Source": "app-failed\\config.json", "Dest": "app-current\\config.json",
+        ("stop", {"Root": ROOT_A, "TimeoutSeconds": 30}),
+        ("rename", rename_params("app-failed", "app-failed-" + STAMP)),
+        ("marker", marker_params("swapping", kept="app-failed-" + STAMP)),
+        ("rename", rename_params("app-current", "app-failed")),
+        ("rename", rename_params("app-backup", "app-current")),
+        ("copy_config", {"Root": ROOT_A, "Source": "app-failed\\config.json", "Dest": "app-current\\config.json",
                             "KeepAs": "app-current\\config.json.doai-" + STAMP}),
         SCHEDULED_TASK,
-        ("PS_START_TASK", {"TaskName": TASK}),
-        ("PS_VERIFY", verify_params("2.4.0")),
-        ("PS_MARKER", marker_params("done", kept="app-failed-" + STAMP, config_carried=True,
+        ("start_task", {"TaskName": TASK}),
+        ("verify", verify_params("2.4.0")),
+        ("marker", marker_params("done", kept="app-failed-" + STAMP, config_carried=True,
                                     config_kept_as="config.json.doai-" + STAMP)),
     ]
     user = out["users"][0]
@@ -315,10 +326,10 @@ def test_windows_swap_exact_module_calls():
 def test_windows_users_passed_as_parameters_and_service_mode():
     out, rec = run("observe_ready", users=["alice"], agent_kind="service")
     named = rec.named()
-    assert named[0] == ("PS_OBSERVE", dict(OBSERVE[1], Users=["alice"], ServiceName="DoAiDesktopAgent"))
+    assert named[0] == ("observe", dict(OBSERVE[1], Users=["alice"], ServiceName="DoAiDesktopAgent"))
     assert named[1] == (swap.WIN_SERVICE, {"name": "DoAiDesktopAgent", "state": "stopped"})
     assert named[-3] == (swap.WIN_SERVICE, {"name": "DoAiDesktopAgent", "state": "started"})
-    assert named[-2] == ("PS_VERIFY", dict(verify_params("2.4.0"), ServiceName="DoAiDesktopAgent"))
+    assert named[-2] == ("verify", dict(verify_params("2.4.0"), ServiceName="DoAiDesktopAgent"))
     assert out["users"][0]["status"] == "changed"
 
 
@@ -345,7 +356,7 @@ def test_second_run_unchanged():
 
 def test_agent_that_does_not_stop_in_time_fails_with_nothing_to_undo():
     out, rec = run("observe_ready", fail={1: "stop_timeout"})
-    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_STOP"]
+    assert [n for n, _ in rec.named()] == ["observe", "stop"]
     user = out["users"][0]
     assert out["failed"] is True and user["status"] == "failed" and user["done"] == []
     assert user["undo"] == [] and user["restore"] == "restored"
@@ -356,13 +367,13 @@ def test_locked_folder_on_second_rename_is_put_back():
     # 0 observe, 1 stop, 2 marker, 3 rename current, 4 rename backup (locked after its 10 tries).
     out, rec = run("observe_ready", fail={4: "rename_locked"})
     named = rec.named()
-    assert named[4] == ("PS_RENAME", rename_params("app-backup", "app-current"))
+    assert named[4] == ("rename", rename_params("app-backup", "app-current"))
     assert named[5:] == [
-        ("PS_RENAME", rename_params("app-failed", "app-current")),
-        ("PS_MARKER", marker_params("put_back")),
+        ("rename", rename_params("app-failed", "app-current")),
+        ("marker", marker_params("put_back")),
         SCHEDULED_TASK,
-        ("PS_START_TASK", {"TaskName": TASK}),
-        ("PS_VERIFY", verify_params("2.4.1")),
+        ("start_task", {"TaskName": TASK}),
+        ("verify", verify_params("2.4.1")),
     ]
     user = out["users"][0]
     assert out["failed"] is True and user["status"] == "failed" and user["restore"] == "restored"
@@ -373,8 +384,8 @@ def test_locked_folder_on_second_rename_is_put_back():
 def test_failed_verify_after_full_swap_is_put_back_and_failed_undo_reports_not_restored():
     # 0 observe, 1 stop, 2 marker, 3-4 renames, 5 copy, 6-7 start, 8 verify fails.
     out, rec = run("observe_ready", fail={8: "stop_timeout"})
-    assert [n for n, _ in rec.named()[9:]] == ["PS_STOP", "PS_RENAME", "PS_RENAME", "PS_RENAME", "PS_RENAME",
-                                               "PS_MARKER", swap.WIN_SCHEDULED_TASK, "PS_START_TASK", "PS_VERIFY"]
+    assert [n for n, _ in rec.named()[9:]] == ["stop", "rename", "rename", "rename", "rename",
+                                               "marker", swap.WIN_SCHEDULED_TASK, "start_task", "verify"]
     assert rec.named()[10][1] == rename_params("app-current\\config.json",
                                                "config.json.doai-undone-" + STAMP, retries=1, delay=0)
     assert rec.named()[11][1] == rename_params("app-current\\config.json.doai-" + STAMP, "config.json",
@@ -391,14 +402,14 @@ def test_half_finished_resume_on_windows_puts_back_prior_steps_on_failure():
     # 0 observe, 1 rename backup, 2 copy, 3-4 start, 5 verify fails.
     out, rec = run("observe_half_finished", fail={5: "stop_timeout"})
     named = rec.named()
-    assert named[1] == ("PS_RENAME", rename_params("app-backup", "app-current"))
+    assert named[1] == ("rename", rename_params("app-backup", "app-current"))
     undo = [(n, p.get("Path"), p.get("NewName")) for n, p in named[6:]]
-    assert undo == [("PS_STOP", None, None),
-                    ("PS_RENAME", "app-current\\config.json", "config.json.doai-undone-" + STAMP),
-                    ("PS_RENAME", "app-current\\config.json.doai-" + STAMP, "config.json"),
-                    ("PS_RENAME", "app-current", "app-backup"),
-                    ("PS_RENAME", "app-failed", "app-current"),
-                    (swap.WIN_SCHEDULED_TASK, None, None), ("PS_START_TASK", None, None), ("PS_VERIFY", None, None)]
+    assert undo == [("stop", None, None),
+                    ("rename", "app-current\\config.json", "config.json.doai-undone-" + STAMP),
+                    ("rename", "app-current\\config.json.doai-" + STAMP, "config.json"),
+                    ("rename", "app-current", "app-backup"),
+                    ("rename", "app-failed", "app-current"),
+                    (swap.WIN_SCHEDULED_TASK, None, None), ("start_task", None, None), ("verify", None, None)]
     assert named[-1][1]["Expected"] == "2.4.1"
 
 
@@ -410,7 +421,7 @@ def test_os_from_connection_or_facts():
 
 
 def test_scripts_take_values_as_parameters_only():
-    """No value reaches a script's text: every script is one of the constants."""
+    """No value reaches a script's text: every script sent is one of the role's .ps1 files, as it is."""
     _, rec = run("observe_failed_present")
     for module, args in rec.calls:
         if module == swap.WIN_POWERSHELL:
@@ -538,7 +549,7 @@ def test_socketio_reach_is_checked_after_verify_when_configured():
     assert ops.index("reach") == ops.index("verify") + 1 and ops[-1] == "marker"
     step = plan["steps"][ops.index("reach")]
     ((module, args),) = swap.windows_calls(step, {"root": obs["root"], "user": "alice", "agent_kind": "process"})
-    assert module == "ansible.windows.win_powershell" and args["script"] == swap.PS_REACH
+    assert module == "ansible.windows.win_powershell" and args["script"] == ps1("reach")
     assert args["parameters"] == {"Host_": "api.doai.me", "Port": 443, "TimeoutSeconds": 4}
     ((module, args),) = swap.posix_calls(step, {"root": "/home/alice/x"})
     assert args == {"op": "reach", "root": "/home/alice/x", "host": "api.doai.me", "port": 443, "timeout": 4}
@@ -707,8 +718,8 @@ def run_undo(fail=None):
 def test_windows_undo_exact_calls_config_unchanged_and_carried_then_put_back():
     out, rec = run_undo()
     named = rec.named()
-    assert [n for n, _ in named] == ["PS_OBSERVE", "PS_STOP", "PS_MARKER", "PS_RENAME", "PS_RENAME", "PS_UNDO_CONFIG",
-                                     swap.WIN_SCHEDULED_TASK, "PS_START_TASK", "PS_VERIFY", "PS_MARKER"]
+    assert [n for n, _ in named] == ["observe", "stop", "marker", "rename", "rename", "undo_config",
+                                     swap.WIN_SCHEDULED_TASK, "start_task", "verify", "marker"]
     assert named[5][1] == {"Root": ROOT_A, "Copy": "app-backup\\config.json", "Dest": "app-current\\config.json",
                            "Kept": "app-backup\\config.json.doai-20261127T010000Z",
                            "KeepAs": "app-current\\config.json.doai-" + STAMP}
@@ -721,9 +732,9 @@ def test_windows_undo_exact_calls_config_unchanged_and_carried_then_put_back():
     assert user["status"] == "failed" and user["restore"] == "restored", user
     moves = [(n, p.get("Path"), p.get("Dest")) for n, p in rec.named()[9:13]]
     assert moves == [
-        ("PS_STOP", None, None),
-        ("PS_MOVE", "app-backup\\config.json", "app-backup\\config.json.doai-20261127T010000Z"),
-        ("PS_MOVE", "app-current\\config.json", "app-backup\\config.json"),
-        ("PS_MOVE", "app-current\\config.json.doai-" + STAMP, "app-current\\config.json")]
-    assert [n for n, _ in rec.named()[13:]] == ["PS_RENAME", "PS_RENAME", swap.WIN_SCHEDULED_TASK, "PS_START_TASK",
-                                                "PS_VERIFY"]
+        ("stop", None, None),
+        ("move", "app-backup\\config.json", "app-backup\\config.json.doai-20261127T010000Z"),
+        ("move", "app-current\\config.json", "app-backup\\config.json"),
+        ("move", "app-current\\config.json.doai-" + STAMP, "app-current\\config.json")]
+    assert [n for n, _ in rec.named()[13:]] == ["rename", "rename", swap.WIN_SCHEDULED_TASK, "start_task",
+                                                "verify"]

@@ -2,7 +2,8 @@
 its put-back over every state, the installer check, and the action plugin's module calls on a
 Windows PC replayed from recorded module results (below, in the shape ansible.windows
 win_powershell / win_get_url and community.windows win_scheduled_task return them). No Windows
-host ran here: the PowerShell scripts themselves are not exercised; the Linux stand-in PCs run
+host ran here: the PowerShell scripts themselves are not exercised (each call's script is its
+file's text, parsed by tests/unit/test_powershell.py); the Linux stand-in PCs run
 the whole flow in tests/integration/test_agent_reinstall.py."""
 
 from __future__ import annotations
@@ -216,10 +217,20 @@ VERIFY_NEW = ps_result({"version": "2.4.0", "running": True}, changed=False)
 VERIFY_OLD = ps_result({"version": "2.4.1", "running": True}, changed=False)
 RUN_TASK_FAILED = ps_result({"state": "Ready", "exit_code": 2}, error="DoAi-Desktop-Agent install (alice) exited with 2")
 
-SCRIPT_NAMES = {getattr(swap, n): n for n in dir(swap) if n.startswith("PS_")}
-PS_RESULTS = {"PS_OBSERVE": OBSERVE_RESULT, "PS_UNINSTALL_INFO": UNINSTALL_INFO,
-              "PS_CHECK_FILE": ps_result({"sha256": SHA}, changed=False), "PS_VERIFY": VERIFY_NEW,
-              "PS_COPY_CONFIG": ps_result({"copied": True, "kept": True}), "PS_SET_ASIDE": ps_result({"moved": True})}
+WIN_SCRIPTS = ROOT / "roles" / "doai_agent" / "files" / "windows"
+
+
+def ps1(name):
+    """A PowerShell script as its file holds it (read here, not through the plugin)."""
+    with open(WIN_SCRIPTS / (name + ".ps1"), encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+# Every script the plugin sends is named by its text: the file's text exactly (KeyError otherwise).
+SCRIPT_NAMES = {ps1(n): n for n in swap.PS_PARAMS}
+PS_RESULTS = {"observe": OBSERVE_RESULT, "uninstall_info": UNINSTALL_INFO,
+              "check_file": ps_result({"sha256": SHA}, changed=False), "verify": VERIFY_NEW,
+              "copy_config": ps_result({"copied": True, "kept": True}), "set_aside": ps_result({"moved": True})}
 
 
 class Recorder:
@@ -274,11 +285,11 @@ def task(label, path, arguments):
                                        "actions": [{"path": path, "arguments": arguments}], "username": "alice",
                                        "logon_type": "interactive_token", "run_level": "limited",
                                        "multiple_instances": 2}),
-            ("PS_RUN_TASK", {"TaskName": name, "TimeoutSeconds": 600})]
+            ("run_task", {"TaskName": name, "TimeoutSeconds": 600})]
 
 
 def marker(phase, to="2.4.0"):
-    return ("PS_MARKER", {"Root": ROOT_A, "Marker": ".doai-rollback.json", "Content": json.dumps(
+    return ("marker", {"Root": ROOT_A, "Marker": ".doai-rollback.json", "Content": json.dumps(
         {"at": STAMP, "from": "2.4.1", "installer": SHA, "kept_as": KEPT, "operation": "reinstall", "phase": phase,
          "run_id": "run-7", "to": to, "user": "alice"}, sort_keys=True)})
 
@@ -287,27 +298,27 @@ START = [(swap.WIN_SCHEDULED_TASK, {
     "name": "DoAi-Desktop-Agent (alice)", "state": "present", "enabled": True,
     "actions": [{"path": ROOT_A + "\\app-current\\DoAi-Desktop-Agent.exe", "working_directory": ROOT_A + "\\app-current"}],
     "username": "alice", "logon_type": "interactive_token", "run_level": "limited", "multiple_instances": 2}),
-    ("PS_START_TASK", {"TaskName": "DoAi-Desktop-Agent (alice)"})]
+    ("start_task", {"TaskName": "DoAi-Desktop-Agent (alice)"})]
 
 
 def verify(version):
-    return ("PS_VERIFY", {"Root": ROOT_A, "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe",
+    return ("verify", {"Root": ROOT_A, "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe",
                           "Expected": version, "TimeoutSeconds": 30, "ServiceName": ""})
 
 
 def set_aside(src, dest):
-    return ("PS_SET_ASIDE", {"Root": ROOT_A, "Path": src, "NewName": dest, "Retries": 10, "DelaySeconds": 3})
+    return ("set_aside", {"Root": ROOT_A, "Path": src, "NewName": dest, "Retries": 10, "DelaySeconds": 3})
 
 
 HEAD = [
-    ("PS_OBSERVE", {"Users": [], "FolderName": "DoAi-Desktop-Agent", "LocalPath": "AppData\\Local",
+    ("observe", {"Users": [], "FolderName": "DoAi-Desktop-Agent", "LocalPath": "AppData\\Local",
                     "VersionFile": "VERSION", "ExeName": "DoAi-Desktop-Agent.exe", "Marker": ".doai-rollback.json",
                     "ServiceName": ""}),
-    ("PS_UNINSTALL_INFO", {"Users": ["alice"], "UninstallKey": "DoAi-Desktop-Agent"}),
-    ("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP + "-run-7"}),
+    ("uninstall_info", {"Users": ["alice"], "UninstallKey": "DoAi-Desktop-Agent"}),
+    ("stage_dir", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP + "-run-7"}),
     (swap.WIN_GET_URL, {"url": URL, "dest": STAGED, "force": True, "validate_certs": True, "checksum": SHA,
                         "checksum_algorithm": "sha256"}),
-    ("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA}),
+    ("check_file", {"Path": STAGED, "Sha256": SHA, "Publisher": ""}),
 ]
 
 
@@ -317,13 +328,13 @@ def test_windows_reinstall_exact_module_calls():
     assert out["staged"] == STAGED and out["installer"] == {"kind": "url", "name": STAGED.rsplit("\\", 1)[-1],
                                                             "sha256": SHA}
     assert rec.named() == HEAD + [
-        ("PS_STOP", {"Root": ROOT_A, "TimeoutSeconds": 30}),
-        ("PS_COPY_TREE", {"Root": ROOT_A, "Source": "app-current", "Dest": KEPT}),
+        ("stop", {"Root": ROOT_A, "TimeoutSeconds": 30}),
+        ("copy_tree", {"Root": ROOT_A, "Source": "app-current", "Dest": KEPT}),
         marker("reinstalling"),
         *task("uninstall", UNINSTALLER, "/S /currentuser"),
         set_aside("app-current", "app-current-leftover-" + STAMP),
         *task("install", STAGED, "/S /currentuser"),
-        ("PS_COPY_CONFIG", {"Root": ROOT_A, "Source": KEPT + "\\config.json", "Dest": "app-current\\config.json",
+        ("copy_config", {"Root": ROOT_A, "Source": KEPT + "\\config.json", "Dest": "app-current\\config.json",
                             "KeepAs": "app-current\\config.json.doai-" + STAMP}),
         *START,
         verify("2.4.0"),
@@ -340,9 +351,9 @@ def test_a_local_installer_is_copied_over_the_connection_and_checked(tmp_path):
     staged = f"C:\\ProgramData\\doai-rollback\\installers\\{STAMP}-run-7\\DoAi-Setup 2.4.0.exe"
     out, rec = run(task_args(installer=str(f), installer_sha256="", installer_args=["/S", "/D={root}\\app-current"]))
     named = rec.named()
-    assert named[2:5] == [("PS_STAGE_DIR", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP + "-run-7"}),
+    assert named[2:5] == [("stage_dir", {"Dir": "C:\\ProgramData\\doai-rollback\\installers\\" + STAMP + "-run-7"}),
                           ("put_file", {"src": str(f), "dest": staged}),
-                          ("PS_CHECK_FILE", {"Path": staged, "Sha256": digest})]
+                          ("check_file", {"Path": staged, "Sha256": digest, "Publisher": ""})]
     install = [a for m, a in named if m == swap.WIN_SCHEDULED_TASK and a["name"].endswith(" install (alice)")]
     assert install[0]["actions"] == [{"path": staged, "arguments": f"/S /D={ROOT_A}\\app-current"}]
     assert out["users"][0]["status"] == "changed"
@@ -350,9 +361,9 @@ def test_a_local_installer_is_copied_over_the_connection_and_checked(tmp_path):
 
 def test_a_service_agent_runs_the_staged_installer_here_and_no_uninstaller_from_a_users_hive():
     out, rec = run(task_args(agent_kind="service"))
-    runs = [p for n, p in rec.named() if n == "PS_RUN_PROCESS"]
+    runs = [p for n, p in rec.named() if n == "run_process"]
     # no uninstaller from a user's hive runs with the WinRM account's rights: only the staged installer
-    assert "PS_UNINSTALL_INFO" not in [n for n, _ in rec.named()]
+    assert "uninstall_info" not in [n for n, _ in rec.named()]
     assert runs == [{"Path": STAGED, "Arguments": ["/S", "/currentuser"], "TimeoutSeconds": 600}]
     assert "installing without uninstalling" in out["users"][0]["reason"]
     assert not [a for m, a in rec.calls if m == swap.WIN_SCHEDULED_TASK and "install" in a["name"]]
@@ -360,13 +371,13 @@ def test_a_service_agent_runs_the_staged_installer_here_and_no_uninstaller_from_
 
 def test_check_mode_observes_and_plans_only():
     out, rec = run(task_args(), check=True)
-    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_UNINSTALL_INFO"]
+    assert [n for n, _ in rec.named()] == ["observe", "uninstall_info"]
     assert out["changed"] is False and out["users"][0]["status"] == "planned"
 
 
 def test_a_checksum_mismatch_on_the_pc_refuses_before_anything_changes():
     out, rec = run(task_args(), fail={3: GET_URL_MISMATCH})
-    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_UNINSTALL_INFO", "PS_STAGE_DIR", swap.WIN_GET_URL]
+    assert [n for n, _ in rec.named()] == ["observe", "uninstall_info", "stage_dir", swap.WIN_GET_URL]
     user = out["users"][0]
     assert out["changed"] is False and "failed" not in out
     assert user["status"] == "refused" and "did not match" in user["reason"]
@@ -377,18 +388,18 @@ def test_already_installed_is_unchanged_with_no_staging():
                                                                  "app-backup": None, "app-failed": None})],
                         changed=False)
     out, rec = run(task_args(), fail={0: observe})
-    assert [n for n, _ in rec.named()] == ["PS_OBSERVE", "PS_UNINSTALL_INFO"]
+    assert [n for n, _ in rec.named()] == ["observe", "uninstall_info"]
     assert out["changed"] is False and out["users"][0]["status"] == "unchanged"
 
 
 def test_a_failing_installer_puts_the_kept_install_back():
     # 0-4 head, 5 stop, 6 copy, 7 marker, 8-9 uninstall, 10 set aside, 11 task, 12 install fails.
     out, rec = run(task_args(), fail={12: RUN_TASK_FAILED})
-    assert rec.named()[11][0] == swap.WIN_SCHEDULED_TASK and rec.named()[12][0] == "PS_RUN_TASK"
+    assert rec.named()[11][0] == swap.WIN_SCHEDULED_TASK and rec.named()[12][0] == "run_task"
     assert rec.named()[13:] == [
-        ("PS_STOP", {"Root": ROOT_A, "TimeoutSeconds": 30}),
+        ("stop", {"Root": ROOT_A, "TimeoutSeconds": 30}),
         set_aside("app-current", "app-failed-reinstall-" + STAMP),
-        ("PS_RENAME", {"Root": ROOT_A, "Path": KEPT, "NewName": "app-current", "Retries": 10, "DelaySeconds": 3}),
+        ("rename", {"Root": ROOT_A, "Path": KEPT, "NewName": "app-current", "Retries": 10, "DelaySeconds": 3}),
         marker("put_back"),
         *START,
         verify("2.4.1"),
@@ -416,19 +427,19 @@ def test_scripts_take_values_as_parameters_only():
 def test_the_reinstall_scripts_refuse_junctions_and_symbolic_links():
     """The POSIX module refuses symlinks; the Windows scripts that read or move inside the
     user's folder refuse reparse points (junctions, symbolic links) the same way."""
-    for name in ("PS_COPY_TREE", "PS_SET_ASIDE", "PS_STAGE_DIR", "PS_CHECK_FILE"):
-        script = getattr(swap, name)
+    for name in ("copy_tree", "set_aside", "stage_dir", "check_file"):
+        script = ps1(name)
         assert "ReparsePoint" in script and "refused" in script, name
-    assert "$Ansible.Failed = $true" in swap.PS_COPY_TREE.split("Copy-Item")[0]  # checked before the copy
+    assert "$Ansible.Failed = $true" in ps1("copy_tree").split("Copy-Item")[0]  # checked before the copy
     # the swap's scripts: the folder and every path they rename, copy or write, before they do
-    for name, paths, action in (("PS_RENAME", "@($Root, $src)", "Rename-Item"),
-                                ("PS_COPY_CONFIG", "@($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)",
+    for name, paths, action in (("rename", "@($Root, $src)", "Rename-Item"),
+                                ("copy_config", "@($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)",
                                  "Copy-Item"),
-                                ("PS_MARKER", '@($Root, $path, "$path.tmp")', "WriteAllText")):
-        script = getattr(swap, name)
+                                ("marker", '@($Root, $path, "$path.tmp")', "WriteAllText")):
+        script = ps1(name)
         assert "function Assert-NoLink" in script and "throw" in script, name
         assert script.index("Assert-NoLink " + paths) < script.index(action), name
-    observe = swap.PS_OBSERVE
+    observe = ps1("observe")
     assert observe.index("ReparsePoint") < observe.index("$dirs = [ordered]@{}") and "link = $true" in observe
 
 
@@ -482,16 +493,16 @@ def test_an_installer_url_without_its_sha256_is_refused(url):
 
 def test_the_expected_publisher_is_checked_on_the_pc_with_the_sha256():
     out, rec = run(task_args(installer_publisher="DoAi Inc."))
-    assert rec.named()[:5] == HEAD[:4] + [("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA, "Publisher": "DoAi Inc."})]
+    assert rec.named()[:5] == HEAD[:4] + [("check_file", {"Path": STAGED, "Sha256": SHA, "Publisher": "DoAi Inc."})]
     assert out["users"][0]["status"] == "changed"
-    # without one, the call is as before (no Publisher parameter: the script checks no signature)
+    # without one, Publisher is "" (every parameter is always passed): the script checks no signature
     _, rec = run(task_args())
-    assert rec.named()[4] == ("PS_CHECK_FILE", {"Path": STAGED, "Sha256": SHA})
+    assert rec.named()[4] == ("check_file", {"Path": STAGED, "Sha256": SHA, "Publisher": ""})
 
 
 def test_the_check_file_script_checks_the_authenticode_signature():
-    script = swap.PS_CHECK_FILE
-    assert script.startswith("param([string]$Path, [string]$Sha256, [string]$Publisher)")
+    script = ps1("check_file")
+    assert "\nparam([string]$Path, [string]$Sha256, [string]$Publisher)\n" in script
     sig = script.index("Get-AuthenticodeSignature -LiteralPath $Path")
     assert script.index("if ($Publisher) {") < sig
     # status must be Valid (unchanged since signing, chain trusted), then the signer's common name must match

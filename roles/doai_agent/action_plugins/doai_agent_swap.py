@@ -12,8 +12,8 @@ agent folder, and the one place that turns those decisions into module calls per
   swap, what an earlier run did: ``prior``) changed.
 * ``windows_calls(step, ctx)`` / ``posix_calls(step, ctx)`` - pure: the module calls of one step
   (module name, arguments). Windows: ``ansible.windows`` modules, named as strings (the collection
-  is not imported here); every value reaches a PowerShell script as a parameter, never spliced
-  into its text. POSIX (the Linux stand-in PCs): this role's ``doai_agent_posix`` module.
+  is not imported here); the PowerShell scripts are the role's files/windows/*.ps1, and every
+  value reaches one as a parameter (``PS_PARAMS``), never spliced into its text. POSIX (the Linux stand-in PCs): this role's ``doai_agent_posix`` module.
 * ``ActionModule`` - observes every target user of the PC in one call, decides, and unless in
   check mode executes the steps; after a failed step it executes the undo steps and reports
   ``restored`` or ``not_restored``.
@@ -28,6 +28,7 @@ when it is still byte for byte the file it was copied from, which stays.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import time
 
@@ -476,244 +477,85 @@ WIN_SERVICE = "ansible.windows.win_service"
 WIN_SCHEDULED_TASK = "community.windows.win_scheduled_task"
 POSIX_MODULE = "doai_agent_posix"
 
-# Junctions and symbolic links in the user's folder are refused, never followed (the folder is
-# the user's; these scripts run with more rights), as the POSIX module refuses symlinks.
-_PS_NO_LINK = r"""function Assert-NoLink([string[]]$Paths) {
-    foreach ($p in $Paths) {
-        $i = Get-Item -LiteralPath $p -Force -ErrorAction SilentlyContinue
-        if ($i -and ($i.Attributes -band [IO.FileAttributes]::ReparsePoint)) {
-            throw "refused: $p is a junction or symbolic link (not followed)"
-        }
-    }
+# The PowerShell scripts are files of the role: roles/doai_agent/files/windows/<name>.ps1, each
+# a literal script whose param() block takes every value (win_powershell's `parameters`, never
+# spliced into the text). PS_PARAMS is the one list of what each script is passed: _ps refuses
+# any other set of names, and tests/unit/test_powershell.py checks it against every file's
+# param() block and parses every .ps1 of the repository with the tree-sitter PowerShell grammar.
+PS_PARAMS = {
+    # the swap
+    "observe": ("Users", "FolderName", "LocalPath", "VersionFile", "ExeName", "Marker", "ServiceName"),
+    "stop": ("Root", "TimeoutSeconds"),
+    "rename": ("Root", "Path", "NewName", "Retries", "DelaySeconds"),
+    "copy_config": ("Root", "Source", "Dest", "KeepAs"),
+    "undo_config": ("Root", "Copy", "Dest", "Kept", "KeepAs"),
+    "move": ("Root", "Path", "Dest"),
+    "marker": ("Root", "Marker", "Content"),
+    "start_task": ("TaskName",),
+    "reach": ("Host_", "Port", "TimeoutSeconds"),
+    "verify": ("Root", "VersionFile", "ExeName", "Expected", "TimeoutSeconds", "ServiceName"),
+    # the reinstall
+    "uninstall_info": ("Users", "UninstallKey"),
+    "stage_dir": ("Dir",),
+    "check_file": ("Path", "Sha256", "Publisher"),
+    "copy_tree": ("Root", "Source", "Dest"),
+    "set_aside": ("Root", "Path", "NewName", "Retries", "DelaySeconds"),
+    "run_task": ("TaskName", "TimeoutSeconds"),
+    "run_process": ("Path", "Arguments", "TimeoutSeconds"),
 }
-"""
-
-# Every script takes its values as parameters (win_powershell's `parameters`), never as text.
-PS_OBSERVE = r"""[CmdletBinding(SupportsShouldProcess)]
-param([string[]]$Users, [string]$FolderName, [string]$LocalPath, [string]$VersionFile, [string]$ExeName,
-      [string]$Marker, [string]$ServiceName)
-$ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
-# The PC's user profiles, not this WinRM session's %LOCALAPPDATA%.
-$profiles = @(Get-CimInstance -ClassName Win32_UserProfile -Filter 'Special = FALSE' | ForEach-Object { $_.LocalPath })
-if (-not $profiles) {
-    $key = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList'
-    $profiles = @(Get-ChildItem -LiteralPath $key | ForEach-Object { (Get-ItemProperty -LiteralPath $_.PSPath).ProfileImagePath })
-}
-$byUser = @{}
-foreach ($p in $profiles) { if ($p) { $byUser[(Split-Path -Leaf $p)] = $p } }
-$wanted = if ($Users) { $Users } else {
-    @($byUser.Keys | Where-Object { Test-Path -LiteralPath (Join-Path (Join-Path $byUser[$_] $LocalPath) $FolderName) })
-}
-$procs = @(Get-CimInstance -ClassName Win32_Process | Where-Object { $_.ExecutablePath })
-$service = if ($ServiceName) { Get-Service -Name $ServiceName -ErrorAction SilentlyContinue } else { $null }
-$out = foreach ($u in $wanted) {
-    if (-not $byUser.ContainsKey($u)) { [ordered]@{ user = $u; root = $null; profile = $false; folder = $false }; continue }
-    $root = Join-Path (Join-Path $byUser[$u] $LocalPath) $FolderName
-    $item = Get-Item -LiteralPath $root -Force -ErrorAction SilentlyContinue
-    if ($item -and ($item.Attributes -band [IO.FileAttributes]::ReparsePoint)) {
-        [ordered]@{ user = $u; root = $root; profile = $true; folder = $false; link = $true }; continue
-    }
-    $dirs = [ordered]@{}
-    foreach ($name in 'app-current', 'app-backup', 'app-failed') {
-        $d = Join-Path $root $name
-        if (-not (Test-Path -LiteralPath $d -PathType Container)) { $dirs[$name] = $null; continue }
-        $vf = Join-Path $d $VersionFile
-        $exe = Join-Path $d $ExeName
-        $version = if (Test-Path -LiteralPath $vf) { (Get-Content -LiteralPath $vf -TotalCount 1).Trim() }
-                   elseif (Test-Path -LiteralPath $exe) { (Get-Item -LiteralPath $exe).VersionInfo.ProductVersion }
-                   else { $null }
-        $dirs[$name] = [ordered]@{ version = $version; config = (Test-Path -LiteralPath (Join-Path $d 'config.json')) }
-    }
-    $mf = Join-Path $root $Marker
-    $marker = if (Test-Path -LiteralPath $mf) { Get-Content -LiteralPath $mf -Raw | ConvertFrom-Json } else { $null }
-    $prefix = $root.TrimEnd('\') + '\'
-    $running = if ($service) { $service.Status -eq 'Running' } else {
-        [bool]@($procs | Where-Object { $_.ExecutablePath.StartsWith($prefix, [StringComparison]::OrdinalIgnoreCase) }).Count
-    }
-    [ordered]@{ user = $u; root = $root; profile = $true; folder = (Test-Path -LiteralPath $root -PathType Container)
-                dirs = $dirs; running = $running; marker = $marker }
-}
-$Ansible.Result = @($out)
-"""
-
-PS_STOP = r"""param([string]$Root, [int]$TimeoutSeconds)
-$ErrorActionPreference = 'Stop'
-$prefix = $Root.TrimEnd('\') + '\'
-function Get-Agent { @(Get-CimInstance -ClassName Win32_Process | Where-Object {
-    $_.ExecutablePath -and $_.ExecutablePath.StartsWith($prefix, [StringComparison]::OrdinalIgnoreCase) }) }
-$found = Get-Agent
-foreach ($p in $found) { Stop-Process -Id $p.ProcessId -Force -ErrorAction SilentlyContinue }
-$deadline = (Get-Date).AddSeconds($TimeoutSeconds)
-while ((Get-Agent).Count -and (Get-Date) -lt $deadline) { Start-Sleep -Milliseconds 500 }
-$left = @(Get-Agent | ForEach-Object { $_.ProcessId })
-$Ansible.Changed = [bool]$found.Count
-$Ansible.Result = @{ stopped = @($found | ForEach-Object { $_.ProcessId }); still_running = $left }
-if ($left.Count) { $Ansible.Failed = $true; Write-Error "agent still running after $TimeoutSeconds s: $($left -join ', ')" }
-"""
-
-PS_RENAME = r"""param([string]$Root, [string]$Path, [string]$NewName, [int]$Retries, [int]$DelaySeconds)
-$ErrorActionPreference = 'Stop'
-$src = Join-Path $Root $Path
-""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, $src)
-$attempt = 0
-while ($true) {
-    $attempt++
-    try { Rename-Item -LiteralPath $src -NewName $NewName; break }
-    catch {
-        if ($attempt -ge $Retries) {
-            $Ansible.Failed = $true
-            $Ansible.Result = @{ attempts = $attempt; error = $_.Exception.Message }
-            Write-Error "rename $Path -> $NewName failed after $attempt attempts: $($_.Exception.Message)"
-            return
-        }
-        Start-Sleep -Seconds $DelaySeconds
-    }
-}
-$Ansible.Changed = $true
-$Ansible.Result = @{ attempts = $attempt }
-"""
-
-PS_COPY_CONFIG = r"""param([string]$Root, [string]$Source, [string]$Dest, [string]$KeepAs)
-$ErrorActionPreference = 'Stop'
-$src = Join-Path $Root $Source
-$dst = Join-Path $Root $Dest
-""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)
-if (-not (Test-Path -LiteralPath $src)) { $Ansible.Result = @{ copied = $false; kept = $false }; return }
-$kept = $false
-if (Test-Path -LiteralPath $dst) { Rename-Item -LiteralPath $dst -NewName (Split-Path -Leaf $KeepAs); $kept = $true }
-Copy-Item -LiteralPath $src -Destination $dst
-# The user's file stays the user's: the source's owner and access rules, not this account's.
-$sd = Get-Acl -LiteralPath $src
-$ownerKept = $true
-try { Set-Acl -LiteralPath $dst -AclObject $sd }
-catch {
-    $ownerKept = $false
-    $acl = Get-Acl -LiteralPath $dst
-    $acl.SetSecurityDescriptorSddlForm($sd.GetSecurityDescriptorSddlForm('Access'), 'Access')
-    Set-Acl -LiteralPath $dst -AclObject $acl
-}
-$Ansible.Changed = $true
-$Ansible.Result = @{ copied = $true; kept = $kept; owner_kept = $ownerKept }
-"""
-
-# An undo's config.json (the POSIX module's undo_config, same rules): settings unchanged since the
-# rollback - the copy it made (byte for byte the file that stays) removed and the backup's own put
-# back; changed - moved into app-current, the earlier ones kept as $KeepAs. Moves on one volume
-# keep each file's owner and ACL. Every action is returned, so that a failed undo puts them back.
-PS_UNDO_CONFIG = r"""param([string]$Root, [string]$Copy, [string]$Dest, [string]$Kept, [string]$KeepAs)
-$ErrorActionPreference = 'Stop'
-$copyPath = Join-Path $Root $Copy
-$destPath = Join-Path $Root $Dest
-$keptPath = if ($Kept) { Join-Path $Root $Kept } else { $null }
-""" + _PS_NO_LINK + r"""Assert-NoLink (@($Root, (Split-Path -Parent $copyPath), $copyPath, (Split-Path -Parent $destPath), $destPath,
-               (Join-Path $Root $KeepAs)) + @($keptPath | Where-Object { $_ }))
-$actions = New-Object System.Collections.ArrayList
-function Move-Config([string]$From, [string]$To) {
-    $t = Join-Path $Root $To
-    if (Test-Path -LiteralPath $t) { throw "refused: $To exists" }
-    Move-Item -LiteralPath (Join-Path $Root $From) -Destination $t
-    [void]$actions.Add([ordered]@{ op = 'rename'; src = $From; dest = $To })
-}
-function Set-Done([string]$Settings, $KeptAs) {
-    $Ansible.Changed = [bool]$actions.Count
-    $Ansible.Result = [ordered]@{ settings = $Settings; actions = @($actions); kept_as = $KeptAs }
-}
-try {
-    if ($keptPath -and -not (Test-Path -LiteralPath $keptPath)) { Set-Done 'done' $null; return }
-    if (-not (Test-Path -LiteralPath $copyPath -PathType Leaf)) {
-        if (Test-Path -LiteralPath $copyPath) { throw "refused: $Copy is not a file" }
-        if ($Kept) { Move-Config $Kept $Copy }
-        Set-Done 'none' $null; return
-    }
-    if ((Test-Path -LiteralPath $destPath -PathType Leaf) -and ((Get-FileHash -LiteralPath $copyPath -Algorithm SHA256).Hash -eq
-                                                               (Get-FileHash -LiteralPath $destPath -Algorithm SHA256).Hash)) {
-        Remove-Item -LiteralPath $copyPath
-        [void]$actions.Add([ordered]@{ op = 'remove'; path = $Copy; same_as = $Dest })
-        if ($Kept) { Move-Config $Kept $Copy }
-        Set-Done 'unchanged' $null; return
-    }
-    $keptAs = $null
-    if (Test-Path -LiteralPath $destPath) { Move-Config $Dest $KeepAs; $keptAs = $KeepAs }
-    Move-Config $Copy $Dest
-    if ($Kept) { Move-Config $Kept $Copy }
-    Set-Done 'carried' $keptAs
-} catch {
-    # The moves done before the failure go back with the result: a put-back moves them back.
-    $Ansible.Result = [ordered]@{ settings = 'failed'; actions = @($actions); kept_as = $null }
-    $Ansible.Failed = $true
-    Write-Error "undo_config: $($_.Exception.Message)"
-}
-"""
-
-# A file moved from one app directory into another (a put-back of PS_UNDO_CONFIG's moves).
-PS_MOVE = r"""param([string]$Root, [string]$Path, [string]$Dest)
-$ErrorActionPreference = 'Stop'
-$src = Join-Path $Root $Path
-$dst = Join-Path $Root $Dest
-""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, (Split-Path -Parent $src), $src, (Split-Path -Parent $dst), $dst)
-if (Test-Path -LiteralPath $dst) { throw "refused: $Dest exists" }
-Move-Item -LiteralPath $src -Destination $dst
-$Ansible.Changed = $true
-"""
-
-PS_MARKER = r"""param([string]$Root, [string]$Marker, [string]$Content)
-$ErrorActionPreference = 'Stop'
-$path = Join-Path $Root $Marker
-""" + _PS_NO_LINK + r"""Assert-NoLink @($Root, $path, "$path.tmp")
-$tmp = "$path.tmp"
-[IO.File]::WriteAllText($tmp, $Content)
-Move-Item -LiteralPath $tmp -Destination $path -Force
-$Ansible.Changed = $true
-"""
-
-PS_START_TASK = r"""param([string]$TaskName)
-$ErrorActionPreference = 'Stop'
-Start-ScheduledTask -TaskName $TaskName
-$Ansible.Changed = $true
-"""
-
-PS_REACH = r"""param([string]$Host_, [int]$Port, [int]$TimeoutSeconds)
-$ErrorActionPreference = 'Stop'
-$client = New-Object System.Net.Sockets.TcpClient
-try {
-  $wait = $client.BeginConnect($Host_, $Port, $null, $null)
-  if (-not $wait.AsyncWaitHandle.WaitOne($TimeoutSeconds * 1000) -or -not $client.Connected) {
-    throw "the backend's Socket.IO port ${Host_}:$Port is not reachable from this PC"
-  }
-  $client.EndConnect($wait)
-} finally { $client.Close() }
-$Ansible.Changed = $false
-"""
-
-PS_VERIFY = r"""param([string]$Root, [string]$VersionFile, [string]$ExeName, [string]$Expected, [int]$TimeoutSeconds,
-      [string]$ServiceName)
-$ErrorActionPreference = 'Stop'
-$cur = Join-Path $Root 'app-current'
-$vf = Join-Path $cur $VersionFile
-$exe = Join-Path $cur $ExeName
-$version = if (Test-Path -LiteralPath $vf) { (Get-Content -LiteralPath $vf -TotalCount 1).Trim() }
-           elseif (Test-Path -LiteralPath $exe) { (Get-Item -LiteralPath $exe).VersionInfo.ProductVersion } else { $null }
-$prefix = $cur.TrimEnd('\') + '\'
-$deadline = (Get-Date).AddSeconds($TimeoutSeconds)
-do {
-    $running = if ($ServiceName) { (Get-Service -Name $ServiceName).Status -eq 'Running' } else {
-        [bool]@(Get-CimInstance -ClassName Win32_Process | Where-Object {
-            $_.ExecutablePath -and $_.ExecutablePath.StartsWith($prefix, [StringComparison]::OrdinalIgnoreCase) }).Count }
-    if ($running) { break }
-    Start-Sleep -Seconds 1
-} while ((Get-Date) -lt $deadline)
-$Ansible.Changed = $false
-$Ansible.Result = @{ version = $version; running = $running }
-if (-not $running -or ($Expected -and $version -ne $Expected)) {
-    $Ansible.Failed = $true
-    Write-Error "verify: running=$running, app-current version $version, expected $Expected"
-}
-"""
+SCRIPTS_SUBDIR = ("roles", "doai_agent", "files", "windows")
+_SCRIPTS = {}  # name -> text: each file read once per process
 
 
-def _ps(script, **parameters):
-    return (WIN_POWERSHELL, {"script": script, "parameters": parameters})
+def scripts_dir():
+    """roles/doai_agent/files/windows of the content this plugin ships with: the first ancestor
+    of the plugin's directory that holds it (the repository or the wheel's _content, from
+    roles/doai_agent/action_plugins/; a collection's root, from plugins/action/). Not the
+    task's search path: a playbook's own files/windows/ never stands in for the role's."""
+    d = os.path.dirname(os.path.abspath(__file__))
+    while True:
+        found = os.path.join(d, *SCRIPTS_SUBDIR)
+        if os.path.isdir(found):
+            return found
+        parent = os.path.dirname(d)
+        if parent == d:
+            raise AnsibleError("doai_agent_swap: the PowerShell scripts (%s) are not found above %s"
+                               % ("/".join(SCRIPTS_SUBDIR), os.path.dirname(os.path.abspath(__file__))))
+        d = parent
+
+
+def script_text(name):
+    """The text of ``<name>.ps1``, as the file holds it (read once, then cached)."""
+    if name not in PS_PARAMS:
+        raise AnsibleError("doai_agent_swap: no PowerShell script %r" % name)
+    text = _SCRIPTS.get(name)
+    if text is None:
+        path = os.path.join(scripts_dir(), name + ".ps1")
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AnsibleError("doai_agent_swap: the PowerShell script %s cannot be read: %s" % (path, exc))
+        _SCRIPTS[name] = text
+    return text
+
+
+def load_scripts():
+    """Every script read, before anything is observed on a Windows PC: a missing or unreadable
+    file is an error then, not after the agent was stopped."""
+    for name in PS_PARAMS:
+        script_text(name)
+
+
+def _ps(name, **parameters):
+    """The win_powershell call of ``<name>.ps1`` with ``parameters``: exactly the names in
+    PS_PARAMS[name] (a name its param() block does not have would fail on the PC, after the
+    steps before it ran; one left out would be $null there)."""
+    want = PS_PARAMS.get(name)
+    if want is None or set(parameters) != set(want):
+        raise AnsibleError("doai_agent_swap: script %r called with parameters %s, it takes %s"
+                           % (name, sorted(parameters), sorted(want or ())))
+    return (WIN_POWERSHELL, {"script": script_text(name), "parameters": parameters})
 
 
 def _leaf(rel):
@@ -732,20 +574,20 @@ def windows_calls(step, ctx):
     if op == "stop":
         if service:
             return [(WIN_SERVICE, {"name": ctx["service_name"], "state": "stopped"})]
-        return [_ps(PS_STOP, Root=root, TimeoutSeconds=step["timeout"])]
+        return [_ps("stop", Root=root, TimeoutSeconds=step["timeout"])]
     if op == "rename":
-        return [_ps(PS_RENAME, Root=root, Path=_win(step["src"]), NewName=_leaf(step["dest"]),
+        return [_ps("rename", Root=root, Path=_win(step["src"]), NewName=_leaf(step["dest"]),
                     Retries=step["retries"], DelaySeconds=step["delay"])]
     if op == "copy_config":
-        return [_ps(PS_COPY_CONFIG, Root=root, Source=_win(step["src"]), Dest=_win(step["dest"]),
+        return [_ps("copy_config", Root=root, Source=_win(step["src"]), Dest=_win(step["dest"]),
                     KeepAs=_win(step["keep_as"]))]
     if op == "undo_config":
-        return [_ps(PS_UNDO_CONFIG, Root=root, Copy=_win(step["src"]), Dest=_win(step["dest"]),
+        return [_ps("undo_config", Root=root, Copy=_win(step["src"]), Dest=_win(step["dest"]),
                     Kept=_win(step["kept"]), KeepAs=_win(step["keep_as"]))]
     if op == "move":
-        return [_ps(PS_MOVE, Root=root, Path=_win(step["src"]), Dest=_win(step["dest"]))]
+        return [_ps("move", Root=root, Path=_win(step["src"]), Dest=_win(step["dest"]))]
     if op == "marker":
-        return [_ps(PS_MARKER, Root=root, Marker=MARKER, Content=_json(step["content"]))]
+        return [_ps("marker", Root=root, Marker=MARKER, Content=_json(step["content"]))]
     if op == "start":
         if service:
             return [(WIN_SERVICE, {"name": ctx["service_name"], "state": "started"})]
@@ -755,18 +597,18 @@ def windows_calls(step, ctx):
                                       "actions": [{"path": exe, "working_directory": "%s\\%s" % (root, CURRENT)}],
                                       "username": ctx["user"], "logon_type": "interactive_token",
                                       "run_level": "limited", "multiple_instances": 2}),
-                _ps(PS_START_TASK, TaskName=task)]
+                _ps("start_task", TaskName=task)]
     if op == "reach":
-        return [_ps(PS_REACH, Host_=step["host"], Port=step["port"], TimeoutSeconds=step["timeout"])]
+        return [_ps("reach", Host_=step["host"], Port=step["port"], TimeoutSeconds=step["timeout"])]
     if op == "verify":
-        return [_ps(PS_VERIFY, Root=root, VersionFile=ctx["version_file"], ExeName=ctx["exe_name"],
+        return [_ps("verify", Root=root, VersionFile=ctx["version_file"], ExeName=ctx["exe_name"],
                     Expected=step["version"] or "", TimeoutSeconds=step["timeout"],
                     ServiceName=ctx["service_name"] if service else "")]
     raise AnsibleError("doai_agent_swap: unknown step %r" % op)
 
 
 def windows_observe_call(ctx):
-    return _ps(PS_OBSERVE, Users=list(ctx["users"]), FolderName=ctx["folder_name"],
+    return _ps("observe", Users=list(ctx["users"]), FolderName=ctx["folder_name"],
                LocalPath=ctx["windows_local_path"], VersionFile=ctx["version_file"], ExeName=ctx["exe_name"],
                Marker=MARKER, ServiceName=ctx["service_name"] if ctx["agent_kind"] == "service" else "")
 
@@ -1069,164 +911,7 @@ def undo_reinstall(done, stamp, options=None, version=None, failed=None):
     return undo
 
 
-# The reinstall's Windows scripts (values as parameters only, like the swap's).
-PS_UNINSTALL_INFO = r"""param([string[]]$Users, [string]$UninstallKey)
-$ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
-# The user's own HKCU (HKEY_USERS\<SID>): loaded while they are logged on, else read from their
-# NTUSER.DAT under a temporary name and unloaded again.
-$out = @{}
-foreach ($u in $Users) {
-    $prof = Get-CimInstance -ClassName Win32_UserProfile -Filter 'Special = FALSE' |
-        Where-Object { (Split-Path -Leaf $_.LocalPath) -eq $u } | Select-Object -First 1
-    if (-not $prof) { $out[$u] = $null; continue }
-    $hive = "Registry::HKEY_USERS\$($prof.SID)"
-    $mounted = $null
-    if (-not (Test-Path -LiteralPath $hive)) {
-        $mounted = "doai-$($prof.SID)"
-        & reg.exe load "HKU\$mounted" (Join-Path $prof.LocalPath 'NTUSER.DAT') | Out-Null
-        if ($LASTEXITCODE -ne 0) { $out[$u] = @{ error = "the user's registry hive cannot be loaded" }; continue }
-        $hive = "Registry::HKEY_USERS\$mounted"
-    }
-    try {
-        $key = Join-Path $hive (Join-Path 'Software\Microsoft\Windows\CurrentVersion\Uninstall' $UninstallKey)
-        $props = Get-ItemProperty -LiteralPath $key -ErrorAction SilentlyContinue
-        $out[$u] = @{ uninstall_string = $(if ($props) { $props.UninstallString } else { $null })
-                      display_version = $(if ($props) { $props.DisplayVersion } else { $null }) }
-    } finally {
-        if ($mounted) { [GC]::Collect(); & reg.exe unload "HKU\$mounted" | Out-Null }
-    }
-}
-$Ansible.Result = $out
-"""
-
-# The run's own directory: made here, never one that exists already (users may create folders
-# under ProgramData), and writable only by Administrators and SYSTEM (users read and execute:
-# the installer runs as the user), so the checked file stays the file that runs.
-PS_STAGE_DIR = r"""param([string]$Dir)
-$ErrorActionPreference = 'Stop'
-$item = Get-Item -LiteralPath $Dir -Force -ErrorAction SilentlyContinue
-if ($item) { $Ansible.Failed = $true; Write-Error "refused: $Dir exists already (not made by this run)"; return }
-$parent = Split-Path -Parent $Dir
-New-Item -ItemType Directory -Force -Path $parent | Out-Null
-if ((Get-Item -LiteralPath $parent -Force).Attributes -band [IO.FileAttributes]::ReparsePoint) {
-    $Ansible.Failed = $true; Write-Error "refused: $parent is a junction or symbolic link"; return
-}
-New-Item -ItemType Directory -Path $Dir | Out-Null
-& icacls.exe $Dir /inheritance:r /grant:r '*S-1-5-32-544:(OI)(CI)F' '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-545:(OI)(CI)RX' | Out-Null
-if ($LASTEXITCODE -ne 0) { $Ansible.Failed = $true; Write-Error "icacls on $Dir failed ($LASTEXITCODE)"; return }
-$Ansible.Changed = $true
-"""
-
-# With $Publisher: the installer must also carry a valid Authenticode signature (status Valid:
-# the file unchanged since signing, the chain trusted by the PC) whose signer certificate's
-# common name is $Publisher.
-PS_CHECK_FILE = r"""param([string]$Path, [string]$Sha256, [string]$Publisher)
-$ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
-$item = Get-Item -LiteralPath $Path -Force
-if ($item.Attributes -band [IO.FileAttributes]::ReparsePoint) {
-    $Ansible.Failed = $true; Write-Error "refused: $Path is a junction or symbolic link"; return
-}
-$hash = (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
-$Ansible.Result = @{ sha256 = $hash }
-if ($Sha256 -and $hash -ne $Sha256.ToLowerInvariant()) {
-    $Ansible.Failed = $true; Write-Error "the installer on the PC has sha256 $hash, not $Sha256"; return
-}
-if ($Publisher) {
-    $sig = Get-AuthenticodeSignature -LiteralPath $Path
-    $signer = ''
-    if ($sig.SignerCertificate) {
-        $signer = $sig.SignerCertificate.GetNameInfo([Security.Cryptography.X509Certificates.X509NameType]::SimpleName, $false)
-    }
-    $Ansible.Result.signature = "$($sig.Status)"
-    $Ansible.Result.publisher = $signer
-    if ($sig.Status -ne [System.Management.Automation.SignatureStatus]::Valid) {
-        $Ansible.Failed = $true; Write-Error "the installer's Authenticode signature is $($sig.Status), not Valid: refused"; return
-    }
-    if ($signer -ne $Publisher) {
-        $Ansible.Failed = $true; Write-Error "the installer is signed by '$signer', not by the expected publisher '$Publisher': refused"
-    }
-}
-"""
-
-# Refuses junctions and symbolic links anywhere in the tree (the folder is the user's: a link
-# would make the copy read, or a later put-back write, outside it).
-PS_COPY_TREE = r"""param([string]$Root, [string]$Source, [string]$Dest)
-$ErrorActionPreference = 'Stop'
-$src = Join-Path $Root $Source
-$dst = Join-Path $Root $Dest
-if (Test-Path -LiteralPath $dst) { $Ansible.Failed = $true; Write-Error "$Dest exists already"; return }
-$links = @(@(Get-Item -LiteralPath $Root -Force) + @(Get-Item -LiteralPath $src -Force) +
-           @(Get-ChildItem -LiteralPath $src -Recurse -Force -Attributes ReparsePoint) |
-           Where-Object { $_.Attributes -band [IO.FileAttributes]::ReparsePoint })
-if ($links.Count) {
-    $Ansible.Failed = $true
-    Write-Error "refused: junction or symbolic link in the agent folder: $($links[0].FullName)"
-    return
-}
-Copy-Item -LiteralPath $src -Destination $dst -Recurse
-$Ansible.Changed = $true
-"""
-
-PS_SET_ASIDE = r"""param([string]$Root, [string]$Path, [string]$NewName, [int]$Retries, [int]$DelaySeconds)
-$ErrorActionPreference = 'Stop'
-$src = Join-Path $Root $Path
-$Ansible.Changed = $false
-if (-not (Test-Path -LiteralPath $src)) { $Ansible.Result = @{ moved = $false }; return }
-if ((Get-Item -LiteralPath $src -Force).Attributes -band [IO.FileAttributes]::ReparsePoint) {
-    $Ansible.Failed = $true; Write-Error "refused: $Path is a junction or symbolic link"; return
-}
-$attempt = 0
-while ($true) {
-    $attempt++
-    try { Rename-Item -LiteralPath $src -NewName $NewName; break }
-    catch {
-        if ($attempt -ge $Retries) {
-            $Ansible.Failed = $true
-            Write-Error "set aside $Path -> $NewName failed after $attempt attempts: $($_.Exception.Message)"
-            return
-        }
-        Start-Sleep -Seconds $DelaySeconds
-    }
-}
-$Ansible.Changed = $true
-$Ansible.Result = @{ moved = $true; attempts = $attempt }
-"""
-
-# A per-user installer or uninstaller runs in the user's context: a scheduled task running as
-# the user (registered by win_scheduled_task), started here and waited for; its exit code counts.
-PS_RUN_TASK = r"""param([string]$TaskName, [int]$TimeoutSeconds)
-$ErrorActionPreference = 'Stop'
-$before = (Get-ScheduledTaskInfo -TaskName $TaskName).LastRunTime
-Start-ScheduledTask -TaskName $TaskName
-$deadline = (Get-Date).AddSeconds($TimeoutSeconds)
-do {
-    Start-Sleep -Seconds 1
-    $state = (Get-ScheduledTask -TaskName $TaskName).State
-    $info = Get-ScheduledTaskInfo -TaskName $TaskName
-} while (($state -eq 'Running' -or $info.LastRunTime -eq $before) -and (Get-Date) -lt $deadline)
-$Ansible.Changed = $true
-$Ansible.Result = @{ state = "$state"; exit_code = $info.LastTaskResult }
-if ($state -eq 'Running') {
-    Stop-ScheduledTask -TaskName $TaskName
-    $Ansible.Failed = $true; Write-Error "$TaskName still running after $TimeoutSeconds s: stopped"; return
-}
-if ($info.LastTaskResult -ne 0) { $Ansible.Failed = $true; Write-Error "$TaskName exited with $($info.LastTaskResult)" }
-"""
-
-# The agent as a service: its installer runs machine-wide, here, as the WinRM account.
-PS_RUN_PROCESS = r"""param([string]$Path, [string[]]$Arguments, [int]$TimeoutSeconds)
-$ErrorActionPreference = 'Stop'
-$p = Start-Process -FilePath $Path -ArgumentList $Arguments -PassThru -WindowStyle Hidden
-$Ansible.Changed = $true
-if (-not $p.WaitForExit($TimeoutSeconds * 1000)) {
-    Stop-Process -Id $p.Id -Force
-    $Ansible.Failed = $true; Write-Error "$Path still running after $TimeoutSeconds s: stopped"; return
-}
-$Ansible.Result = @{ exit_code = $p.ExitCode }
-if ($p.ExitCode -ne 0) { $Ansible.Failed = $true; Write-Error "$Path exited with $($p.ExitCode)" }
-"""
+# The reinstall's Windows scripts are files/windows/*.ps1 as well (PS_PARAMS above).
 
 WIN_GET_URL = "ansible.windows.win_get_url"
 POSIX_GET_URL = "ansible.builtin.get_url"
@@ -1245,21 +930,21 @@ def _subst(args, ctx):
 def _run_as_user(label, path, args, timeout, ctx):
     """Windows: run ``path args`` as the user (scheduled task) or, for a service agent, here."""
     if ctx["agent_kind"] == "service":
-        return [_ps(PS_RUN_PROCESS, Path=path, Arguments=list(args), TimeoutSeconds=timeout)]
+        return [_ps("run_process", Path=path, Arguments=list(args), TimeoutSeconds=timeout)]
     task = "%s %s (%s)" % (ctx["task_name"], label, ctx["user"])
     return [(WIN_SCHEDULED_TASK, {"name": task, "state": "present", "enabled": True,
                                   "actions": [{"path": path, "arguments": _win_args(args)}],
                                   "username": ctx["user"], "logon_type": "interactive_token",
                                   "run_level": "limited", "multiple_instances": 2}),
-            _ps(PS_RUN_TASK, TaskName=task, TimeoutSeconds=timeout)]
+            _ps("run_task", TaskName=task, TimeoutSeconds=timeout)]
 
 
 def windows_reinstall_calls(step, ctx):
     op, root = step["op"], ctx["root"]
     if op == "keep_copy":
-        return [_ps(PS_COPY_TREE, Root=root, Source=_win(step["src"]), Dest=_win(step["dest"]))]
+        return [_ps("copy_tree", Root=root, Source=_win(step["src"]), Dest=_win(step["dest"]))]
     if op == "set_aside":
-        return [_ps(PS_SET_ASIDE, Root=root, Path=_win(step["src"]), NewName=_leaf(step["dest"]),
+        return [_ps("set_aside", Root=root, Path=_win(step["src"]), NewName=_leaf(step["dest"]),
                     Retries=step["retries"], DelaySeconds=step["delay"])]
     if op == "uninstall":
         return _run_as_user("uninstall", step["path"], _subst(ctx["uninstall_args"], ctx), step["timeout"], ctx)
@@ -1296,7 +981,7 @@ def stage_calls(installer, ctx):
     if ctx["os"] == "windows":
         d = "%s\\%s" % (ctx["windows_stage_dir"].rstrip("\\"), sub)
         dest = "%s\\%s" % (d, installer["name"])
-        calls = [_ps(PS_STAGE_DIR, Dir=d)]
+        calls = [_ps("stage_dir", Dir=d)]
         if installer["kind"] == "url":
             get = {"url": installer["value"], "dest": dest, "force": True, "validate_certs": True}
             if installer["sha256"]:
@@ -1304,10 +989,9 @@ def stage_calls(installer, ctx):
             calls.append((WIN_GET_URL, get))
         else:
             calls.append(("put_file", {"src": installer["value"], "dest": dest}))
-        check = {"Path": dest, "Sha256": installer["sha256"]}
-        if ctx.get("installer_publisher"):
-            check["Publisher"] = ctx["installer_publisher"]
-        calls.append(_ps(PS_CHECK_FILE, **check))
+        # Publisher "": no signature is checked (as when the parameter is not passed).
+        calls.append(_ps("check_file", Path=dest, Sha256=installer["sha256"],
+                         Publisher=ctx.get("installer_publisher") or ""))
         return dest, calls
     d = "%s/%s" % (ctx["posix_stage_dir"].rstrip("/"), sub)
     dest = "%s/%s" % (d, installer["name"])
@@ -1390,8 +1074,8 @@ class ActionModule(ActionBase):
                 obs["uninstaller"] = None
             return observed, None
         if users:
-            info = self._call(WIN_POWERSHELL, {"script": PS_UNINSTALL_INFO, "parameters": {
-                "Users": users, "UninstallKey": ctx["uninstall_key"]}}, task_vars, calls)
+            info = self._call(*_ps("uninstall_info", Users=users, UninstallKey=ctx["uninstall_key"]),
+                              task_vars=task_vars, calls=calls)
             if info.get("failed"):
                 return None, {"failed": True, "msg": "reading the uninstall entries failed: %s" % (
                     info.get("msg") or "; ".join(_error_text(e) for e in info.get("error") or []))}
@@ -1410,6 +1094,11 @@ class ActionModule(ActionBase):
         installer = check_installer(args["installer"], args["installer_sha256"]) if reinstall else None
         ctx = dict(args)
         ctx["os"] = target_os(args["os"], task_vars)
+        if ctx["os"] == "windows":
+            try:
+                load_scripts()
+            except AnsibleError as exc:
+                return {"failed": True, "msg": "%s; nothing was changed" % exc}
         stamp = args["stamp"] or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         ctx["stamp"] = stamp
         opts = {k: args[k] for k in DECIDE_DEFAULTS if k in args}
