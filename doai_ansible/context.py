@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ class RunContext:
     progress: Callable[[dict[str, Any]], None] | None = None
     note: Callable[[str], None] | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # Reads shared before the first change (see shared_read); None once reads must be fresh.
+    _reads: dict[Any, concurrent.futures.Future[Any]] | None = dataclasses.field(default_factory=dict, repr=False)
+    _reads_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(
@@ -50,6 +55,37 @@ class RunContext:
     def lock(self, target: str) -> Lock | state.PgLock:
         """The lock of a part, where the settings keep it (a file, or the shared store's)."""
         return state.lock(self.settings, target)
+
+    def shared_read(self, key: Any, read: Callable[[], Any]) -> Any:
+        """``read()``, once per ``key`` while the run has changed nothing and not yet been
+        confirmed: the checklist's state of a part and that part's plan are then one read of
+        the hosts, not two (a caller that comes while the read is under way waits for it). After
+        :meth:`fresh_reads` every call reads again: the re-check after a confirmation and every
+        check after a change must see the live state."""
+        with self._reads_lock:
+            if self._reads is None:
+                fut = None
+            elif key in self._reads:
+                return self._reads[key].result()
+            else:
+                fut = self._reads[key] = concurrent.futures.Future()
+        if fut is None:
+            return read()
+        try:
+            value = read()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            with self._reads_lock:  # a failed read is not kept: the next caller tries again
+                if self._reads is not None:
+                    self._reads.pop(key, None)
+            raise
+        fut.set_result(value)
+        return value
+
+    def fresh_reads(self) -> None:
+        """From now on nothing is shared: the run's plan is confirmed or a change is coming."""
+        with self._reads_lock:
+            self._reads = None
 
     def say(self, text: str) -> None:
         if self.note is not None:

@@ -158,12 +158,13 @@ def run(
                     parts=[j.part.name for j in ordered], extra=extra if extra is not None else {})
     try:
         with _locks(ctx, ordered, reason, dry_run):
-            if before_plan is not None:
-                before_plan()
             if not dry_run and confirm is None and len(ordered) == 1 and ordered[0].part.one_pass(ordered[0].request):
+                if before_plan is not None:
+                    before_plan()
+                ctx.fresh_reads()
                 _one_pass(ctx, ordered[0], run)
             else:
-                planned = _plan(ctx, ordered, run)
+                planned = _plan(ctx, ordered, run, alongside=before_plan)
                 if planned is not None:
                     _decide(ctx, planned, run, confirm, revert_on_failure, reason, before_apply)
             _durations(run)  # before the checks after: the report they write has the steps' times too
@@ -312,13 +313,20 @@ def _one_pass(ctx: RunContext, job: Job, run: RunResult) -> None:
         run.message = f"stopped by {stop.signal} after the step at work finished: " + run.message
 
 
-def _plan(ctx: RunContext, jobs: list[Job], run: RunResult) -> list[_Planned] | None:
+def _plan(ctx: RunContext, jobs: list[Job], run: RunResult,
+          alongside: Callable[[], None] | None = None) -> list[_Planned] | None:
     for job in jobs:
         ctx.say(f"planning the {job.part.name} {job.request.action}")
     # Plans only read, each part its own hosts or API: the parts are planned at once (the plan of
-    # a whole-system run is otherwise the sum of four). A plan that raises refuses the run, as
-    # before: the first refusal in the runbook's order is the one reported.
-    planned = [_Planned(job, steps) for job, steps in zip(jobs, _plan_all(ctx, jobs), strict=True)]
+    # a whole-system run is otherwise the sum of four), and ``alongside`` (the checklist's state
+    # and logs: read-only too, under the same locks) with them; a read both need is made once
+    # (RunContext.shared_read), and from here on every read is fresh. A plan that raises refuses
+    # the run, as before: the first refusal in the runbook's order is the one reported (the
+    # checklist's own refusal first).
+    try:
+        planned = [_Planned(job, steps) for job, steps in zip(jobs, _plan_all(ctx, jobs, alongside), strict=True)]
+    finally:
+        ctx.fresh_reads()
     run.results = [StepResult(s, Outcome.PLANNED if s.changes else Outcome.UNCHANGED,
                               "" if s.changes else "already there: nothing to do")
                    for p in planned for s in p.steps]
@@ -376,8 +384,10 @@ def _plan_of(ctx: RunContext, job: Job) -> list[Step]:
         raise job.as_typed(exc) from None
 
 
-def _plan_all(ctx: RunContext, jobs: list[Job]) -> list[list[Step]]:
-    done = in_parallel({str(i): functools.partial(_plan_of, ctx, job) for i, job in enumerate(jobs)})
+def _plan_all(ctx: RunContext, jobs: list[Job], alongside: Callable[[], None] | None = None) -> list[list[Step]]:
+    calls: dict[str, Callable[[], Any]] = {" alongside": alongside} if alongside is not None else {}
+    calls.update({str(i): functools.partial(_plan_of, ctx, job) for i, job in enumerate(jobs)})
+    done = in_parallel(calls)
     return [done[str(i)] for i in range(len(jobs))]
 
 

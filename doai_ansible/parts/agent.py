@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from doai_ansible.errors import UsageError, ValidationError
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import PlaybookPart, reports
+from doai_ansible.runner import PlaybookRun
 from doai_ansible.settings import Secret
 
 WINRM_PASSWORD_ENV = "DOAI_WINRM_PASSWORD"
@@ -184,7 +186,18 @@ class AgentPart(PlaybookPart):
     def _run(self, ctx: RunContext, request: Request, *, check: bool, label: str) -> dict[str, Any]:
         started: set[str] = set()
         runner = _Reinstall(self.fixed_vars) if request.action == "reinstall" else self
-        pb = runner.run(ctx, self._vars(ctx, request), limit=request.limit, check=check, label=label, started=started)
+        xv = self._vars(ctx, request)
+
+        def read() -> PlaybookRun:
+            return runner.run(ctx, xv, limit=request.limit, check=check, label=label, started=started)
+
+        if check:
+            # The check-mode run is the agent's state and its plan at once: the whole-system
+            # checklist's state of every PC and the plan share one run (RunContext.shared_read).
+            key = ("agent", runner.playbook, json.dumps(xv, sort_keys=True, default=str), request.limit)
+            pb = ctx.shared_read(key, read)
+        else:
+            pb = read()
         reps = reports(pb, self.stats_key)
         if not reps:
             raise self._no_hosts(ctx, pb, request.limit, request.action)

@@ -399,3 +399,72 @@ def test_parts_are_planned_at_once_and_the_first_refusal_in_order_wins(ctx):
                                FakePart(Part.AGENT, calls, plan_error=first)), command="x", reason=None)
     assert run.exit_status is ExitStatus.USAGE and "agent says no" in run.message
     assert not any(c.startswith("apply") for c in calls)
+
+
+def test_a_read_is_shared_before_the_plan_is_confirmed_and_fresh_after(ctx):
+    """Issue 20: the checklist's state of a part and its plan are one read of the hosts while the
+    run has changed nothing (a concurrent caller waits for it, a failed read is not kept); after
+    fresh_reads() (the plans are done: the re-check and the checks after a change) every call reads."""
+    import threading
+    import time
+
+    reads: list[str] = []
+    gate = threading.Event()
+
+    def slow() -> str:
+        reads.append("slow")
+        gate.wait(5)
+        return "state"
+
+    got: list[str] = []
+    t = threading.Thread(target=lambda: got.append(ctx.shared_read("k", slow)))
+    t.start()
+    while not reads:
+        time.sleep(0.01)
+    waiter = threading.Thread(target=lambda: got.append(ctx.shared_read("k", lambda: reads.append("again") or "x")))
+    waiter.start()
+    gate.set()
+    t.join(5)
+    waiter.join(5)
+    assert got == ["state", "state"] and reads == ["slow"]
+
+    def boom() -> str:
+        reads.append("boom")
+        raise UnreachableError("no route")
+
+    with pytest.raises(UnreachableError):
+        ctx.shared_read("b", boom)
+    assert ctx.shared_read("b", lambda: "ok") == "ok"  # a failure is not kept
+
+    ctx.fresh_reads()
+    assert ctx.shared_read("k", lambda: "live") == "live"
+    assert ctx.shared_read("k", lambda: "live again") == "live again"
+
+
+def test_the_checklist_reads_alongside_the_plans_and_every_read_is_fresh_after(ctx):
+    """The engine runs ``before_plan`` with the plans (both read-only, under the locks): a read
+    both make is made once, and every read is fresh once the plans are done, so nothing after
+    them (confirmation, re-check, apply, checks after) is served from what was read before."""
+    reads: list[int] = []
+    seen: dict[str, Any] = {}
+
+    def read_live() -> int:
+        reads.append(len(reads) + 1)
+        return reads[-1]
+
+    class Reading(FakePart):
+        def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+            seen["plan"] = ctx.shared_read("live", read_live)
+            return super().plan(ctx, request)
+
+    calls: list[str] = []
+    part = Reading(Part.BACKEND, calls)
+
+    def before() -> None:
+        seen["before"] = ctx.shared_read("live", read_live)
+
+    run = engine.run(ctx, [engine.Job(part, part.request())], command="t", reason=None, dry_run=True,
+                     before_plan=before)
+    assert run.dry_run and calls == ["plan backend"]
+    assert seen == {"before": 1, "plan": 1} and reads == [1]  # one read for both
+    assert ctx.shared_read("live", read_live) == 2  # after the plans: read again

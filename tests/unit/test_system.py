@@ -164,8 +164,10 @@ def test_whole_system_in_order_with_checklist_report_and_announcements(tmp_path,
     assert run.exit_status is ExitStatus.OK, run.message
     applies = [c for c in calls if c.startswith("apply")]
     assert applies == ["apply agent", "apply backend", "apply database", "apply dashboard"]
-    # before: every part inspected before the first plan; after: health after the last apply
-    assert calls.index("status dashboard") < calls.index("plan agent")
+    # before: every part inspected (alongside the plans, under the locks) before the first change;
+    # after: health after the last apply
+    assert max(calls.index(f"status {p}") for p in ("agent", "backend", "database", "dashboard")) \
+        < calls.index("apply agent")
     assert calls.index("apply dashboard") < calls.index("health agent")
     assert "request database last=1,reason=v3 broke everything" in calls
     c = run.to_dict()["checklist"]
