@@ -158,7 +158,8 @@ def run(
                     parts=[j.part.name for j in ordered], extra=extra if extra is not None else {})
     try:
         with _locks(ctx, ordered, reason, dry_run):
-            if not dry_run and confirm is None and len(ordered) == 1 and ordered[0].part.one_pass(ordered[0].request):
+            if (not dry_run and confirm is None and before_apply is None and len(ordered) == 1
+                    and ordered[0].part.one_pass(ordered[0].request)):
                 if before_plan is not None:
                     before_plan()
                 ctx.fresh_reads()
@@ -412,7 +413,10 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
             run.exit_status = ExitStatus.INTERRUPTED
             run.message = "not confirmed; nothing was changed"
             return
-    _recheck(ctx, planned)  # a refusal raises: nothing changed anywhere, nothing announced
+    if confirm is not None:
+        # Only a confirmation leaves time for the live state to move: with --yes the plans were
+        # made a moment ago under the run's locks, and a re-read would only delay the change.
+        _recheck(ctx, planned)  # a refusal raises: nothing changed anywhere, nothing announced
     if before_apply is not None:
         before_apply(run)
     _save_plan(ctx, run)

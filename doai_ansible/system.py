@@ -328,13 +328,15 @@ def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job],
         timeline.append({"at": utcnow(), "event": "before: state kept, logs collected, scope "
                          + _scope_text(checklist["before"]["scope"])})
 
-    def hook(plan: RunResult) -> bool:
+    def hook(plan: RunResult) -> bool:  # only when someone confirms (the engine re-reads after it)
         if confirm is not None and not confirm(plan):
             return False
-        timeline.append({"at": utcnow(), "event": "plan confirmed" if confirm else "plan accepted (--yes)"})
+        timeline.append({"at": utcnow(), "event": "plan confirmed"})
         return True
 
     def start(plan: RunResult) -> None:  # every part planned, confirmed and re-checked: the first change is next
+        if confirm is None:
+            timeline.append({"at": utcnow(), "event": "plan accepted (--yes)"})
         checklist["announcements"].append(announce(ctx, "start", announcement(req, plan, "start", ctx, what)))
         started["announced"] = True
         timeline.append({"at": utcnow(), "event": "start announced" if checklist["announcements"][-1]["sent"]
@@ -388,7 +390,8 @@ def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job],
             checklist["report"] = write_report(ctx, req, run, checklist, ctx.log_dir)
 
     return engine.run(ctx, job_list, command=command, reason=req.reason, dry_run=dry_run,
-                      confirm=hook if not dry_run else None, extra={"checklist": checklist}, reverse=reverse,
+                      confirm=hook if not dry_run and confirm is not None else None,
+                      extra={"checklist": checklist}, reverse=reverse,
                       before_plan=before_plan, before_apply=start, before_close=finish)
 
 

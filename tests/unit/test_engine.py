@@ -103,12 +103,23 @@ def test_applies_in_runbook_order_under_one_run_id(ctx):
     assert run.exit_status is ExitStatus.OK
     # every part planned (at once: in any order) before the first apply; applied in the runbook's order
     assert sorted(calls[:3]) == ["plan agent", "plan backend", "plan dashboard"]
-    # then every part but the first to change is planned again (nothing moved), before the first apply
-    assert sorted(calls[3:5]) == ["plan backend", "plan dashboard"]
-    assert calls[5:] == ["apply agent", "apply backend", "apply dashboard"]
+    # nothing confirmed (--yes): the plans a moment ago are the ones applied, not read again
+    assert calls[3:] == ["apply agent", "apply backend", "apply dashboard"]
     records = journal(ctx)
     assert len(records) == 1 and records[0]["run_id"] == ctx.run_id
     assert [s["outcome"] for s in records[0]["steps"]] == ["succeeded"] * 3
+
+
+def test_after_a_confirmation_every_part_but_the_first_to_change_is_read_again(ctx):
+    calls: list[str] = []
+    dash, back, agent = (FakePart(p, calls) for p in (Part.DASHBOARD, Part.BACKEND, Part.AGENT))
+    run = engine.run(ctx, jobs(dash, back, agent), command="system rollback", reason="test",
+                     confirm=lambda plan: True)
+    assert run.exit_status is ExitStatus.OK
+    assert sorted(calls[:3]) == ["plan agent", "plan backend", "plan dashboard"]
+    # the time the confirmation took: every part but the first to change is planned again (nothing moved)
+    assert sorted(calls[3:5]) == ["plan backend", "plan dashboard"]
+    assert calls[5:] == ["apply agent", "apply backend", "apply dashboard"]
 
 
 def test_a_part_that_moved_since_the_plan_refuses_before_the_first_change(ctx):
@@ -263,7 +274,8 @@ def test_undo_plan_from_the_journal(ctx, monkeypatch):
         ("backend", {"t": "v3"}), ("dashboard", {"t": "v3"})]
     ctx2 = RunContext.create(ctx.settings)
     calls.clear()
-    undo = engine.run(ctx2, undo_jobs, command=f"undo {run.run_id}", reason=None, reverse=True)
+    undo = engine.run(ctx2, undo_jobs, command=f"undo {run.run_id}", reason=None, reverse=True,
+                      confirm=lambda plan: True)
     assert undo.exit_status is ExitStatus.OK and back.live == dash.live == "v3"
     assert sorted(calls[:2]) == ["plan backend", "plan dashboard"] and calls[2:] == [
         "plan backend", "apply dashboard", "apply backend"]  # undo: newest part first; the later one re-read

@@ -443,3 +443,16 @@ def test_errors_name_the_option_the_user_typed(tmp_path, kwargs, typed, own):
         system.jobs(ctx, req)
     text = exc.value.message + (exc.value.hint or "")
     assert typed in text and f" {own} " not in f" {text} " and not text.startswith(own), text
+
+
+def test_with_yes_the_plans_are_not_read_again_before_the_first_change(tmp_path, fakes, calls, hooks):
+    """Issue 20: the re-check exists for the time a confirmation takes; with --yes the plans were
+    made a moment ago under the run's locks, and re-reading them would only delay the change."""
+    def recheck(ctx: RunContext, steps: list[Step], request: Request) -> None:
+        calls.append("recheck dashboard")
+
+    fakes["dashboard"].recheck = recheck  # type: ignore[method-assign]
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, skip="database"))
+    assert run.exit_status is ExitStatus.OK, run.message
+    assert "recheck dashboard" not in calls and "apply dashboard" in calls
