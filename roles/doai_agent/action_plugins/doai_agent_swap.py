@@ -1035,6 +1035,31 @@ class ActionModule(ActionBase):
             maker = windows_calls if ctx["os"] == "windows" else posix_calls
         return self._run_calls(maker(step, ctx), task_vars, calls)
 
+    def _run_batch(self, steps, ctx, task_vars, calls):
+        """A user's steps on a POSIX PC in one module call (op=steps: in order, stopping at the
+        first failure, as _run_step one by one would): one round trip instead of one per step.
+        Returns one (ok, message, result) per step that ran; when the call itself failed without
+        step results (the connection lost), None: what ran is not known here."""
+        batch = []
+        for step in steps:
+            pairs = posix_calls(step, ctx)
+            if len(pairs) != 1 or pairs[0][0] != POSIX_MODULE:
+                raise AnsibleError("doai_agent_swap: step %r cannot be batched" % step.get("op"))
+            batch.append(pairs[0][1])
+        out = self._call(POSIX_MODULE, {"op": "steps", "steps": batch}, task_vars, calls)
+        results = out.get("results")
+        if not isinstance(results, list) or (out.get("failed") and "failed_index" not in out):
+            if out.get("failed") and not out.get("unreachable") and not results and "nothing was run" in str(out.get("msg")):
+                return [(False, "%s: %s" % (POSIX_MODULE, out.get("msg")), out)]
+            return None
+        done = []
+        for res in results:
+            if res.get("failed"):
+                done.append((False, "%s: %s" % (POSIX_MODULE, res.get("msg") or "failed"), res))
+                break
+            done.append((True, "", res))
+        return done
+
     def _run_calls(self, pairs, task_vars, calls):
         out = {}
         for module, args in pairs:
@@ -1149,10 +1174,23 @@ class ActionModule(ActionBase):
                 continue
             uctx = dict(ctx, root=obs["root"], user=obs["user"])
             done, installed = [], None
-            for step in plan["steps"]:
+            # On a POSIX PC a swap's or undo's steps go in one call (a reinstall's marker needs
+            # the version its install left, so it goes step by step, as every Windows step does).
+            batched = self._run_batch(plan["steps"], uctx, task_vars, calls) \
+                if ctx["os"] == "posix" and not reinstall and plan["steps"] else False
+            if batched is None:
+                entry.update(status="failed", error="the connection was lost while the steps ran: which of them "
+                             "ran is not known here; nothing was put back (the next run reads the folders as "
+                             "they are)", restored=False, restore="not_restored", done=[])
+                failed = True
+                continue
+            for index, step in enumerate(plan["steps"]):
                 if step["op"] == "marker" and reinstall and step["content"].get("to") is None and installed:
                     step = dict(step, content=dict(step["content"], to=installed))
-                ok, msg, res = self._run_step(step, uctx, task_vars, calls)
+                if batched:
+                    ok, msg, res = batched[index]
+                else:
+                    ok, msg, res = self._run_step(step, uctx, task_vars, calls)
                 res_ = (res.get("result") if ctx["os"] == "windows" else res) or {}
                 if step["op"] == "undo_config" and isinstance(res_, dict):
                     # What it did, for a put-back (also the moves done before a failure).

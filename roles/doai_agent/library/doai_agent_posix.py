@@ -10,15 +10,24 @@ DOCUMENTATION = r"""
 module: doai_agent_posix
 short_description: The desktop agent's primitives on a Linux stand-in PC (observe, stop, rename, copy, mark, start, verify)
 description:
-  - Called by the doai_agent_swap action plugin, one step per call, on POSIX hosts that stand in for the
-    Windows PCs. C(observe) changes nothing. Nothing is ever deleted.
+  - Called by the doai_agent_swap action plugin on POSIX hosts that stand in for the Windows PCs, one step
+    per call, or (C(op=steps)) a user's whole sequence of steps in one call, in order, stopping at the first
+    that fails - one round trip instead of one per step. C(observe) changes nothing. Nothing is ever deleted.
 options:
   op:
     description: The primitive.
     type: str
     required: true
     choices: [observe, stop, rename, copy_config, undo_config, marker, start, verify, reach, copy_tree, run, stage_dir,
-              check_file]
+              check_file, steps]
+  steps:
+    description:
+      - steps - the steps to run in order, each the options of one call (its own C(op), any op but observe,
+        steps, stage_dir and check_file), validated as a call of its own. The result's C(results) holds each
+        step's result up to the first that failed; C(failed_index) names that one.
+    type: list
+    elements: dict
+    default: []
   root: {description: "The user's agent folder (every op but observe; stage_dir, check_file - the staging directory).", type: path}
   users: {description: observe - target users; empty for every profile that has the folder., type: list, elements: str, default: []}
   profiles_root: {description: observe - the directory holding the user profiles., type: path, default: /home}
@@ -54,6 +63,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 users: {description: observe - per user the folder, app dirs (version, config), running, marker., type: list, returned: success}
+results: {description: steps - each step's result, in order, up to the first that failed., type: list, returned: with op=steps}
+failed_index: {description: steps - the index of the step that failed., type: int, returned: when a step failed}
 """
 
 import hashlib
@@ -67,6 +78,7 @@ import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.doai_proc import pid_alive
 
 DIRS = ("app-current", "app-backup", "app-failed")
@@ -542,33 +554,38 @@ def check_file(module, d, p):
     module.exit_json(changed=False, sha256=h.hexdigest(), path=path)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            op=dict(type="str", required=True,
-                    choices=["observe", "stop", "rename", "copy_config", "undo_config", "marker", "start", "verify",
-                             "reach", "copy_tree", "run", "stage_dir", "check_file"]),
-            host=dict(type="str", default=""), port=dict(type="int", default=0),
-            root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
-            profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
-            folder_name=dict(type="str", default="DoAi-Desktop-Agent"),
-            version_file=dict(type="str", default="VERSION"), pid_file=dict(type="str", default="agent.pid"),
-            lock_file=dict(type="str", default=".locked"),
-            marker=dict(type="str", default=".doai-rollback.json"), content=dict(type="dict"),
-            src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"), kept=dict(type="str", default=""),
-            retries=dict(type="int", default=1), delay=dict(type="float", default=1),
-            timeout=dict(type="float", default=30), command=dict(type="list", elements="str"),
-            expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
-            sha256=dict(type="str", default=""),
-        ),
-        required_if=[("op", "stop", ["root"]), ("op", "rename", ["root", "src", "dest"]),
-                     ("op", "copy_config", ["root", "src", "dest", "keep_as"]),
-                     ("op", "undo_config", ["root", "src", "dest", "keep_as"]), ("op", "marker", ["root", "content"]),
-                     ("op", "start", ["root", "command"]), ("op", "verify", ["root"]),
-                     ("op", "copy_tree", ["root", "src", "dest"]), ("op", "run", ["root", "command"]),
-                     ("op", "stage_dir", ["root"]), ("op", "check_file", ["root", "src"])],
-        supports_check_mode=True,
+STEP_OPS = ["stop", "rename", "copy_config", "undo_config", "marker", "start", "verify", "reach", "copy_tree", "run"]
+
+
+def argument_spec():
+    return dict(
+        op=dict(type="str", required=True,
+                choices=["observe", "stage_dir", "check_file", "steps"] + STEP_OPS),
+        host=dict(type="str", default=""), port=dict(type="int", default=0),
+        root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
+        profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
+        folder_name=dict(type="str", default="DoAi-Desktop-Agent"),
+        version_file=dict(type="str", default="VERSION"), pid_file=dict(type="str", default="agent.pid"),
+        lock_file=dict(type="str", default=".locked"),
+        marker=dict(type="str", default=".doai-rollback.json"), content=dict(type="dict"),
+        src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"), kept=dict(type="str", default=""),
+        retries=dict(type="int", default=1), delay=dict(type="float", default=1),
+        timeout=dict(type="float", default=30), command=dict(type="list", elements="str"),
+        expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
+        sha256=dict(type="str", default=""), steps=dict(type="list", elements="dict", default=[]),
     )
+
+
+REQUIRED_IF = [("op", "stop", ["root"]), ("op", "rename", ["root", "src", "dest"]),
+               ("op", "copy_config", ["root", "src", "dest", "keep_as"]),
+               ("op", "undo_config", ["root", "src", "dest", "keep_as"]), ("op", "marker", ["root", "content"]),
+               ("op", "start", ["root", "command"]), ("op", "verify", ["root"]),
+               ("op", "copy_tree", ["root", "src", "dest"]), ("op", "run", ["root", "command"]),
+               ("op", "stage_dir", ["root"]), ("op", "check_file", ["root", "src"])]
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), required_if=REQUIRED_IF, supports_check_mode=True)
     p = module.params
     op = p["op"]
     if op == "observe":
@@ -578,6 +595,8 @@ def main():
             module.fail_json(msg=str(exc))
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: %s not run" % op)
+    if op == "steps":
+        run_steps(module)
     root = p["root"]
     if op == "stage_dir":
         stage_dir(module, root)
@@ -593,6 +612,66 @@ def main():
         module.fail_json(msg="%s %s: %s (nothing followed out of the agent folder)" % (op, root, exc))
     finally:
         folder.close()
+
+
+class _StepEnd(Exception):
+    def __init__(self, result, failed):
+        super().__init__(result.get("msg", ""))
+        self.result, self.failed = result, failed
+
+
+class _StepModule(object):
+    """What ``act`` needs of the module for one step of op=steps: its params, and exit_json /
+    fail_json that end the step (not the process)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.check_mode = False
+
+    def exit_json(self, **result):
+        raise _StepEnd(result, False)
+
+    def fail_json(self, msg, **result):
+        result["msg"] = msg
+        raise _StepEnd(result, True)
+
+
+def run_steps(module):
+    """op=steps: each step validated as a call of its own, run in order in this one process,
+    stopping at the first that fails (as the plugin's step-by-step loop stops)."""
+    validator = ArgumentSpecValidator(argument_spec(), required_if=REQUIRED_IF)
+    checked = []
+    for i, raw in enumerate(module.params["steps"]):
+        if not isinstance(raw, dict) or raw.get("op") not in STEP_OPS:
+            module.fail_json(msg="steps[%d]: op must be one of %s; nothing was run" % (i, ", ".join(STEP_OPS)))
+        done = validator.validate(raw)
+        if done.error_messages:
+            module.fail_json(msg="steps[%d] (%s): %s; nothing was run" % (i, raw["op"], "; ".join(done.error_messages)))
+        checked.append(done.validated_parameters)
+    results, changed = [], False
+    for i, params in enumerate(checked):
+        try:
+            folder = Folder(params["root"])
+        except (OSError, ValueError) as exc:
+            results.append({"failed": True, "msg": "%s is not the agent folder (missing, or a symlink): %s"
+                            % (params["root"], exc)})
+            module.fail_json(msg=results[-1]["msg"], results=results, failed_index=i, changed=changed)
+        try:
+            act(_StepModule(params), folder, params)
+            end = _StepEnd({"msg": "%s: no result" % params["op"]}, True)
+        except _StepEnd as exc:
+            end = exc
+        except (OSError, ValueError) as exc:
+            end = _StepEnd({"msg": "%s %s: %s (nothing followed out of the agent folder)"
+                            % (params["op"], params["root"], exc)}, True)
+        finally:
+            folder.close()
+        result = dict(end.result, failed=True) if end.failed else end.result
+        changed = changed or bool(result.get("changed"))
+        results.append(result)
+        if end.failed:
+            module.fail_json(msg=result.get("msg") or "failed", results=results, failed_index=i, changed=changed)
+    module.exit_json(changed=changed, results=results)
 
 
 def _check_rel(module, *rels):
