@@ -474,7 +474,7 @@ def undo_steps(done, prior=(), stamp="19700101T000000Z", verify_timeout=30, vers
 WIN_POWERSHELL = "ansible.windows.win_powershell"
 WIN_SERVICE = "ansible.windows.win_service"
 WIN_SCHEDULED_TASK = "community.windows.win_scheduled_task"
-POSIX_MODULE = "doai_agent_posix"
+POSIX_MODULE = "doai.rollback.doai_agent_posix"
 
 # Junctions and symbolic links in the user's folder are refused, never followed (the folder is
 # the user's; these scripts run with more rights), as the POSIX module refuses symlinks.

@@ -1,1 +1,1 @@
-../../doai_backend_pm2/action_plugins/doai_backend_pm2_apply.py
+doai_backend_pm2_apply.py

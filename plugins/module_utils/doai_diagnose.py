@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 # What is secret and how text is scrubbed: the one rule, shared with the controller.
-from ansible.module_utils.doai_secrets import REDACTED, is_secret_name, scrub, secret_values  # noqa: F401
+from ansible_collections.doai.rollback.plugins.module_utils.doai_secrets import REDACTED, is_secret_name, scrub, secret_values  # noqa: F401
 
 
 def tail(path, lines, max_bytes=4 * 1024 * 1024):

@@ -17,7 +17,7 @@ import os
 import platform
 import re
 
-from ansible.module_utils.doai_secrets import scrub, secret_values
+from ansible_collections.doai.rollback.plugins.module_utils.doai_secrets import scrub, secret_values
 
 # A tag (Docker's grammar), a repository with an optional registry prefix, an image id.
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")

@@ -24,8 +24,8 @@ import re
 import signal
 import time
 
-from ansible.module_utils.doai_lock import keep_fresh
-from ansible.module_utils.doai_proc import pid_alive
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import keep_fresh
+from ansible_collections.doai.rollback.plugins.module_utils.doai_proc import pid_alive
 
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 POLL_S = 0.05

@@ -9,8 +9,8 @@ Both read the module's params ``target``, ``ledger_path`` and ``log_count`` and 
 
 from __future__ import annotations
 
-from ansible.module_utils.doai_checkout import REF_RE
-from ansible.module_utils.doai_history import earlier_releases, read_ledger, rolled_back_from
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import REF_RE
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import earlier_releases, read_ledger, rolled_back_from
 
 
 def requested_target(module, co):

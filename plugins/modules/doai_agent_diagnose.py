@@ -45,8 +45,8 @@ import re
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_diagnose import proc_environ
-from ansible.module_utils.doai_secrets import scrub, secret_values
+from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import proc_environ
+from ansible_collections.doai.rollback.plugins.module_utils.doai_secrets import scrub, secret_values
 
 LEAF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 

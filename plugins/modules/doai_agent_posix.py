@@ -67,7 +67,7 @@ import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_proc import pid_alive
+from ansible_collections.doai.rollback.plugins.module_utils.doai_proc import pid_alive
 
 DIRS = ("app-current", "app-backup", "app-failed")
 

@@ -87,10 +87,10 @@ logs: {description: The container's last log lines., type: str, returned: always
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_docker import Docker, DockerError, short
-from ansible.module_utils.doai_health import probe, reported_version
-from ansible.module_utils.doai_history import job_recorder
-from ansible.module_utils.doai_job import run_job
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import Docker, DockerError, short
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import job_recorder
+from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
 
 
 class Failed(Exception):

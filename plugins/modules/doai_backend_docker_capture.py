@@ -67,10 +67,10 @@ container: {description: The service's container (id, image, running, restart_co
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_docker import (FULL_ID_RE, IMAGE_ID_RE, PROJECT_NAME_RE, REPO_RE, SERVICE_RE, TAG_RE,
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import (FULL_ID_RE, IMAGE_ID_RE, PROJECT_NAME_RE, REPO_RE, SERVICE_RE, TAG_RE,
                                               Docker, DockerError, registry_is_loopback, short)
-from ansible.module_utils.doai_health import probe, reported_version
-from ansible.module_utils.doai_lock import Locked, acquire, check, release
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 
 
 def main():

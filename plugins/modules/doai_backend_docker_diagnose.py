@@ -39,9 +39,9 @@ docker_error: {description: Why docker could not be read, or null., type: str, r
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_diagnose import scrub, secret_values, set_names
-from ansible.module_utils.doai_docker import VERSION_LABELS, Docker, DockerError
-from ansible.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import scrub, secret_values, set_names
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import VERSION_LABELS, Docker, DockerError
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 
 
 def _inspect(docker, container_id):

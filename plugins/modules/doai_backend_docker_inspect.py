@@ -42,9 +42,9 @@ container: {description: The service's container., type: dict, returned: always}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_docker import Docker, DockerError
-from ansible.module_utils.doai_health import probe, reported_version
-from ansible.module_utils.doai_lock import holder_of
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import Docker, DockerError
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import holder_of
 
 
 def main():

@@ -37,7 +37,7 @@ target: {description: The target's image id., type: str, returned: success}
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_docker import IMAGE_ID_RE, REPO_RE, TAG_RE, Docker, DockerError, registry_is_loopback
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import IMAGE_ID_RE, REPO_RE, TAG_RE, Docker, DockerError, registry_is_loopback
 
 
 def main():

@@ -110,9 +110,9 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_history import job_recorder
-from ansible.module_utils.doai_job import run_job
-from ansible.module_utils.doai_npm import InstallError, NodeModules
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import job_recorder
+from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
+from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import InstallError, NodeModules
 
 
 def main():

@@ -104,12 +104,12 @@ pm2_unavailable: {description: Refused, pm2 jlist failed (see pm2_error)., type:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_checkout import FULL_SHA_RE, Checkout
-from ansible.module_utils.doai_health import probe
-from ansible.module_utils.doai_lock import Locked, acquire, check, release
-from ansible.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
-from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist, unknown_apps
-from ansible.module_utils.doai_target import resolve_target
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import FULL_SHA_RE, Checkout
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
+from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist, unknown_apps
+from ansible_collections.doai.rollback.plugins.module_utils.doai_target import resolve_target
 
 
 def main():

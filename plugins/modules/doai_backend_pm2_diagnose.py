@@ -49,10 +49,10 @@ import os
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_checkout import Checkout
-from ansible.module_utils.doai_diagnose import proc_environ, scrub, secret_values, set_names, tail
-from ansible.module_utils.doai_health import probe, reported_version
-from ansible.module_utils.doai_proc import pid_alive
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import Checkout
+from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import proc_environ, scrub, secret_values, set_names, tail
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_proc import pid_alive
 
 
 def _daemon_pid(pm2_home):

@@ -42,10 +42,10 @@ bad_path: {description: The path is missing or not the top of a git checkout., t
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_checkout import Checkout
-from ansible.module_utils.doai_health import probe, reported_version
-from ansible.module_utils.doai_lock import holder_of
-from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import Checkout
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import holder_of
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist
 
 
 def main():

@@ -49,9 +49,9 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_checkout import Checkout
-from ansible.module_utils.doai_npm import PREPARED, InstallError, prepare_cache
-from ansible.module_utils.doai_target import resolve_target
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import Checkout
+from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import PREPARED, InstallError, prepare_cache
+from ansible_collections.doai.rollback.plugins.module_utils.doai_target import resolve_target
 
 
 def main():

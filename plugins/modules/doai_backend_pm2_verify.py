@@ -73,9 +73,9 @@ stable_seconds: {description: The length of the restart watch., type: float, ret
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_health import probe, reported_version
-from ansible.module_utils.doai_job import run_job
-from ansible.module_utils.doai_pm2 import finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist
 
 
 def pm2_list(module, started=None):

@@ -32,7 +32,7 @@ holder: {description: The owner.json of the lock found or taken., type: dict, re
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_lock import Locked, acquire, check, release
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 
 
 def main():

@@ -36,7 +36,7 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_lock import release
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import release
 
 ACTIONS = ("deploy", "rollback", "undo", "put-back", "resume")
 

@@ -28,7 +28,7 @@ last: {description: The entry that counts (the newest), or null., type: dict, re
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_history import read_ledger
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import read_ledger
 
 
 def main():

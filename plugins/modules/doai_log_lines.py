@@ -40,7 +40,7 @@ logs: {description: "One entry: app, pm_id (null), kind, path (null), text (scru
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.doai_secrets import scrub_lines
+from ansible_collections.doai.rollback.plugins.module_utils.doai_secrets import scrub_lines
 
 
 def main():
