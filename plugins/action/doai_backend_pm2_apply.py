@@ -4,7 +4,7 @@
 """Controller side of the modules that run as detached jobs (doai_backend_pm2_apply, _verify;
 doai_backend_pm2_verify.py is a link to this file).
 
-The module runs its work as a job on the host (doai_common's doai_job) and returns its result
+The module runs its work as a job on the host (the collection's doai_job) and returns its result
 over the task's own pipelined connection. When that connection breaks (the link dropped),
 SSH's retries run the task again first; when they give up, this plugin keeps trying once a
 second for ``reconnect_timeout`` seconds more, each time running the module again with the

@@ -1,3 +1,5 @@
+# Copyright: doai-ansible contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Callback plugin: report every targeted host whose SSH host key checking is turned off.
 
 The CLI turns host key checking on for every run; the inventory may still relax it per host
@@ -13,16 +15,6 @@ method: it adds no process and no per-task cost.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import re
-import tempfile
-from typing import Any
-
-from ansible.module_utils.parsing.convert_bool import boolean
-from ansible.plugins.callback import CallbackBase
-from ansible.template import Templar
 
 DOCUMENTATION = """
     name: doai_host_key_audit
@@ -41,6 +33,16 @@ DOCUMENTATION = """
         env:
           - name: DOAI_HOST_KEY_AUDIT_FILE
 """
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.callback import CallbackBase
+from ansible.template import Templar
 
 # The variables the ssh and paramiko connection plugins read host_key_checking from.
 CHECKING_VARS = ("ansible_host_key_checking", "ansible_ssh_host_key_checking", "ansible_paramiko_host_key_checking")

@@ -11,8 +11,8 @@
   ``Authorization: Bearer ...``), passwords in URLs (``postgres://app:pw@db``), JWTs and
   well-known token formats.
 
-Ansible modules import it as ``ansible.module_utils.doai_secrets`` (doai_common's
-module_utils); the controller loads this same file (``doai_ansible.secrets``). Python 2.7 and
+Ansible modules import it as
+``ansible_collections.doai.rollback.plugins.module_utils.doai_secrets``; the controller loads this same file (``doai_ansible.secrets``). Python 2.7 and
 3.x, standard library only.
 """
 

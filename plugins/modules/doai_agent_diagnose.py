@@ -16,22 +16,31 @@ description:
   - Per user profile with the agent folder, whether the agent runs (its pid file names a live
     process) and the last lines of its log file. Nothing is followed out of the profile
     (symbolic links are not opened).
-  - The log lines are scrubbed on the PC before they leave it (doai_common's doai_secrets: the
+  - The log lines are scrubbed on the PC before they leave it (module_utils doai_secrets - the
     values of the running agent's secret-named variables, secret-named keys and their values,
-    passwords in URLs, JWTs, bearer tokens); the play needs doai_common's module_utils.
+    passwords in URLs, JWTs, bearer tokens).
   - Never changes anything.
 options:
-  profiles_root: {description: Directory holding the user profiles., type: path, required: true}
-  local_path: {description: The agent folder's parent, relative to a profile., type: str, required: true}
-  folder_name: {description: The agent folder's name., type: str, default: DoAi-Desktop-Agent}
-  users: {description: Users to read (empty = every profile with the agent folder)., type: list, elements: str, default: []}
-  pid_file: {description: The agent's pid file, relative to the agent folder., type: str, default: agent.pid}
-  log_file: {description: The agent's log file, relative to the agent folder (empty = not read)., type: str, default: agent.log}
-  lines: {description: Lines of the log to read (0 = none)., type: int, default: 50}
-  socketio_host: {description: The backend's Socket.IO host (empty = not checked)., type: str, default: ''}
-  socketio_port: {description: Its port., type: int, default: 3001}
-  timeout: {description: Seconds the TCP connect may take., type: float, default: 5}
-author: doai-ansible contributors
+  profiles_root: {description: "Directory holding the user profiles.", type: path, required: true}
+  local_path: {description: "The agent folder's parent, relative to a profile.", type: str, required: true}
+  folder_name: {description: "The agent folder's name.", type: str, default: DoAi-Desktop-Agent}
+  users: {description: "Users to read (empty = every profile with the agent folder).", type: list, elements: str, default: []}
+  pid_file: {description: "The agent's pid file, relative to the agent folder.", type: str, default: agent.pid}
+  log_file: {description: "The agent's log file, relative to the agent folder (empty = not read).", type: str, default: agent.log}
+  lines: {description: "Lines of the log to read (0 = none).", type: int, default: 50}
+  socketio_host: {description: "The backend's Socket.IO host (empty = not checked).", type: str, default: ''}
+  socketio_port: {description: "Its port.", type: int, default: 3001}
+  timeout: {description: "Seconds the TCP connect may take.", type: float, default: 5}
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Read the agents and connect to the backend's Socket.IO port
+  doai.rollback.doai_agent_diagnose:
+    profiles_root: /home
+    local_path: .local/share
+    socketio_host: api.example.internal
+    socketio_port: 3001
 """
 
 RETURN = r"""

@@ -20,40 +20,47 @@ options:
     choices: [observe, stop, rename, copy_config, undo_config, marker, start, verify, reach, copy_tree, run, stage_dir,
               check_file]
   root: {description: "The user's agent folder (every op but observe; stage_dir, check_file - the staging directory).", type: path}
-  users: {description: observe - target users; empty for every profile that has the folder., type: list, elements: str, default: []}
-  profiles_root: {description: observe - the directory holding the user profiles., type: path, default: /home}
-  local_path: {description: observe - the folder's parent inside a profile., type: str, default: .local/share}
-  folder_name: {description: observe - the agent folder's name., type: str, default: DoAi-Desktop-Agent}
-  version_file: {description: The version file inside an app folder., type: str, default: VERSION}
-  pid_file: {description: The agent's pid file, relative to root., type: str, default: agent.pid}
-  lock_file: {description: "A file in a folder listing the pids that hold it open (stand-in PCs only: a rename waits until none runs).", type: str, default: .locked}
-  marker: {description: The marker file, relative to root., type: str, default: .doai-rollback.json}
-  host: {description: reach - the backend's Socket.IO host., type: str, default: ""}
-  port: {description: reach - its port., type: int, default: 0}
-  content: {description: marker - the marker's content., type: dict}
-  src: {description: "rename, copy_config - source relative to root; undo_config - the copy of the user's config.json the rollback made (now in app-backup).", type: str}
-  dest: {description: "rename, copy_config - destination relative to root; undo_config - the user's config.json from before the rollback (app-current).", type: str}
-  keep_as: {description: copy_config, undo_config - where an existing destination is kept, relative to root., type: str}
+  users: {description: "observe - target users; empty for every profile that has the folder.", type: list, elements: str, default: []}
+  profiles_root: {description: "observe - the directory holding the user profiles.", type: path, default: /home}
+  local_path: {description: "observe - the folder's parent inside a profile.", type: str, default: .local/share}
+  folder_name: {description: "observe - the agent folder's name.", type: str, default: DoAi-Desktop-Agent}
+  version_file: {description: "The version file inside an app folder.", type: str, default: VERSION}
+  pid_file: {description: "The agent's pid file, relative to root.", type: str, default: agent.pid}
+  lock_file:
+    description: "A file in a folder listing the pids that hold it open (stand-in PCs only: a rename waits until none runs)."
+    type: str
+    default: .locked
+  marker: {description: "The marker file, relative to root.", type: str, default: .doai-rollback.json}
+  host: {description: "reach - the backend's Socket.IO host.", type: str, default: ""}
+  port: {description: "reach - its port.", type: int, default: 0}
+  content: {description: "marker - the marker's content.", type: dict}
+  src:
+    description: "rename, copy_config - source relative to root; undo_config - the copy of the user's config.json the rollback made (now in app-backup)."
+    type: str
+  dest:
+    description: "rename, copy_config - destination relative to root; undo_config - the user's config.json from before the rollback (app-current)."
+    type: str
+  keep_as: {description: "copy_config, undo_config - where an existing destination is kept, relative to root.", type: str}
   kept: {description: "undo_config - where the rollback kept the backup's own config.json (empty - it kept none).", type: str, default: ""}
-  retries: {description: rename - attempts., type: int, default: 1}
-  delay: {description: rename - seconds between attempts., type: float, default: 1}
-  timeout: {description: stop, verify - seconds to wait., type: float, default: 30}
+  retries: {description: "rename - attempts.", type: int, default: 1}
+  delay: {description: "rename - seconds between attempts.", type: float, default: 1}
+  timeout: {description: "stop, verify - seconds to wait.", type: float, default: 30}
   command: {description: "start, run - argv; the element C({current}) or a prefix C({current}/) names app-current.", type: list, elements: str}
-  expected: {description: verify - the version app-current must hold (empty - any)., type: str, default: ""}
-  missing_ok: {description: rename - a missing source is no error (nothing moved)., type: bool, default: false}
-  sha256: {description: check_file - the sha256 the file must have (empty - any; reported)., type: str, default: ""}
-author: doai-ansible contributors
+  expected: {description: "verify - the version app-current must hold (empty - any).", type: str, default: ""}
+  missing_ok: {description: "rename - a missing source is no error (nothing moved).", type: bool, default: false}
+  sha256: {description: "check_file - the sha256 the file must have (empty - any; reported).", type: str, default: ""}
+author: doai-ansible contributors (@doai)
 """
 
 EXAMPLES = r"""
 - name: Observe every profile that has the agent folder
-  doai_agent_posix:
+  doai.rollback.doai_agent_posix:
     op: observe
     profiles_root: /home
 """
 
 RETURN = r"""
-users: {description: observe - per user the folder, app dirs (version, config), running, marker., type: list, returned: success}
+users: {description: "observe - per user the folder, app dirs (version, config), running, marker.", type: list, returned: success}
 """
 
 import hashlib

@@ -11,7 +11,7 @@ module: doai_backend_docker_apply
 short_description: Retag, recreate and verify the backend's container; put the captured image back on failure
 description:
   - The runbook's Docker rollback after the pull (done by the capture), as one job detached from
-    the SSH session (doai_common's doai_job) - C(IMAGE:current) is tagged C(IMAGE:rollback), the
+    the SSH session (the collection's doai_job) - C(IMAGE:current) is tagged C(IMAGE:rollback), the
     target id is tagged C(IMAGE:current), C(compose up -d --no-deps SERVICE) recreates the
     container, then the health gate - the container runs the target id, health answers 2xx with
     the image's version within C(deadline), and the container neither restarts nor stops for
@@ -24,50 +24,50 @@ description:
   - With C(until=healthy) the module returns as soon as the target is healthy, while the job goes
     on watching; a second call with the same C(job) returns the job's result.
 options:
-  image: {description: Repository with its registry prefix., type: str, required: true}
-  current_tag: {description: The tag the service runs., type: str, default: current}
-  rollback_tag: {description: The tag that keeps the replaced image., type: str, default: rollback}
-  from_id: {description: The captured image id of IMAGE:current., type: str, required: true}
-  to_id: {description: The target image id., type: str, required: true}
-  rollback_prev: {description: The image id IMAGE:rollback had before (restored on failure)., type: str, default: ""}
-  docker_bin: {description: The docker client., type: str, default: docker}
-  docker_host: {description: DOCKER_HOST; empty for the default., type: str, default: ""}
-  compose: {description: auto (v2 plugin preferred), v2 or v1., type: str, default: auto}
-  compose_v1_bin: {description: The docker-compose (v1) executable., type: str, default: docker-compose}
-  project_dir: {description: The Compose project directory., type: path, required: true}
-  project_name: {description: Compose project name; empty for Compose's default., type: str, default: ""}
-  service: {description: The Compose service., type: str, required: true}
-  health_url: {description: Health URL probed from the host., type: str, required: true}
-  deadline: {description: Seconds for the container to run the target and health to answer 2xx., type: int, default: 60}
-  expect_version: {description: The version health must report (empty - not checked)., type: str, default: ""}
-  stable_seconds: {description: Seconds the container must keep running without a restart., type: int, default: 10}
-  require_health: {description: Fail on bad health (false - report it only)., type: bool, default: true}
-  restore_requires_health: {description: Whether the put-back must be healthy too., type: bool, default: true}
-  log_lines: {description: Container log lines kept in the result., type: int, default: 50}
-  job: {description: Job id (attach when it exists)., type: str, default: ""}
-  job_dir: {description: Where job files live., type: path, required: true}
-  timeout: {description: Seconds the job may run., type: int, default: 900}
-  until: {description: Return at this progress key (healthy)., type: str, default: ""}
+  image: {description: "Repository with its registry prefix.", type: str, required: true}
+  current_tag: {description: "The tag the service runs.", type: str, default: current}
+  rollback_tag: {description: "The tag that keeps the replaced image.", type: str, default: rollback}
+  from_id: {description: "The captured image id of IMAGE:current.", type: str, required: true}
+  to_id: {description: "The target image id.", type: str, required: true}
+  rollback_prev: {description: "The image id IMAGE:rollback had before (restored on failure).", type: str, default: ""}
+  docker_bin: {description: "The docker client.", type: str, default: docker}
+  docker_host: {description: "DOCKER_HOST; empty for the default.", type: str, default: ""}
+  compose: {description: "auto (v2 plugin preferred), v2 or v1.", type: str, default: auto}
+  compose_v1_bin: {description: "The docker-compose (v1) executable.", type: str, default: docker-compose}
+  project_dir: {description: "The Compose project directory.", type: path, required: true}
+  project_name: {description: "Compose project name; empty for Compose's default.", type: str, default: ""}
+  service: {description: "The Compose service.", type: str, required: true}
+  health_url: {description: "Health URL probed from the host.", type: str, required: true}
+  deadline: {description: "Seconds for the container to run the target and health to answer 2xx.", type: int, default: 60}
+  expect_version: {description: "The version health must report (empty - not checked).", type: str, default: ""}
+  stable_seconds: {description: "Seconds the container must keep running without a restart.", type: int, default: 10}
+  require_health: {description: "Fail on bad health (false - report it only).", type: bool, default: true}
+  restore_requires_health: {description: "Whether the put-back must be healthy too.", type: bool, default: true}
+  log_lines: {description: "Container log lines kept in the result.", type: int, default: 50}
+  job: {description: "Job id (attach when it exists).", type: str, default: ""}
+  job_dir: {description: "Where job files live.", type: path, required: true}
+  timeout: {description: "Seconds the job may run.", type: int, default: 900}
+  until: {description: "Return at this progress key (healthy).", type: str, default: ""}
   record:
     description:
       - The job's own record in the host's ledger, written by the detached job once the commit is
         live (C(result) applied, C(by) job), so that a controller killed meanwhile leaves the
         change on record (action, from, to, who, why, run_id); empty - none.
     type: dict
-  ledger_path: {description: The host's ledger, for I(record)., type: path}
+  ledger_path: {description: "The host's ledger, for I(record).", type: path}
   lock_path:
     description:
       - The host lock the job works under (held by I(record)'s run_id) - the job records its
         process in it and refreshes it every I(lock_ttl)/4 while it runs.
     type: path
-  lock_ttl: {description: The host lock's TTL in seconds., type: int, default: 3600}
-  reconnect_timeout: {description: Used by the action plugin., type: float, default: 0}
-author: doai-ansible contributors
+  lock_ttl: {description: "The host lock's TTL in seconds.", type: int, default: 3600}
+  reconnect_timeout: {description: "Used by the action plugin.", type: float, default: 0}
+author: doai-ansible contributors (@doai)
 """
 
 EXAMPLES = r"""
 - name: Apply
-  doai_backend_docker_apply:
+  doai.rollback.doai_backend_docker_apply:
     image: registry.example.com/doai-backend
     from_id: "sha256:..."
     to_id: "sha256:..."
@@ -78,10 +78,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-status: {description: succeeded, restored or not_restored., type: str, returned: always}
-health_status: {description: Last HTTP status of the health URL., type: int, returned: always}
-health_version: {description: The version health reported., type: str, returned: always}
-logs: {description: The container's last log lines., type: str, returned: always}
+status: {description: "succeeded, restored or not_restored.", type: str, returned: always}
+health_status: {description: "Last HTTP status of the health URL.", type: int, returned: always}
+health_version: {description: "The version health reported.", type: str, returned: always}
+logs: {description: "The container's last log lines.", type: str, returned: always}
 """
 
 import time

@@ -10,7 +10,7 @@ DOCUMENTATION = r"""
 module: doai_backend_docker_capture
 short_description: Take the host lock, capture the live image and plan a Docker rollback
 description:
-  - One round trip. Takes the host lock (doai_common's lock; in check mode only checks it), then
+  - One round trip. Takes the host lock (the collection's doai_lock; in check mode only checks it), then
     reads the image id behind C(IMAGE:current), the service's container and health, and resolves
     the target to an image id - the pinned one, C(--to sha256:ID) (a local image), or a tag
     (C(previous) by default). In check mode the tag is resolved from the registry's manifest
@@ -20,36 +20,36 @@ description:
     C(invalid_target), C(no_current), C(not_found), C(drifted), C(pull_failed), C(registry_failed),
     C(docker_unavailable), C(compose_unavailable).
 options:
-  lock_path: {description: The host lock directory., type: path, required: true}
-  run_id: {description: This run's id., type: str, required: true}
-  owner: {description: Who holds the lock., type: str, default: ""}
-  reason: {description: Why (in the lock)., type: str, default: ""}
-  lock_ttl: {description: Seconds after which a lock is stale., type: int, default: 3600}
-  plan_only: {description: Check the lock, do not take it; resolve tags without pulling., type: bool, default: false}
-  resume: {description: Resume this run (the live image may be the pinned from or to)., type: bool, default: false}
-  image: {description: Repository with its registry prefix., type: str, required: true}
-  current_tag: {description: The tag the service runs., type: str, default: current}
-  previous_tag: {description: The default target tag., type: str, default: previous}
-  rollback_tag: {description: The tag that keeps the replaced image., type: str, default: rollback}
-  target: {description: A tag or sha256 image id; empty for previous_tag., type: str, default: ""}
-  pin_from: {description: The confirmed plan's from image id., type: str, default: ""}
-  pin_to: {description: The confirmed plan's to image id., type: str, default: ""}
-  pin_ref: {description: The IMAGE:TAG the plan resolved pin_to from (pulled when pin_to is not on the host)., type: str, default: ""}
-  docker_bin: {description: The docker client., type: str, default: docker}
-  docker_host: {description: DOCKER_HOST for every call; empty for the default., type: str, default: ""}
-  insecure_registry: {description: Plain HTTP to the registry (always for a loopback registry)., type: bool, default: false}
-  project_dir: {description: The Compose project directory., type: path, required: true}
-  project_name: {description: Compose project name; empty for Compose's default., type: str, default: ""}
-  compose: {description: auto (v2 plugin preferred), v2 or v1., type: str, default: auto}
-  compose_v1_bin: {description: The docker-compose (v1) executable., type: str, default: docker-compose}
-  service: {description: The Compose service., type: str, required: true}
-  health_url: {description: Health URL probed from the host., type: str, required: true}
-author: doai-ansible contributors
+  lock_path: {description: "The host lock directory.", type: path, required: true}
+  run_id: {description: "This run's id.", type: str, required: true}
+  owner: {description: "Who holds the lock.", type: str, default: ""}
+  reason: {description: "Why (in the lock).", type: str, default: ""}
+  lock_ttl: {description: "Seconds after which a lock is stale.", type: int, default: 3600}
+  plan_only: {description: "Check the lock, do not take it; resolve tags without pulling.", type: bool, default: false}
+  resume: {description: "Resume this run (the live image may be the pinned from or to).", type: bool, default: false}
+  image: {description: "Repository with its registry prefix.", type: str, required: true}
+  current_tag: {description: "The tag the service runs.", type: str, default: current}
+  previous_tag: {description: "The default target tag.", type: str, default: previous}
+  rollback_tag: {description: "The tag that keeps the replaced image.", type: str, default: rollback}
+  target: {description: "A tag or sha256 image id; empty for previous_tag.", type: str, default: ""}
+  pin_from: {description: "The confirmed plan's from image id.", type: str, default: ""}
+  pin_to: {description: "The confirmed plan's to image id.", type: str, default: ""}
+  pin_ref: {description: "The IMAGE:TAG the plan resolved pin_to from (pulled when pin_to is not on the host).", type: str, default: ""}
+  docker_bin: {description: "The docker client.", type: str, default: docker}
+  docker_host: {description: "DOCKER_HOST for every call; empty for the default.", type: str, default: ""}
+  insecure_registry: {description: "Plain HTTP to the registry (always for a loopback registry).", type: bool, default: false}
+  project_dir: {description: "The Compose project directory.", type: path, required: true}
+  project_name: {description: "Compose project name; empty for Compose's default.", type: str, default: ""}
+  compose: {description: "auto (v2 plugin preferred), v2 or v1.", type: str, default: auto}
+  compose_v1_bin: {description: "The docker-compose (v1) executable.", type: str, default: docker-compose}
+  service: {description: "The Compose service.", type: str, required: true}
+  health_url: {description: "Health URL probed from the host.", type: str, required: true}
+author: doai-ansible contributors (@doai)
 """
 
 EXAMPLES = r"""
 - name: Capture
-  doai_backend_docker_capture:
+  doai.rollback.doai_backend_docker_capture:
     lock_path: /var/lib/doai-rollback/backend.lock
     run_id: manual-1
     image: registry.example.com/doai-backend
@@ -59,16 +59,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-current: {description: Image id behind IMAGE:current_tag., type: str, returned: success}
-target: {description: Image id to roll back to., type: str, returned: success}
-target_ref: {description: The tag or id it was resolved from., type: str, returned: success}
-changes: {description: Whether the rollback has anything to do., type: bool, returned: success}
-container: {description: The service's container (id, image, running, restart_count...)., type: dict, returned: success}
+current: {description: "Image id behind IMAGE:current_tag.", type: str, returned: success}
+target: {description: "Image id to roll back to.", type: str, returned: success}
+target_ref: {description: "The tag or id it was resolved from.", type: str, returned: success}
+changes: {description: "Whether the rollback has anything to do.", type: bool, returned: success}
+container: {description: "The service's container (id, image, running, restart_count...).", type: dict, returned: success}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import (FULL_ID_RE, IMAGE_ID_RE, PROJECT_NAME_RE, REPO_RE, SERVICE_RE, TAG_RE,
-                                              Docker, DockerError, registry_is_loopback, short)
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import (
+    FULL_ID_RE, IMAGE_ID_RE, PROJECT_NAME_RE, REPO_RE, SERVICE_RE, TAG_RE, Docker, DockerError, registry_is_loopback, short)
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 

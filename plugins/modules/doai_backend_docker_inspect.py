@@ -14,20 +14,20 @@ description:
     previous and rollback tags, the service's container (the image it runs, state, restarts),
     health and the version it reports, and the host lock.
 options:
-  image: {description: Repository with its registry prefix., type: str, required: true}
-  tags: {description: Tags to read (current first)., type: list, elements: str, required: true}
-  docker_bin: {description: The docker client., type: str, default: docker}
-  docker_host: {description: DOCKER_HOST; empty for the default., type: str, default: ""}
-  project_dir: {description: The Compose project directory., type: path, required: true}
-  service: {description: The Compose service., type: str, required: true}
-  health_url: {description: Health URL probed from the host., type: str, required: true}
-  lock_path: {description: The host lock directory., type: path, required: true}
-author: doai-ansible contributors
+  image: {description: "Repository with its registry prefix.", type: str, required: true}
+  tags: {description: "Tags to read (current first).", type: list, elements: str, required: true}
+  docker_bin: {description: "The docker client.", type: str, default: docker}
+  docker_host: {description: "DOCKER_HOST; empty for the default.", type: str, default: ""}
+  project_dir: {description: "The Compose project directory.", type: path, required: true}
+  service: {description: "The Compose service.", type: str, required: true}
+  health_url: {description: "Health URL probed from the host.", type: str, required: true}
+  lock_path: {description: "The host lock directory.", type: path, required: true}
+author: doai-ansible contributors (@doai)
 """
 
 EXAMPLES = r"""
 - name: Inspect
-  doai_backend_docker_inspect:
+  doai.rollback.doai_backend_docker_inspect:
     image: registry.example.com/doai-backend
     tags: [current, previous, rollback]
     project_dir: /opt/doai-backend
@@ -37,8 +37,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-images: {description: tag -> {id, version} (null when absent)., type: dict, returned: always}
-container: {description: The service's container., type: dict, returned: always}
+images: {description: "tag -> {id, version} (null when absent).", type: dict, returned: always}
+container: {description: "The service's container.", type: dict, returned: always}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -14,24 +14,24 @@ description:
     that a later rollback's pull is a no-op. Changes no tag the service uses, nor the container;
     takes no host lock. In check mode the tag is resolved from the registry's manifest only.
 options:
-  image: {description: Repository with its registry prefix., type: str, required: true}
-  previous_tag: {description: The default target tag., type: str, default: previous}
-  target: {description: A tag or sha256 image id; empty for previous_tag., type: str, default: ""}
-  docker_bin: {description: The docker client., type: str, default: docker}
-  docker_host: {description: DOCKER_HOST; empty for the default., type: str, default: ""}
-  insecure_registry: {description: Plain HTTP to the registry for check mode (always for a loopback one)., type: bool, default: false}
-author: doai-ansible contributors
+  image: {description: "Repository with its registry prefix.", type: str, required: true}
+  previous_tag: {description: "The default target tag.", type: str, default: previous}
+  target: {description: "A tag or sha256 image id; empty for previous_tag.", type: str, default: ""}
+  docker_bin: {description: "The docker client.", type: str, default: docker}
+  docker_host: {description: "DOCKER_HOST; empty for the default.", type: str, default: ""}
+  insecure_registry: {description: "Plain HTTP to the registry for check mode (always for a loopback one).", type: bool, default: false}
+author: doai-ansible contributors (@doai)
 """
 
 EXAMPLES = r"""
 - name: Prepare
-  doai_backend_docker_prepare:
+  doai.rollback.doai_backend_docker_prepare:
     image: registry.example.com/doai-backend
 """
 
 RETURN = r"""
-status: {description: prepared, already_prepared or would_prepare., type: str, returned: success}
-target: {description: The target's image id., type: str, returned: success}
+status: {description: "prepared, already_prepared or would_prepare.", type: str, returned: success}
+target: {description: "The target's image id.", type: str, returned: success}
 """
 
 import time

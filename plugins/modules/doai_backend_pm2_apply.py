@@ -8,7 +8,7 @@ One task instead of three because every task costs a round trip, and this is the
 rollback an outage waits on. Each step is still reported (``steps``) and the first one that
 fails stops the rest with its command and output.
 
-With I(job), the steps run as a job detached from the SSH session (doai_common's doai_job):
+With I(job), the steps run as a job detached from the SSH session (the collection's doai_job):
 a dropped connection does not stop them, and the same task run again (SSH's retries, the
 role's action plugin) attaches to the job instead of starting another. A resumed run starts a
 new job while the first may still work: an exclusive flock on the checkout makes it wait.
@@ -31,9 +31,9 @@ description:
   - Every command is an argument vector; nothing goes through a shell.
   - Does nothing in check mode (reports what it would run).
 options:
-  path: {description: Git checkout of the app., type: path, required: true}
-  commit: {description: Full SHA to check out., type: str, required: true}
-  install: {description: Run the dependency install., type: bool, default: false}
+  path: {description: "Git checkout of the app.", type: path, required: true}
+  commit: {description: "Full SHA to check out.", type: str, required: true}
+  install: {description: "Run the dependency install.", type: bool, default: false}
   install_if_stale:
     description:
       - After the checkout, run the install when node_modules was not installed for the
@@ -42,7 +42,7 @@ options:
         interrupted job left is not known in advance.
     type: bool
     default: false
-  install_argv: {description: The install command as a list., type: list, elements: str, required: true}
+  install_argv: {description: "The install command as a list.", type: list, elements: str, required: true}
   cache_dir:
     description:
       - Cache of node_modules trees, keyed by the sha256 of their lockfile. Before the checkout
@@ -53,13 +53,13 @@ options:
         next to I(path).
     type: path
     default: ''
-  cache_keep: {description: Trees kept in the cache (oldest dropped first); 0 keeps none., type: int, default: 3}
-  pm2_bin: {description: pm2 executable., type: str, default: pm2}
-  pm2_home: {description: PM2_HOME for pm2 calls., type: str, default: ''}
-  pm2_mode: {description: reload or restart., type: str, choices: [reload, restart], default: reload}
-  apps: {description: Apps to reload; empty means all., type: list, elements: str, default: []}
-  git_bin: {description: git executable., type: str, default: git}
-  lock_wait: {description: Seconds to wait for another apply on the same checkout., type: int, default: 600}
+  cache_keep: {description: "Trees kept in the cache (oldest dropped first); 0 keeps none.", type: int, default: 3}
+  pm2_bin: {description: "pm2 executable.", type: str, default: pm2}
+  pm2_home: {description: "PM2_HOME for pm2 calls.", type: str, default: ''}
+  pm2_mode: {description: "reload or restart.", type: str, choices: [reload, restart], default: reload}
+  apps: {description: "Apps to reload; empty means all.", type: list, elements: str, default: []}
+  git_bin: {description: "git executable.", type: str, default: git}
+  lock_wait: {description: "Seconds to wait for another apply on the same checkout.", type: int, default: 600}
   job:
     description:
       - Run the steps as this job, detached from the SSH session, and wait for its result; a job
@@ -67,21 +67,21 @@ options:
         the module itself.
     type: str
     default: ''
-  job_dir: {description: Directory of the job files on the host., type: path, default: /var/lib/doai-rollback/jobs}
-  timeout: {description: Seconds the job may run; then it is stopped and fails., type: int, default: 900}
+  job_dir: {description: "Directory of the job files on the host.", type: path, default: /var/lib/doai-rollback/jobs}
+  timeout: {description: "Seconds the job may run; then it is stopped and fails.", type: int, default: 900}
   record:
     description:
       - The job's own record in the host's ledger, written by the detached job once the commit is
         live (C(result) applied, C(by) job), so that a controller killed meanwhile leaves the
         change on record (action, from, to, who, why, run_id); empty - none.
     type: dict
-  ledger_path: {description: The host's ledger, for I(record)., type: path}
+  ledger_path: {description: "The host's ledger, for I(record).", type: path}
   lock_path:
     description:
       - The host lock the job works under (held by I(record)'s run_id) - the job records its
         process in it and refreshes it every I(lock_ttl)/4 while it runs.
     type: path
-  lock_ttl: {description: The host lock's TTL in seconds., type: int, default: 3600}
+  lock_ttl: {description: "The host lock's TTL in seconds.", type: int, default: 3600}
   reconnect_timeout:
     description:
       - Used by the role's action plugin, on the controller - seconds, from the first failure of
@@ -89,20 +89,32 @@ options:
         second to attach to the job (0 - not at all).
     type: float
     default: 0
-author: doai-ansible contributors
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Check out the target commit, install its dependencies, reload PM2
+  doai.rollback.doai_backend_pm2_apply:
+    path: /srv/doai-backend
+    commit: 0123456789abcdef0123456789abcdef01234567
+    install_if_stale: true
+    install_argv: [npm, ci, --omit=dev]
+    pm2_bin: pm2
+    apps: [doai-api]
+    job: 20261127T030000Z-1a2b-apply
 """
 
 RETURN = r"""
-steps: {description: Each command run, its rc and seconds., type: list, returned: always}
-installed: {description: Whether the dependency install ran., type: bool, returned: always}
+steps: {description: "Each command run, its rc and seconds.", type: list, returned: always}
+installed: {description: "Whether the dependency install ran.", type: bool, returned: always}
 node_modules:
   description: How node_modules was made ready - source (cache, install or null), installed, cache_dir, key, pruned.
   type: dict
   returned: success
-waited: {description: Seconds spent waiting for another apply on the checkout., type: float, returned: success}
-live_since: {description: When the PM2 reload started (epoch seconds on the host)., type: float, returned: when a job reached the reload}
-job: {description: The job id (with I(job))., type: str, returned: when a job ran}
-attached: {description: Whether this call attached to a job started earlier., type: bool, returned: when a job ran}
+waited: {description: "Seconds spent waiting for another apply on the checkout.", type: float, returned: success}
+live_since: {description: "When the PM2 reload started (epoch seconds on the host).", type: float, returned: when a job reached the reload}
+job: {description: "The job id (with I(job)).", type: str, returned: when a job ran}
+attached: {description: "Whether this call attached to a job started earlier.", type: bool, returned: when a job ran}
 """
 
 import fcntl

@@ -19,7 +19,7 @@ module: doai_backend_pm2_capture
 short_description: Take the host lock, capture a PM2 backend's live state and plan a rollback
 description:
   - B(Step 1, the only change:) takes the host lock I(lock_path) (the lock of doai_host_lock,
-    role doai_common) so that nothing changes between this capture and the apply. A lock held
+    module_utils doai_lock) so that nothing changes between this capture and the apply. A lock held
     by the same I(run_id) is this run's (a resumed run continues under it). In check mode, or
     with I(plan_only), the lock is only checked. If any later step fails, the lock this task
     holds is released before the module returns.
@@ -29,7 +29,7 @@ description:
     C(bad_path), C(invalid_target), C(no_target), C(drifted), C(dirty_tree), C(unknown_app),
     C(pm2_unavailable).
 options:
-  path: {description: Git checkout of the app., type: path, required: true}
+  path: {description: "Git checkout of the app.", type: path, required: true}
   target:
     description:
       - Commit SHA or ref to roll back to. Empty chooses the release live before the current
@@ -44,7 +44,7 @@ options:
         C(drifted).
     type: str
     default: ''
-  pin_to: {description: The target the confirmed plan pinned (full SHA)., type: str, default: ''}
+  pin_to: {description: "The target the confirmed plan pinned (full SHA).", type: str, default: ''}
   resume:
     description:
       - Continue a run that lost its host midway (same I(run_id)). Needs I(pin_from) and
@@ -57,48 +57,62 @@ options:
     description: Refuse (C(dirty_tree)) when there is work to do and the checkout has uncommitted changes.
     type: bool
     default: true
-  ledger_path: {description: The host's ledger (JSON lines)., type: path, required: true}
-  install_argv: {description: The install command (tells whether dev dependencies count)., type: list, elements: str, default: [npm, ci, --omit=dev]}
-  cache_dir: {description: The node_modules cache (tells whether a planned install is a rename from it)., type: path, default: ''}
-  git_bin: {description: git executable., type: str, default: git}
-  pm2_bin: {description: pm2 executable., type: str, default: pm2}
-  pm2_home: {description: PM2_HOME for pm2 calls (empty = pm2 default)., type: str, default: ''}
-  apps: {description: PM2 apps the rollback reloads (empty = all); each must be listed by PM2., type: list, elements: str, default: []}
-  log_count: {description: How many recent commits to list., type: int, default: 5}
-  health_url: {description: Health URL probed once (empty = not probed)., type: str, default: ''}
-  lock_path: {description: The host lock directory; empty takes no lock., type: path}
-  run_id: {description: This run (the lock's owner id)., type: str, default: ''}
-  owner: {description: Who (for the lock)., type: str, default: ''}
-  reason: {description: Why (for the lock)., type: str, default: ''}
-  lock_ttl: {description: Seconds after which a lock is stale., type: int, default: 3600}
+  ledger_path: {description: "The host's ledger (JSON lines).", type: path, required: true}
+  install_argv: {description: "The install command (tells whether dev dependencies count).", type: list, elements: str, default: [npm, ci, --omit=dev]}
+  cache_dir: {description: "The node_modules cache (tells whether a planned install is a rename from it).", type: path, default: ''}
+  git_bin: {description: "git executable.", type: str, default: git}
+  pm2_bin: {description: "pm2 executable.", type: str, default: pm2}
+  pm2_home: {description: "PM2_HOME for pm2 calls (empty = pm2 default).", type: str, default: ''}
+  apps: {description: "PM2 apps the rollback reloads (empty = all); each must be listed by PM2.", type: list, elements: str, default: []}
+  log_count: {description: "How many recent commits to list.", type: int, default: 5}
+  health_url: {description: "Health URL probed once (empty = not probed).", type: str, default: ''}
+  lock_path: {description: "The host lock directory; empty takes no lock.", type: path}
+  run_id: {description: "This run (the lock's owner id).", type: str, default: ''}
+  owner: {description: "Who (for the lock).", type: str, default: ''}
+  reason: {description: "Why (for the lock).", type: str, default: ''}
+  lock_ttl: {description: "Seconds after which a lock is stale.", type: int, default: 3600}
   plan_only:
     description:
       - Only check the lock, never take it. The role runs this module with check_mode false
         (it must probe for real even under --check) and sets this to ansible_check_mode.
     type: bool
     default: false
-author: doai-ansible contributors
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Take the host lock, capture the live state and plan the rollback to the default target
+  doai.rollback.doai_backend_pm2_capture:
+    lock_path: /var/lib/doai-rollback/backend.lock
+    run_id: 20261127T030000Z-1a2b
+    owner: alice@laptop
+    reason: v3 breaks logins
+    path: /srv/doai-backend
+    target: ""
+    ledger_path: /var/lib/doai-rollback/ledger.jsonl
+    refuse_dirty: true
+  register: plan
 """
 
 RETURN = r"""
-current: {description: Full SHA the plan starts from (the live commit; on resume, I(pin_from))., type: str, returned: success}
-head: {description: Full SHA of the live commit now., type: str, returned: always}
-target: {description: Full SHA of the resolved target., type: str, returned: success}
-rule: {description: How the target was chosen., type: str, returned: success}
-changes: {description: Whether there is work to do (target differs from the live commit, or resume)., type: bool, returned: success}
-needs_install: {description: Whether new node_modules are planned (npm ci, or a tree from the cache)., type: bool, returned: success}
-install_from_cache: {description: Whether the planned node_modules is in the cache now (a rename, no npm ci)., type: bool, returned: success}
-recent: {description: The last commits (short sha and subject)., type: list, returned: success}
-processes: {description: PM2 processes of the apps (name, status, restarts)., type: list, returned: success}
-locked_by_us: {description: Whether this run holds the host lock., type: bool, returned: success}
-locked: {description: Refused, another run holds the host lock (see holder)., type: bool, returned: failure}
-bad_path: {description: Refused, the path is missing or not the top of a git checkout., type: bool, returned: failure}
-invalid_target: {description: Refused, the target or the plan names no commit of the checkout., type: bool, returned: failure}
-no_target: {description: Refused, no earlier release found in the ledger or the reflog., type: bool, returned: failure}
-drifted: {description: Refused, the live commit is not the one the plan started from., type: bool, returned: failure}
-dirty_tree: {description: Refused, the checkout has uncommitted changes (see dirty)., type: bool, returned: failure}
-unknown_app: {description: Refused, an app of I(apps) is not listed by PM2 (see unknown), or PM2 lists none., type: bool, returned: failure}
-pm2_unavailable: {description: Refused, pm2 jlist failed (see pm2_error)., type: bool, returned: failure}
+current: {description: "Full SHA the plan starts from (the live commit; on resume, I(pin_from)).", type: str, returned: success}
+head: {description: "Full SHA of the live commit now.", type: str, returned: always}
+target: {description: "Full SHA of the resolved target.", type: str, returned: success}
+rule: {description: "How the target was chosen.", type: str, returned: success}
+changes: {description: "Whether there is work to do (target differs from the live commit, or resume).", type: bool, returned: success}
+needs_install: {description: "Whether new node_modules are planned (npm ci, or a tree from the cache).", type: bool, returned: success}
+install_from_cache: {description: "Whether the planned node_modules is in the cache now (a rename, no npm ci).", type: bool, returned: success}
+recent: {description: "The last commits (short sha and subject).", type: list, returned: success}
+processes: {description: "PM2 processes of the apps (name, status, restarts).", type: list, returned: success}
+locked_by_us: {description: "Whether this run holds the host lock.", type: bool, returned: success}
+locked: {description: "Refused, another run holds the host lock (see holder).", type: bool, returned: failure}
+bad_path: {description: "Refused, the path is missing or not the top of a git checkout.", type: bool, returned: failure}
+invalid_target: {description: "Refused, the target or the plan names no commit of the checkout.", type: bool, returned: failure}
+no_target: {description: "Refused, no earlier release found in the ledger or the reflog.", type: bool, returned: failure}
+drifted: {description: "Refused, the live commit is not the one the plan started from.", type: bool, returned: failure}
+dirty_tree: {description: "Refused, the checkout has uncommitted changes (see dirty).", type: bool, returned: failure}
+unknown_app: {description: "Refused, an app of I(apps) is not listed by PM2 (see unknown), or PM2 lists none.", type: bool, returned: failure}
+pm2_unavailable: {description: "Refused, pm2 jlist failed (see pm2_error).", type: bool, returned: failure}
 """
 
 import os

@@ -24,25 +24,34 @@ description:
     apply holds the checkout's flock).
   - Refuses, changing nothing, with C(bad_path), C(invalid_target) or C(no_target).
 options:
-  path: {description: Git checkout of the app., type: path, required: true}
-  target: {description: Commit SHA or ref; empty chooses the release live before the current one., type: str, default: ''}
-  ledger_path: {description: The host's ledger (JSON lines)., type: path, required: true}
-  install_argv: {description: The install command., type: list, elements: str, default: [npm, ci, --omit=dev]}
-  cache_dir: {description: The node_modules cache (must be on the app's filesystem)., type: path, default: ''}
-  cache_keep: {description: How many trees the cache keeps (0 disables it)., type: int, default: 3}
-  git_bin: {description: git executable., type: str, default: git}
-  log_count: {description: How many recent commits to list in a refusal., type: int, default: 5}
-author: doai-ansible contributors
+  path: {description: "Git checkout of the app.", type: path, required: true}
+  target: {description: "Commit SHA or ref; empty chooses the release live before the current one.", type: str, default: ''}
+  ledger_path: {description: "The host's ledger (JSON lines).", type: path, required: true}
+  install_argv: {description: "The install command.", type: list, elements: str, default: [npm, ci, --omit=dev]}
+  cache_dir: {description: "The node_modules cache (must be on the app's filesystem).", type: path, default: ''}
+  cache_keep: {description: "How many trees the cache keeps (0 disables it).", type: int, default: 3}
+  git_bin: {description: "git executable.", type: str, default: git}
+  log_count: {description: "How many recent commits to list in a refusal.", type: int, default: 5}
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Install the default target's node_modules into the cache, ahead of a rollback
+  doai.rollback.doai_backend_pm2_prepare:
+    path: /srv/doai-backend
+    target: ""
+    ledger_path: /var/lib/doai-rollback/ledger.jsonl
+    cache_dir: /var/lib/doai-rollback/node_modules
 """
 
 RETURN = r"""
 status: {description: "prepared, already_prepared, not_needed, would_prepare (check mode), no_lockfile or cache_disabled.", type: str, returned: success}
-head: {description: Full SHA of the live commit., type: str, returned: success}
-target: {description: Full SHA of the resolved target., type: str, returned: success}
-rule: {description: How the target was chosen., type: str, returned: success}
-lockfile_sha256: {description: The sha256 of the target's lockfile (the cache key)., type: str, returned: success}
-install_seconds: {description: How long npm ran (prepared only)., type: float, returned: success}
-pruned: {description: Cache entries dropped (oldest first) to keep cache_keep., type: list, returned: success}
+head: {description: "Full SHA of the live commit.", type: str, returned: success}
+target: {description: "Full SHA of the resolved target.", type: str, returned: success}
+rule: {description: "How the target was chosen.", type: str, returned: success}
+lockfile_sha256: {description: "The sha256 of the target's lockfile (the cache key).", type: str, returned: success}
+install_seconds: {description: "How long npm ran (prepared only).", type: float, returned: success}
+pruned: {description: "Cache entries dropped (oldest first) to keep cache_keep.", type: list, returned: success}
 """
 
 import os

@@ -15,28 +15,28 @@ description:
     version and one is expected, that version) or the deadline passes.
   - Then checks that every PM2 app is online and that no restart counter grows during a short
     stability window (a restart loop).
-  - With I(job), runs as a job detached from the SSH session (doai_common's doai_job): a
+  - With I(job), runs as a job detached from the SSH session (module_utils doai_job) - a
     dropped connection does not stop it, and the same task run again attaches to it. With
     I(until=healthy) the module returns as soon as health is good (result keys C(healthy), C(reached=healthy)) while
     the job watches PM2 on; a second call with the job id and I(until=stable) returns the end.
   - Changes nothing. Skipped in check mode.
 options:
-  health_url: {description: URL probed from the host., type: str, required: true}
-  deadline: {description: Seconds to wait for health., type: float, default: 60}
-  expect_version: {description: Version the health body must report (empty = any)., type: str, default: ''}
-  stable_seconds: {description: Seconds the PM2 restart counters must stay still (from I(since), else from health good)., type: float, default: 3}
+  health_url: {description: "URL probed from the host.", type: str, required: true}
+  deadline: {description: "Seconds to wait for health.", type: float, default: 60}
+  expect_version: {description: "Version the health body must report (empty = any).", type: str, default: ''}
+  stable_seconds: {description: "Seconds the PM2 restart counters must stay still (from I(since), else from health good).", type: float, default: 3}
   require_health:
     description:
       - When false, the health URL is probed once and reported but not required to be 2xx
         (undo returns to a state that may have been unhealthy); PM2 must still be stable.
     type: bool
     default: true
-  pm2_bin: {description: pm2 executable., type: str, default: pm2}
-  pm2_home: {description: PM2_HOME for pm2 calls., type: str, default: ''}
-  apps: {description: PM2 apps that must be online (empty = all)., type: list, elements: str, default: []}
-  job: {description: Run as this job, detached from the SSH session, or attach to it; empty runs in the module., type: str, default: ''}
-  job_dir: {description: Directory of the job files on the host., type: path, default: /var/lib/doai-rollback/jobs}
-  timeout: {description: Seconds the job may run., type: int, default: 180}
+  pm2_bin: {description: "pm2 executable.", type: str, default: pm2}
+  pm2_home: {description: "PM2_HOME for pm2 calls.", type: str, default: ''}
+  apps: {description: "PM2 apps that must be online (empty = all).", type: list, elements: str, default: []}
+  job: {description: "Run as this job, detached from the SSH session, or attach to it; empty runs in the module.", type: str, default: ''}
+  job_dir: {description: "Directory of the job files on the host.", type: path, default: /var/lib/doai-rollback/jobs}
+  timeout: {description: "Seconds the job may run.", type: int, default: 180}
   reconnect_timeout:
     description:
       - Used by the role's action plugin, on the controller - seconds, from the first failure of
@@ -57,17 +57,27 @@ options:
     type: str
     choices: [healthy, stable]
     default: stable
-author: doai-ansible contributors
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Wait until the backend is healthy on 2.4.0 and PM2 stays still
+  doai.rollback.doai_backend_pm2_verify:
+    health_url: http://127.0.0.1:3000/api/health
+    deadline: 60
+    expect_version: 2.4.0
+    stable_seconds: 3
+    apps: [doai-api]
 """
 
 RETURN = r"""
-status: {description: Last HTTP status of the health URL., type: int, returned: always}
-version: {description: Version the health body reported., type: str, returned: when reported}
-elapsed: {description: Seconds until healthy., type: float, returned: always}
-processes: {description: PM2 processes after the window (when healthy, at its start)., type: list, returned: always}
-healthy: {description: Health is good; the restart watch goes on in the job., type: bool, returned: with until=healthy}
-reached: {description: C(healthy) when the module returned at health good, the watch going on., type: str, returned: with until=healthy}
-stable_seconds: {description: The length of the restart watch., type: float, returned: with until=healthy}
+status: {description: "Last HTTP status of the health URL.", type: int, returned: always}
+version: {description: "Version the health body reported.", type: str, returned: when reported}
+elapsed: {description: "Seconds until healthy.", type: float, returned: always}
+processes: {description: "PM2 processes after the window (when healthy, at its start).", type: list, returned: always}
+healthy: {description: "Health is good; the restart watch goes on in the job.", type: bool, returned: with until=healthy}
+reached: {description: "C(healthy) when the module returned at health good, the watch going on.", type: str, returned: with until=healthy}
+stable_seconds: {description: "The length of the restart watch.", type: float, returned: with until=healthy}
 """
 
 import time

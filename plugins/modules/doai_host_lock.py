@@ -17,18 +17,33 @@ description:
     the next one for ever).
   - Release removes the lock only when I(run_id) matches, unless I(force).
 options:
-  path: {description: Lock directory., type: path, required: true}
-  state: {description: present takes the lock, absent releases it., type: str, choices: [present, absent], default: present}
-  run_id: {description: Identifier of this run., type: str, required: true}
-  owner: {description: Who takes the lock., type: str, default: ''}
-  reason: {description: Why., type: str, default: ''}
-  ttl: {description: Seconds after which a lock is stale., type: int, default: 3600}
-  force: {description: Release a lock held by another run., type: bool, default: false}
-author: doai-ansible contributors
+  path: {description: "Lock directory.", type: path, required: true}
+  state: {description: "present takes the lock, absent releases it.", type: str, choices: [present, absent], default: present}
+  run_id: {description: "Identifier of this run.", type: str, required: true}
+  owner: {description: "Who takes the lock.", type: str, default: ''}
+  reason: {description: "Why.", type: str, default: ''}
+  ttl: {description: "Seconds after which a lock is stale.", type: int, default: 3600}
+  force: {description: "Release a lock held by another run.", type: bool, default: false}
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Take the host lock for this run
+  doai.rollback.doai_host_lock:
+    path: /var/lib/doai-rollback/backend.lock
+    run_id: 20261127T030000Z-1a2b
+    owner: alice@laptop
+    reason: v3 breaks logins
+
+- name: Release it
+  doai.rollback.doai_host_lock:
+    path: /var/lib/doai-rollback/backend.lock
+    run_id: 20261127T030000Z-1a2b
+    state: absent
 """
 
 RETURN = r"""
-holder: {description: The owner.json of the lock found or taken., type: dict, returned: always}
+holder: {description: "The owner.json of the lock found or taken.", type: dict, returned: always}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -18,9 +18,9 @@ description:
     C(put-back) (a host returned to where it was because another host failed) and C(resume)
     (a rollback finished by a resumed run).
   - With I(release_lock), then releases the host lock (doai_host_lock's) held by the record's
-    C(run_id), in the same round trip: the last step of a run, after its record.
+    C(run_id), in the same round trip - the last step of a run, after its record.
 options:
-  path: {description: Ledger file., type: path, required: true}
+  path: {description: "Ledger file.", type: path, required: true}
   record:
     description: The record (action, from, to, result, who, why, run_id); C(at) is added when missing.
     type: dict
@@ -28,7 +28,22 @@ options:
   release_lock:
     description: After the record, release this host lock if the record's C(run_id) holds it (empty - no).
     type: path
-author: doai-ansible contributors
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: Record the rollback and release the run's host lock
+  doai.rollback.doai_ledger:
+    path: /var/lib/doai-rollback/ledger.jsonl
+    release_lock: /var/lib/doai-rollback/backend.lock
+    record:
+      action: rollback
+      from: 0123456789abcdef0123456789abcdef01234567
+      to: 89abcdef0123456789abcdef0123456789abcdef
+      result: succeeded
+      who: alice@laptop
+      why: v3 breaks logins
+      run_id: 20261127T030000Z-1a2b
 """
 
 import json

@@ -17,14 +17,22 @@ description:
   - The CLI reads them to journal a run whose controller was killed (SIGKILL) while the host's
     job applied its change.
 options:
-  path: {description: Ledger file., type: path, required: true}
-  run_id: {description: The run whose entries to read., type: str, required: true}
-author: doai-ansible contributors
+  path: {description: "Ledger file.", type: path, required: true}
+  run_id: {description: "The run whose entries to read.", type: str, required: true}
+author: doai-ansible contributors (@doai)
+"""
+
+EXAMPLES = r"""
+- name: What a killed run recorded on this host
+  doai.rollback.doai_ledger_read:
+    path: /var/lib/doai-rollback/ledger.jsonl
+    run_id: 20261127T030000Z-1a2b
+  register: recovered
 """
 
 RETURN = r"""
-entries: {description: The run's entries, oldest first., type: list, returned: always}
-last: {description: The entry that counts (the newest), or null., type: dict, returned: always}
+entries: {description: "The run's entries, oldest first.", type: list, returned: always}
+last: {description: "The entry that counts (the newest), or null.", type: dict, returned: always}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -13,22 +13,22 @@ short_description: Scrub log lines on the host and return them as log entries
 description:
   - Takes log text another module of the run read on this host (e.g. the container's logs in
     doai_backend_docker_apply's result), keeps its last O(lines) lines, and replaces every
-    secret in them by *** with doai_common's doai_secrets (secret-named keys and their values,
+    secret in them by *** with the collection's doai_secrets (secret-named keys and their values,
     passwords in URLs, JWTs, bearer tokens, known token formats), on the host.
-  - Returns them as O(logs) entries, the shape of the diagnose modules' C(logs), which
+  - Returns them as RV(logs) entries, the shape of the diagnose modules' C(logs), which
     doai-rollback writes to the run's log bundle. Log data never travels through a C(debug) task.
   - Changes nothing.
 options:
-  text: {description: The log text., type: str, default: ''}
-  app: {description: What wrote it (an app or container name)., type: str, default: ''}
-  kind: {description: Which log (out, err, container)., type: str, default: log}
-  lines: {description: Lines kept (the last ones; 0 = none)., type: int, default: 50}
-author: doai-ansible contributors
+  text: {description: "The log text.", type: str, default: ''}
+  app: {description: "What wrote it (an app or container name).", type: str, default: ''}
+  kind: {description: "Which log (out, err, container).", type: str, default: log}
+  lines: {description: "Lines kept (the last ones; 0 = none).", type: int, default: 50}
+author: doai-ansible contributors (@doai)
 """
 
 EXAMPLES = r"""
 - name: Read the last container log lines
-  doai_log_lines:
+  doai.rollback.doai_log_lines:
     text: "{{ applied.logs | default('') }}"
     app: api
     kind: container

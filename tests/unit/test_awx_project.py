@@ -90,8 +90,8 @@ def test_the_content_calls_its_own_modules_and_roles_by_fqcn():
     ours |= {p.stem for p in (ROOT / "plugins" / "action").glob("*.py")}
     roles = {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir()}
     assert ours and roles
-    short = re.compile(r"^\s*(?:- )?(?:(%s):\s*$|(?:role|name): (%s)\s*$)" % ("|".join(sorted(ours)), "|".join(sorted(roles))),
-                       re.M)
+    modules, role_names = "|".join(sorted(ours)), "|".join(sorted(roles))
+    short = re.compile(rf"^\s*(?:- )?(?:({modules}):\s*$|(?:role|name): ({role_names})\s*$)", re.M)
     found = []
     for folder in ("roles", "playbooks", "molecule"):
         for path in (ROOT / folder).rglob("*.yml"):
