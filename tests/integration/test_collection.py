@@ -9,11 +9,14 @@ playbook runs by its path; its roles, modules and the callback resolve by FQCN f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tomllib
 
 import pytest
 
 from tests.collection import BIN, build, clean_env, install
+from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +110,24 @@ def test_a_dashed_playbook_name_is_no_fqcn(installed, tmp_path):
                            "doai.rollback.backend-pm2-status"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode != 0 and "could not be found" in proc.stdout + proc.stderr
+
+
+def test_the_cli_runs_content_laid_out_as_the_wheel_has_it(sandbox, cli_env, tmp_path):
+    """The wheel's doai_ansible/_content has what pyproject force-includes and no collections/
+    link: the CLI links the content as doai.rollback in the run's private dir."""
+    content = tmp_path / "content"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    for src, dest in included.items():
+        assert dest.startswith("doai_ansible/_content/"), dest
+        target = content / dest.removeprefix("doai_ansible/_content/")
+        if (ROOT / src).is_dir():
+            shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / src, target)
+    assert {"plugins", "galaxy.yml", "meta"} <= {p.name for p in content.iterdir()}
+    assert not (content / "collections").exists()
+    res = run_cli("status", "-o", "json", env={**cli_env, "DOAI_CONTENT_DIR": str(content)})
+    assert res.code == 6, res.stdout + res.stderr  # v3 is live and unhealthy
+    host = res.json()["parts"]["backend"]["hosts"][sandbox.host_name]
+    assert host["commit"] == sandbox.commits["v3"] and host["health_status"] == 500
