@@ -87,3 +87,4 @@ def test_pypsrp_is_installed_for_the_psrp_connection():
     import pypsrp  # noqa: F401
 
     assert re.search(r'"pypsrp[>=<]', (ROOT / "pyproject.toml").read_text())
+    assert re.search(r"^pypsrp[>=<]", (ROOT / "ee-requirements.txt").read_text(), re.M)  # and the AWX image
