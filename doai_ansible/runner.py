@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from doai_ansible.ansible_plugins import CALLBACK_DIR, HOST_KEY_AUDIT, HOST_KEY_AUDIT_FILE_ENV
+from doai_ansible.ansible_plugins import COLLECTION, HOST_KEY_AUDIT, HOST_KEY_AUDIT_FILE_ENV
 from doai_ansible.errors import PlaybookError, UsageError
 from doai_ansible.secrets import url_has_password
 from doai_ansible.settings import Secret, Settings, ensure_private_dir, is_secret_env_name
@@ -104,7 +104,7 @@ class PlaybookRun:
         )
 
 
-# Result keys our modules set to say why they failed (see roles/*/library).
+# Result keys our modules set to say why they failed (see plugins/modules).
 _FLAGS = ("invalid_target", "no_target", "locked", "unhealthy", "drifted", "dirty_tree", "unknown_app", "bad_path",
           "pm2_unavailable")
 
@@ -196,10 +196,43 @@ def _joined(name: str, ours: str, sep: str) -> str:
     return sep.join([*theirs, ours])
 
 
+def collections_dir(settings: Settings, private_dir: Path) -> Path:
+    """A collections path in which ``ansible_collections/doai/rollback`` is the content dir
+    (the collection the roles and playbooks call their modules and plugins from by FQCN).
+
+    The repository carries that link (collections/, the path its ansible.cfg names);
+    the wheel cannot (``_content`` has no symlinks), nor may a DOAI_CONTENT_DIR have it: then the
+    link is made in this run's private dir.
+    """
+    namespace, name = COLLECTION.split(".")
+    ours = settings.content_dir / "collections"
+    link = ours / "ansible_collections" / namespace / name
+    if link.is_dir() and link.resolve() == settings.content_dir.resolve():
+        return ours
+    made = private_dir / "collections"
+    (made / "ansible_collections" / namespace).mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = made / "ansible_collections" / namespace / name
+    if not target.is_symlink():
+        target.symlink_to(settings.content_dir.resolve(), target_is_directory=True)
+    return made
+
+
+def _collections_path(ours: Path) -> str:
+    """Ours first (an other doai.rollback the caller installed does not replace this package's),
+    then the caller's, then Ansible's defaults (collections installed with ansible-galaxy); the
+    Python path's ansible_collections (``pip install ansible``) Ansible searches in any case."""
+    home = os.environ.get("ANSIBLE_HOME") or "~/.ansible"
+    paths = [str(ours)]
+    for value in (os.environ.get("ANSIBLE_COLLECTIONS_PATH", ""), f"{home}/collections:/usr/share/ansible/collections"):
+        paths += [p for p in value.split(os.pathsep) if p and p not in paths]
+    return os.pathsep.join(paths)
+
+
 def ansible_env(settings: Settings, private_dir: Path) -> dict[str, str]:
     """The Ansible settings every run uses (the same as the repo's ansible.cfg)."""
     return {
         "ANSIBLE_ROLES_PATH": str(settings.content_dir / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": _collections_path(collections_dir(settings, private_dir)),
         "ANSIBLE_PIPELINING": "True",
         # ansible-runner turns host key checking off unless the environment sets it.
         "ANSIBLE_HOST_KEY_CHECKING": "True",
@@ -216,8 +249,7 @@ def ansible_env(settings: Settings, private_dir: Path) -> dict[str, str]:
         "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "True",
         "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
         "ANSIBLE_TIMEOUT": "15",
-        # The host key audit: a callback in this process tree, no extra process, no per-task work.
-        "ANSIBLE_CALLBACK_PLUGINS": _joined("ANSIBLE_CALLBACK_PLUGINS", str(CALLBACK_DIR), os.pathsep),
+        # The host key audit: the collection's callback, in this process tree, no extra process, no per-task work.
         "ANSIBLE_CALLBACKS_ENABLED": _joined("ANSIBLE_CALLBACKS_ENABLED", HOST_KEY_AUDIT, ","),
         HOST_KEY_AUDIT_FILE_ENV: str(_audit_file(private_dir)),
     }

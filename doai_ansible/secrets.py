@@ -1,7 +1,7 @@
 """The one rule of what is secret (names and values), shared with the hosts.
 
-The rule lives in ``roles/doai_common/module_utils/doai_secrets.py``, the file Ansible ships to
-the hosts as ``ansible.module_utils.doai_secrets``; the controller loads that same file from
+The rule lives in ``plugins/module_utils/doai_secrets.py``, the file Ansible ships to the hosts
+as ``ansible_collections.doai.rollback.plugins.module_utils.doai_secrets``; the controller loads that same file from
 this package's own content (the repository, or ``_content`` inside the wheel), never from
 ``DOAI_CONTENT_DIR``: what is kept from child processes does not depend on a setting.
 """
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
-_REL = Path("roles") / "doai_common" / "module_utils" / "doai_secrets.py"
+_REL = Path("plugins") / "module_utils" / "doai_secrets.py"
 
 
 def _path() -> Path:

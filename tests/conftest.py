@@ -14,6 +14,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The repository is the collection doai.rollback; this directory holds the link
+# ansible_collections/doai/rollback -> ROOT (as ansible.cfg's collections_path).
+COLLECTIONS = ROOT / "collections"
+PLUGINS = ROOT / "plugins"
+# A module_utils file as the modules import it (and as Ansible ships it to the hosts).
+MODULE_UTILS_PKG = "ansible_collections.doai.rollback.plugins.module_utils"
+# Python code that makes those imports work in a process of its own (a module run as Ansible runs it).
+COLLECTION_BOOT = f"import sys; sys.path.insert(0, {str(COLLECTIONS)!r})\n"
+
+
+def module_utils(name: str):
+    """plugins/module_utils/<name>.py, imported by its collection name (its own imports of the
+    other module_utils resolve the same way)."""
+    import importlib
+
+    if str(COLLECTIONS) not in sys.path:
+        sys.path.insert(0, str(COLLECTIONS))
+    return importlib.import_module(f"{MODULE_UTILS_PKG}.{name}")
 
 # Values that must never show up in any output, journal, log or runner artifact.
 CANARY = "canary-" + secrets.token_hex(8)

@@ -49,10 +49,10 @@ _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
 
 @functools.cache
 def _plugin() -> Any:
-    """The role's action plugin (its installer check is the one the playbook applies too)."""
+    """The agent role's action plugin (its installer check is the one the playbook applies too)."""
     from doai_ansible.settings import content_dir
 
-    path = content_dir() / "roles" / "doai_agent" / "action_plugins" / "doai_agent_swap.py"
+    path = content_dir() / "plugins" / "action" / "doai_agent_swap.py"
     spec = importlib.util.spec_from_file_location("doai_agent_swap_plugin", path)
     if spec is None or spec.loader is None:
         raise UsageError(f"the agent role's action plugin is missing: {path}")

@@ -173,7 +173,7 @@ def health_text(h: Mapping[str, Any]) -> str:
 
 def log_text(res: Mapping[str, Any]) -> str:
     """The log bundle's file of one host from a logs task's result: its ``logs`` entries
-    (``{app, kind, path, text, error}``, scrubbed on the host by doai_common's doai_secrets),
+    (``{app, kind, path, text, error}``, scrubbed on the host by the collection's doai_secrets),
     passed through the same scrubber here (defence in depth: nothing unscrubbed is kept)."""
     parts = []
     for e in res.get("logs") or []:

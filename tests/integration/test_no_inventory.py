@@ -31,7 +31,8 @@ def bare(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """(environment, ssh call log): nothing configured, ssh recorded."""
     content = tmp_path / "content"
     (content / "inventory" / "example").mkdir(parents=True)
-    for sub in ("playbooks", "roles"):
+    # The content is the collection doai.rollback: the roles call its plugins/ by FQCN.
+    for sub in ("playbooks", "roles", "plugins", "meta", "galaxy.yml"):
         (content / sub).symlink_to(ROOT / sub)
     (content / "inventory" / "example" / "hosts.yml").write_text(
         "all:\n  children:\n    backend:\n      hosts:\n"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "doai_agent"
 FIX = ROOT / "tests" / "fixtures" / "agent_windows"
 
-_spec = importlib.util.spec_from_file_location("doai_agent_swap", ROLE / "action_plugins" / "doai_agent_swap.py")
+_spec = importlib.util.spec_from_file_location("doai_agent_swap", ROOT / "plugins" / "action" / "doai_agent_swap.py")
 swap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(swap)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
-LIBRARY = ROLES / "doai_agent" / "library" / "doai_agent_posix.py"
-MODULE_UTILS = [ROLES / "doai_common" / "module_utils"]
+from tests.conftest import COLLECTIONS, PLUGINS
+
+LIBRARY = PLUGINS / "modules" / "doai_agent_posix.py"
 
 
 def run_module(tmp_path: Path, args: dict, swap: tuple[str, str] | None = None) -> dict:
@@ -41,8 +41,7 @@ def run_module(tmp_path: Path, args: dict, swap: tuple[str, str] | None = None) 
             "ns['_read_regular'] = _racing\n"
         )
     boot = (
-        "import sys, ansible.module_utils as m\n"
-        f"m.__path__.extend({[str(p) for p in MODULE_UTILS]!r})\n"
+        f"import sys; sys.path.insert(0, {str(COLLECTIONS)!r})\n"
         f"sys.argv = ['module', {str(argfile)!r}]\n"
         "ns = {'__name__': 'doai_agent_posix'}\n"
         f"exec(compile(open({str(LIBRARY)!r}).read(), 'doai_agent_posix', 'exec'), ns)\n"
@@ -119,8 +118,7 @@ def run_module_with_swap_before_act(tmp_path: Path, args: dict, victim: str, out
     argfile = tmp_path / "args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     boot = (
-        "import os as _os, sys, ansible.module_utils as m\n"
-        f"m.__path__.extend({[str(p) for p in MODULE_UTILS]!r})\n"
+        f"import os as _os, sys; sys.path.insert(0, {str(COLLECTIONS)!r})\n"
         f"sys.argv = ['module', {str(argfile)!r}]\n"
         "ns = {'__name__': 'doai_agent_posix'}\n"
         f"exec(compile(open({str(LIBRARY)!r}).read(), 'doai_agent_posix', 'exec'), ns)\n"
@@ -173,11 +171,8 @@ def test_copy_tree_refuses_a_source_swapped_for_a_link(tmp_path, folder):
     directory by the time the copy opens it: refused, nothing of the outside read or written."""
     root, outside = folder
     (outside / "secret").write_text("root's file")
-    import ansible.module_utils as mu
-
-    for p in MODULE_UTILS:
-        if str(p) not in mu.__path__:
-            mu.__path__.append(str(p))
+    if str(COLLECTIONS) not in sys.path:
+        sys.path.insert(0, str(COLLECTIONS))
     ns: dict = {"__name__": "doai_agent_posix_unit"}
     exec(compile(LIBRARY.read_text(), str(LIBRARY), "exec"), ns)
     f = ns["Folder"](str(root))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("doai_agent_swap", ROOT / "roles" / "doai_agent" / "action_plugins"
+_spec = importlib.util.spec_from_file_location("doai_agent_swap", ROOT / "plugins" / "action"
                                                / "doai_agent_swap.py")
 swap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(swap)

@@ -49,6 +49,11 @@ def test_playbooks_find_their_roles_as_awx_runs_them(tmp_path):
     env = _clean_env(tmp_path)
     env["ANSIBLE_ROLES_PATH"] = ":".join([str(tmp_path / "requirements_roles"), roles_path, "~/.ansible/roles",
                                           "/usr/share/ansible/roles", "/etc/ansible/roles"])
+    # Likewise the collections: what it installed from collections/requirements.yml, then the
+    # project's collections_path, whose first entry links doai.rollback to the project root.
+    collections_path = cfg["defaults"]["collections_path"]
+    assert (ROOT / collections_path.split(":")[0] / "ansible_collections" / "doai" / "rollback").resolve() == ROOT
+    env["ANSIBLE_COLLECTIONS_PATH"] = ":".join([str(tmp_path / "requirements_collections"), collections_path])
     proc = _syntax_check(env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for pb in PLAYBOOKS:
@@ -69,12 +74,29 @@ def test_without_the_roles_path_the_playbooks_fail(tmp_path):
 
 def _used_collections() -> set[str]:
     used: set[str] = set()
-    for folder in ("roles", "playbooks", "molecule"):
+    for folder in ("roles", "playbooks", "plugins", "molecule"):
         for path in (ROOT / folder).rglob("*"):
             if path.suffix in (".yml", ".yaml", ".py") and path.is_file():
                 for m in _FQCN.finditer(path.read_text(encoding="utf-8")):
                     used.add(m.group(1) or m.group(2))
-    return used - {"ansible.builtin", "ansible.legacy"}
+    # doai.rollback is this repository itself (galaxy.yml), not a requirement.
+    return used - {"ansible.builtin", "ansible.legacy", "doai.rollback"}
+
+
+def test_the_content_calls_its_own_modules_and_roles_by_fqcn():
+    """The playbooks, roles and Molecule scenarios name the collection's modules, action plugins
+    and roles as doai.rollback.<name>: a short name only resolves from the repository root."""
+    ours = {p.stem for p in (ROOT / "plugins" / "modules").glob("*.py")}
+    ours |= {p.stem for p in (ROOT / "plugins" / "action").glob("*.py")}
+    roles = {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir()}
+    assert ours and roles
+    modules, role_names = "|".join(sorted(ours)), "|".join(sorted(roles))
+    short = re.compile(rf"^\s*(?:- )?(?:({modules}):\s*$|(?:role|name): ({role_names})\s*$)", re.M)
+    found = []
+    for folder in ("roles", "playbooks", "molecule"):
+        for path in (ROOT / folder).rglob("*.yml"):
+            found += [f"{path.relative_to(ROOT)}: {m.group(0).strip()}" for m in short.finditer(path.read_text())]
+    assert found == []
 
 
 def test_collections_requirements_declare_what_the_content_uses():

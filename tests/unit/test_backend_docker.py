@@ -4,12 +4,10 @@ by Ansible's own inventory code)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
-import ansible.module_utils as ansible_module_utils
 import pytest
 import yaml
 
@@ -19,14 +17,11 @@ from doai_ansible.errors import UsageError, ValidationError
 from doai_ansible.parts.backend import BackendPart
 from doai_ansible.settings import load_settings
 
+from tests.conftest import module_utils
+
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "doai_backend_docker"
-# As Ansible ships it: doai_common's module_utils (doai_secrets) importable as ansible.module_utils.*
-_COMMON = str(ROLE.parent / "doai_common" / "module_utils")
-if _COMMON not in ansible_module_utils.__path__:
-    ansible_module_utils.__path__.append(_COMMON)
-_spec = importlib.util.spec_from_file_location("doai_docker", ROLE / "module_utils" / "doai_docker.py")
-dd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dd)
+# As Ansible ships it: the collection's module_utils (doai_docker imports doai_secrets).
+dd = module_utils("doai_docker")
 
 
 # -- Compose v2 or v1 ----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ objects and half-applied detection, where the Socket.IO endpoint is, the Engine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,20 +13,13 @@ import pytest
 from doai_ansible import diagnose
 from doai_ansible.diagnose import Diagnosis, migration_objects, scan_log, socket_target
 
+from tests.conftest import COLLECTION_BOOT, PLUGINS, module_utils
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _host_utils():
-    import ansible.module_utils as mu
-
-    utils = str(ROOT / "roles" / "doai_common" / "module_utils")
-    if utils not in mu.__path__:  # as Ansible ships it: doai_common's module_utils importable
-        mu.__path__.append(utils)
-    path = ROOT / "roles" / "doai_common" / "module_utils" / "doai_diagnose.py"
-    spec = importlib.util.spec_from_file_location("doai_diagnose_utils", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return module_utils("doai_diagnose")
 
 
 # -- log scanning ------------------------------------------------------------------------------------
@@ -249,7 +241,6 @@ def test_pm2_module_reads_a_cluster_workers_handed_over_environment_and_scrubs_i
         pm2 = tmp_path / "pm2"
         pm2.write_text(f"#!/bin/sh\ncat {tmp_path / 'jlist.json'}\n")
         pm2.chmod(0o755)
-        utils = [ROOT / "roles" / "doai_common" / "module_utils", ROOT / "roles" / "doai_backend_pm2" / "module_utils"]
         home = tmp_path / "pm2home"
         home.mkdir()
         (home / "pm2.pid").write_text(str(worker.pid))  # a live "daemon": the module may ask pm2
@@ -257,9 +248,8 @@ def test_pm2_module_reads_a_cluster_workers_handed_over_environment_and_scrubs_i
                 "required_env": ["PORT", "JWT_SECRET", "EMPTY_ONE", "DATABASE_URL"]}
         argfile = tmp_path / "args.json"
         argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-        lib = ROOT / "roles" / "doai_backend_pm2" / "library" / "doai_backend_pm2_diagnose.py"
-        boot = (f"import sys, ansible.module_utils as m; m.__path__.extend({[str(p) for p in utils]!r}); "
-                f"sys.argv = ['module', {str(argfile)!r}]; exec(compile(open({str(lib)!r}).read(), 'm', 'exec'))")
+        lib = PLUGINS / "modules" / "doai_backend_pm2_diagnose.py"
+        boot = (COLLECTION_BOOT + f"sys.argv = ['module', {str(argfile)!r}]; exec(compile(open({str(lib)!r}).read(), 'm', 'exec'))")
         proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
         # no daemon (a stale pid file): pm2 is not called at all, since any pm2 command starts one
         (home / "pm2.pid").write_text("999999999")

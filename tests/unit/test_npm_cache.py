@@ -4,7 +4,6 @@ on temp dirs: a real git repo, a stand-in for npm that writes what `npm ci` leav
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROLE = Path(__file__).resolve().parents[2] / "roles" / "doai_backend_pm2"
-_spec = importlib.util.spec_from_file_location("doai_npm", ROLE / "module_utils" / "doai_npm.py")
-npm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(npm)
+from tests.conftest import module_utils
+
+npm = module_utils("doai_npm")
 
 # `npm ci` as far as the cache cares: node_modules/<dep>/package.json for each package of the
 # lockfile in the working directory, and npm's record, node_modules/.package-lock.json.

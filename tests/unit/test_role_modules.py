@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -12,36 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import COLLECTION_BOOT, PLUGINS, module_utils
+
 ROLES = Path(__file__).resolve().parents[2] / "roles"
-# doai_backend_pm2 depends on doai_common: Ansible puts both roles' module_utils on the path.
-MODULE_UTILS = [ROLES / "doai_common" / "module_utils", ROLES / "doai_backend_pm2" / "module_utils"]
 
 
 def _library(name: str) -> Path:
-    (found,) = ROLES.glob(f"*/library/{name}.py")
+    found = PLUGINS / "modules" / f"{name}.py"
+    assert found.is_file(), found
     return found
 
 
 def module(name: str, tmp_path: Path, **args) -> dict:
     argfile = tmp_path / f"{name}-args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    # As Ansible ships them: the roles' module_utils importable as ansible.module_utils.*
-    boot = (f"import sys, ansible.module_utils as m; m.__path__.extend({[str(p) for p in MODULE_UTILS]!r}); "
-            f"sys.argv = ['module', {str(argfile)!r}]; "
+    # As Ansible ships them: the collection's module_utils importable as ansible_collections.doai.rollback.*
+    boot = (COLLECTION_BOOT + f"sys.argv = ['module', {str(argfile)!r}]; "
             f"exec(compile(open({str(_library(name))!r}).read(), {name!r}, 'exec'))")
     proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
     return json.loads(proc.stdout)
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-history = _load(ROLES / "doai_common" / "module_utils" / "doai_history.py")
-npm = _load(ROLES / "doai_backend_pm2" / "module_utils" / "doai_npm.py")
+history = module_utils("doai_history")
+npm = module_utils("doai_npm")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -107,7 +99,7 @@ def write_ledger(tmp_path, records):
     (state / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
 
 
-# -- the default-target rule (roles/doai_common/module_utils/doai_history.py) ------------------------
+# -- the default-target rule (plugins/module_utils/doai_history.py) ------------------------
 
 
 def deploy(a, b):
@@ -393,7 +385,7 @@ def test_apply_waits_for_another_apply_on_the_checkout(tmp_path, repo, pm2):
         holder.wait()
 
 
-# -- the lock and the ledger (role doai_common) ---------------------------------------------------------
+# -- the lock and the ledger (doai_host_lock, doai_ledger) -----------------------------------------------------
 
 
 def test_host_lock_takes_refuses_releases(tmp_path):
@@ -549,7 +541,7 @@ def test_health_probe_survives_a_non_http_answer(tmp_path, repo, pm2):
         srv.close()
 
 
-# -- jobs detached from the SSH session (doai_common's doai_job) ------------------------------------
+# -- jobs detached from the SSH session (module_utils doai_job) -----------------------------------------
 
 
 def health_server(version="1.0.0"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import hashlib
 import json
 import os
@@ -122,9 +123,32 @@ def test_ansible_cfg_and_runner_agree_on_ssh(tmp_path):
     assert sum(2**n - 1 for n in range(retries)) > 5
     assert env["ANSIBLE_TIMEOUT"] == cfg.get("defaults", "timeout")
     assert env["ANSIBLE_PIPELINING"] == cfg.get("ssh_connection", "pipelining")
-    assert "doai_host_key_audit" in env["ANSIBLE_CALLBACKS_ENABLED"].split(",")
-    assert cfg.get("defaults", "callbacks_enabled") == "doai_host_key_audit"
-    assert (ROOT / cfg.get("defaults", "callback_plugins")).resolve() == Path(env["ANSIBLE_CALLBACK_PLUGINS"])
+    assert "doai.rollback.doai_host_key_audit" in env["ANSIBLE_CALLBACKS_ENABLED"].split(",")
+    assert cfg.get("defaults", "callbacks_enabled") == "doai.rollback.doai_host_key_audit"
+    assert (ROOT / "plugins" / "callback" / "doai_host_key_audit.py").is_file()
+    assert "ANSIBLE_CALLBACK_PLUGINS" not in env and not cfg.has_option("defaults", "callback_plugins")
+    # The collection doai.rollback (the content dir) is the first collections path of both,
+    # and both keep Ansible's default paths after it.
+    cfg_paths = cfg.get("defaults", "collections_path").split(":")
+    env_paths = env["ANSIBLE_COLLECTIONS_PATH"].split(os.pathsep)
+    assert (ROOT / cfg_paths[0]).resolve() == Path(env_paths[0]).resolve() == ROOT / "collections"
+    assert (ROOT / cfg_paths[0] / "ansible_collections" / "doai" / "rollback").resolve() == ROOT
+    assert "/usr/share/ansible/collections" in cfg_paths and "/usr/share/ansible/collections" in env_paths
+
+
+def test_the_collection_is_linked_where_the_content_has_no_link(tmp_path):
+    """Content without collections/ (the wheel's _content, a DOAI_CONTENT_DIR): the run's private
+    dir gets the link ansible_collections/doai/rollback -> the content dir."""
+    content = tmp_path / "content"
+    (content / "playbooks").mkdir(parents=True)
+    settings = dataclasses.replace(load_settings(None, inventory=FIXTURES / "hosts.yml", state_dir=tmp_path / "s",
+                                                 env={}), content_dir=content)
+    private = tmp_path / "private"
+    private.mkdir()
+    env = ansible_env(settings, private)
+    first = Path(env["ANSIBLE_COLLECTIONS_PATH"].split(os.pathsep)[0])
+    assert first == private / "collections"
+    assert (first / "ansible_collections" / "doai" / "rollback").resolve() == content.resolve()
 
 
 def test_host_key_checking_reaches_ansible(settings, tmp_path):

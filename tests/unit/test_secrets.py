@@ -1,4 +1,4 @@
-"""The one secret rule (roles/doai_common/module_utils/doai_secrets.py), used by the controller
+"""The one secret rule (plugins/module_utils/doai_secrets.py), used by the controller
 (doai_ansible.secrets, settings.is_secret_env_name) and by the hosts' modules alike."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from doai_ansible import secrets
 from doai_ansible.settings import is_secret_env_name
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST_FILE = ROOT / "roles" / "doai_common" / "module_utils" / "doai_secrets.py"
+HOST_FILE = ROOT / "plugins" / "module_utils" / "doai_secrets.py"
 
 
 def _host_module():

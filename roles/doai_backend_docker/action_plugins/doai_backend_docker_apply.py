@@ -1,1 +1,0 @@
-../../doai_backend_pm2/action_plugins/doai_backend_pm2_apply.py
