@@ -16,7 +16,9 @@ shipped to a PC.
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import urlsplit
 
 CURRENT, BACKUP, FAILED = "app-current", "app-backup", "app-failed"
 MARKER = ".doai-rollback.json"
@@ -467,15 +469,12 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _BAD_ARG_RE = re.compile(r"[\"\x00-\x1f\x7f]")
 
 
-def check_installer(installer, sha256=""):
-    """What the installer is: ``{"kind": "url"|"file", "value", "name", "sha256", "id"}``, or a
-    ``ValueError`` that says what is wrong. A file is read on the controller (its sha256 computed
-    and, when given, compared); a URL must be https (http only for a loopback host) without
-    credentials in it. Nothing is contacted."""
-    import hashlib
-    import os
-    from urllib.parse import urlsplit
-
+def installer_form(installer, sha256=""):
+    """What the installer is, from its text alone: ``{"kind": "url"|"file", "value", "name",
+    "sha256"}`` (a URL's ``id`` too: its sha256), or a ``ValueError`` that says what is wrong. A
+    URL must be https (http only for a loopback host), without credentials in it, and come with
+    its sha256; a file must be an absolute path (``sha256`` is the one expected, may be empty:
+    the action plugin's ``check_installer`` reads and hashes it). Nothing is read or contacted."""
     if not installer or not isinstance(installer, str):
         raise ValueError("installer is empty: give a file on this machine or an https URL")
     if _BAD_ARG_RE.search(installer) or installer != installer.strip():
@@ -500,20 +499,9 @@ def check_installer(installer, sha256=""):
                 "sha256": sha256, "id": sha256 or installer}
     if not os.path.isabs(installer):
         raise ValueError("installer %r: give an absolute path (or an https URL)" % installer)
-    if not os.path.isfile(installer):
-        raise ValueError("installer %s does not exist or is not a file" % installer)
-    h = hashlib.sha256()
-    try:
-        with open(installer, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as exc:
-        raise ValueError("installer %s cannot be read: %s" % (installer, exc.strerror))
-    if sha256 and h.hexdigest() != sha256:
-        raise ValueError("installer %s has sha256 %s, not the %s expected" % (installer, h.hexdigest(), sha256))
     name = os.path.basename(installer)
     return {"kind": "file", "value": installer, "name": name if _LEAF_RE.match(name) else "installer",
-            "sha256": h.hexdigest(), "id": h.hexdigest()}
+            "sha256": sha256}
 
 
 def check_publisher(publisher):
@@ -531,7 +519,7 @@ def check_publisher(publisher):
 def check_reinstall_options(args):
     bad = []
     try:
-        check_installer(args["installer"], args["installer_sha256"])
+        installer_form(args["installer"], args["installer_sha256"])
     except ValueError as exc:
         bad.append(str(exc))
     try:

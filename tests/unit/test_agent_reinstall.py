@@ -170,6 +170,28 @@ def test_check_installer(tmp_path):
         swap.check_installer(str(f), "xyz")
 
 
+
+def test_the_decisions_check_the_installer_by_its_text_and_the_plugin_reads_the_file(tmp_path):
+    """The decisions read no file: a path is taken by its form (absolute, no quotes), the file
+    itself is read and hashed by the plugin (check_installer) before anything is observed."""
+    missing = str(tmp_path / "DoAi-Setup-2.4.0.exe")
+    assert swap.installer_form(missing, SHA.upper()) == {"kind": "file", "value": missing,
+                                                         "name": "DoAi-Setup-2.4.0.exe", "sha256": SHA}
+    assert swap.installer_form(URL, SHA) == swap.check_installer(URL, SHA)
+    assert swap.check_options(task_args(installer=missing)) == []
+    with pytest.raises(ValueError, match="does not exist"):
+        swap.check_installer(missing)
+    (tmp_path / "DoAi-Setup-2.4.0.exe").write_bytes(b"MZ")
+    assert swap.check_installer(missing)["id"] == hashlib.sha256(b"MZ").hexdigest()
+    # a bad form and a missing file: each reported once, with the other options' faults
+    out, rec = run(task_args(installer="relative.exe", install_timeout=0))
+    assert out["invalid_options"] == ["installer 'relative.exe': give an absolute path (or an https URL)",
+                                      "install_timeout must be at least 1, not 0"]
+    out, rec = run(task_args(installer=str(tmp_path / "none.exe"), install_timeout=0))
+    assert out["invalid_options"] == ["install_timeout must be at least 1, not 0",
+                                      "installer %s does not exist or is not a file" % (tmp_path / "none.exe")]
+    assert rec.calls == []
+
 def test_uninstall_strings():
     assert swap.parse_uninstall_string(f'"{UNINSTALLER}" /currentuser') == UNINSTALLER
     assert swap.parse_uninstall_string("C:\\Apps\\uninst.exe /S") == "C:\\Apps\\uninst.exe"

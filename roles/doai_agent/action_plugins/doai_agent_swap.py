@@ -29,6 +29,7 @@ when it is still byte for byte the file it was copied from, which stays.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import os
 import re
@@ -89,12 +90,12 @@ REPLACED_RE = decisions.REPLACED_RE
 RUN_ID_RE = decisions.RUN_ID_RE
 STAMP_RE = decisions.STAMP_RE
 _leaf = decisions._leaf
-check_installer = decisions.check_installer
 check_options = decisions.check_options
 check_pin = decisions.check_pin
 check_publisher = decisions.check_publisher
 check_reinstall_options = decisions.check_reinstall_options
 config_note = decisions.config_note
+installer_form = decisions.installer_form
 decide = decisions.decide
 decide_reinstall = decisions.decide_reinstall
 parse_uninstall_string = decisions.parse_uninstall_string
@@ -304,6 +305,30 @@ def target_os(option, task_vars):
     return "posix"
 
 
+# --------------------------------------------------------------------------------------------
+# The reinstall: the installer read here, its module calls per OS (the decisions: doai_agent_decide)
+# --------------------------------------------------------------------------------------------
+
+def check_installer(installer, sha256=""):
+    """What the installer is: ``{"kind": "url"|"file", "value", "name", "sha256", "id"}``, or a
+    ``ValueError`` that says what is wrong. A file is read here, on the controller (its sha256
+    computed and, when given, compared); a URL is checked by its text (``installer_form``).
+    Nothing is contacted."""
+    form = installer_form(installer, sha256)
+    if form["kind"] == "url":
+        return form
+    if not os.path.isfile(installer):
+        raise ValueError("installer %s does not exist or is not a file" % installer)
+    h = hashlib.sha256()
+    try:
+        with open(installer, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise ValueError("installer %s cannot be read: %s" % (installer, exc.strerror))
+    if form["sha256"] and h.hexdigest() != form["sha256"]:
+        raise ValueError("installer %s has sha256 %s, not the %s expected" % (installer, h.hexdigest(), form["sha256"]))
+    return dict(form, sha256=h.hexdigest(), id=h.hexdigest())
 
 
 # The reinstall's Windows scripts are files/windows/*.ps1 as well (PS_PARAMS above).
@@ -483,10 +508,17 @@ class ActionModule(ActionBase):
     def swap(self, args, task_vars, check_mode):
         """The rollback (rename swap) or, with ``operation: reinstall``, the reinstall."""
         bad = check_options(args)
+        reinstall = args["operation"] == "reinstall"
+        installer = None
+        if reinstall:
+            # The options checked the installer's name; the file itself is read here.
+            try:
+                installer = check_installer(args["installer"], args["installer_sha256"])
+            except ValueError as exc:
+                if str(exc) not in bad:
+                    bad.append(str(exc))
         if bad:
             return {"failed": True, "msg": "; ".join(bad) + "; nothing was changed", "invalid_options": bad}
-        reinstall = args["operation"] == "reinstall"
-        installer = check_installer(args["installer"], args["installer_sha256"]) if reinstall else None
         ctx = dict(args)
         ctx["os"] = target_os(args["os"], task_vars)
         if ctx["os"] == "windows":
