@@ -65,7 +65,8 @@ def _load_decisions():
     spec = importlib.util.spec_from_file_location(DECIDE_MODULE, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules[DECIDE_MODULE] = module
+    if cached is None:  # another tree's copy (a test's) is kept where it is
+        sys.modules[DECIDE_MODULE] = module
     return module
 
 
