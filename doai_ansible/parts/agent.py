@@ -17,8 +17,9 @@ checked here (path or URL, sha256) before any connection, and again on each PC b
 there changes.
 
 A confirmed plan is pinned: the apply hands each PC the versions confirmed per user, and a folder
-that changed since is refused there (``check_pin`` in the action plugin). Not done yet: a Windows
-host lock and ledger (the marker file is the per-user record).
+that changed since is refused there (``check_pin``, in the agent's decisions:
+plugins/module_utils/doai_agent_decide.py). Not done yet: a Windows host lock and ledger (the
+marker file is the per-user record).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
 
 @functools.cache
 def _plugin() -> Any:
-    """The agent role's action plugin (its installer check is the one the playbook applies too)."""
+    """The role's action plugin (its installer check is the one the playbook applies too; the
+    decisions it re-exports, check_publisher among them, are plugins/module_utils/doai_agent_decide.py)."""
     from doai_ansible.settings import content_dir
 
     path = content_dir() / "plugins" / "action" / "doai_agent_swap.py"

@@ -26,6 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "doai_agent"
 FIX = ROOT / "tests" / "fixtures" / "agent_windows"
 
+# The decisions (pure) from their own module; the action plugin (the executor) reuses it.
+DECISIONS = ROOT / "plugins" / "module_utils" / "doai_agent_decide.py"
+decisions = sys.modules.get("doai_agent_decide")
+if decisions is None or decisions.__file__ != str(DECISIONS):
+    _dspec = importlib.util.spec_from_file_location("doai_agent_decide", DECISIONS)
+    decisions = importlib.util.module_from_spec(_dspec)
+    _dspec.loader.exec_module(decisions)
+    sys.modules["doai_agent_decide"] = decisions
 _spec = importlib.util.spec_from_file_location("doai_agent_swap", ROOT / "plugins" / "action" / "doai_agent_swap.py")
 swap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(swap)
@@ -61,7 +69,7 @@ def ops(plan):
 # ------------------------------------------------------------------------------------------
 
 def test_ready_running_with_config():
-    plan = swap.decide(observed("observe_ready"), OPTS)
+    plan = decisions.decide(observed("observe_ready"), OPTS)
     assert plan["status"] == "planned"
     assert (plan["from"], plan["to"]) == ("2.4.1", "2.4.0")
     assert ops(plan) == ["stop", "marker swapping", "rename app-current -> app-failed",
@@ -77,7 +85,7 @@ def test_ready_running_with_config():
 
 
 def test_earlier_app_failed_is_kept_under_a_timestamped_name():
-    plan = swap.decide(observed("observe_failed_present"), OPTS)
+    plan = decisions.decide(observed("observe_failed_present"), OPTS)
     assert plan["status"] == "planned"
     assert ops(plan)[:3] == ["stop", f"rename app-failed -> app-failed-{STAMP}", "marker swapping"]
     assert plan["steps"][2]["content"]["failed_kept_as"] == "app-failed-" + STAMP
@@ -85,75 +93,75 @@ def test_earlier_app_failed_is_kept_under_a_timestamped_name():
 
 
 def test_agent_not_running_no_stop_but_started():
-    plan = swap.decide(observed("observe_not_running"), OPTS)
+    plan = decisions.decide(observed("observe_not_running"), OPTS)
     assert plan["status"] == "planned"
     assert "stop" not in ops(plan) and "start" in ops(plan)
     assert "agent not running" in plan["reason"]
 
 
 def test_config_missing_swaps_without_copy_or_refuses_when_required():
-    plan = swap.decide(observed("observe_no_config"), OPTS)
+    plan = decisions.decide(observed("observe_no_config"), OPTS)
     assert plan["status"] == "planned" and "copy_config" not in ops(plan)
     assert "no config.json in app-current" in plan["reason"]
-    plan = swap.decide(observed("observe_no_config"), dict(OPTS, config_required=True))
+    plan = decisions.decide(observed("observe_no_config"), dict(OPTS, config_required=True))
     assert plan["status"] == "refused" and plan["steps"] == []
     assert plan["reason"] == f"missing in {ROOT_A}: app-current/config.json"
 
 
 def test_folder_missing_and_backup_missing_refuse_naming_what_is_missing():
     bob, carol = observed("observe_refusals", 0), observed("observe_refusals", 1)
-    plan = swap.decide(bob, OPTS)
+    plan = decisions.decide(bob, OPTS)
     assert plan["status"] == "refused" and plan["steps"] == []
     assert plan["reason"] == "agent folder missing: C:\\Users\\bob\\AppData\\Local\\DoAi-Desktop-Agent"
-    plan = swap.decide(carol, OPTS)
+    plan = decisions.decide(carol, OPTS)
     assert plan["status"] == "refused" and plan["steps"] == []
     assert plan["reason"] == "missing in C:\\Users\\carol\\AppData\\Local\\DoAi-Desktop-Agent: app-backup"
     both = dict(carol, dirs={"app-current": None, "app-backup": None, "app-failed": None})
-    assert swap.decide(both, OPTS)["reason"].endswith(": app-current, app-backup")
+    assert decisions.decide(both, OPTS)["reason"].endswith(": app-current, app-backup")
 
 
 def test_same_version_in_backup_refuses():
     obs = observed("observe_ready")
     obs["dirs"]["app-backup"]["version"] = "2.4.1"
-    plan = swap.decide(obs, OPTS)
+    plan = decisions.decide(obs, OPTS)
     assert plan["status"] == "refused" and "same version" in plan["reason"]
 
 
 def test_already_swapped_is_unchanged_and_started_when_not_running():
-    plan = swap.decide(observed("observe_swapped"), OPTS)
+    plan = decisions.decide(observed("observe_swapped"), OPTS)
     assert plan["status"] == "unchanged" and plan["steps"] == []
     assert plan["reason"] == "already swapped by run run-1: app-current holds 2.4.0"
     obs = dict(observed("observe_swapped"), running=False)
-    plan = swap.decide(obs, OPTS)
+    plan = decisions.decide(obs, OPTS)
     assert plan["status"] == "planned" and ops(plan) == ["start", "verify"]
 
 
 def test_a_folder_rolled_back_already_is_shown_as_it_is_the_marker_as_history():
     """Issue 17 item 4: after the swap app-current holds 2.4.0: that is its "from" in a plan or
     a status, not the marker's "from" (2.4.1, what the run found)."""
-    plan = swap.decide(observed("observe_swapped"), OPTS)
+    plan = decisions.decide(observed("observe_swapped"), OPTS)
     assert (plan["status"], plan["from"], plan["to"]) == ("unchanged", "2.4.0", "2.4.0")
     assert plan["live"] == {"app-current": "2.4.0", "app-backup": None, "app-failed": "2.4.1"}
     assert plan["history"] == {"run_id": "run-1", "phase": "done", "from": "2.4.1", "to": "2.4.0"}
-    started = swap.decide(dict(observed("observe_swapped"), running=False), OPTS)
+    started = decisions.decide(dict(observed("observe_swapped"), running=False), OPTS)
     assert (started["from"], started["to"], started["steps"][-1]["version"]) == ("2.4.0", "2.4.0", "2.4.0")
     # a version that cannot be read is "?", an absent folder None; the user's marker is taken as short strings only
     obs = observed("observe_ready")
     obs["dirs"]["app-backup"]["version"] = None
     obs["marker"] = {"run_id": "x" * 500, "phase": ["done"], "from": 1}
-    plan = swap.decide(obs, OPTS)
+    plan = decisions.decide(obs, OPTS)
     assert plan["live"] == {"app-current": "2.4.1", "app-backup": "?", "app-failed": None}
     assert plan["history"] == {"run_id": "x" * 100}
 
 
 def test_half_finished_earlier_swap_resume_and_put_back():
     obs = observed("observe_half_finished")
-    plan = swap.decide(obs, OPTS)
+    plan = decisions.decide(obs, OPTS)
     assert plan["status"] == "planned" and "resuming" in plan["reason"]
     assert ops(plan) == ["rename app-backup -> app-current", "copy_config", "start", "verify", "marker done"]
     assert [(s["src"], s["dest"]) for s in plan["prior"]] == [("app-current", "app-failed")]
     assert plan["steps"][-1]["content"]["from"] == "2.4.1"
-    plan = swap.decide(obs, dict(OPTS, half_finished="put_back"))
+    plan = decisions.decide(obs, dict(OPTS, half_finished="put_back"))
     assert ops(plan) == ["rename app-failed -> app-current", "marker put_back", "start", "verify"]
     assert plan["steps"][-1]["version"] == "2.4.1"
 
@@ -163,13 +171,13 @@ def test_half_finished_after_both_renames_and_unrecognised_state():
     both = observed("observe_swapped")
     both["marker"] = dict(marker, failed_kept_as="app-failed-20261126T230000Z")
     both["running"] = False
-    plan = swap.decide(both, OPTS)
+    plan = decisions.decide(both, OPTS)
     assert ops(plan) == ["copy_config", "start", "verify", "marker done"]
     assert [(s["src"], s["dest"]) for s in plan["prior"]] == [
         ("app-failed", "app-failed-20261126T230000Z"), ("app-current", "app-failed"), ("app-backup", "app-current")]
     odd = dict(observed("observe_half_finished"))
     odd["dirs"] = {"app-current": None, "app-backup": None, "app-failed": {"version": "2.4.1", "config": True}}
-    plan = swap.decide(odd, OPTS)
+    plan = decisions.decide(odd, OPTS)
     assert plan["status"] == "refused" and plan["steps"] == []
     assert "does not recognise" in plan["reason"] and "app-backup absent" in plan["reason"]
 
@@ -178,13 +186,13 @@ def test_half_finished_when_only_app_failed_was_kept_is_a_fresh_swap():
     obs = observed("observe_ready")
     obs["marker"] = {"run_id": "run-earlier", "phase": "swapping", "from": "2.4.1", "to": "2.4.0",
                      "failed_kept_as": "app-failed-20261126T010000Z"}
-    assert ops(swap.decide(obs, OPTS))[:3] == ["stop", "marker swapping", "rename app-current -> app-failed"]
+    assert ops(decisions.decide(obs, OPTS))[:3] == ["stop", "marker swapping", "rename app-current -> app-failed"]
 
 
 def test_undo_steps_reverse_everything_and_restart():
-    plan = swap.decide(observed("observe_failed_present"), OPTS)
+    plan = decisions.decide(observed("observe_failed_present"), OPTS)
     done = [dict(s, kept=True) if s["op"] == "copy_config" else s for s in plan["steps"][:7]]  # through start
-    undo = swap.undo_steps(done, stamp=STAMP, version=plan["from"])
+    undo = decisions.undo_steps(done, stamp=STAMP, version=plan["from"])
     names = [("rename {} -> {}".format(s["src"], s["dest"])) if s["op"] == "rename" else
              ("marker " + s["content"]["phase"]) if s["op"] == "marker" else s["op"] for s in undo]
     assert names == [
@@ -195,8 +203,8 @@ def test_undo_steps_reverse_everything_and_restart():
         "marker put_back", f"rename app-failed-{STAMP} -> app-failed", "start", "verify"]
     assert undo[-1]["version"] == "2.4.1"
     # Nothing done: nothing to undo; only a stop: start again.
-    assert swap.undo_steps([]) == []
-    assert [s["op"] for s in swap.undo_steps([{"op": "stop", "timeout": 30}], version="2.4.1")] == ["start", "verify"]
+    assert decisions.undo_steps([]) == []
+    assert [s["op"] for s in decisions.undo_steps([{"op": "stop", "timeout": 30}], version="2.4.1")] == ["start", "verify"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,7 +263,7 @@ def plugin(recorder):
 
 
 def task_args(**over):
-    args = {k: v.get("default") for k, v in swap.ARGUMENT_SPEC.items()}
+    args = {k: v.get("default") for k, v in decisions.ARGUMENT_SPEC.items()}
     args.update(stamp=STAMP, run_id="run-2", os="auto")
     args.update(over)
     return args
@@ -542,9 +550,9 @@ def test_socketio_reach_is_checked_after_verify_when_configured():
     obs = {"user": "alice", "root": "C:\\Users\\alice\\AppData\\Local\\DoAi-Desktop-Agent", "folder": True,
            "dirs": {"app-current": {"version": "2.0.0", "config": True}, "app-backup": {"version": "1.9.0", "config": True},
                     "app-failed": None}, "running": True, "marker": None}
-    without = swap.decide(obs, {})
+    without = decisions.decide(obs, {})
     assert "reach" not in [s["op"] for s in without["steps"]]
-    plan = swap.decide(obs, {"socketio_host": "api.doai.me", "socketio_port": 443, "socketio_timeout": 4})
+    plan = decisions.decide(obs, {"socketio_host": "api.doai.me", "socketio_port": 443, "socketio_timeout": 4})
     ops = [s["op"] for s in plan["steps"]]
     assert ops.index("reach") == ops.index("verify") + 1 and ops[-1] == "marker"
     step = plan["steps"][ops.index("reach")]
@@ -562,7 +570,7 @@ UNDO = dict(OPTS, undo_run="run-1")
 
 
 def test_undo_of_a_finished_swap_swaps_back_and_puts_config_back():
-    plan = swap.decide(observed("observe_swapped"), UNDO)
+    plan = decisions.decide(observed("observe_swapped"), UNDO)
     assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.0", "2.4.1")
     assert ops(plan) == ["stop", "marker undoing", "rename app-current -> app-backup", "rename app-failed -> app-current",
                          "undo_config", "start", "verify", "marker undone"]
@@ -577,7 +585,7 @@ def test_undo_of_a_finished_swap_swaps_back_and_puts_config_back():
     assert plan["steps"][-1]["content"] == {"run_id": "run-2", "phase": "undone", "from": "2.4.0", "to": "2.4.1",
                                             "failed_kept_as": None, "user": "alice", "at": STAMP, "undoes": "run-1"}
     # what a failed step of it would put back: the undo's own steps, reversed
-    undone = swap.undo_steps(plan["steps"][:4], (), STAMP, 30, "2.4.0")
+    undone = decisions.undo_steps(plan["steps"][:4], (), STAMP, 30, "2.4.0")
     assert [(s["op"], s.get("src"), s.get("dest")) for s in undone][:2] == [
         ("rename", "app-current", "app-failed"), ("rename", "app-backup", "app-current")]
 
@@ -585,7 +593,7 @@ def test_undo_of_a_finished_swap_swaps_back_and_puts_config_back():
 def test_undo_brings_back_the_app_failed_that_run_kept_aside():
     obs = copy.deepcopy(observed("observe_swapped"))
     obs["marker"]["failed_kept_as"] = "app-failed-20261127T010000Z"
-    plan = swap.decide(obs, UNDO)
+    plan = decisions.decide(obs, UNDO)
     assert ops(plan)[:5] == ["stop", "marker undoing", "rename app-current -> app-backup",
                              "rename app-failed -> app-current", "rename app-failed-20261127T010000Z -> app-failed"]
 
@@ -610,12 +618,12 @@ def test_an_undo_killed_half_way_is_finished_by_the_next(dirs, expected):
     obs["dirs"] = {k: (None if v is None else {"version": v, "config": True}) for k, v in dirs.items()}
     obs["marker"] = {"run_id": "run-3", "phase": "undoing", "undoes": "run-1", "from": "2.4.1", "to": "2.4.0",
                      "failed_kept_as": "app-failed-20261127T010000Z", "user": "alice", "at": STAMP}
-    plan = swap.decide(obs, UNDO)
+    plan = decisions.decide(obs, UNDO)
     assert plan["status"] == "planned", plan["reason"]
     assert ops(plan) == expected + ["undo_config", "start", "verify", "marker undone"]
     assert plan["steps"][-2]["version"] == "2.4.1"
     odd = dict(obs, dirs={"app-current": None, "app-backup": None, "app-failed": {"version": "2.4.1"}})
-    assert swap.decide(odd, UNDO)["status"] == "refused"
+    assert decisions.decide(odd, UNDO)["status"] == "refused"
 
 
 def test_undo_is_unchanged_once_done_and_refused_where_the_folder_moved_on():
@@ -624,42 +632,61 @@ def test_undo_is_unchanged_once_done_and_refused_where_the_folder_moved_on():
                    "app-failed": None}
     obs["marker"] = {"run_id": "run-2", "phase": "undone", "undoes": "run-1", "from": "2.4.0", "to": "2.4.1",
                      "failed_kept_as": None, "user": "alice", "at": STAMP}
-    plan = swap.decide(obs, UNDO)
+    plan = decisions.decide(obs, UNDO)
     assert plan["status"] == "unchanged" and plan["reason"] == "run run-1 already undone: app-current holds 2.4.1"
-    assert ops(swap.decide(dict(obs, running=False), UNDO)) == ["start", "verify"]
+    assert ops(decisions.decide(dict(obs, running=False), UNDO)) == ["start", "verify"]
     # another run swapped this folder since: its swap is not ours to undo
     later = copy.deepcopy(observed("observe_swapped"))
     later["marker"]["run_id"] = "run-9"
-    plan = swap.decide(later, UNDO)
+    plan = decisions.decide(later, UNDO)
     assert plan["status"] == "refused" and plan["steps"] == []
     assert plan["reason"] == "this folder's last rollback is run run-9 (done), not run run-1's finished swap: touching nothing"
     # the marker says done, but the folders were changed by hand since
     moved = copy.deepcopy(observed("observe_swapped"))
     moved["dirs"]["app-backup"] = {"version": "2.3.0", "config": True}
-    plan = swap.decide(moved, UNDO)
+    plan = decisions.decide(moved, UNDO)
     assert plan["status"] == "refused" and plan["reason"].startswith("not as run run-1 left it (app-current present (2.4.0)")
     # no marker at all: never swapped by this tool
-    plan = swap.decide(dict(observed("observe_ready"), marker=None), UNDO)
+    plan = decisions.decide(dict(observed("observe_ready"), marker=None), UNDO)
     assert plan["status"] == "refused" and "last rollback is none recorded" in plan["reason"]
 
 
+def test_the_decisions_are_pure_and_the_plugin_re_exports_them():
+    """plugins/module_utils/doai_agent_decide.py imports no Ansible and opens nothing (the plugin
+    observes and calls the modules); the action plugin loads that one file (outside a collection,
+    found above it) and its names are the decisions' own objects."""
+    import ast
+
+    tree = ast.parse(DECISIONS.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported == {"__future__", "os", "re", "urllib.parse"}
+    calls = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert not calls & {"open", "isfile", "exists", "listdir", "stat", "system", "urlopen"}
+    assert swap.decisions is decisions
+    for name in ("ARGUMENT_SPEC", "CURRENT", "MARKER", "check_options", "decide", "undo_steps", "check_pin",
+                 "config_note", "decide_reinstall", "undo_reinstall", "parse_uninstall_string", "check_publisher",
+                 "installer_form"):
+        assert getattr(swap, name) is getattr(decisions, name), name
+    assert not hasattr(decisions, "ActionModule") and not hasattr(decisions, "windows_calls")
+
 def test_undo_run_is_checked_and_not_for_the_reinstall():
-    args = {k: v["default"] for k, v in swap.ARGUMENT_SPEC.items()}
-    assert swap.check_options(dict(args, undo_run="20261127T035648Z-c306ff")) == []
-    assert swap.check_options(dict(args, undo_run="x; rm -rf /")) == ["undo_run 'x; rm -rf /' is not a run id"]
+    args = {k: v["default"] for k, v in decisions.ARGUMENT_SPEC.items()}
+    assert decisions.check_options(dict(args, undo_run="20261127T035648Z-c306ff")) == []
+    assert decisions.check_options(dict(args, undo_run="x; rm -rf /")) == ["undo_run 'x; rm -rf /' is not a run id"]
 
 
 def test_a_folder_that_changed_since_the_confirmed_plan_is_refused():
-    plan = swap.decide(observed("observe_ready"), OPTS)  # 2.4.1 -> 2.4.0
-    assert swap.check_pin(plan, {}) is plan  # no pins (no confirmed plan): decided from what is found
-    assert swap.check_pin(plan, {"alice": {"from": "2.4.1", "to": "2.4.0"}}) is plan
-    moved = swap.check_pin(plan, {"alice": {"from": "2.4.1", "to": "2.3.9"}})
+    plan = decisions.decide(observed("observe_ready"), OPTS)  # 2.4.1 -> 2.4.0
+    assert decisions.check_pin(plan, {}) is plan  # no pins (no confirmed plan): decided from what is found
+    assert decisions.check_pin(plan, {"alice": {"from": "2.4.1", "to": "2.4.0"}}) is plan
+    moved = decisions.check_pin(plan, {"alice": {"from": "2.4.1", "to": "2.3.9"}})
     assert moved["status"] == "refused" and moved["steps"] == []
     assert moved["reason"].startswith("changed since the confirmed plan (2.4.1 -> 2.3.9 there, 2.4.1 -> 2.4.0 now)")
-    new_user = swap.check_pin(plan, {"bob": {"from": "2.4.1", "to": "2.4.0"}})
+    new_user = decisions.check_pin(plan, {"bob": {"from": "2.4.1", "to": "2.4.0"}})
     assert new_user["status"] == "refused" and "not in the confirmed plan" in new_user["reason"]
-    unchanged = swap.decide(observed("observe_swapped"), OPTS)
-    assert swap.check_pin(unchanged, {"bob": {}}) is unchanged  # nothing to do is never refused
+    unchanged = decisions.decide(observed("observe_swapped"), OPTS)
+    assert decisions.check_pin(unchanged, {"bob": {}}) is unchanged  # nothing to do is never refused
 
 
 def test_undo_config_follows_what_the_rollback_recorded_in_its_marker():
@@ -668,15 +695,15 @@ def test_undo_config_follows_what_the_rollback_recorded_in_its_marker():
     carried), and a name this tool does not write is refused."""
     obs = copy.deepcopy(observed("observe_swapped"))
     obs["marker"].update(config_carried=True, config_kept_as="config.json.doai-20261127T010500Z")
-    (step,) = [s for s in swap.decide(obs, UNDO)["steps"] if s["op"] == "undo_config"]
+    (step,) = [s for s in decisions.decide(obs, UNDO)["steps"] if s["op"] == "undo_config"]
     assert step["kept"] == "app-backup/config.json.doai-20261127T010500Z"
     obs["marker"].update(config_carried=True, config_kept_as=None)  # the backup had no config.json
-    (step,) = [s for s in swap.decide(obs, UNDO)["steps"] if s["op"] == "undo_config"]
+    (step,) = [s for s in decisions.decide(obs, UNDO)["steps"] if s["op"] == "undo_config"]
     assert step["kept"] == ""
     obs["marker"].update(config_carried=False)  # app-current had none to carry: the undo has none to move
-    assert "undo_config" not in ops(swap.decide(obs, UNDO))
+    assert "undo_config" not in ops(decisions.decide(obs, UNDO))
     obs["marker"].update(config_carried=True, config_kept_as="../../etc/passwd")
-    plan = swap.decide(obs, UNDO)
+    plan = decisions.decide(obs, UNDO)
     assert plan["status"] == "refused" and plan["steps"] == [] and "not one this tool writes" in plan["reason"]
 
 
@@ -685,11 +712,11 @@ def test_a_failed_undo_moves_the_config_back_as_undo_config_found_it():
             "kept": "app-backup/config.json.doai-K", "keep_as": "app-current/config.json.doai-U",
             "actions": [{"op": "remove", "path": "app-backup/config.json", "same_as": "app-current/config.json"},
                         {"op": "rename", "src": "app-backup/config.json.doai-K", "dest": "app-backup/config.json"}]}
-    assert swap.undo_steps([step], stamp=STAMP) == [
+    assert decisions.undo_steps([step], stamp=STAMP) == [
         {"op": "move", "src": "app-backup/config.json", "dest": "app-backup/config.json.doai-K"},
         {"op": "copy_config", "src": "app-current/config.json", "dest": "app-backup/config.json",
          "keep_as": "app-backup/config.json.doai-undone-" + STAMP}]
-    ((module, args),) = swap.posix_calls(swap.undo_steps([step], stamp=STAMP)[0], {"root": "/r"})
+    ((module, args),) = swap.posix_calls(decisions.undo_steps([step], stamp=STAMP)[0], {"root": "/r"})
     assert args == {"op": "rename", "root": "/r", "src": "app-backup/config.json",
                     "dest": "app-backup/config.json.doai-K", "retries": 1, "delay": 0}
 

@@ -12,11 +12,20 @@ import copy
 import hashlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The decisions (pure) from their own module; the action plugin (the executor) reuses it.
+DECISIONS = ROOT / "plugins" / "module_utils" / "doai_agent_decide.py"
+decisions = sys.modules.get("doai_agent_decide")
+if decisions is None or decisions.__file__ != str(DECISIONS):
+    _dspec = importlib.util.spec_from_file_location("doai_agent_decide", DECISIONS)
+    decisions = importlib.util.module_from_spec(_dspec)
+    _dspec.loader.exec_module(decisions)
+    sys.modules["doai_agent_decide"] = decisions
 _spec = importlib.util.spec_from_file_location("doai_agent_swap", ROOT / "plugins" / "action"
                                                / "doai_agent_swap.py")
 swap = importlib.util.module_from_spec(_spec)
@@ -57,7 +66,7 @@ def ops(steps):
 # ------------------------------------------------------------------------------------------
 
 def test_running_agent_with_config_and_an_uninstaller():
-    plan = swap.decide_reinstall(observed(), OPTS)
+    plan = decisions.decide_reinstall(observed(), OPTS)
     assert plan["status"] == "planned" and (plan["from"], plan["to"]) == ("2.4.1", "2.4.0")
     assert ops(plan["steps"]) == [
         "stop", "keep_copy app-current -> " + KEPT, "marker reinstalling", "uninstall",
@@ -74,7 +83,7 @@ def test_running_agent_with_config_and_an_uninstaller():
 
 
 def test_not_running_no_config_no_uninstaller():
-    plan = swap.decide_reinstall(observed(running=False, config=False, uninstaller=None), OPTS)
+    plan = decisions.decide_reinstall(observed(running=False, config=False, uninstaller=None), OPTS)
     assert plan["status"] == "planned"
     assert ops(plan["steps"]) == ["keep_copy app-current -> " + KEPT, "marker reinstalling",
                                   "set_aside app-current -> app-current-leftover-" + STAMP, "install", "start",
@@ -84,21 +93,21 @@ def test_not_running_no_config_no_uninstaller():
 
 
 def test_refusals_touch_nothing():
-    plan = swap.decide_reinstall(observed(folder=False), OPTS)
+    plan = decisions.decide_reinstall(observed(folder=False), OPTS)
     assert plan["status"] == "refused" and plan["steps"] == [] and plan["reason"].startswith("agent folder missing")
-    plan = swap.decide_reinstall(observed(current=None), OPTS)
+    plan = decisions.decide_reinstall(observed(current=None), OPTS)
     assert plan["status"] == "refused" and "app-current (nothing to keep" in plan["reason"]
-    plan = swap.decide_reinstall(observed(uninstaller={"unparsed": "msiexec /x {GUID}"}), OPTS)
+    plan = decisions.decide_reinstall(observed(uninstaller={"unparsed": "msiexec /x {GUID}"}), OPTS)
     assert plan["status"] == "refused" and "msiexec /x {GUID}" in plan["reason"]
     bad = {"operation": "reinstall", "phase": "reinstalling", "kept_as": "..\\..\\Windows", "from": "2.4.1"}
-    plan = swap.decide_reinstall(observed(marker=bad), OPTS)
+    plan = decisions.decide_reinstall(observed(marker=bad), OPTS)
     assert plan["status"] == "refused" and "not one this tool writes" in plan["reason"]
 
 
 def test_already_on_the_expected_version_is_unchanged_or_started():
-    plan = swap.decide_reinstall(observed(current="2.4.0"), OPTS)
+    plan = decisions.decide_reinstall(observed(current="2.4.0"), OPTS)
     assert plan["status"] == "unchanged" and plan["steps"] == [] and plan["to"] == "2.4.0"
-    plan = swap.decide_reinstall(observed(current="2.4.0", running=False), OPTS)
+    plan = decisions.decide_reinstall(observed(current="2.4.0", running=False), OPTS)
     assert plan["status"] == "planned" and ops(plan["steps"]) == ["start", "verify"]
 
 
@@ -106,18 +115,18 @@ def test_a_second_run_with_the_same_installer_is_recognised_by_the_marker():
     done = {"operation": "reinstall", "phase": "done", "installer": SHA, "from": "2.4.1", "to": "2.3.0",
             "kept_as": KEPT, "run_id": "run-6"}
     opts = dict(OPTS, installer_version="")
-    plan = swap.decide_reinstall(observed(current="2.3.0", marker=done), opts)
+    plan = decisions.decide_reinstall(observed(current="2.3.0", marker=done), opts)
     assert plan["status"] == "unchanged" and "installed by run run-6" in plan["reason"]
-    other = swap.decide_reinstall(observed(current="2.3.0", marker=dict(done, installer="f" * 64)), opts)
+    other = decisions.decide_reinstall(observed(current="2.3.0", marker=dict(done, installer="f" * 64)), opts)
     assert other["status"] == "planned"  # another installer: reinstalled
     swap_marker = dict(done, operation=None, phase="done")
-    assert swap.decide_reinstall(observed(current="2.3.0", marker=swap_marker), opts)["status"] == "planned"
+    assert decisions.decide_reinstall(observed(current="2.3.0", marker=swap_marker), opts)["status"] == "planned"
 
 
 def test_a_half_finished_earlier_reinstall_is_put_back():
     half = {"operation": "reinstall", "phase": "reinstalling", "installer": SHA, "from": "2.4.1", "to": "2.4.0",
             "kept_as": "app-replaced-20261126T230000Z", "run_id": "run-5"}
-    plan = swap.decide_reinstall(observed(current=None, marker=half), OPTS)
+    plan = decisions.decide_reinstall(observed(current=None, marker=half), OPTS)
     assert plan["status"] == "planned" and "run-5" in plan["reason"]
     assert ops(plan["steps"]) == ["stop", "set_aside app-current -> app-failed-reinstall-" + STAMP,
                                   "rename app-replaced-20261126T230000Z -> app-current", "marker put_back", "start",
@@ -126,20 +135,20 @@ def test_a_half_finished_earlier_reinstall_is_put_back():
 
 
 def test_undo_after_each_step():
-    steps = swap.decide_reinstall(observed(), OPTS)["steps"]
+    steps = decisions.decide_reinstall(observed(), OPTS)["steps"]
     # the stop failed: nothing done, nothing to undo
-    assert swap.undo_reinstall([], STAMP, OPTS, "2.4.1") == []
+    assert decisions.undo_reinstall([], STAMP, OPTS, "2.4.1") == []
     # stopped, the copy failed: app-current untouched, the agent started again
-    assert ops(swap.undo_reinstall(steps[:1], STAMP, OPTS, "2.4.1")) == ["start", "verify"]
+    assert ops(decisions.undo_reinstall(steps[:1], STAMP, OPTS, "2.4.1")) == ["start", "verify"]
     # copied and marked, nothing else done: app-current untouched
-    assert ops(swap.undo_reinstall(steps[:3], STAMP, OPTS, "2.4.1")) == ["marker put_back", "start", "verify"]
+    assert ops(decisions.undo_reinstall(steps[:3], STAMP, OPTS, "2.4.1")) == ["marker put_back", "start", "verify"]
     # the uninstaller failed: it may have removed part of app-current, so the kept install goes back
-    undo = swap.undo_reinstall(steps[:3], STAMP, OPTS, "2.4.1", failed=steps[3])
+    undo = decisions.undo_reinstall(steps[:3], STAMP, OPTS, "2.4.1", failed=steps[3])
     assert ops(undo)[:3] == ["stop", "set_aside app-current -> app-failed-reinstall-" + STAMP,
                              f"rename {KEPT} -> app-current"]
     # uninstalled (or later): the kept install back
     for n in (4, 5, 6, 7, 9):
-        undo = swap.undo_reinstall(steps[:n], STAMP, OPTS, "2.4.1")
+        undo = decisions.undo_reinstall(steps[:n], STAMP, OPTS, "2.4.1")
         assert ops(undo) == ["stop", "set_aside app-current -> app-failed-reinstall-" + STAMP,
                              f"rename {KEPT} -> app-current", "marker put_back", "start", "verify"], n
         assert undo[-1] == {"op": "verify", "version": "2.4.1", "timeout": 30}
@@ -170,18 +179,40 @@ def test_check_installer(tmp_path):
         swap.check_installer(str(f), "xyz")
 
 
+
+def test_the_decisions_check_the_installer_by_its_text_and_the_plugin_reads_the_file(tmp_path):
+    """The decisions read no file: a path is taken by its form (absolute, no quotes), the file
+    itself is read and hashed by the plugin (check_installer) before anything is observed."""
+    missing = str(tmp_path / "DoAi-Setup-2.4.0.exe")
+    assert decisions.installer_form(missing, SHA.upper()) == {"kind": "file", "value": missing,
+                                                         "name": "DoAi-Setup-2.4.0.exe", "sha256": SHA}
+    assert decisions.installer_form(URL, SHA) == swap.check_installer(URL, SHA)
+    assert decisions.check_options(task_args(installer=missing)) == []
+    with pytest.raises(ValueError, match="does not exist"):
+        swap.check_installer(missing)
+    (tmp_path / "DoAi-Setup-2.4.0.exe").write_bytes(b"MZ")
+    assert swap.check_installer(missing)["id"] == hashlib.sha256(b"MZ").hexdigest()
+    # a bad form and a missing file: each reported once, with the other options' faults
+    out, rec = run(task_args(installer="relative.exe", install_timeout=0))
+    assert out["invalid_options"] == ["installer 'relative.exe': give an absolute path (or an https URL)",
+                                      "install_timeout must be at least 1, not 0"]
+    out, rec = run(task_args(installer=str(tmp_path / "none.exe"), install_timeout=0))
+    assert out["invalid_options"] == ["install_timeout must be at least 1, not 0",
+                                      "installer %s does not exist or is not a file" % (tmp_path / "none.exe")]
+    assert rec.calls == []
+
 def test_uninstall_strings():
-    assert swap.parse_uninstall_string(f'"{UNINSTALLER}" /currentuser') == UNINSTALLER
-    assert swap.parse_uninstall_string("C:\\Apps\\uninst.exe /S") == "C:\\Apps\\uninst.exe"
+    assert decisions.parse_uninstall_string(f'"{UNINSTALLER}" /currentuser') == UNINSTALLER
+    assert decisions.parse_uninstall_string("C:\\Apps\\uninst.exe /S") == "C:\\Apps\\uninst.exe"
     for text in ("MsiExec.exe /X{1234}", "\\\\server\\share\\u.exe", '"C:\\x\\u.exe', "", None, "C:\\x\\u.bat"):
-        assert swap.parse_uninstall_string(text) is None, text
+        assert decisions.parse_uninstall_string(text) is None, text
 
 
 def test_reinstall_options_are_checked_and_named(tmp_path):
     args = task_args(installer=URL, installer_args=['/D="C:\\x"'], install_timeout=0, uninstall_key="..\\Run",
                      installer_version="2.4;0", windows_stage_dir="relative", posix_stage_dir="tmp",
                      posix_uninstall_command=[])
-    bad = " | ".join(swap.check_options(args))
+    bad = " | ".join(decisions.check_options(args))
     for name in ("installer_args", "install_timeout", "uninstall_key", "installer_version", "windows_stage_dir",
                  "posix_stage_dir", "posix_uninstall_command is empty"):
         assert name in bad
@@ -259,7 +290,7 @@ class Recorder:
 
 
 def task_args(**over):
-    args = {k: v.get("default") for k, v in swap.ARGUMENT_SPEC.items()}
+    args = {k: v.get("default") for k, v in decisions.ARGUMENT_SPEC.items()}
     args.update(stamp=STAMP, run_id="run-7", os="auto", operation="reinstall", installer=URL, installer_sha256=SHA,
                 installer_version="2.4.0")
     args.update(over)
@@ -445,7 +476,7 @@ def test_the_reinstall_scripts_refuse_junctions_and_symbolic_links():
 
 def test_a_linked_agent_folder_is_refused_by_both_decisions():
     obs = dict(observed(), folder=False, link=True)
-    for decide in (swap.decide, swap.decide_reinstall):
+    for decide in (decisions.decide, decisions.decide_reinstall):
         plan = decide(obs, OPTS)
         assert plan["status"] == "refused" and plan["steps"] == []
         assert plan["reason"] == f"agent folder {ROOT_A} is a junction or symbolic link: not followed, touching nothing"
@@ -458,7 +489,7 @@ def test_a_linked_agent_folder_is_refused_by_both_decisions():
 def test_posix_calls():
     ctx = dict(task_args(), root="/pcs/pc01/Users/alice/AppData/Local/DoAi-Desktop-Agent", user="alice",
                staged="/var/tmp/doai-rollback/x/setup", os="posix", stamp=STAMP)
-    steps = swap.decide_reinstall(observed(uninstaller=["{current}/uninstall"]), OPTS)["steps"]
+    steps = decisions.decide_reinstall(observed(uninstaller=["{current}/uninstall"]), OPTS)["steps"]
     calls = {s["op"]: swap.posix_reinstall_calls(s, ctx)[0][1] for s in steps}
     root = ctx["root"]
     assert calls["keep_copy"] == {"op": "copy_tree", "root": root, "src": "app-current", "dest": KEPT}
@@ -516,7 +547,7 @@ def test_the_check_file_script_checks_the_authenticode_signature():
 @pytest.mark.parametrize("bad", ['Evil"; Remove-Item C:\\ -Recurse; "', "DoAi\nInc", " DoAi", "x" * 201])
 def test_a_bad_publisher_is_refused_before_anything(bad):
     with pytest.raises(ValueError, match="installer publisher"):
-        swap.check_publisher(bad)
+        decisions.check_publisher(bad)
     out, rec = run(task_args(installer_publisher=bad))
     assert out["failed"] is True and "installer publisher" in out["msg"] and rec.calls == []
 

@@ -24,6 +24,7 @@ from ansible.errors import AnsibleError
 ROOT = Path(__file__).resolve().parents[2]
 WIN_SCRIPTS = ROOT / "roles" / "doai_agent" / "files" / "windows"
 PLUGIN = ROOT / "roles" / "doai_agent" / "action_plugins" / "doai_agent_swap.py"
+DECISIONS = ROOT / "plugins" / "module_utils" / "doai_agent_decide.py"
 # Not the project's: the venv, node_modules, git's and tools' own directories.
 SKIP_DIRS = {"node_modules", "__pycache__"}
 
@@ -225,16 +226,22 @@ def test_a_missing_script_fails_the_task_before_anything_is_done(monkeypatch):
 
 def test_the_scripts_are_found_from_a_collection_layout(tmp_path):
     """The plugin finds roles/doai_agent/files/windows from plugins/action/ too (the collection's
-    layout), by walking up from its own file; each script read is the file's text."""
+    layout), by walking up from its own file; each script read is the file's text. Its decisions
+    (plugins/module_utils/doai_agent_decide.py) are found the same way, outside Ansible's
+    collection loader."""
     coll = tmp_path / "ansible_collections" / "doai" / "rollback"
     (coll / "plugins" / "action").mkdir(parents=True)
+    (coll / "plugins" / "module_utils").mkdir(parents=True)
     shutil.copy(PLUGIN, coll / "plugins" / "action" / "doai_agent_swap.py")
+    shutil.copy(DECISIONS, coll / "plugins" / "module_utils" / "doai_agent_decide.py")
     shutil.copytree(WIN_SCRIPTS, coll / "roles" / "doai_agent" / "files" / "windows")
     (coll / "roles" / "doai_agent" / "files" / "windows" / "stop.ps1").write_text("param([string]$Root, [int]$TimeoutSeconds)\n")
     moved = load_plugin(coll / "plugins" / "action" / "doai_agent_swap.py", "doai_agent_swap_moved")
     assert moved.scripts_dir() == str(coll / "roles" / "doai_agent" / "files" / "windows")
     assert moved.script_text("stop") == "param([string]$Root, [int]$TimeoutSeconds)\n"
     assert moved.script_text("rename") == (WIN_SCRIPTS / "rename.ps1").read_text()
+    assert moved.decisions.__file__ == str(coll / "plugins" / "module_utils" / "doai_agent_decide.py")
+    assert moved.decide is moved.decisions.decide
 
 
 # --------------------------------------------------------------------------------------------
