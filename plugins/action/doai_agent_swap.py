@@ -40,10 +40,10 @@ from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
 
-# The decisions (pure): plugins/module_utils/doai_agent_decide.py. In the doai.rollback
-# collection, Ansible's collection loader imports it; from a checkout's or the wheel's roles/,
-# it is the file of that name in the first ancestor of this plugin that holds one (the
-# repository, the wheel's _content), loaded once per process.
+# The decisions (pure): plugins/module_utils/doai_agent_decide.py of the same tree as this
+# plugin - the file of that name in the first ancestor that holds one (the collection's root,
+# installed or the repository; the wheel's _content), loaded once per process. The same tree
+# first: a doai.rollback installed elsewhere on the collections path is not mixed in.
 DECIDE_FILE = ("plugins", "module_utils", "doai_agent_decide.py")
 DECIDE_MODULE = "doai_agent_decide"
 
@@ -70,10 +70,7 @@ def _load_decisions():
     return module
 
 
-try:
-    from ansible_collections.doai.rollback.plugins.module_utils import doai_agent_decide as decisions
-except ImportError:
-    decisions = _load_decisions()
+decisions = _load_decisions()
 
 # Re-exported: the decisions are also read from this module (doai_ansible, the tests).
 ARGUMENT_SPEC = decisions.ARGUMENT_SPEC

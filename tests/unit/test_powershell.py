@@ -23,7 +23,7 @@ from ansible.errors import AnsibleError
 
 ROOT = Path(__file__).resolve().parents[2]
 WIN_SCRIPTS = ROOT / "roles" / "doai_agent" / "files" / "windows"
-PLUGIN = ROOT / "roles" / "doai_agent" / "action_plugins" / "doai_agent_swap.py"
+PLUGIN = ROOT / "plugins" / "action" / "doai_agent_swap.py"
 DECISIONS = ROOT / "plugins" / "module_utils" / "doai_agent_decide.py"
 # Not the project's: the venv, node_modules, git's and tools' own directories.
 SKIP_DIRS = {"node_modules", "__pycache__"}

@@ -30,7 +30,7 @@ def test_the_agent_plugin_finds_its_decisions_in_the_wheels_content(tmp_path, mo
     from doai_ansible.parts import agent
 
     plugin = agent._plugin.__wrapped__()  # not the cached one: loaded from the content set above
-    assert plugin.__file__ == str(content / "roles" / "doai_agent" / "action_plugins" / "doai_agent_swap.py")
+    assert plugin.__file__ == str(content / "plugins" / "action" / "doai_agent_swap.py")
     assert plugin.decisions.__file__ == str(content / "plugins" / "module_utils" / "doai_agent_decide.py")
     assert plugin.check_publisher("DoAi Inc.") == "DoAi Inc."
     assert plugin.decide({"user": "alice", "root": "/r", "folder": False})["reason"] == "agent folder missing: /r"
@@ -39,10 +39,9 @@ def test_the_agent_plugin_finds_its_decisions_in_the_wheels_content(tmp_path, mo
 def test_without_its_decisions_the_plugin_says_what_is_missing(tmp_path):
     """A content tree without plugins/ (a wheel built without the mapping): a clear error naming
     the file and where it was looked for, not a NameError later."""
-    roles = tmp_path / "_content" / "roles" / "doai_agent" / "action_plugins"
+    roles = tmp_path / "_content" / "plugins" / "action"
     roles.mkdir(parents=True)
-    (roles / "doai_agent_swap.py").write_bytes(
-        (ROOT / "roles" / "doai_agent" / "action_plugins" / "doai_agent_swap.py").read_bytes())
+    (roles / "doai_agent_swap.py").write_bytes((ROOT / "plugins" / "action" / "doai_agent_swap.py").read_bytes())
     spec = importlib.util.spec_from_file_location("doai_agent_swap_nodecisions", roles / "doai_agent_swap.py")
     module = importlib.util.module_from_spec(spec)
     with pytest.raises(ImportError) as info:
