@@ -80,7 +80,7 @@ class BackendDockerPart(PlaybookPart):
         return self.plan_hosts(ctx, request, {"target": request.to or ""}, request.limit)
 
     def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
-        container = st.get("container") if isinstance(st.get("container"), dict) else {}
+        container: dict[str, Any] = st["container"] if isinstance(st.get("container"), dict) else {}
         details = {
             "mode": self.mode,
             "from_label": _label(st.get("from"), st.get("from_version"), "current"),

@@ -96,7 +96,7 @@ class BackendPart(PlaybookPart):
         return self.plan_hosts(ctx, request, {f"{self.var_prefix}_target": request.to or ""}, request.limit)
 
     def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
-        details = {
+        details: dict[str, Any] = {
             "from_label": _label(st.get("from"), st.get("from_version")),
             "to_label": _label(st.get("to"), st.get("to_version")),
             "from_version": st.get("from_version"),
