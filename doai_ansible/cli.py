@@ -23,6 +23,9 @@ from doai_ansible.clikit import (  # noqa: F401 (re-exported: the CLI's helpers,
     DRY_RUN_POLICIES,
     Options,
     common_options,
+    complete_part,
+    complete_parts,
+    complete_run_id,
     confirm_hook,
     dry_run,
     pass_opts,
@@ -30,7 +33,7 @@ from doai_ansible.clikit import (  # noqa: F401 (re-exported: the CLI's helpers,
     render_status,
     run_jobs,
 )
-from doai_ansible.errors import DoaiError, ExitStatus
+from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.model import RunResult
 from doai_ansible.render import emit_json, short_ref
 
@@ -75,9 +78,10 @@ def system_group() -> None:
 
 
 @system_group.command("rollback")
-@click.option("--only", metavar="PARTS", default=None,
+@click.option("--only", metavar="PARTS", default=None, shell_complete=complete_parts,
               help="Only these parts (comma-separated: " + ", ".join(parts_registry.names()) + ").")
-@click.option("--skip", metavar="PARTS", default=None, help="Leave these parts out (comma-separated).")
+@click.option("--skip", metavar="PARTS", default=None, shell_complete=complete_parts,
+              help="Leave these parts out (comma-separated).")
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal, announcements, report).")
 @part_system_options
 @common_options
@@ -179,16 +183,29 @@ def health_cmd(opts: Options, limit: str | None) -> ExitStatus:
 
 
 # -- journal, undo, lock ----------------------------------------------------------------------
+#: How many runs ``history`` shows without --max.
+HISTORY_DEFAULT = 20
+
+
 @cli.command("history")
-@click.option("--limit", "count", type=click.IntRange(1, 10000), default=20, help="How many runs (newest first).")
-@click.option("--part", default=None, help="Only runs that touched this part (" + ", ".join(parts_registry.names())
+@click.option("--max", "count", metavar="N", type=click.IntRange(1, 10000), default=None,
+              help="How many runs, newest first (default 20).")
+# The old spelling, kept working for scripts: --limit means hosts in every other command.
+@click.option("--limit", "old_count", type=click.IntRange(1, 10000), default=None, hidden=True)
+@click.option("--part", default=None, shell_complete=complete_part, help="Only runs that touched this part (" + ", ".join(parts_registry.names())
               + ").")
 @common_options
 @pass_opts
 @dry_run("read-only")
-def history(opts: Options, count: int, part: str | None) -> ExitStatus:
+def history(opts: Options, count: int | None, old_count: int | None, part: str | None) -> ExitStatus:
     """Runs from the journal, newest first (every run that reached a part, refused ones too)."""
-    runs = engine.history(opts.context(), limit=count, part=part)
+    if old_count is not None:
+        if count is not None:
+            raise UsageError("--limit is the old spelling of --max: give --max only")
+        click.echo("doai-rollback: warning: `history --limit N` is deprecated: use --max N "
+                   "(--limit means hosts in every other command)", err=True)
+        count = old_count
+    runs = engine.history(opts.context(), limit=count or HISTORY_DEFAULT, part=part)
     if opts.json:
         emit_json(runs)
         return ExitStatus.OK
@@ -206,7 +223,7 @@ def history(opts: Options, count: int, part: str | None) -> ExitStatus:
 
 
 @cli.command("undo")
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run_id)
 @click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal and host ledger).")
 @common_options
 @pass_opts
@@ -467,10 +484,20 @@ def _usage_error(exc: click.ClickException) -> tuple[str, str | None]:
     return exc.format_message(), hint
 
 
+#: The program's name, and the variable click's shell completion protocol reads
+#: (``_DOAI_ROLLBACK_COMPLETE=bash_source doai-rollback`` prints the bash script; see the README).
+PROG_NAME = "doai-rollback"
+COMPLETE_VAR = "_DOAI_ROLLBACK_COMPLETE"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; the one place where errors become messages and exit codes. With
     ``--output json`` every outcome is one JSON document on stdout, click's own usage errors
-    and Ctrl-C included."""
+    and Ctrl-C included. With ``$_DOAI_ROLLBACK_COMPLETE`` set, the shell asks for completions
+    (click's protocol, which ``cli.main`` would run and this entry point must run itself)."""
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:
+        return complete(instruction)
     args = list(sys.argv[1:] if argv is None else argv)
     opts = Options()
     if json_requested(args):
@@ -481,6 +508,22 @@ def main(argv: list[str] | None = None) -> int:
         return _stdout_closed()
 
 
+def complete(instruction: str) -> int:
+    """Click's completion protocol: ``bash_source``/``zsh_source``/``fish_source`` print the
+    shell's script, ``bash_complete``/``zsh_complete``/``fish_complete`` the candidates for
+    ``COMP_WORDS``/``COMP_CWORD``. Nothing runs, nothing is locked or written; a failure gives
+    no candidates (exit 1), never a traceback on the user's command line."""
+    from click.shell_completion import shell_complete
+
+    try:
+        return shell_complete(cli, {"obj": Options()}, PROG_NAME, COMPLETE_VAR, instruction)
+    except BrokenPipeError:
+        return _stdout_closed()
+    except Exception:
+        log.debug("completion failed", exc_info=True)
+        return 1
+
+
 def _main(opts: Options, args: list[str]) -> int:
     with engine.interrupt_handlers():
         return _main_handled(opts, args)
@@ -488,7 +531,7 @@ def _main(opts: Options, args: list[str]) -> int:
 
 def _main_handled(opts: Options, args: list[str]) -> int:
     try:
-        with cli.make_context("doai-rollback", args, obj=opts) as ctx:
+        with cli.make_context(PROG_NAME, args, obj=opts) as ctx:
             _configure_logging(opts)
             rv = cli.invoke(ctx)
         sys.stdout.flush()  # a reader gone (`| head`) shows here, not in the interpreter's exit

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.shell_completion import CompletionItem
 
 from doai_ansible import engine, render
 from doai_ansible import parts as parts_registry
@@ -195,3 +196,36 @@ def render_status(opts: Options, st: dict[str, Any], *, one: str | None = None) 
     for w in st.get("warnings") or []:
         click.echo(f"doai-rollback: WARNING: {w}", err=True)
     return engine.status_exit(st)
+
+
+# -- shell completion: candidates that depend on the registry or on the state ------------------------
+def complete_part(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """One part name (``history --part``)."""
+    return [CompletionItem(n) for n in parts_registry.names() if n.startswith(incomplete)]
+
+
+def complete_parts(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """A comma-separated list of part names (``--only agent,ba`` -> ``agent,backend``), each once."""
+    head, comma, last = incomplete.rpartition(",")
+    named = set(head.split(",")) if comma else set()
+    return [CompletionItem(head + comma + n) for n in parts_registry.names()
+            if n.startswith(last) and n not in named]
+
+
+def complete_run_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The run ids of the journal, newest first, read as ``history`` reads them (the settings of
+    the command line typed so far: --config, --state-dir, --state): no lock, nothing written. A
+    journal or configuration that cannot be read gives no candidates, never an error."""
+    try:
+        opts = ctx.find_object(Options) or Options()
+        from doai_ansible import state as state_store
+
+        runs = state_store.journal(opts.settings()).runs(limit=COMPLETE_RUNS)
+    except Exception:  # completion must never break the shell's line: no candidates instead
+        return []
+    return [CompletionItem(str(r["run_id"]), help=f"{r.get('started', '')} {r.get('command', '')}".strip())
+            for r in runs if isinstance(r, dict) and str(r.get("run_id", "")).startswith(incomplete)]
+
+
+#: How many of the newest runs ``undo`` and ``--rerun-failed`` complete.
+COMPLETE_RUNS = 100

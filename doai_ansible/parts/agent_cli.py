@@ -11,7 +11,7 @@ import click
 from doai_ansible import engine, validate
 from doai_ansible import parts as parts_registry
 from doai_ansible import state as state_store
-from doai_ansible.clikit import Options, common_options, dry_run, pass_opts, render_status, run_jobs
+from doai_ansible.clikit import Options, common_options, complete_run_id, dry_run, pass_opts, render_status, run_jobs
 from doai_ansible.errors import ExitStatus, UsageError
 from doai_ansible.model import Part
 from doai_ansible.part import PartCli, SystemOption
@@ -53,7 +53,7 @@ def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks)."),
         click.option("--max-fail-percent", type=int, default=None,
                      help="Stop after a batch whose failed PCs exceed this percentage (default: never stop)."),
-        click.option("--rerun-failed", "rerun", metavar="RUN", default=None,
+        click.option("--rerun-failed", "rerun", metavar="RUN", default=None, shell_complete=complete_run_id,
                      help="Only the PCs that run did not finish (failed, put back, unreachable)."),
         click.option("--reason", "-r", metavar="TEXT", default=None, help="Why (journal)."),
     ]
