@@ -248,7 +248,9 @@ def undo(opts: Options, run_id: str, reason: str | None) -> ExitStatus:
 
 @cli.group("lock")
 def lock_group() -> None:
-    """Inspect or release the local rollback locks."""
+    """Inspect or release the rollback locks: the local ones (one per part, and `system`) and the
+    host locks the backend hosts and agent PCs keep while a rollback changes them (a killed run
+    can leave one behind: `lock status` shows it, `lock release PART --host HOST` removes it)."""
 
 
 @lock_group.command("status")
@@ -337,6 +339,32 @@ def lock_release(opts: Options, target: str, host: str | None, force: bool) -> E
 def _host_lock_text(lk: dict[str, Any]) -> str:
     """A host lock as the dry run and the confirmation show it."""
     return f"host lock by {lk.get('owner')} (run {lk.get('run_id')}) since {lk.get('since')}; its run: {lk['run']}"
+
+
+# -- the configuration ------------------------------------------------------------------------------
+@cli.group("config")
+def config_group() -> None:
+    """The configuration in effect."""
+
+
+@config_group.command("show")
+@common_options
+@pass_opts
+@dry_run("read-only")
+def config_show(opts: Options) -> ExitStatus:
+    """The settings in effect and where each came from (flag, variable, config file, default),
+    the config file, inventory and state dir used; secrets only as set or unset. Exit 2 when the
+    configuration cannot be loaded (the error names the key). Reads no state, contacts nothing."""
+    from doai_ansible import config_report
+
+    doc = config_report.report(config=opts.config, inventory=opts.inventory, state_dir=opts.state_dir,
+                               state_backend=opts.state_backend)
+    if opts.json:
+        emit_json(dict(doc, exit_status=int(ExitStatus.OK), exit_name=ExitStatus.OK.name))
+    else:
+        for line in config_report.lines(doc):
+            click.echo(line)
+    return ExitStatus.OK
 
 
 # -- the shared state store ----------------------------------------------------------------------

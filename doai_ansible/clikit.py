@@ -23,7 +23,7 @@ from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus, UsageError
 from doai_ansible.model import RunResult
 from doai_ansible.render import Progress, emit_json, run_text
-from doai_ansible.settings import Settings, load_settings
+from doai_ansible.settings import Settings, config_search_order, load_settings
 
 
 class Options:
@@ -73,7 +73,7 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options accepted before or after the subcommand."""
     decorators = [
         click.option("--config", "-c", type=click.Path(dir_okay=False), expose_value=False, callback=_set("config"),
-                     help="Config file (default: ./doai-rollback.yml, $DOAI_CONFIG, ~/.config/doai-rollback/config.yml)."),
+                     help="Config file (else the first found of: " + ", ".join(config_search_order()[1:]) + ")."),
         click.option("--inventory", "-i", type=click.Path(), expose_value=False, callback=_set("inventory"),
                      help="Ansible inventory (or $DOAI_INVENTORY, or the config key `inventory`; no default)."),
         click.option("--state-dir", type=click.Path(file_okay=False), expose_value=False, callback=_set("state_dir"),

@@ -556,8 +556,23 @@ def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     for name in CONFIG_NAMES:
         if Path(name).is_file():
             return Path(name)
-    user = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "doai-rollback" / "config.yml"
+    user = user_config(env)
     return user if user.is_file() else None
+
+
+#: The user's config file, under $XDG_CONFIG_HOME (default ~/.config).
+USER_CONFIG = ("doai-rollback", "config.yml")
+
+
+def user_config(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config").joinpath(*USER_CONFIG)
+
+
+def config_search_order() -> tuple[str, ...]:
+    """Where :func:`find_config` looks for the config file, first found wins, as ``--help`` and
+    ``config show`` say it (built from the same constants, so the text follows the code)."""
+    return ("--config", f"${CONFIG_ENV}", *(f"./{n}" for n in CONFIG_NAMES),
+            f"$XDG_CONFIG_HOME/{'/'.join(USER_CONFIG)} (default ~/.config/{'/'.join(USER_CONFIG)})")
 
 
 TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database", "system", "diagnose", "state"}
