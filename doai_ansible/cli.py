@@ -459,14 +459,39 @@ def diagnose_agent_connection(opts: Options, limit: str | None) -> ExitStatus:
 def demo(opts: Options, workdir: Path | None, keep: bool) -> ExitStatus:
     """Build every part of DoAi that runs on this machine (backend under PM2 and, with a Docker
     engine, Compose; PostgreSQL; a Vercel API stand-in; stand-in agent PCs), deploy a failed
-    release of all of them, run the whole-system rollback, and check every part's live state."""
+    release of all of them, run the whole-system rollback, and check every part's live state.
+    On a terminal it first says what it will start and asks (--yes: it does not ask); without
+    a terminal (CI) it starts right away."""
     from doai_ansible.sandbox.demo import run_demo
 
     echo = (lambda line: click.echo(line, err=True)) if opts.json else click.echo
+    if not opts.yes and sys.stdin.isatty() and sys.stdout.isatty():
+        for line in demo_notice(workdir, keep):
+            echo(line)
+        if not click.confirm("Start it?", default=False, err=True):
+            raise click.exceptions.Abort()  # exit 130, "nothing was changed": nothing was started
     result = run_demo(workdir=workdir, keep=keep, echo=echo, verbose=bool(opts.verbose))
     if opts.json:
         emit_json(result)
     return ExitStatus(result["exit_status"])
+
+
+def demo_notice(workdir: Path | None, keep: bool) -> list[str]:
+    """What ``demo`` starts and removes, said before it starts on a terminal."""
+    where = f"in {workdir}" if workdir else "in a new temporary directory"
+    gone = ("its files stay (--keep)" if keep else
+            "the temporary directory is removed" if workdir is None else f"its files in {workdir} are removed")
+    return [
+        "demo builds the DoAi system on this machine and runs it, every service on 127.0.0.1 only:",
+        "  - an sshd (the VPS stand-in) with PM2 running the backend app, deployed from a local git repository",
+        ("  - dockerd with a local registry and the backend as a Compose service (when a Docker engine can be "
+        "started here)"),
+        "  - a PostgreSQL cluster shaped like the Supabase project",
+        "  - a Vercel API stand-in with the dashboard's health endpoint, and stand-in agent PCs",
+        (f"{where}; then it deploys a failed release of every part and rolls the whole system back "
+        "(a few minutes)."),
+        f"At the end every process it started is stopped (by PID) and {gone}.",
+    ]
 
 
 def _configure_logging(opts: Options) -> None:
