@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import ExitStatus, UsageError
+from doai_ansible.inventory import AGENTS_GROUP, BACKEND_GROUP
 from doai_ansible.runner import PlaybookRun, run_playbook, task_progress
 from doai_ansible.secrets import scrub_here
 from doai_ansible.settings import write_private
@@ -232,7 +233,7 @@ def api_errors(ctx: RunContext, *, limit: str | None = None) -> Diagnosis:
     limit = validate.host_limit(limit)
     d = Diagnosis("api-errors")
     names = ctx.settings.diagnose.backend_env
-    if not group_hosts(ctx, "backend", limit):
+    if not group_hosts(ctx, BACKEND_GROUP, limit):
         raise UsageError(f"no backend hosts in {ctx.settings.inventory}" + (f" match --limit {limit}" if limit else ""),
                          hint="the inventory group `backend`")
     reps = backend_reports(ctx, limit, env=names, lines=ctx.settings.diagnose.log_lines, label="diagnose")
@@ -372,7 +373,7 @@ def migration_failure(ctx: RunContext) -> Diagnosis:
         raise UsageError("the database is not configured", hint=part.needs)
     d = Diagnosis("migration-failure")
     st = part.status(ctx)
-    target = st.get("database") or "database"
+    target = st.get("database") or part.name
     if not st.get("reachable"):
         d.add("reachable", False, target, st.get("error") or "no connection", unreachable=True)
         return d
@@ -547,8 +548,8 @@ def handshake(url: str, *, timeout: float = HANDSHAKE_TIMEOUT_S, transport: Any 
 def agent_connection(ctx: RunContext, *, limit: str | None = None) -> Diagnosis:
     limit = validate.host_limit(limit)
     d = Diagnosis("agent-connection")
-    agents = group_hosts(ctx, "agents", limit)
-    backends = group_hosts(ctx, "backend", None)
+    agents = group_hosts(ctx, AGENTS_GROUP, limit)
+    backends = group_hosts(ctx, BACKEND_GROUP, None)
     if limit and not agents:
         raise UsageError(f"--limit {limit} matches no PC of the group `agents`")
     target = socket_target(ctx.settings.diagnose.socketio_url, agents, backends)

@@ -34,6 +34,7 @@ from typing import Any
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, UsageError, ValidationError
+from doai_ansible.inventory import AGENTS_GROUP
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import PlaybookPart, reports
@@ -111,7 +112,7 @@ class AgentPart(PlaybookPart):
     playbook = "agent-rollback.yml"
     stats_key = "doai_agent"
     var_prefix = "doai_agent"
-    group = "agents"
+    group = AGENTS_GROUP
     apply_modules = ("doai_agent_swap",)
 
     # -- the log bundle of the whole-system rollback -------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError, ValidationError
-from doai_ansible.inventory import MODE_VAR, MODES, backend_modes, declares_modes
+from doai_ansible.inventory import BACKEND_GROUP, MODE_VAR, MODES, backend_modes, declares_modes
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.parts.backend_docker import BackendDockerPart
@@ -44,7 +44,7 @@ def _commit_or_image(value: str, option: str) -> str:
 class BackendPart(PartBase):
     part = Part.BACKEND
     needs = "hosts in the inventory group `backend`"
-    group = "backend"
+    group = BACKEND_GROUP
 
     def __init__(self) -> None:
         self.modes: dict[str, PlaybookPart] = {
