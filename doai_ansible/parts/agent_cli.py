@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 PART = Part.AGENT
 
+
 def _part() -> AgentPart:
     """The part itself (imported now: a command of it runs)."""
     return cast("AgentPart", parts_registry.get(PART))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 PART = Part.BACKEND
 
+
 def _part() -> BackendPart:
     """The part itself (imported now: a command of it runs)."""
     return cast("BackendPart", parts_registry.get(PART))

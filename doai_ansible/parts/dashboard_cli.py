@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 PART = Part.DASHBOARD
 
+
 def _part() -> DashboardPart:
     """The part itself (imported now: a command of it runs)."""
     return cast("DashboardPart", parts_registry.get(PART))

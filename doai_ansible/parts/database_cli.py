@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 PART = Part.DATABASE
 
+
 def _part() -> DatabasePart:
     """The part itself (imported now: a command of it runs)."""
     return cast("DatabasePart", parts_registry.get(PART))

@@ -132,3 +132,14 @@ def test_an_unknown_shell_is_exit_1_and_quiet(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "doai_ansible"], capture_output=True, text=True,
                           env=_env(tmp_path, _DOAI_ROLLBACK_COMPLETE="tcsh_source"), timeout=60, check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "")
+
+
+def test_the_command_tree_imports_no_part_and_no_heavy_library():
+    """Completion and --help build the whole command tree: each part's cli module is light (the
+    part itself, httpx, psycopg, ansible-runner are imported only when a command of it runs)."""
+    code = ("import sys, doai_ansible.cli\n"
+            "heavy = ('doai_ansible.parts.agent', 'doai_ansible.parts.backend', 'doai_ansible.parts.database',\n"
+            "         'doai_ansible.parts.dashboard', 'httpx', 'psycopg', 'ansible_runner', 'pglast')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "[]"), proc.stderr
