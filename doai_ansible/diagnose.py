@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
-from doai_ansible.errors import DoaiError, ExitStatus, UsageError
+from doai_ansible.errors import ExitStatus, UsageError
+from doai_ansible.inventory import AGENTS_GROUP, BACKEND_GROUP
 from doai_ansible.runner import PlaybookRun, run_playbook, task_progress
 from doai_ansible.secrets import scrub_here
 from doai_ansible.settings import write_private
@@ -193,7 +194,7 @@ def _per_host(pb: PlaybookRun, key: str) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-def _backend_reports(ctx: RunContext, limit: str | None, *, env: Iterable[str], lines: int,
+def backend_reports(ctx: RunContext, limit: str | None, *, env: Iterable[str], lines: int,
                      label: str) -> dict[str, dict[str, Any]]:
     pb = _run(ctx, BACKEND_PLAYBOOK, {"doai_backend_diagnose_env": list(env), "doai_backend_diagnose_lines": lines},
               limit, label)
@@ -203,7 +204,7 @@ def _backend_reports(ctx: RunContext, limit: str | None, *, env: Iterable[str], 
     return reps
 
 
-def _agent_reports(ctx: RunContext, limit: str | None, *, host: str, port: int | None, lines: int,
+def agent_reports(ctx: RunContext, limit: str | None, *, host: str, port: int | None, lines: int,
                    label: str) -> dict[str, dict[str, Any]]:
     xv: dict[str, Any] = {"doai_agent_diagnose_socketio_host": host, "doai_agent_diagnose_lines": lines}
     if port:
@@ -221,7 +222,7 @@ def _agent_reports(ctx: RunContext, limit: str | None, *, host: str, port: int |
     return reps
 
 
-def _hosts(ctx: RunContext, group: str, limit: str | None) -> dict[str, dict[str, Any]]:
+def group_hosts(ctx: RunContext, group: str, limit: str | None) -> dict[str, dict[str, Any]]:
     from doai_ansible.inventory import group_vars
 
     return group_vars(ctx.settings.inventory, group, limit)
@@ -232,10 +233,10 @@ def api_errors(ctx: RunContext, *, limit: str | None = None) -> Diagnosis:
     limit = validate.host_limit(limit)
     d = Diagnosis("api-errors")
     names = ctx.settings.diagnose.backend_env
-    if not _hosts(ctx, "backend", limit):
+    if not group_hosts(ctx, BACKEND_GROUP, limit):
         raise UsageError(f"no backend hosts in {ctx.settings.inventory}" + (f" match --limit {limit}" if limit else ""),
                          hint="the inventory group `backend`")
-    reps = _backend_reports(ctx, limit, env=names, lines=ctx.settings.diagnose.log_lines, label="diagnose")
+    reps = backend_reports(ctx, limit, env=names, lines=ctx.settings.diagnose.log_lines, label="diagnose")
     bad_hosts = []
     for host, rep in reps.items():
         if rep.get("error"):
@@ -252,8 +253,8 @@ def _api_host(d: Diagnosis, host: str, rep: Mapping[str, Any], names: tuple[str,
     """The findings of one backend host; True when one of them is a fault."""
     before = len(d.faults)
     mode = rep.get("mode") or "pm2"
-    code = rep.get("health_status")
-    code = int(code) if str(code).lstrip("-").isdigit() else None
+    raw = rep.get("health_status")
+    code = int(str(raw)) if str(raw).lstrip("-").isdigit() else None
     answer = f"HTTP {code}" if code is not None else "no answer"
     body = (rep.get("health_body") or "").strip().replace("\n", " ")[:120]
     d.add("health", code is not None and 200 <= code < 300, host,
@@ -372,7 +373,7 @@ def migration_failure(ctx: RunContext) -> Diagnosis:
         raise UsageError("the database is not configured", hint=part.needs)
     d = Diagnosis("migration-failure")
     st = part.status(ctx)
-    target = st.get("database") or "database"
+    target = st.get("database") or part.name
     if not st.get("reachable"):
         d.add("reachable", False, target, st.get("error") or "no connection", unreachable=True)
         return d
@@ -547,8 +548,8 @@ def handshake(url: str, *, timeout: float = HANDSHAKE_TIMEOUT_S, transport: Any 
 def agent_connection(ctx: RunContext, *, limit: str | None = None) -> Diagnosis:
     limit = validate.host_limit(limit)
     d = Diagnosis("agent-connection")
-    agents = _hosts(ctx, "agents", limit)
-    backends = _hosts(ctx, "backend", None)
+    agents = group_hosts(ctx, AGENTS_GROUP, limit)
+    backends = group_hosts(ctx, BACKEND_GROUP, None)
     if limit and not agents:
         raise UsageError(f"--limit {limit} matches no PC of the group `agents`")
     target = socket_target(ctx.settings.diagnose.socketio_url, agents, backends)
@@ -560,7 +561,7 @@ def agent_connection(ctx: RunContext, *, limit: str | None = None) -> Diagnosis:
     closed: list[str] = []
     stopped: list[str] = []
     if agents:
-        reps = _agent_reports(ctx, limit, host=target.host, port=target.port,
+        reps = agent_reports(ctx, limit, host=target.host, port=target.port,
                               lines=min(ctx.settings.diagnose.log_lines, 20), label="diagnose")
         for host, rep in reps.items():
             c, s = _agent_host(d, host, rep, target)
@@ -576,7 +577,8 @@ def _agent_host(d: Diagnosis, host: str, rep: Mapping[str, Any], target: SocketT
     if rep.get("error"):
         d.add("reachable", False, host, rep["error"], unreachable=bool(rep.get("unreachable")))
         return [], []
-    closed, stopped = [], []
+    closed: list[str] = []
+    stopped: list[str] = []
     tcp = rep.get("tcp") or {}
     if tcp:
         d.add("port from the PC", bool(tcp.get("ok")), host, f"TCP {target.host}:{target.port}: "
@@ -616,99 +618,36 @@ def _agent_next(d: Diagnosis, endpoint_ok: bool, closed: list[str], stopped: lis
 
 
 # -- the log bundle of the whole-system rollback ------------------------------------------------------------
-def _write_private(path: Path, text: str) -> None:
+def write_log(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(path, scrub(text))
 
 
-def _safe_name(host: str) -> str:
+def safe_name(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", host)[:100] or "_"
 
 
 def collect_logs(ctx: RunContext, dest: Path, *, lines: int,
-                 parts: Iterable[str] = ("backend", "agent")) -> list[dict[str, Any]]:
-    """The last ``lines`` lines of every backend host's logs (PM2 out/err, or the container's) and
-    of every reachable agent PC's agent logs (per user; a PC whose agents keep no log the tool
-    can read: the agent part's status of it), each in a file under ``dest`` (0600, secret values
-    scrubbed). One entry per target ``{"part", "host", "file", "error"}``; a host that cannot be
-    reached is an entry with its error, never an exception."""
-    dest = Path(dest)
+                 parts: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The log bundle: every part that keeps logs (:attr:`~doai_ansible.part.PartBase.collects_logs`;
+    ``parts``: only these, so only their hosts are contacted) writes the last ``lines`` lines of
+    its targets' logs into a file under ``dest`` (0600, secret values scrubbed). One entry per
+    target ``{"part", "host", "file", "error"}``; a host that cannot be reached is an entry with
+    its error, never an exception."""
+    from doai_ansible import parts as registry
+
     entries: list[dict[str, Any]] = []
-    if "backend" in parts:
-        entries += _collect_backend(ctx, dest, lines)
-    if "agent" in parts:  # ``parts``: only the hosts of these are contacted
-        entries += _collect_agents(ctx, dest, lines)
+    for name in registry.names():
+        if parts is None or name in parts:
+            part = registry.get(name)
+            if part.collects_logs:
+                entries += part.collect_logs(ctx, Path(dest), lines=lines)
     return entries
 
 
-def _entry(part: str, host: str, file: Path | None = None, error: str | None = None) -> dict[str, Any]:
+def log_entry(part: str, host: str, file: Path | None = None, error: str | None = None) -> dict[str, Any]:
+    """One entry of the log bundle."""
     return {"part": part, "host": host, "file": str(file) if file else None, "error": error}
-
-
-def _collect_backend(ctx: RunContext, dest: Path, lines: int) -> list[dict[str, Any]]:
-    try:
-        if not _hosts(ctx, "backend", None):
-            return []
-        reps = _backend_reports(ctx, None, env=(), lines=max(lines, 1), label="logs")
-    except DoaiError as exc:
-        return [_entry("backend", "*", error=str(exc))]
-    out = []
-    for host, rep in reps.items():
-        if rep.get("error"):
-            out.append(_entry("backend", host, error=rep["error"]))
-            continue
-        parts = [(f"# {host}: backend ({rep.get('mode')}), release {rep.get('release')} ({rep.get('version')}), "
-                  f"health HTTP {rep.get('health_status')}")]
-        for e in rep.get("logs") or []:
-            name = e.get("path") or e.get("kind")
-            parts.append(f"\n## {e.get('app')} {e.get('kind')} {name}\n")
-            parts.append(e.get("text") or (f"(unreadable: {e['error']})" if e.get("error") else "(empty)"))
-        if rep.get("runtime_error"):
-            parts.append(f"\n## runtime error\n{rep['runtime_error']}")
-        path = dest / f"backend-{_safe_name(host)}.log"
-        _write_private(path, "\n".join(parts) + "\n")
-        out.append(_entry("backend", host, path))
-    return out
-
-
-def _collect_agents(ctx: RunContext, dest: Path, lines: int) -> list[dict[str, Any]]:
-    try:
-        if not _hosts(ctx, "agents", None):
-            return []
-        reps = _agent_reports(ctx, None, host="", port=None, lines=lines, label="logs")
-    except DoaiError as exc:
-        return [_entry("agent", "*", error=str(exc))]
-    out = []
-    # Windows PCs: no log this tool reads; the agent part's status instead, in ONE run for all of them.
-    windows = sorted(h for h, rep in reps.items() if not rep.get("error") and rep.get("users") is None)
-    status_text = _agent_status_texts(ctx, windows) if windows else {}
-    for host, rep in reps.items():
-        if rep.get("error"):
-            out.append(_entry("agent", host, error=rep["error"]))
-            continue
-        path = dest / f"agent-{_safe_name(host)}.log"
-        if rep.get("users") is None:
-            text = status_text.get(host) or f"# {host}: no agent status"
-        else:
-            text = "\n".join(
-                f"## {host}/{u.get('user')}: {'running pid ' + str(u.get('pid')) if u.get('running') else 'not running'}\n"
-                + (u.get("log") if u.get("log") is not None else f"(no log: {u.get('log_error')})")
-                for u in rep["users"]) or f"# {host}: no user has the agent folder"
-        _write_private(path, text + "\n")
-        out.append(_entry("agent", host, path))
-    return out
-
-
-def _agent_status_texts(ctx: RunContext, hosts: list[str]) -> dict[str, str]:
-    """host -> the agent part's status lines of that PC, from one status run over ``hosts``."""
-    from doai_ansible.parts.agent import AgentPart
-
-    part = AgentPart()
-    try:
-        st = part.status(ctx, limit=",".join(hosts))
-    except DoaiError as exc:
-        return {h: f"# {h}: agent status failed: {exc}" for h in hosts}
-    return {h: "\n".join(part.status_lines(dict(st, hosts={h: hst}))) for h, hst in (st.get("hosts") or {}).items()}
 
 
 RUNNERS = {"api-errors": api_errors, "agent-connection": agent_connection}

@@ -288,10 +288,10 @@ def _killed_steps(ctx: RunContext, run_id: str, plan: dict[str, Any]) -> list[di
     for st in plan.get("steps", []):
         if not st.get("changes"):
             continue
-        got = found.pop((st.get("part"), st.get("target")), None)
-        if got is not None:  # the plan's pins stand; the target says what became of them
-            steps.append(dict(st, outcome=got["outcome"], message=got["message"],
-                              details=dict(st.get("details") or {}, **got.get("details", {}))))
+        rec = found.pop((st.get("part"), st.get("target")), None)
+        if rec is not None:  # the plan's pins stand; the target says what became of them
+            steps.append(dict(st, outcome=rec["outcome"], message=rec["message"],
+                              details=dict(st.get("details") or {}, **rec.get("details", {}))))
         elif st.get("target") == "?" and any(part == st.get("part") for part, _ in found):
             continue  # a one-pass run: its targets are the ones that recorded it (below)
         else:

@@ -16,6 +16,9 @@ from typing import Any
 
 from doai_ansible.errors import ConfigError, DoaiError
 
+#: The inventory groups the playbooks target: the VPS hosts of the backend, the agent PCs.
+BACKEND_GROUP = "backend"
+AGENTS_GROUP = "agents"
 MODE_VAR = "doai_backend_mode"
 MODES = ("pm2", "docker")
 DEFAULT_MODE = "pm2"
@@ -156,7 +159,8 @@ def declares_modes(inventory: Path | None) -> bool:
     return False
 
 
-def backend_modes(inventory: Path | None, limit: str | None = None, *, group: str = "backend") -> dict[str, str]:
+def backend_modes(inventory: Path | None, limit: str | None = None, *,
+                  group: str = BACKEND_GROUP) -> dict[str, str]:
     """host -> ``pm2`` or ``docker`` (``doai_backend_mode``, per host or group; pm2 when unset)."""
     modes = {}
     for host, hv in group_vars(inventory, group, limit).items():

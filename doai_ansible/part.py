@@ -41,12 +41,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from doai_ansible.model import Part, Step, StepResult
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from doai_ansible.context import RunContext
     from doai_ansible.errors import DoaiError
 
@@ -116,10 +118,25 @@ class PartBase(abc.ABC):
 
         raise UsageError(f"the {self.name} part keeps no lock on hosts")
 
+    #: Whether :meth:`collect_logs` collects anything (the whole-system rollback's log bundle).
+    collects_logs: ClassVar[bool] = False
+
+    def collect_logs(self, ctx: RunContext, dest: Path, *, lines: int) -> list[dict[str, Any]]:
+        """The last ``lines`` lines of the error logs of this part's targets, each in a file under
+        ``dest`` (0600, secrets scrubbed): one entry ``{"part", "host", "file", "error"}`` per
+        target, a target that cannot be read an entry with its error (never an exception)."""
+        return []
+
     # -- a run -------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def request(self, **options: Any) -> Request:
-        """Validate the operator's options (raise ValidationError) and build the request."""
+    if TYPE_CHECKING:
+        #: Validate the operator's options (raise ValidationError) and build the request. Each part
+        #: takes its own keywords (the backend ``to``, ``limit``, ``mode``; the database ``last`` ...),
+        #: so the type checker sees any keywords here and each part's own signature on the part.
+        request: Callable[..., Request]
+    else:
+        @abc.abstractmethod
+        def request(self, **options: Any) -> Request:
+            """Validate the operator's options (raise ValidationError) and build the request."""
 
     @abc.abstractmethod
     def plan(self, ctx: RunContext, request: Request) -> list[Step]:
@@ -207,3 +224,59 @@ class PartBase(abc.ABC):
 def _short(value: str | None) -> str:
     text = str(value)
     return text[:12] if len(text) == 40 and all(c in "0123456789abcdef" for c in text) else text
+
+
+# -- what a part brings to the command line -----------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SystemOption:
+    """One option ``system rollback`` takes for a part, e.g. ``--backend-to`` for the backend's ``--to``.
+
+    ``key`` is the keyword of the part's :meth:`PartBase.request` it fills; ``own`` is the part's
+    own spelling of it (``--to``), which errors about the value are rewritten from (the user typed
+    ``flag``); ``click`` the keywords of its :func:`click.option` (type, metavar, help, is_flag).
+    """
+
+    flag: str
+    key: str
+    own: str | None = None
+    click: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        """The Python name click gives the value (``--backend-to`` -> ``backend_to``)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+class PartCli:
+    """A part's face on the command line, kept apart from the part itself so that building the
+    command tree (``--help``, shell completion) imports no part (the dashboard's httpx, the
+    database's psycopg): its own command group, its options of ``system rollback`` and how they
+    become its request. One subclass per part, named by the part's registry entry."""
+
+    part: ClassVar[Part]
+    #: The options of ``system rollback`` for this part, in the order ``--help`` shows them.
+    system_options: ClassVar[tuple[SystemOption, ...]] = ()
+
+    @property
+    def name(self) -> str:
+        return self.part.value
+
+    def commands(self) -> Any:
+        """The part's own ``click.Group`` (``doai-rollback <part> ...``), or None."""
+        return None
+
+    def system_check(self, values: Mapping[str, Any]) -> None:
+        """Refuse (UsageError) a ``system rollback`` that includes this part without what it
+        needs; ``values`` maps each of :attr:`system_options`' ``dest`` to what was typed."""
+
+    def system_request_options(self, ctx: RunContext, values: Mapping[str, Any],
+                               reason: str | None) -> dict[str, Any]:
+        """The keywords of the part's ``request`` for ``system rollback``: every system option
+        under its ``key``, and the run's reason."""
+        out: dict[str, Any] = {o.key: values.get(o.dest) for o in self.system_options}
+        out["reason"] = reason
+        return out
+
+    def spelled(self) -> dict[str, str]:
+        """The part's own option names as ``system rollback`` spells them (errors name what the user typed)."""
+        return {o.own: o.flag for o in self.system_options if o.own}

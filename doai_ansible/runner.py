@@ -444,10 +444,10 @@ class _EventReducer:
         if kind == "runner_on_failed" and not data.get("ignore_errors"):
             res = data.get("res", {}) or {}
             flags = {k: res[k] for k in _FLAGS if k in res}
-            self.failures.append(HostFailure(host, data.get("task", "?"), _short_message(res), False, flags))
+            self.failures.append(HostFailure(host or "?", data.get("task", "?"), _short_message(res), False, flags))
         elif kind == "runner_on_unreachable":
             self.failures.append(
-                HostFailure(host, data.get("task", "?"), _short_message(data.get("res", {})), True)
+                HostFailure(host or "?", data.get("task", "?"), _short_message(data.get("res", {})), True)
             )
         elif kind == "playbook_on_stats":
             self.custom.update(data.get("artifact_data") or {})

@@ -423,13 +423,13 @@ class SystemSettings:
         webhook_env = d.get("webhook_env", cls.webhook_env)
         if not isinstance(webhook_env, str) or not re.fullmatch(_ENV_NAME_RE, webhook_env):
             raise ConfigError("system.webhook_env", "must be an environment variable name")
-        url = env.get(webhook_env)
+        hook_url = env.get(webhook_env)
         if not is_secret_env_name(webhook_env):
             # Only secret-named variables are kept from child processes and ansible-runner's files.
             raise ConfigError("system.webhook_env", f"{webhook_env} is not a name kept from child processes",
                               hint="use a name with WEBHOOK, TOKEN or SECRET in it (default DOAI_WEBHOOK_URL)")
-        if url:
-            _secure_url(webhook_env, url, secret=True)
+        if hook_url:
+            _secure_url(webhook_env, hook_url, secret=True)
         log_lines = d.get("log_lines", cls.log_lines)
         if not isinstance(log_lines, int) or isinstance(log_lines, bool) or not 0 <= log_lines <= 100_000:
             raise ConfigError("system.log_lines", "must be a whole number from 0 to 100000")
@@ -439,7 +439,7 @@ class SystemSettings:
             report_dir = Path(str(rd)).expanduser()
             report_dir = report_dir if report_dir.is_absolute() else base / report_dir
         return cls(smoke_checks=tuple(checks), contacts=tuple(contacts), webhook_env=webhook_env,
-                   webhook=Secret(url) if url else None,
+                   webhook=Secret(hook_url) if hook_url else None,
                    webhook_timeout_s=_positive("system.webhook_timeout", d.get("webhook_timeout", cls.webhook_timeout_s)),
                    report_dir=report_dir, log_lines=log_lines)
 
@@ -556,8 +556,23 @@ def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     for name in CONFIG_NAMES:
         if Path(name).is_file():
             return Path(name)
-    user = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "doai-rollback" / "config.yml"
+    user = user_config(env)
     return user if user.is_file() else None
+
+
+#: The user's config file, under $XDG_CONFIG_HOME (default ~/.config).
+USER_CONFIG = ("doai-rollback", "config.yml")
+
+
+def user_config(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config").joinpath(*USER_CONFIG)
+
+
+def config_search_order() -> tuple[str, ...]:
+    """Where :func:`find_config` looks for the config file, first found wins, as ``--help`` and
+    ``config show`` say it (built from the same constants, so the text follows the code)."""
+    return ("--config", f"${CONFIG_ENV}", *(f"./{n}" for n in CONFIG_NAMES),
+            f"$XDG_CONFIG_HOME/{'/'.join(USER_CONFIG)} (default ~/.config/{'/'.join(USER_CONFIG)})")
 
 
 TOP_KEYS = {"inventory", "state_dir", "lock_ttl", "keep_artifacts", "vercel", "database", "system", "diagnose", "state"}

@@ -95,8 +95,6 @@ class StoreError(UnreachableError):
 
 # -- the interface -------------------------------------------------------------------------------
 class JournalLike(Protocol):
-    where: str
-
     def append(self, run: RunResult, *, who: str | None = None) -> dict[str, Any]: ...
     def append_record(self, record: dict[str, Any]) -> dict[str, Any]: ...
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
@@ -312,7 +310,8 @@ class PgStore:
 
     def records(self, *, limit: int | None = None, part: str | None = None, prefix: str | None = None,
                 newest_first: bool = True) -> list[dict[str, Any]]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if part is not None:
             where.append("record->'steps' @> jsonb_build_array(jsonb_build_object('part', %s::text))")
             params.append(part)

@@ -49,17 +49,16 @@ PART_NAMES = tuple(registry.names())
 
 @dataclasses.dataclass(frozen=True)
 class SystemRequest:
-    """What the operator asked of ``system rollback``; every value validated by :func:`request`."""
+    """What the operator asked of ``system rollback``; every value validated by :func:`request`.
+
+    ``options`` holds the parts' own options of the run by their Python name (``backend_to``,
+    ``database_last`` ...: each part's :attr:`~doai_ansible.part.PartCli.system_options`).
+    """
 
     parts: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...]  # (part, why) for the parts left out
     reason: str | None
-    backend_to: str | None = None
-    dashboard_to: str | None = None
-    database_to: str | None = None
-    database_last: int | None = None
-    accept_data_loss: bool = False
-    agent_max_fail_percent: int | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def parse_parts(value: str | None, option: str) -> list[str]:
@@ -76,12 +75,16 @@ def parse_parts(value: str | None, option: str) -> list[str]:
 
 
 def request(ctx: RunContext, *, only: str | None = None, skip: str | None = None, reason: str | None = None,
-            backend_to: str | None = None, dashboard_to: str | None = None, database_to: str | None = None,
-            database_last: int | None = None, accept_data_loss: bool = False,
-            agent_max_fail_percent: int | None = None) -> SystemRequest:
+            **part_options: Any) -> SystemRequest:
     """Validate the options and choose the parts (no network): the configured parts in the
     runbook's order, narrowed by ``--only`` and ``--skip``. A part named by ``--only`` that is
-    not configured is an error; one that is merely not configured is left out with the reason."""
+    not configured is an error; one that is merely not configured is left out with the reason.
+    ``part_options``: the parts' options of the run (``backend_to=...``), as the parts declare
+    them (:attr:`~doai_ansible.part.PartCli.system_options`); another name is a TypeError."""
+    owner = {o.dest: (o, face.name) for face in registry.all_clis() for o in face.system_options}
+    unknown = sorted(set(part_options) - set(owner))
+    if unknown:
+        raise TypeError(f"system.request() got unexpected part options {', '.join(unknown)}")
     only_l, skip_l = parse_parts(only, "--only"), parse_parts(skip, "--skip")
     both = set(only_l) & set(skip_l)
     if both:
@@ -101,22 +104,13 @@ def request(ctx: RunContext, *, only: str | None = None, skip: str | None = None
             chosen.append(part.name)
     if not chosen:
         raise UsageError("no part to roll back", hint="configure the parts (see the README) or check --only/--skip")
-    for opt, value, part in (("--backend-to", backend_to, "backend"), ("--dashboard-to", dashboard_to, "dashboard"),
-                             ("--database-to", database_to, "database"),
-                             ("--database-last", database_last, "database"),
-                             ("--accept-data-loss", accept_data_loss or None, "database"),
-                             ("--agent-max-fail-percent", agent_max_fail_percent, "agent")):
-        if value is not None and part not in chosen:
-            raise UsageError(f"{opt} is for the {part} part, which this run leaves out")
-    if "database" in chosen and database_to is None and database_last is None:
-        raise UsageError(
-            "the database part needs to know which migrations the failed deployment applied",
-            hint="add --database-last N or --database-to VERSION (`doai-rollback database status` lists them), "
-                 "or --skip database")
+    for dest, (opt, name) in owner.items():
+        if part_options.get(dest) not in (None, False) and name not in chosen:
+            raise UsageError(f"{opt.flag} is for the {name} part, which this run leaves out")
+    for name in chosen:
+        registry.cli_of(name).system_check(part_options)
     return SystemRequest(parts=tuple(chosen), skipped=tuple(skipped), reason=validate.reason(reason),
-                         backend_to=backend_to, dashboard_to=dashboard_to, database_to=database_to,
-                         database_last=database_last, accept_data_loss=accept_data_loss,
-                         agent_max_fail_percent=agent_max_fail_percent)
+                         options=dict(part_options))
 
 
 def jobs(ctx: RunContext, req: SystemRequest) -> list[engine.Job]:
@@ -124,31 +118,14 @@ def jobs(ctx: RunContext, req: SystemRequest) -> list[engine.Job]:
     backend's in-process inventory read)."""
     out = []
     for name in req.parts:
-        part = registry.get(name)
-        spelled = SPELLED.get(name, {})
+        part, face = registry.get(name), registry.cli_of(name)
+        spelled = face.spelled()
         try:
-            if name == "backend":
-                r = part.request(to=req.backend_to, reason=req.reason, ctx=ctx)
-            elif name == "dashboard":
-                r = part.request(to=req.dashboard_to, reason=req.reason)
-            elif name == "database":
-                r = part.request(to=req.database_to, last=req.database_last, accept_data_loss=req.accept_data_loss,
-                                 reason=req.reason)
-            else:
-                r = part.request(reason=req.reason, max_fail_percent=req.agent_max_fail_percent)
+            r = part.request(**face.system_request_options(ctx, req.options, req.reason))
         except DoaiError as exc:
             raise engine.as_typed(exc, spelled) from None
         out.append(engine.Job(part, r, spelled))
     return out
-
-
-#: Each part's own option names as ``system rollback`` spells them: errors name what the user typed.
-SPELLED: dict[str, dict[str, str]] = {
-    "backend": {"--to": "--backend-to"},
-    "dashboard": {"--to": "--dashboard-to"},
-    "database": {"--to": "--database-to", "--last": "--database-last"},
-    "agent": {"--max-fail-percent": "--agent-max-fail-percent"},
-}
 
 
 # -- before -------------------------------------------------------------------------------------------------
@@ -202,13 +179,14 @@ def scope(states: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]
 def collect_logs(ctx: RunContext, req: SystemRequest) -> list[dict[str, Any]]:
     """The error logs of the backend hosts and agent PCs into ``<log bundle>/logs``; a failure is
     an entry with an error (and a warning), never the end of the run."""
-    if not ({"backend", "agent"} & set(req.parts)) or ctx.settings.system.log_lines == 0:
+    collectors = [p for p in (registry.get(name) for name in req.parts) if p.collects_logs]
+    if not collectors or ctx.settings.system.log_lines == 0:
         return []
-    from doai_ansible import diagnose
-
     dest = ensure_private_dir(ctx.log_dir / "logs")
+    entries: list[dict[str, Any]] = []
     try:
-        entries = diagnose.collect_logs(ctx, dest, lines=ctx.settings.system.log_lines, parts=req.parts)
+        for part in collectors:  # only the hosts of the parts in scope are contacted
+            entries += part.collect_logs(ctx, dest, lines=ctx.settings.system.log_lines)
     except DoaiError as exc:
         ctx.warn(f"the logs could not be collected: {exc.message}")
         return [{"part": "system", "host": "-", "file": None, "error": exc.message}]

@@ -184,7 +184,7 @@ class DbUrl:
             kw["password"] = self.password.reveal()
         return kw
 
-    def connect(self, *, autocommit: bool = False):  # type: ignore[no-untyped-def]
+    def connect(self, *, autocommit: bool = False):  # psycopg is imported here, lazily: its connection is untyped here
         import psycopg
 
         try:

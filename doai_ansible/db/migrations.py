@@ -234,8 +234,8 @@ def cascade_dependents(conn: Any, table: str, column: str | None = None) -> list
             "AND (%s::int IS NULL OR d.refobjsubid = %s::int) ORDER BY 1, 2", (oid, oid, attnum, attnum))
         for sch, view, kind in cur.fetchall():
             label = "materialized view" if kind == "m" else "view"
-            rows = row_count(conn, f"{sch}.{view}") if kind == "m" else 0
-            out.append({"table": f"{sch}.{view}", "rows": rows or 0, "always": True, "schema": sch,
+            view_rows = row_count(conn, f"{sch}.{view}") if kind == "m" else 0
+            out.append({"table": f"{sch}.{view}", "rows": view_rows or 0, "always": True, "schema": sch,
                         "what": f"{label} dropped by CASCADE (built on {table}{'.' + column if column else ''})"})
     return out
 

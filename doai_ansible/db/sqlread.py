@@ -11,6 +11,7 @@ rollback treats as data at risk."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from doai_ansible.db.sqlsplit import Statement, split
@@ -75,7 +76,7 @@ def _name(parts: list[str]) -> str:
     return qualified(parts[-2], parts[-1]) if len(parts) >= 2 else qualified(None, parts[0])
 
 
-def _walk(node: Any):  # type: ignore[no-untyped-def]
+def _walk(node: Any) -> Iterator[Any]:
     """Every parse node under ``node`` (itself included)."""
     from pglast import ast
 

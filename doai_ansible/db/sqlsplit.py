@@ -34,6 +34,7 @@ def split(sql: str) -> list[Statement]:
         nonlocal buf, start_line
         raw = "".join(buf)
         m = _LEADING_COMMENTS.match(raw)
+        assert m is not None  # the pattern matches the empty string
         text = raw[m.end():].strip()
         if text:
             first = len(raw) - len(raw.lstrip())  # where start_line was counted from

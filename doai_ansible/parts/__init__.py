@@ -4,18 +4,24 @@ Each entry names the module and class of a :class:`~doai_ansible.part.PartBase`;
 imported on first use (the dashboard's httpx costs every backend command time). The engine,
 the CLI's generic commands (status, health, undo, history, lock) and the renderer go through
 :func:`get` and :func:`all_parts` and never name a part.
+
+Each entry also names the part's face on the command line (a :class:`~doai_ansible.part.PartCli`
+in a light module that imports no part): its own commands (``doai-rollback backend ...``), its
+options of ``system rollback`` and how they become its request. :mod:`doai_ansible.cli` and
+:mod:`doai_ansible.system` reach them through :func:`cli_of` and :func:`all_clis`, so a fifth
+part is one entry here, its part module and its cli module, with no edit elsewhere.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from doai_ansible.errors import UsageError
 from doai_ansible.model import Part
 
 if TYPE_CHECKING:
-    from doai_ansible.part import PartBase
+    from doai_ansible.part import PartBase, PartCli
 
 REGISTRY: dict[Part, str] = {
     Part.AGENT: "doai_ansible.parts.agent:AgentPart",
@@ -24,7 +30,21 @@ REGISTRY: dict[Part, str] = {
     Part.DASHBOARD: "doai_ansible.parts.dashboard:DashboardPart",
 }
 
+#: Each part's face on the command line (light modules: building the command tree imports no part).
+CLI: dict[Part, str] = {
+    Part.AGENT: "doai_ansible.parts.agent_cli:AgentCli",
+    Part.BACKEND: "doai_ansible.parts.backend_cli:BackendCli",
+    Part.DATABASE: "doai_ansible.parts.database_cli:DatabaseCli",
+    Part.DASHBOARD: "doai_ansible.parts.dashboard_cli:DashboardCli",
+}
+
 _loaded: dict[Part, PartBase] = {}
+_clis: dict[Part, PartCli] = {}
+
+
+def _load(spec: str) -> Any:
+    module, cls = spec.split(":")
+    return getattr(importlib.import_module(module), cls)()
 
 
 def get(name: str | Part) -> PartBase:
@@ -36,9 +56,21 @@ def get(name: str | Part) -> PartBase:
     if part not in REGISTRY:
         raise UsageError(f"the {part.value} part is not available yet")
     if part not in _loaded:
-        module, cls = REGISTRY[part].split(":")
-        _loaded[part] = getattr(importlib.import_module(module), cls)()
+        _loaded[part] = _load(REGISTRY[part])
     return _loaded[part]
+
+
+def cli_of(name: str | Part) -> PartCli:
+    """The command-line face of the part registered under ``name``."""
+    part = Part(name)
+    if part not in _clis:
+        _clis[part] = _load(CLI[part])
+    return _clis[part]
+
+
+def all_clis() -> list[PartCli]:
+    """Every registered part's command-line face, in the runbook's order."""
+    return [cli_of(n) for n in names() if Part(n) in CLI]
 
 
 def names() -> list[str]:

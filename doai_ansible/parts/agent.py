@@ -30,11 +30,13 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
-from doai_ansible.errors import UsageError, ValidationError
+from doai_ansible.errors import DoaiError, UsageError, ValidationError
+from doai_ansible.inventory import AGENTS_GROUP
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import PlaybookPart, reports
@@ -114,8 +116,50 @@ class AgentPart(PlaybookPart):
     playbook = "agent-rollback.yml"
     stats_key = "doai_agent"
     var_prefix = "doai_agent"
-    group = "agents"
+    group = AGENTS_GROUP
     apply_modules = ("doai_agent_swap",)
+
+    # -- the log bundle of the whole-system rollback -------------------------------------------------
+    collects_logs = True
+
+    def collect_logs(self, ctx: RunContext, dest: Path, *, lines: int) -> list[dict[str, Any]]:
+        """Every reachable PC's agent logs, per user, one file per PC; a PC whose agents keep no
+        log the tool can read (Windows): this part's status of it."""
+        from doai_ansible import diagnose as dg
+
+        try:
+            if not dg.group_hosts(ctx, self.group, None):
+                return []
+            reps = dg.agent_reports(ctx, None, host="", port=None, lines=lines, label="logs")
+        except DoaiError as exc:
+            return [dg.log_entry(self.name, "*", error=str(exc))]
+        out = []
+        # Windows PCs: no log this tool reads; the status instead, in ONE run for all of them.
+        windows = sorted(h for h, rep in reps.items() if not rep.get("error") and rep.get("users") is None)
+        status_text = self._status_texts(ctx, windows) if windows else {}
+        for host, rep in reps.items():
+            if rep.get("error"):
+                out.append(dg.log_entry(self.name, host, error=rep["error"]))
+                continue
+            path = dest / f"{self.name}-{dg.safe_name(host)}.log"
+            if rep.get("users") is None:
+                text = status_text.get(host) or f"# {host}: no agent status"
+            else:
+                text = "\n".join(
+                    f"## {host}/{u.get('user')}: {'running pid ' + str(u.get('pid')) if u.get('running') else 'not running'}\n"
+                    + (u.get("log") if u.get("log") is not None else f"(no log: {u.get('log_error')})")
+                    for u in rep["users"]) or f"# {host}: no user has the agent folder"
+            dg.write_log(path, text + "\n")
+            out.append(dg.log_entry(self.name, host, path))
+        return out
+
+    def _status_texts(self, ctx: RunContext, hosts: list[str]) -> dict[str, str]:
+        """host -> this part's status lines of that PC, from one status run over ``hosts``."""
+        try:
+            st = self.status(ctx, limit=",".join(hosts))
+        except DoaiError as exc:
+            return {h: f"# {h}: agent status failed: {exc}" for h in hosts}
+        return {h: "\n".join(self.status_lines(dict(st, hosts={h: hst}))) for h, hst in (st.get("hosts") or {}).items()}
 
     # -- a run -------------------------------------------------------------------------------------
     def request(self, *, limit: str | None = None, users: list[str] | tuple[str, ...] | None = None,

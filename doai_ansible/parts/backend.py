@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError, ValidationError
-from doai_ansible.inventory import MODE_VAR, MODES, backend_modes, declares_modes
+from doai_ansible.inventory import BACKEND_GROUP, MODE_VAR, MODES, backend_modes, declares_modes
 from doai_ansible.model import Outcome, Part, Step, StepResult, utcnow
 from doai_ansible.part import PartBase, Request
 from doai_ansible.parts.backend_docker import BackendDockerPart
@@ -43,7 +44,7 @@ def _commit_or_image(value: str, option: str) -> str:
 class BackendPart(PartBase):
     part = Part.BACKEND
     needs = "hosts in the inventory group `backend`"
-    group = "backend"
+    group = BACKEND_GROUP
 
     def __init__(self) -> None:
         self.modes: dict[str, PlaybookPart] = {
@@ -57,6 +58,37 @@ class BackendPart(PartBase):
         from doai_ansible.inventory import has_hosts
 
         return has_hosts(ctx.settings.inventory, self.group)
+
+    collects_logs = True
+
+    def collect_logs(self, ctx: RunContext, dest: Path, *, lines: int) -> list[dict[str, Any]]:
+        """Every backend host's last log lines (PM2 out/err, or the container's), read by the
+        backend's diagnose playbook, one file per host."""
+        from doai_ansible import diagnose as dg
+
+        try:
+            if not dg.group_hosts(ctx, self.group, None):
+                return []
+            reps = dg.backend_reports(ctx, None, env=(), lines=max(lines, 1), label="logs")
+        except DoaiError as exc:
+            return [dg.log_entry(self.name, "*", error=str(exc))]
+        out = []
+        for host, rep in reps.items():
+            if rep.get("error"):
+                out.append(dg.log_entry(self.name, host, error=rep["error"]))
+                continue
+            parts = [(f"# {host}: backend ({rep.get('mode')}), release {rep.get('release')} ({rep.get('version')}), "
+                      f"health HTTP {rep.get('health_status')}")]
+            for e in rep.get("logs") or []:
+                name = e.get("path") or e.get("kind")
+                parts.append(f"\n## {e.get('app')} {e.get('kind')} {name}\n")
+                parts.append(e.get("text") or (f"(unreadable: {e['error']})" if e.get("error") else "(empty)"))
+            if rep.get("runtime_error"):
+                parts.append(f"\n## runtime error\n{rep['runtime_error']}")
+            path = dest / f"{self.name}-{dg.safe_name(host)}.log"
+            dg.write_log(path, "\n".join(parts) + "\n")
+            out.append(dg.log_entry(self.name, host, path))
+        return out
 
     # -- which hosts run which mode ------------------------------------------------------------------
     def split(self, ctx: RunContext, limit: str | None, override: str | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
+from doai_ansible.inventory import BACKEND_GROUP
 from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import HostReport, PlaybookPart, health_text
@@ -58,7 +59,7 @@ class BackendDockerPart(PlaybookPart):
     reports_run_ledger = True  # tasks/status.yml: doai_backend_docker_recover_run_id
     apply_modules = ("doai_backend_docker_apply",)
     var_prefix = "doai_backend_docker"
-    group = "backend"
+    group = BACKEND_GROUP
 
     def request(self, *, to: str | None = None, limit: str | None = None, reason: str | None = None,
                 action: str = "rollback", targets: Mapping[str, str] | None = None,
@@ -80,7 +81,7 @@ class BackendDockerPart(PlaybookPart):
         return self.plan_hosts(ctx, request, {"target": request.to or ""}, request.limit)
 
     def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
-        container = st.get("container") if isinstance(st.get("container"), dict) else {}
+        container: dict[str, Any] = st["container"] if isinstance(st.get("container"), dict) else {}
         details = {
             "mode": self.mode,
             "from_label": _label(st.get("from"), st.get("from_version"), "current"),

@@ -23,6 +23,7 @@ from typing import Any
 
 from doai_ansible import validate
 from doai_ansible.context import RunContext
+from doai_ansible.inventory import BACKEND_GROUP
 from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import HostReport, PlaybookPart, health_text
@@ -73,7 +74,7 @@ class BackendPart(PlaybookPart):
     reports_run_ledger = True  # tasks/status.yml: doai_backend_pm2_recover_run_id
     apply_modules = ("doai_backend_pm2_apply",)
     var_prefix = "doai_backend_pm2"
-    group = "backend"
+    group = BACKEND_GROUP
 
     # -- request and plan -------------------------------------------------------------------------
     def request(self, *, to: str | None = None, limit: str | None = None, reason: str | None = None,
@@ -96,7 +97,7 @@ class BackendPart(PlaybookPart):
         return self.plan_hosts(ctx, request, {f"{self.var_prefix}_target": request.to or ""}, request.limit)
 
     def step_from_report(self, host: str, st: Mapping[str, Any]) -> Step:
-        details = {
+        details: dict[str, Any] = {
             "from_label": _label(st.get("from"), st.get("from_version")),
             "to_label": _label(st.get("to"), st.get("to_version")),
             "from_version": st.get("from_version"),

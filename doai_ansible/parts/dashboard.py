@@ -857,7 +857,7 @@ def _apply(
             kind=kind,
             project_id=str(project["id"]),
             name=str(project.get("name") or step.target),
-            to=step.desired,
+            to=str(step.desired),
             original=str(step.current),
             before=before,
             result=result,

@@ -391,7 +391,9 @@ class DatabasePart(PartBase):
         covered = set(db.schemas) | {dump.HISTORY_SCHEMA}
         for v in undo:
             m = files[v]
-            outside = sorted(sqlread.schemas_touched(m.down.read_text(encoding="utf-8")) - covered) if m.down else []
+            if m.down is None:
+                continue
+            outside = sorted(sqlread.schemas_touched(m.down.read_text(encoding="utf-8")) - covered)
             if outside:
                 raise ValidationError(
                     f"{m.down.name} changes schema(s) {', '.join(outside)}, which the snapshot taken first would not "
@@ -400,7 +402,9 @@ class DatabasePart(PartBase):
         no_down = [files[v].file_name for v in undo if files[v].down is None]
         for v in undo:
             m = files[v]
-            for st in split(m.down.read_text(encoding="utf-8")) if m.down else []:
+            if m.down is None:
+                continue
+            for st in split(m.down.read_text(encoding="utf-8")):
                 if TX_CONTROL.match(st.sql):
                     raise ValidationError(
                         f"{m.down.name}, statement {st.index} (line {st.line}): {st.first_line!r} controls the "
@@ -413,6 +417,7 @@ class DatabasePart(PartBase):
         items, at_risk = [], []
         for v in sorted(undo, reverse=True):
             m = files[v]
+            assert m.down is not None  # every one has a down file (refused above otherwise)
             items.append({"version": v, "name": m.name, "file": str(m.path), "sha256": m.sha256,
                           "down_file": str(m.down), "down_sha256": m.down_sha256,
                           "statements": len(split(m.down.read_text(encoding="utf-8"))), "creates": m.creates()})

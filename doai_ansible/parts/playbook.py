@@ -168,7 +168,7 @@ def health_text(h: Mapping[str, Any]) -> str:
         answered = code is not None and int(code) >= 0
     except (TypeError, ValueError):
         answered = False
-    return f"HTTP {int(code)} version {h.get('health_version') or '?'}" if answered else "no answer"
+    return f"HTTP {int(code or 0)} version {h.get('health_version') or '?'}" if answered else "no answer"
 
 
 def log_text(res: Mapping[str, Any]) -> str:
@@ -483,7 +483,7 @@ class PlaybookPart(PartBase):
         targets = {s["target"]: s["from"] for s in self.steps_of(record) if s.get("from")}
         if not targets:
             return None
-        return self.request(action="undo", targets=targets, health_gate=False)  # type: ignore[call-arg]
+        return self.request(action="undo", targets=targets, health_gate=False)
 
     # -- status --------------------------------------------------------------------------------------
     def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:

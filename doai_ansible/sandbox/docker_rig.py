@@ -587,9 +587,9 @@ class DockerRig:
             if not self.vps.sshd_pid or not _running(self.vps.sshd_pid):
                 self.vps._spawn_sshd()
             self.write_inventory()
-        status, version = self.wait_health(expect_ok=True)
-        if version != IMAGE_VERSIONS["v3"]:
-            raise SandboxError(f"after reset the health says {status} {version}, not v3")
+        code, seen = self.wait_health(expect_ok=True)
+        if seen != IMAGE_VERSIONS["v3"]:
+            raise SandboxError(f"after reset the health says {code} {seen}, not v3")
         self.timings["reset_s"] = time.monotonic() - t0
         return self
 

@@ -365,9 +365,9 @@ class SystemRig:
         for inv in [self.sandbox.write_inventory()] + ([self.docker.write_inventory()] if self.docker else []):
             backend.update(json.loads(inv.read_text())["all"]["children"]["backend"]["hosts"])
         agents = json.loads(self.agents.write_inventory().read_text())["all"]["children"][self.agents.group]["hosts"]
-        inv = {"all": {"children": {"backend": {"hosts": backend}, self.agents.group: {"hosts": agents}}}}
+        doc = {"all": {"children": {"backend": {"hosts": backend}, self.agents.group: {"hosts": agents}}}}
         self.inventory().parent.mkdir(parents=True, exist_ok=True)
-        self.inventory().write_text(json.dumps(inv, indent=2) + "\n")  # JSON is YAML
+        self.inventory().write_text(json.dumps(doc, indent=2) + "\n")  # JSON is YAML
         return self.inventory()
 
     def smoke_checks(self) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 _ALNUM = string.ascii_letters + string.digits
@@ -343,7 +343,7 @@ class VercelStandIn:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> VercelStandIn:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -352,7 +352,7 @@ class VercelStandIn:
     @property
     def url(self) -> str:
         assert self._server is not None, "the stand-in is not started"
-        host, port = self._server.server_address[:2]
+        host, port = str(self._server.server_address[0]), self._server.server_address[1]
         return f"http://{host}:{port}"
 
     # -- building the world --------------------------------------------------------------------
@@ -714,6 +714,7 @@ class VercelStandIn:
         stamp = now_ms()
         failing = set(self.failing_domains if self.failing_domains is not None else project.domains[:1])
         statuses = []
+        dep_id: str | None
         for i, domain in enumerate(project.domains):
             if job.outcome == "succeeded":
                 status, dep_id = "completed", job.to_id
@@ -1223,7 +1224,7 @@ class HealthEndpoint:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = str(self._server.server_address[0]), self._server.server_address[1]
         return f"http://{host}:{port}/api/health"
 
     def stop(self) -> None:

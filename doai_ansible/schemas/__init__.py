@@ -45,6 +45,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("diagnose", "agent-connection"): "diagnose",
     ("demo",): "demo",
     ("state", "push"): "state_push",
+    ("config", "show"): "config_show",
 }
 
 

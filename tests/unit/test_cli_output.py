@@ -46,7 +46,7 @@ def test_history_into_a_pipe_closed_early_exits_quietly(tmp_path):
     silently with 141 (128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE)."""
     (tmp_path / "state").mkdir()
     _journal_runs(tmp_path, 800)  # far more than a pipe holds (64 KiB)
-    proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", "history", "--limit", "10000"],
+    proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", "history", "--max", "10000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=_env(tmp_path), cwd=ROOT)
     first = proc.stdout.readline()
@@ -64,7 +64,7 @@ def test_history_into_a_pipe_closed_early_exits_quietly(tmp_path):
     ["--output", "json", "frobnicate"],  # unknown command
     ["backend", "rollback", "--mode", "kubernetes", "--output=json"],  # bad choice, -o after
     ["system", "rollback", "--database-last", "0", "-ojson"],  # out of range
-    ["history", "--limit", "many", "-o", "json"],  # not a number
+    ["history", "--max", "many", "-o", "json"],  # not a number
     ["-o", "json", "undo"],  # a missing argument
     ["-o", "json", "lock"],  # a group without its subcommand
 ])
@@ -348,3 +348,19 @@ def test_history_text_cuts_no_version_or_id_into_another_valid_one(tmp_path):
     assert "dpl_7Hk2mQpZx9aBcDeFgH -> dpl_1234567890abcdefXY" in res.stdout, res.stdout
     assert f"{'a1' * 6} -> {'b2' * 6}" in res.stdout and "a1" * 7 not in res.stdout, res.stdout
     assert f"sha256:{'c3' * 6} -> sha256:{'d4' * 6}" in res.stdout and "c3" * 7 not in res.stdout, res.stdout
+
+
+# -- history --max: --limit means hosts everywhere else; the old spelling still works, with a warning ------------
+def test_history_max_and_the_deprecated_limit(tmp_path):
+    (tmp_path / "state").mkdir()
+    _journal_runs(tmp_path, 5)
+    new = run_cli("history", "--max", "2", "-o", "json", env=_env(tmp_path))
+    assert new.code == 0 and len(new.json()) == 2 and new.stderr == "", new.stderr
+    old = run_cli("history", "--limit", "2", "-o", "json", env=_env(tmp_path))
+    assert (old.code, old.stdout) == (0, new.stdout)
+    assert "deprecated" in old.stderr and "--max" in old.stderr
+    assert len(run_cli("history", "-o", "json", env=_env(tmp_path)).json()) == 5
+    both = run_cli("history", "--max", "2", "--limit", "2", "-o", "json", env=_env(tmp_path))
+    assert both.code == 2 and "--max" in both.json()["error"]
+    shown = run_cli("history", "--help", env=_env(tmp_path)).stdout
+    assert "--max N" in shown and "--limit" not in shown
