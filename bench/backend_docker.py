@@ -16,7 +16,7 @@ reached over a loopback sshd), for each method, N runs of:
 Methods:
   tool:     doai-rollback backend rollback --yes -o json  (fresh state dir each run: no warm
             SSH master connection; the masters a run leaves are closed after it, untimed)
-  playbook: ansible-playbook playbooks/backend-docker-rollback.yml, as an operator runs it
+  playbook: ansible-playbook playbooks/backend_docker_rollback.yml, as an operator runs it
             directly (fresh ControlPath dir each run)
   runbook:  the runbook's section 2 "Docker rollback", its commands in its order, as argv lists
             run *locally* with the rig's DOCKER_HOST (no SSH round trips: this favours the
@@ -194,7 +194,7 @@ def run_playbook(rig: DockerRig, cp: Path) -> subprocess.Popen:
     env = dict(os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.Popen(
-        ["ansible-playbook", "-i", str(rig.inventory), "playbooks/backend-docker-rollback.yml",
+        ["ansible-playbook", "-i", str(rig.inventory), "playbooks/backend_docker_rollback.yml",
          "-e", json.dumps({"doai_backend_docker_reason": "bench"})],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

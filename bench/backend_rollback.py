@@ -17,7 +17,7 @@ N runs of:
 Methods:
   tool:   doai-rollback backend rollback --to SHA --yes -o json   (fresh state dir each run:
           no warm SSH master connection)
-  playbook: ansible-playbook playbooks/backend-pm2-rollback.yml -e doai_backend_pm2_target=SHA,
+  playbook: ansible-playbook playbooks/backend_pm2_rollback.yml -e doai_backend_pm2_target=SHA,
           as an operator runs it directly (fresh ControlPath dir each run); only with --methods;
           `playbook:DIR` runs the playbook of another checkout of this repository (e.g. a copy of
           an earlier version), interleaved with the others for a fair comparison
@@ -137,7 +137,7 @@ def run_playbook(sb: Sandbox, sha: str, extra: dict[str, object], root: Path = R
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     xv = {"doai_backend_pm2_target": sha, "doai_backend_pm2_reason": "bench", **extra}
     return subprocess.Popen(
-        ["ansible-playbook", "-i", str(sb.inventory), "playbooks/backend-pm2-rollback.yml", "-e", json.dumps(xv)],
+        ["ansible-playbook", "-i", str(sb.inventory), "playbooks/backend_pm2_rollback.yml", "-e", json.dumps(xv)],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 

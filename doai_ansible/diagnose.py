@@ -38,9 +38,9 @@ from doai_ansible.settings import write_private
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("api-errors", "migration-failure", "agent-connection")
-BACKEND_PLAYBOOK = "backend-diagnose.yml"
+BACKEND_PLAYBOOK = "backend_diagnose.yml"
 BACKEND_STATS_KEY = "doai_backend_diagnose"
-AGENT_PLAYBOOK = "agent-diagnose.yml"
+AGENT_PLAYBOOK = "agent_diagnose.yml"
 AGENT_STATS_KEY = "doai_agent_diagnose"
 HANDSHAKE_TIMEOUT_S = 5.0
 _SAMPLES = 3  # log lines quoted per host in a finding

@@ -1,5 +1,5 @@
 """The agent part: the DoAi desktop agent on a fleet of PCs (group ``agents``), rolled back by
-the runbook's rename swap, per PC and user (``playbooks/agent-rollback.yml``, role
+the runbook's rename swap, per PC and user (``playbooks/agent_rollback.yml``, role
 ``doai_agent``: its action plugin decides what to do for each observed folder in one place and
 carries it out with the Windows modules, or POSIX ones on the Linux stand-in PCs).
 
@@ -11,7 +11,7 @@ resumed from its marker file).
 
 ``agent reinstall --installer PATH_OR_URL`` is the runbook's other way back: per PC and user,
 the current install kept aside whole, uninstall, the earlier installer run, config.json
-restored, start, verify; a failed step puts the kept install back (``playbooks/agent-reinstall.yml``,
+restored, start, verify; a failed step puts the kept install back (``playbooks/agent_reinstall.yml``,
 the same role and action plugin with ``doai_agent_operation: reinstall``). The installer is
 checked here (path or URL, sha256) before any connection, and again on each PC before anything
 there changes.
@@ -113,7 +113,7 @@ def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None =
 class AgentPart(PlaybookPart):
     part = Part.AGENT
     needs = "PCs in the inventory group `agents`"
-    playbook = "agent-rollback.yml"
+    playbook = "agent_rollback.yml"
     stats_key = "doai_agent"
     var_prefix = "doai_agent"
     group = AGENTS_GROUP
@@ -456,4 +456,4 @@ class AgentPart(PlaybookPart):
 class _Reinstall(AgentPart):
     """The reinstall's playbook run (same role, stats and modules; ``doai_agent_operation: reinstall``)."""
 
-    playbook = "agent-reinstall.yml"
+    playbook = "agent_reinstall.yml"

@@ -1,7 +1,7 @@
 """The backend part, Docker mode: the backend runs as a Compose service on the VPS hosts whose
 inventory says ``doai_backend_mode: docker``.
 
-The work on the hosts is done by ``playbooks/backend-docker-rollback.yml`` (role
+The work on the hosts is done by ``playbooks/backend_docker_rollback.yml`` (role
 ``doai_backend_docker``) through :class:`PlaybookPart`, as for the PM2 mode: the plan resolves
 every host's from -> to as *image ids* (the tag as the registry serves it now, read from its
 manifest, nothing pulled); the apply pins those ids, so a ``:current`` or a registry tag that
@@ -46,13 +46,13 @@ class BackendDockerPart(PlaybookPart):
     part = Part.BACKEND
     mode = "docker"
     needs = "hosts in the inventory group `backend` with doai_backend_mode: docker"
-    playbook = "backend-docker-rollback.yml"
-    status_playbook = "backend-docker-status.yml"
-    release_playbook = "backend-docker-release-lock.yml"
+    playbook = "backend_docker_rollback.yml"
+    status_playbook = "backend_docker_status.yml"
+    release_playbook = "backend_docker_release_lock.yml"
     stats_key = "doai_backend_docker"
     status_stats_key = "doai_backend_docker_status"
     release_stats_key = "doai_backend_docker_release"
-    prepare_playbook = "backend-docker-prepare.yml"
+    prepare_playbook = "backend_docker_prepare.yml"
     prepare_stats_key = "doai_backend_docker_prepare"
     logs_task = "Read the last container log lines"
     logs_name = "container"

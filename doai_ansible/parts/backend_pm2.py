@@ -1,6 +1,6 @@
 """The backend part, PM2 mode: a git-deployed Node API under PM2 on the VPS hosts.
 
-The work on the hosts is done by ``playbooks/backend-pm2-rollback.yml`` (role
+The work on the hosts is done by ``playbooks/backend_pm2_rollback.yml`` (role
 ``doai_backend_pm2``) through the ansible-runner wrapper, by way of :class:`PlaybookPart`:
 
 * plan: the playbook in check mode; each host reports from -> to (full SHAs) in its stats. All
@@ -11,7 +11,7 @@ The work on the hosts is done by ``playbooks/backend-pm2-rollback.yml`` (role
   back are put back too, so the pool never serves mixed releases.
 * a host whose SSH link dropped after it started is resumed when it comes back: the role
   (``doai_backend_pm2_resume``) finishes or undoes the work of this run and releases its lock.
-* prepare (:meth:`BackendPart.prepare`, ``playbooks/backend-pm2-prepare.yml``): not a rollback;
+* prepare (:meth:`BackendPart.prepare`, ``playbooks/backend_pm2_prepare.yml``): not a rollback;
   installs the node_modules tree of the commit a rollback would go to into each host's cache,
   so that rollback is a rename instead of an ``npm ci``. Changes neither the app nor PM2.
 """
@@ -28,10 +28,10 @@ from doai_ansible.model import Part, Step, StepResult
 from doai_ansible.part import Request
 from doai_ansible.parts.playbook import HostReport, PlaybookPart, health_text
 
-ROLLBACK_PLAYBOOK = "backend-pm2-rollback.yml"
-STATUS_PLAYBOOK = "backend-pm2-status.yml"
-RELEASE_PLAYBOOK = "backend-pm2-release-lock.yml"
-PREPARE_PLAYBOOK = "backend-pm2-prepare.yml"
+ROLLBACK_PLAYBOOK = "backend_pm2_rollback.yml"
+STATUS_PLAYBOOK = "backend_pm2_status.yml"
+RELEASE_PLAYBOOK = "backend_pm2_release_lock.yml"
+PREPARE_PLAYBOOK = "backend_pm2_prepare.yml"
 PREPARE_STATS_KEY = "doai_backend_pm2_prepare"
 # What the prepare reports per host, as an operator reads it.
 PREPARE_WORDS = {

@@ -1,4 +1,4 @@
-# agent-diagnose.yml on a Windows PC: a TCP connect to the backend's Socket.IO port, as the agent
+# agent_diagnose.yml on a Windows PC: a TCP connect to the backend's Socket.IO port, as the agent
 # would make it (5 s). Prints doai-tcp-open, doai-tcp-timeout or doai-tcp-closed <why>.
 #
 # Run through ansible.builtin.raw as `& { <this file> } -Server '<host>' -Port <port>`: raw takes

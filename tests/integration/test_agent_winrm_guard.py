@@ -67,7 +67,7 @@ def run_preamble(tmp_path, host_vars: dict, port: int):
     env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_HOME=str(tmp_path / "home"))
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv),
-           str(ROOT / "playbooks" / "agent-rollback.yml"), "--check",
+           str(ROOT / "playbooks" / "agent_rollback.yml"), "--check",
            "-e", json.dumps({"doai_agent_winrm_password": CANARY})]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return res.returncode, res.stdout + res.stderr

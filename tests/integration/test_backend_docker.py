@@ -221,7 +221,7 @@ def test_playbook_runs_directly_and_skips_pm2_hosts(docker_rig, state_dir, tmp_p
     path.write_text(json.dumps(inv))
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(path),
-                           str(root / "playbooks" / "backend-docker-rollback.yml")],
+                           str(root / "playbooks" / "backend_docker_rollback.yml")],
                           capture_output=True, text=True, cwd=root, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert rig.health() == (200, "2.0.0")

@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-PLAYBOOK = ROOT / "playbooks" / "backend-pm2-rollback.yml"
+PLAYBOOK = ROOT / "playbooks" / "backend_pm2_rollback.yml"
 # SSH's own retries (ansible.cfg) re-run a task whose connection broke, which rides out a few
 # seconds by itself. The link-cut tests allow one quick retry only, so that the outage outlasts
 # them and what they test is that the detached job is followed again (the role's action plugin

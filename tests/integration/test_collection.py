@@ -1,10 +1,7 @@
 """The collection doai.rollback built with ansible-galaxy, installed into a temporary collections
-path, and one of its playbooks run from another directory against the PM2 rig (issue 21 §1:
-outside the repository the roles were "not found").
-
-The playbooks have dashes in their names (backend-pm2-status.yml), which Ansible does not accept
-in a playbook FQCN (doai.rollback.backend-pm2-status is refused as a name), so the installed
-playbook runs by its path; its roles, modules and the callback resolve by FQCN from the install."""
+path, and one of its playbooks run by its FQCN (doai.rollback.backend_pm2_status) from another
+directory against the PM2 rig (issue 21 §1: outside the repository the roles were "not found");
+its roles, modules and the callback resolve by FQCN from the install too."""
 
 from __future__ import annotations
 
@@ -81,7 +78,8 @@ def test_installed_collection_runs_the_status_playbook_from_elsewhere(installed,
         DOAI_HOST_KEY_AUDIT_FILE=str(audit),
         DOAI_TEST_RECORD=str(record),
     )
-    playbook = collection / "playbooks" / "backend-pm2-status.yml"
+    assert (collection / "playbooks" / "backend_pm2_status.yml").is_file()
+    playbook = "doai.rollback.backend_pm2_status"  # by FQCN: ansible-playbook finds it in the install
     proc = _status(playbook, sb, elsewhere, env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     done = json.loads(record.read_text())
@@ -102,14 +100,18 @@ def test_installed_collection_runs_the_status_playbook_from_elsewhere(installed,
     assert "doai.rollback.doai_backend_pm2" in proc.stdout + proc.stderr
 
 
-def test_a_dashed_playbook_name_is_no_fqcn(installed, tmp_path):
-    """Why the test above runs the playbook by path (Ansible's rule for collection resource names)."""
+def test_every_shipped_playbook_has_a_name_a_playbook_fqcn_accepts(installed, tmp_path):
+    """Ansible refuses dashes in collection resource names (doai.rollback.backend-pm2-status was
+    "could not be found"): the playbooks are named with underscores, and every one of them is found
+    by its FQCN in the install (a syntax check: nothing runs)."""
     collection, home = installed
     env = clean_env(home, ANSIBLE_COLLECTIONS_PATH=str(collection.parents[2]))
+    names = sorted(p.stem for p in (collection / "playbooks").glob("*.yml"))
+    assert names and all(n.replace("_", "").isalnum() for n in names), names
     proc = subprocess.run([str(BIN / "ansible-playbook"), "--syntax-check", "-i", "localhost,",
-                           "doai.rollback.backend-pm2-status"], cwd=tmp_path, env=env, capture_output=True,
+                           *[f"doai.rollback.{n}" for n in names]], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
-    assert proc.returncode != 0 and "could not be found" in proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_the_cli_runs_content_laid_out_as_the_wheel_has_it(sandbox, cli_env, tmp_path):

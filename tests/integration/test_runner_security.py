@@ -27,7 +27,7 @@ def sandbox(fresh_sandbox):
     (ControlPersist) would be reused without a new host key check, hiding a wrong known_hosts."""
     return fresh_sandbox
 
-STATUS = "backend-pm2-status.yml"
+STATUS = "backend_pm2_status.yml"
 
 
 def wrong_known_hosts(sb, tmp_path: Path) -> Path:

@@ -307,7 +307,7 @@ def check_raw_call(path, command):
 
 def test_every_raw_powershell_task_calls_a_script_with_its_parameters():
     calls = raw_calls()
-    # the three that run PowerShell: agent-diagnose's TCP connect, molecule agent_windows' two
+    # the three that run PowerShell: agent_diagnose's TCP connect, molecule agent_windows' two
     scripts = {RAW_CALL.match(c).group(1) for _, _, c in calls if RAW_CALL.match(c)}
     assert scripts == {"agent_tcp_connect.ps1", "prepare_agent_folder.ps1", "read_agent_folder.ps1"}
     for path, name, command in calls:
