@@ -10,6 +10,8 @@ N runs of, per method (order alternating):
 
 Methods:
   tool:   doai-rollback system rollback --reason bench --yes -o json --database-last 1
+  dry:    the same with --dry-run (the plan of every part with the checklist's reads); the rig must
+          be left exactly in the failed state
           (fresh state dir each run: no warm SSH master connection); wall clock of the command
   manual: what an operator types, part by part in the runbook's order, each step timed until
           that part is healthy, the steps summed (time between steps -- reading, deciding -- is
@@ -175,16 +177,17 @@ def run_manual(rig: SystemRig, scratch: Path) -> dict[str, float]:
     return steps
 
 
-def run_tool(rig: SystemRig, scratch: Path) -> dict[str, object]:
+def run_tool(rig: SystemRig, scratch: Path, *, dry: bool = False) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOAI_", "ANSIBLE_"))}
     env.update(rig.env(scratch / "state"))
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "doai_ansible", *TOOL_ARGS], cwd=ROOT, env=env,
+    args = [*TOOL_ARGS, "--dry-run"] if dry else TOOL_ARGS
+    proc = subprocess.run([sys.executable, "-m", "doai_ansible", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1200, check=False)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"tool: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return {"wall_s": wall, **tool_breakdown(proc.stdout)}
+    return {"wall_s": wall} if dry else {"wall_s": wall, **tool_breakdown(proc.stdout)}
 
 
 def tool_breakdown(out: str) -> dict[str, object]:
@@ -203,6 +206,8 @@ def tool_breakdown(out: str) -> dict[str, object]:
         first, last = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
         started, finished = dt.datetime.fromisoformat(data["started"]), dt.datetime.fromisoformat(data["finished"])
         return {"parts": parts, "before_s": (first - started).total_seconds(),
+                # the run's start to the end of its last part (the last part healthy)
+                "last_part_done_s": (last - started).total_seconds(),
                 "between_s": (last - first).total_seconds() - sum(parts.values()),
                 "after_s": (finished - last).total_seconds(), "run_s": (finished - started).total_seconds()}
     except (ValueError, KeyError, IndexError, TypeError) as exc:  # a step without times: no breakdown
@@ -216,14 +221,18 @@ def one(rig: SystemRig, method: str) -> dict[str, object]:
         raise SystemExit(f"the rig is not in the failed state: {rig.state()}")
     scratch = Path(tempfile.mkdtemp(prefix="dsy-", dir="/tmp"))
     try:
-        if method == "tool":
-            r = run_tool(rig, scratch)
+        if method in ("tool", "dry"):
+            r = run_tool(rig, scratch, dry=method == "dry")
         else:
             steps = run_manual(rig, scratch)
             r = {"wall_s": sum(steps.values()), "steps": steps}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     after = rig.state()
+    if method == "dry":
+        if after != rig.expected_bad():
+            raise SystemExit(f"dry: the dry run changed the system:\n{json.dumps(after, indent=1)}")
+        return r
     if after != rig.expected_good():
         raise SystemExit(f"{method}: the system is not back on the good deployment:\n{json.dumps(after, indent=1)}\n"
                          f"expected\n{json.dumps(rig.expected_good(), indent=1)}")
@@ -241,7 +250,8 @@ def fmt(s: dict[str, float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--methods", default="tool,manual", help="comma-separated: tool, manual")
+    ap.add_argument("--methods", default="tool,manual,dry",
+                    help="comma-separated: tool, manual, dry (the tool's --dry-run; must change nothing)")
     ap.add_argument("--no-docker", action="store_true", help="leave the Docker VPS out")
     ap.add_argument("--pcs", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -285,10 +295,16 @@ def main() -> int:
         rows["tool_parts"]["(checklist before the first part)"] = summary([r["before_s"] for r in tool_runs])  # type: ignore[index,misc]
         rows["tool_parts"]["(between the parts)"] = summary([r["between_s"] for r in tool_runs])  # type: ignore[index,misc]
         rows["tool_parts"]["(checklist after the last part)"] = summary([r["after_s"] for r in tool_runs])  # type: ignore[index,misc]
+        rows["tool_parts"]["(run start to the last part done)"] = summary(  # type: ignore[index]
+            [r["last_part_done_s"] for r in tool_runs])  # type: ignore[misc]
         rows["tool_parts"]["(process start and exit, outside the run)"] = summary(  # type: ignore[index]
             [float(r["wall_s"]) - float(r["run_s"]) for r in tool_runs])  # type: ignore[arg-type]
     if "tool" in rows and "manual" in rows:
-        report["ratio_tool_manual"] = rows["tool"]["wall_s"]["median"] / rows["manual"]["wall_s"]["median"]  # type: ignore[index]
+        manual_median = rows["manual"]["wall_s"]["median"]  # type: ignore[index]
+        report["ratio_tool_manual"] = rows["tool"]["wall_s"]["median"] / manual_median  # type: ignore[index]
+        if "tool_parts" in rows:
+            report["ratio_last_part_manual"] = (
+                rows["tool_parts"]["(run start to the last part done)"]["median"] / manual_median)  # type: ignore[index]
     report.update(rows=rows, load_after=os.getloadavg(), total_s=time.monotonic() - t_start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -305,6 +321,8 @@ def main() -> int:
         print(f"| tool: {n} | {fmt(s)} |")
     if "ratio_tool_manual" in report:
         print(f"\nratio tool / manual (medians): {report['ratio_tool_manual']:.2f}")
+    if "ratio_last_part_manual" in report:
+        print(f"ratio last part done / manual (medians): {report['ratio_last_part_manual']:.2f}")
     print(f"total {report['total_s']:.0f} s; wrote {args.out}")
     return 0
 

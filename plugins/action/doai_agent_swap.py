@@ -102,9 +102,6 @@ undo_reinstall = decisions.undo_reinstall
 undo_steps = decisions.undo_steps
 
 
-
-
-
 # --------------------------------------------------------------------------------------------
 # Module calls per OS (pure)
 # --------------------------------------------------------------------------------------------
@@ -193,8 +190,6 @@ def _ps(name, **parameters):
         raise AnsibleError("doai_agent_swap: script %r called with parameters %s, it takes %s"
                            % (name, sorted(parameters), sorted(want or ())))
     return (WIN_POWERSHELL, {"script": script_text(name), "parameters": parameters})
-
-
 
 
 def _win(rel):

@@ -674,8 +674,8 @@ def undo_reinstall(done, stamp, options=None, version=None, failed=None):
     counts as done."""
     ops_done = [s["op"] for s in done] + ([failed["op"]] if failed else [])
     marker = next((s for s in done if s["op"] == "marker"), None)
-    put_back = None if marker is None else {"op": "marker", "content": dict(marker["content"], phase="put_back",
-                                                                           at=stamp)}
+    put_back = None if marker is None else {
+        "op": "marker", "content": dict(marker["content"], phase="put_back", at=stamp)}
     o = dict(REINSTALL_DEFAULTS, **(options or {}))
     if "keep_copy" in ops_done and set(ops_done) - {"stop", "marker", "keep_copy"}:
         kept = next(s["dest"] for s in done if s["op"] == "keep_copy")

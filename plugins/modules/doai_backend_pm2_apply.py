@@ -267,8 +267,8 @@ def crash_looping(procs, baseline, limit):
     for x in procs:
         extra = (x["restarts"] or 0) - baseline.get(x["pm_id"], 0) - 1
         if x["status"] == "errored" or extra >= limit:
-            looping.append("%s (id %s): %s, %d restarts" % (x["name"], x["pm_id"], x["status"],
-                                                             max(0, extra + 1)))
+            looping.append("%s (id %s): %s, %d restarts"
+                           % (x["name"], x["pm_id"], x["status"], max(0, extra + 1)))
     return looping
 
 

@@ -95,7 +95,7 @@ def test_installed_collection_runs_the_status_playbook_from_elsewhere(installed,
     # really came from the install, not from the repository.
     env.pop("ANSIBLE_COLLECTIONS_PATH")
     env.pop("ANSIBLE_CALLBACKS_ENABLED")
-    proc = _status(playbook, sb, elsewhere, env)
+    proc = _status(collection / "playbooks" / "backend_pm2_status.yml", sb, elsewhere, env)  # by its path
     assert proc.returncode != 0
     assert "doai.rollback.doai_backend_pm2" in proc.stdout + proc.stderr
 
