@@ -18,10 +18,11 @@ Methods:
             SSH master connection; the masters a run leaves are closed after it, untimed)
   playbook: ansible-playbook playbooks/backend_docker_rollback.yml, as an operator runs it
             directly (fresh ControlPath dir each run)
-  runbook:  the runbook's section 2 "Docker rollback", its commands in its order, as argv lists
-            run *locally* with the rig's DOCKER_HOST (no SSH round trips: this favours the
-            runbook): docker-compose down; docker tag :current :rollback; docker pull
-            :previous; docker tag :previous :current; docker-compose up -d
+  runbook:  the runbook's section 2 "Docker rollback", its commands in its order, typed over
+            ssh as an operator does (one ssh session into the VPS running them one after the
+            other, `set -e`; `--manual-local` runs them locally with the rig's DOCKER_HOST
+            instead, no SSH at all): docker-compose down; docker tag :current :rollback;
+            docker pull :previous; docker tag :previous :current; docker-compose up -d
   reordered-manual: the same manual commands in the role's order: docker pull :previous;
             docker tag :current :rollback; docker tag :previous :current;
             docker-compose up -d --no-deps api  (separates the effect of the order from the
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -127,17 +129,28 @@ def wait_healthy(rig: DockerRig, t0: float, deadline_s: float = 120) -> float | 
 
 
 class Steps(threading.Thread):
-    """Manual commands (argv lists), one after the other, locally against the rig's dockerd;
-    stops at the first that fails. Records each command's duration."""
+    """Manual commands (argv lists), one after the other, stopping at the first that fails: over
+    ssh in one session (``over_ssh``, as an operator types them; the whole session's time), or
+    locally against the rig's dockerd (each command's duration recorded)."""
 
-    def __init__(self, rig: DockerRig, commands: list[list[str]]) -> None:
+    def __init__(self, rig: DockerRig, commands: list[list[str]], *, over_ssh: bool = True) -> None:
         super().__init__(daemon=True)
-        self.rig, self.commands = rig, commands
+        self.rig, self.commands, self.over_ssh = rig, commands, over_ssh
         self.returncode: int | None = None
         self.err = ""
         self.durations: list[tuple[str, float]] = []
 
     def run(self) -> None:
+        if self.over_ssh:
+            commands = "; ".join(shlex.join(argv) for argv in self.commands)
+            script = (f"set -e; cd {shlex.quote(str(self.rig.project_dir))}; "
+                      f"export DOCKER_HOST={shlex.quote(self.rig.docker_host)}; {commands}")
+            t = time.monotonic()
+            proc = subprocess.run(self.rig.vps.ssh_argv(script), capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=300, check=False)
+            self.durations.append(("ssh session", round(time.monotonic() - t, 3)))
+            self.returncode, self.err = proc.returncode, proc.stderr[-2000:] if proc.returncode else ""
+            return
         for argv in self.commands:
             t = time.monotonic()
             proc = subprocess.run(argv, cwd=self.rig.project_dir, env=self.rig.env, capture_output=True,
@@ -200,7 +213,7 @@ def run_playbook(rig: DockerRig, cp: Path) -> subprocess.Popen:
     )
 
 
-def one(rig: DockerRig, method: str, hostvars: dict[str, object]) -> dict[str, object]:
+def one(rig: DockerRig, method: str, hostvars: dict[str, object], *, manual_local: bool = False) -> dict[str, object]:
     rig.reset()  # untimed: v3 live, :previous -> v2 in the registry only
     rig.write_inventory(**hostvars)
     v2 = rig.image_ids["v2"]
@@ -215,7 +228,8 @@ def one(rig: DockerRig, method: str, hostvars: dict[str, object]) -> dict[str, o
             elif method == "playbook":
                 proc = run_playbook(rig, tmp)
             else:
-                steps = Steps(rig, runbook_commands(rig) if method == "runbook" else reordered_commands(rig))
+                steps = Steps(rig, runbook_commands(rig) if method == "runbook" else reordered_commands(rig),
+                              over_ssh=not manual_local)
                 steps.start()
             healthy = wait_healthy(rig, t0)
             if steps is None:
@@ -250,6 +264,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                     help="a host variable in the rig's inventory, for tool and playbook (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backend_docker.json")
+    ap.add_argument("--manual-local", action="store_true",
+                    help="run the manual methods' commands locally (no ssh), as the first version of this bench did")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
@@ -263,10 +279,10 @@ def main() -> int:
     try:
         rig.start()
         for method in methods:  # warm-up, discarded: page cache, Ansible's imports, compose's
-            one(rig, method, hostvars)
+            one(rig, method, hostvars, manual_local=args.manual_local)
         for i in range(args.runs):
             for method in methods if i % 2 == 0 else methods[::-1]:  # alternate order
-                r = one(rig, method, hostvars)
+                r = one(rig, method, hostvars, manual_local=args.manual_local)
                 results[method].append(r)
                 print(f"{method:16} run {i + 1}: healthy {r['to_healthy_s']:.2f} s, command {r['wall_s']:.2f} s, "
                       f"failed {r['failed']}/{r['requests']}, outage {r['outage_s']:.2f} s"
@@ -278,7 +294,8 @@ def main() -> int:
             shutil.rmtree(wd, ignore_errors=True)
 
     report: dict[str, object] = {"runs": args.runs, "hostvars": hostvars,
-                                 "runbook_method": "argv lists run locally with the rig's DOCKER_HOST (no ssh)",
+                                 "runbook_method": ("argv lists run locally with the rig's DOCKER_HOST (no ssh)"
+                                                    if args.manual_local else "one ssh session into the VPS, set -e"),
                                  "methods": {}}
     print(f"\nmedians of {args.runs} runs (min-max)")
     print(f"{'method':16} {'to healthy s':>20} {'command s':>20} {'failed requests':>16} {'outage s':>20}")
