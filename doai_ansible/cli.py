@@ -35,6 +35,7 @@ from doai_ansible.clikit import (  # noqa: F401 (re-exported: the CLI's helpers,
 )
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
 from doai_ansible.model import RunResult
+from doai_ansible.part import Scenario
 from doai_ansible.render import emit_json, short_ref
 
 log = logging.getLogger("doai_ansible")
@@ -415,36 +416,22 @@ def _diagnose(opts: Options, scenario: str, limit: str | None = None) -> ExitSta
     return result.exit_status
 
 
-@diagnose_group.command("api-errors")
-@click.option("--limit", "-l", metavar="HOSTS", default=None, help="Only these backend hosts (Ansible pattern).")
-@common_options
-@pass_opts
-@dry_run("read-only")
-def diagnose_api_errors(opts: Options, limit: str | None) -> ExitStatus:
-    """A: PM2 or container logs scanned for errors, the environment variables the backend needs
-    (names only), health and the live release; proposes the backend rollback."""
-    return _diagnose(opts, "api-errors", limit)
+def _diagnose_command(scenario: Scenario) -> click.Command:
+    """``diagnose <scenario>``, as the part that runs it declares it (name, help, ``--limit``)."""
+
+    def command(opts: Options, limit: str | None = None) -> ExitStatus:
+        return _diagnose(opts, scenario.name, limit)
+
+    command.__name__ = "diagnose_" + scenario.name.replace("-", "_")
+    f = common_options(pass_opts(dry_run("read-only")(command)))
+    if scenario.limit is not None:
+        metavar, text = scenario.limit
+        f = click.option("--limit", "-l", metavar=metavar, default=None, help=text)(f)
+    return diagnose_group.command(scenario.name, help=scenario.help)(f)
 
 
-@diagnose_group.command("migration-failure")
-@common_options
-@pass_opts
-@dry_run("read-only")
-def diagnose_migration_failure(opts: Options) -> ExitStatus:
-    """B: migration state, half-applied migrations and the integrity checks; proposes a database
-    rollback or restore."""
-    return _diagnose(opts, "migration-failure")
-
-
-@diagnose_group.command("agent-connection")
-@click.option("--limit", "-l", metavar="PCS", default=None, help="Only these agent PCs (Ansible pattern).")
-@common_options
-@pass_opts
-@dry_run("read-only")
-def diagnose_agent_connection(opts: Options, limit: str | None) -> ExitStatus:
-    """C: the backend's Socket.IO handshake, its port from each agent PC, the agents per PC and
-    user; proposes the firewall, the backend, an agent rollback or reinstall."""
-    return _diagnose(opts, "agent-connection", limit)
+for _scenario in parts_registry.scenarios():  # the runbook's order: A, B, C
+    _diagnose_command(_scenario)
 
 
 # -- demo ------------------------------------------------------------------------------------------

@@ -247,6 +247,26 @@ class SystemOption:
         return self.flag.lstrip("-").replace("-", "_")
 
 
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One of the runbook's section-7 scenarios a part diagnoses: ``doai-rollback diagnose <name>``.
+
+    ``letter`` is the runbook's (A, B, C: the order of the section and of ``diagnose --help``);
+    ``help`` the command's help (its first line the summary); ``function`` the
+    ``module:function`` that runs it, imported only when it runs (building the command tree
+    stays light), called as ``function(ctx, limit=...)``, or ``function(ctx)`` when ``limit``
+    is None; ``limit`` the ``--limit`` option's (metavar, help), or None when ``--limit`` does
+    not apply (then ``no_limit`` is the refusal's message).
+    """
+
+    name: str
+    letter: str
+    help: str
+    function: str
+    limit: tuple[str, str] | None = None
+    no_limit: str = ""
+
+
 class PartCli:
     """A part's face on the command line, kept apart from the part itself so that building the
     command tree (``--help``, shell completion) imports no part (the dashboard's httpx, the
@@ -256,6 +276,8 @@ class PartCli:
     part: ClassVar[Part]
     #: The options of ``system rollback`` for this part, in the order ``--help`` shows them.
     system_options: ClassVar[tuple[SystemOption, ...]] = ()
+    #: The runbook's diagnose scenarios this part runs (``doai-rollback diagnose ...``).
+    scenarios: ClassVar[tuple[Scenario, ...]] = ()
 
     @property
     def name(self) -> str:

@@ -8,7 +8,8 @@ the CLI's generic commands (status, health, undo, history, lock) and the rendere
 Each entry also names the part's face on the command line (a :class:`~doai_ansible.part.PartCli`
 in a light module that imports no part): its own commands (``doai-rollback backend ...``), its
 options of ``system rollback`` and how they become its request. :mod:`doai_ansible.cli` and
-:mod:`doai_ansible.system` reach them through :func:`cli_of` and :func:`all_clis`, so a fifth
+:mod:`doai_ansible.system` reach them through :func:`cli_of` and :func:`all_clis`, and
+:mod:`doai_ansible.diagnose` the parts' diagnose scenarios through :func:`scenarios`, so a fifth
 part is one entry here, its part module and its cli module, with no edit elsewhere.
 """
 
@@ -21,7 +22,7 @@ from doai_ansible.errors import UsageError
 from doai_ansible.model import Part
 
 if TYPE_CHECKING:
-    from doai_ansible.part import PartBase, PartCli
+    from doai_ansible.part import PartBase, PartCli, Scenario
 
 REGISTRY: dict[Part, str] = {
     Part.AGENT: "doai_ansible.parts.agent:AgentPart",
@@ -71,6 +72,26 @@ def cli_of(name: str | Part) -> PartCli:
 def all_clis() -> list[PartCli]:
     """Every registered part's command-line face, in the runbook's order."""
     return [cli_of(n) for n in names() if Part(n) in CLI]
+
+
+def scenarios() -> list[Scenario]:
+    """Every part's diagnose scenarios, in the runbook's order of its section 7 (A, B, C)."""
+    return sorted((s for face in all_clis() for s in face.scenarios), key=lambda s: s.letter)
+
+
+def scenario(name: str) -> Scenario:
+    """The diagnose scenario called ``name``."""
+    known = scenarios()
+    for s in known:
+        if s.name == name:
+            return s
+    raise UsageError(f"unknown scenario {name!r}", hint=f"one of {', '.join(s.name for s in known)}")
+
+
+def scenario_function(spec: str) -> Any:
+    """The function a scenario's ``module:function`` names (its module imported now)."""
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def names() -> list[str]:

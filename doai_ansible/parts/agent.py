@@ -126,11 +126,12 @@ class AgentPart(PlaybookPart):
         """Every reachable PC's agent logs, per user, one file per PC; a PC whose agents keep no
         log the tool can read (Windows): this part's status of it."""
         from doai_ansible import diagnose as dg
+        from doai_ansible.parts.agent_diagnose import agent_reports
 
         try:
             if not dg.group_hosts(ctx, self.group, None):
                 return []
-            reps = dg.agent_reports(ctx, None, host="", port=None, lines=lines, label="logs")
+            reps = agent_reports(ctx, None, host="", port=None, lines=lines, label="logs")
         except DoaiError as exc:
             return [dg.log_entry(self.name, "*", error=str(exc))]
         out = []

@@ -14,7 +14,7 @@ from doai_ansible import state as state_store
 from doai_ansible.clikit import Options, common_options, complete_run_id, dry_run, pass_opts, render_status, run_jobs
 from doai_ansible.errors import ExitStatus, UsageError
 from doai_ansible.model import Part
-from doai_ansible.part import PartCli, SystemOption
+from doai_ansible.part import PartCli, Scenario, SystemOption
 
 if TYPE_CHECKING:
     from doai_ansible.parts.agent import AgentPart
@@ -127,6 +127,13 @@ def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, publi
 
 class AgentCli(PartCli):
     part = PART
+    scenarios = (
+        Scenario("agent-connection", "C",
+                 "C: the backend's Socket.IO handshake, its port from each agent PC, the agents per PC and\n"
+                 "user; proposes the firewall, the backend, an agent rollback or reinstall.",
+                 "doai_ansible.parts.agent_diagnose:agent_connection",
+                 limit=("PCS", "Only these agent PCs (Ansible pattern).")),
+    )
     system_options = (
         SystemOption("--agent-max-fail-percent", "max_fail_percent", "--max-fail-percent",
                      {"type": click.IntRange(0, 100), "default": None,

@@ -65,11 +65,12 @@ class BackendPart(PartBase):
         """Every backend host's last log lines (PM2 out/err, or the container's), read by the
         backend's diagnose playbook, one file per host."""
         from doai_ansible import diagnose as dg
+        from doai_ansible.parts.backend_diagnose import backend_reports
 
         try:
             if not dg.group_hosts(ctx, self.group, None):
                 return []
-            reps = dg.backend_reports(ctx, None, env=(), lines=max(lines, 1), label="logs")
+            reps = backend_reports(ctx, None, env=(), lines=max(lines, 1), label="logs")
         except DoaiError as exc:
             return [dg.log_entry(self.name, "*", error=str(exc))]
         out = []

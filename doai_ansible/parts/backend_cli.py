@@ -13,7 +13,7 @@ from doai_ansible import parts as parts_registry
 from doai_ansible.clikit import Options, common_options, dry_run, pass_opts, render_status, run_jobs
 from doai_ansible.errors import ExitStatus
 from doai_ansible.model import Part
-from doai_ansible.part import PartCli, SystemOption
+from doai_ansible.part import PartCli, Scenario, SystemOption
 from doai_ansible.render import emit_json
 
 if TYPE_CHECKING:
@@ -91,6 +91,13 @@ def backend_status(opts: Options, limit: str | None) -> ExitStatus:
 
 class BackendCli(PartCli):
     part = PART
+    scenarios = (
+        Scenario("api-errors", "A",
+                 "A: PM2 or container logs scanned for errors, the environment variables the backend needs\n"
+                 "(names only), health and the live release; proposes the backend rollback.",
+                 "doai_ansible.parts.backend_diagnose:api_errors",
+                 limit=("HOSTS", "Only these backend hosts (Ansible pattern).")),
+    )
     system_options = (
         SystemOption("--backend-to", "to", "--to", {"metavar": "REF|TAG|IMAGE_ID", "default": None,
                                                     "help": "The backend's target (default: as `backend rollback`)."}),

@@ -15,7 +15,7 @@ from doai_ansible import parts as parts_registry
 from doai_ansible.clikit import Options, common_options, dry_run, pass_opts, render_status, run_jobs
 from doai_ansible.errors import ExitStatus, UsageError
 from doai_ansible.model import Part
-from doai_ansible.part import PartCli, SystemOption
+from doai_ansible.part import PartCli, Scenario, SystemOption
 from doai_ansible.render import emit_json
 
 if TYPE_CHECKING:
@@ -144,6 +144,13 @@ def database_restore_cmd(opts: Options, snapshot: Path, reason: str | None) -> E
 
 class DatabaseCli(PartCli):
     part = PART
+    scenarios = (
+        Scenario("migration-failure", "B",
+                 "B: migration state, half-applied migrations and the integrity checks; proposes a database\n"
+                 "rollback or restore.",
+                 "doai_ansible.parts.database_diagnose:migration_failure",
+                 no_limit="--limit does not apply to the database"),
+    )
     system_options = (
         SystemOption("--database-last", "last", "--last",
                      {"type": click.IntRange(1, 100), "default": None,

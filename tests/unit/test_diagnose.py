@@ -11,7 +11,10 @@ import httpx
 import pytest
 
 from doai_ansible import diagnose
-from doai_ansible.diagnose import Diagnosis, migration_objects, scan_log, socket_target
+from doai_ansible.diagnose import Diagnosis, scan_log
+from doai_ansible.parts import agent_diagnose, backend_diagnose, database_diagnose
+from doai_ansible.parts.agent_diagnose import socket_target
+from doai_ansible.parts.database_diagnose import migration_objects
 
 from tests.conftest import COLLECTION_BOOT, PLUGINS, module_utils
 
@@ -78,7 +81,7 @@ def _report(**over):
 
 def test_a_healthy_host_report_gives_no_fault():
     d = Diagnosis("api-errors")
-    assert diagnose._api_host(d, "vps1", _report(), ("DATABASE_URL",)) is False
+    assert backend_diagnose._api_host(d, "vps1", _report(), ("DATABASE_URL",)) is False
     assert d.healthy and d.exit_status == 0
     assert {f.check for f in d.findings} == {"health", "processes", "environment", "logs", "release"}
 
@@ -89,8 +92,8 @@ def test_a_host_with_a_missing_variable_and_500s_is_a_fault_and_the_rollback_is_
                   processes=[{"name": "api", "pm_id": 0, "status": "online", "restarts": 3, "env_source": "process",
                               "missing_env": ["DATABASE_URL"]}],
                   logs=[{"kind": "out", "text": "GET /api/x 500 1 ms", "error": None}])
-    assert diagnose._api_host(d, "vps1", rep, ("DATABASE_URL", "PORT")) is True
-    diagnose._api_next(d, ["vps1"], ["vps1", "vps2"], None)
+    assert backend_diagnose._api_host(d, "vps1", rep, ("DATABASE_URL", "PORT")) is True
+    backend_diagnose._api_next(d, ["vps1"], ["vps1", "vps2"], None)
     bad = {f.check: f.detail for f in d.findings if not f.ok}
     assert set(bad) == {"health", "environment", "logs"}
     assert "DATABASE_URL" in bad["environment"] and "PORT" not in bad["environment"]
@@ -133,7 +136,7 @@ def test_indexes_and_quoted_names():
     (True, {("table", "s.t"): True}, False),
 ])
 def test_half_applied(applied, present, half):
-    assert (diagnose.half_applied(applied, present) is not None) is half
+    assert (database_diagnose.half_applied(applied, present) is not None) is half
 
 
 # -- Socket.IO ------------------------------------------------------------------------------------------
@@ -161,23 +164,23 @@ def _transport(status, body):
 def test_handshake_accepts_an_open_packet_and_names_what_else_it_got():
     open_packet = "0" + json.dumps({"sid": "abc", "upgrades": [], "pingInterval": 25000})
     t, seen = _transport(200, open_packet)
-    ok, detail = diagnose.handshake("http://api:3001", transport=t)
+    ok, detail = agent_diagnose.handshake("http://api:3001", transport=t)
     assert ok and str(seen[0]) == "http://api:3001/socket.io/?EIO=4&transport=polling"
-    assert diagnose.handshake("http://api:3001", transport=_transport(404, "Cannot GET")[0]) == (
+    assert agent_diagnose.handshake("http://api:3001", transport=_transport(404, "Cannot GET")[0]) == (
         False, "http://api:3001/socket.io/?EIO=4&transport=polling: HTTP 404")
-    ok, detail = diagnose.handshake("http://api:3001", transport=_transport(200, "<html>")[0])
+    ok, detail = agent_diagnose.handshake("http://api:3001", transport=_transport(200, "<html>")[0])
     assert not ok and "not an Engine.IO open packet" in detail
-    assert diagnose.parse_handshake(200, '0{"sid": ""}') == "the open packet has no sid"
+    assert agent_diagnose.parse_handshake(200, '0{"sid": ""}') == "the open packet has no sid"
 
 
 def test_agent_report_findings():
     d = Diagnosis("agent-connection")
-    target = diagnose.SocketTarget("http://api:3001", "api", 3001, "test")
-    closed, stopped = diagnose._agent_host(d, "pc1", {"tcp": {"ok": False, "error": "refused"}, "users": [
+    target = agent_diagnose.SocketTarget("http://api:3001", "api", 3001, "test")
+    closed, stopped = agent_diagnose._agent_host(d, "pc1", {"tcp": {"ok": False, "error": "refused"}, "users": [
         {"user": "alice", "folder": True, "running": True, "pid": 10, "log": "a\nconnected\n"},
         {"user": "bob", "folder": True, "running": False, "pid": None, "log": ""}]}, target)
     assert (closed, stopped) == (["pc1"], ["pc1"])
-    diagnose._agent_next(d, True, closed, stopped, target)
+    agent_diagnose._agent_next(d, True, closed, stopped, target)
     assert d.next[0].startswith("open the firewall: TCP 3001") and "doai-rollback agent rollback --limit pc1" in d.next
     by = {f.target: f for f in d.findings if f.check == "agent process"}
     assert by["pc1/alice"].ok and "last log line: connected" in by["pc1/alice"].detail and not by["pc1/bob"].ok
@@ -186,10 +189,29 @@ def test_agent_report_findings():
 def test_unknown_scenario_and_limit_for_the_database_are_usage_errors():
     from doai_ansible.errors import UsageError
 
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="unknown scenario 'nope'") as info:
         diagnose.run(None, "nope")  # type: ignore[arg-type]
-    with pytest.raises(UsageError):
+    assert info.value.hint == "one of api-errors, migration-failure, agent-connection"
+    with pytest.raises(UsageError, match="^--limit does not apply to the database$"):
         diagnose.run(None, "migration-failure", limit="x")  # type: ignore[arg-type]
+
+
+def test_each_part_brings_its_scenarios_through_the_registry_in_the_runbooks_order():
+    """Section 7's A, B, C, each declared by the part that runs it; its function is found by its
+    dotted name (imported only when it runs) and takes --limit exactly when the scenario says so."""
+    import inspect
+
+    from doai_ansible import parts as registry
+
+    owners = {s.name: face.name for face in registry.all_clis() for s in face.scenarios}
+    assert owners == {"api-errors": "backend", "migration-failure": "database", "agent-connection": "agent"}
+    assert [(s.letter, s.name) for s in registry.scenarios()] == [
+        ("A", "api-errors"), ("B", "migration-failure"), ("C", "agent-connection")]
+    for s in registry.scenarios():
+        fn = registry.scenario_function(s.function)
+        assert fn.__module__ == f"doai_ansible.parts.{owners[s.name]}_diagnose"
+        assert ("limit" in inspect.signature(fn).parameters) is (s.limit is not None), s.name
+        assert s.limit is not None or s.no_limit
 
 
 # -- the host side ----------------------------------------------------------------------------------------

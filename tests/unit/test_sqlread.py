@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from doai_ansible import diagnose
+from doai_ansible.parts import database_diagnose
 from doai_ansible.db import migrations as mig
 
 
@@ -65,12 +65,12 @@ def test_an_unreadable_statement_needs_the_flag_whatever_the_rows():
 def test_quoted_names_are_read_alike_by_the_part_and_diagnose(tmp_path):
     sql = ('CREATE TABLE "Device Logs" (id int);\nALTER TABLE public."Device Logs" ADD COLUMN "Level" text;\n'
            'CREATE INDEX "Logs_Idx" ON "Device Logs" (id);\n')
-    made, _ = diagnose.migration_objects(sql)
+    made, _ = database_diagnose.migration_objects(sql)
     assert made == [("table", "public.Device Logs"), ("column", "public.Device Logs", "Level"),
                     ("index", "public", "Logs_Idx")]
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "20261120000000_x.sql").write_text(sql)
     m = mig.on_disk(tmp_path / "m", tmp_path / "r")["20261120000000"]
     assert m.creates() == ["public.Device Logs"] and m.touches() == ["public.Device Logs"]
-    _, dropped = diagnose.migration_objects('DROP TABLE "Device Logs"; ALTER TABLE "Device Logs" DROP COLUMN "Level";')
+    _, dropped = database_diagnose.migration_objects('DROP TABLE "Device Logs"; ALTER TABLE "Device Logs" DROP COLUMN "Level";')
     assert dropped == {("table", "public.Device Logs"), ("column", "public.Device Logs", "Level")}

@@ -456,3 +456,26 @@ def test_with_yes_the_plans_are_not_read_again_before_the_first_change(tmp_path,
     run = system.rollback(ctx, system.request(ctx, skip="database"))
     assert run.exit_status is ExitStatus.OK, run.message
     assert "recheck dashboard" not in calls and "apply dashboard" in calls
+
+
+@pytest.mark.parametrize("module", ["system.py", "diagnose.py", "cli.py"])
+def test_the_generic_modules_name_no_part(module):
+    """Issue 21: each part brings its request options, commands and diagnose scenarios through
+    the registry, so the generic modules hold no part's name and import no part module."""
+    import ast
+
+    import doai_ansible
+
+    tree = ast.parse((Path(doai_ansible.__file__).parent / module).read_text(encoding="utf-8"))
+    names = {p.value for p in Part}
+    assert names == {"agent", "backend", "database", "dashboard"}
+    literals = sorted({n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names})
+    assert not literals, f"{module} names a part: {literals}"
+    imported = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.module:
+            imported += [n.module] + [f"{n.module}.{a.name}" for a in n.names]
+        elif isinstance(n, ast.Import):
+            imported += [a.name for a in n.names]
+    bad = sorted(m for m in imported if m.startswith("doai_ansible.parts.") and m != "doai_ansible.parts.__init__")
+    assert not bad, f"{module} imports a part module: {bad}"
