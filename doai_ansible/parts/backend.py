@@ -13,6 +13,7 @@ mixed releases.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,18 @@ class BackendPart(PartBase):
         return req
 
     def plan(self, ctx: RunContext, request: Request) -> list[Step]:
+        return sorted(self._plan_modes(ctx, self._plan_split(ctx, request)), key=lambda s: s.target)
+
+    def _plan_modes(self, ctx: RunContext, subs: list[tuple[str, Request]]) -> list[Step]:
+        """Every mode's plan, side by side (each reads its own hosts only; all validated before
+        the first runs); a refusal is the first in the modes' order, after every plan ended."""
+        from doai_ansible.engine import in_parallel
+
+        done = in_parallel({mode: functools.partial(self.modes[mode].plan, ctx, sub) for mode, sub in subs})
         steps: list[Step] = []
-        for mode, sub in self._plan_split(ctx, request):  # all validated before the first plan runs
-            steps += self._mark(mode, self.modes[mode].plan(ctx, sub))
-        return sorted(steps, key=lambda s: s.target)
+        for mode, _ in subs:
+            steps += self._mark(mode, done[mode])
+        return steps
 
     def one_pass(self, request: Request) -> bool:
         return request.action == "rollback" and not request.targets
@@ -183,10 +192,7 @@ class BackendPart(PartBase):
             self._mark(mode, [r.step for r in results])
             return results
         # Both modes: plan every host first (all or nothing), then apply mode by mode.
-        steps: list[Step] = []
-        for mode, sub in subs:
-            steps += self._mark(mode, self.modes[mode].plan(ctx, sub))
-        return self.apply(ctx, steps, request)
+        return self.apply(ctx, self._plan_modes(ctx, subs), request)
 
     def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
         by_mode: dict[str, list[Step]] = {}
@@ -273,8 +279,12 @@ class BackendPart(PartBase):
             return {"part": self.name, "configured": False, "hosts": {}, "reachable": True, "healthy": True}
         hosts: dict[str, Any] = {}
         reachable = True
-        for mode, names in split.items():
-            st = self.modes[mode].status(ctx, limit=",".join(names))
+        from doai_ansible.engine import in_parallel
+
+        found = in_parallel({mode: functools.partial(self.modes[mode].status, ctx, limit=",".join(names))
+                             for mode, names in split.items()})  # each mode its own hosts: side by side
+        for mode in split:
+            st = found[mode]
             reachable = reachable and st.get("reachable", True)
             for host, h in st["hosts"].items():
                 h["mode"] = mode
