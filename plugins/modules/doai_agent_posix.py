@@ -54,6 +54,7 @@ options:
   retries: {description: "rename - attempts.", type: int, default: 1}
   delay: {description: "rename - seconds between attempts.", type: float, default: 1}
   timeout: {description: "stop, verify - seconds to wait.", type: float, default: 30}
+  settle: {description: "verify - seconds the agent must keep running once found (one that dies as it starts fails).", type: float, default: 1.0}
   command: {description: "start, run - argv; the element C({current}) or a prefix C({current}/) names app-current.", type: list, elements: str}
   expected: {description: "verify - the version app-current must hold (empty - any).", type: str, default: ""}
   missing_ok: {description: "rename - a missing source is no error (nothing moved).", type: bool, default: false}
@@ -577,7 +578,8 @@ def argument_spec():
         marker=dict(type="str", default=".doai-rollback.json"), content=dict(type="dict"),
         src=dict(type="str"), dest=dict(type="str"), keep_as=dict(type="str"), kept=dict(type="str", default=""),
         retries=dict(type="int", default=1), delay=dict(type="float", default=1),
-        timeout=dict(type="float", default=30), command=dict(type="list", elements="str"),
+        timeout=dict(type="float", default=30), settle=dict(type="float", default=1.0),
+        command=dict(type="list", elements="str"),
         expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
         sha256=dict(type="str", default=""), steps=dict(type="list", elements="dict", default=[]),
     )
@@ -804,6 +806,14 @@ def act(module, folder, p):
             if pid is not None or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
+        # Running means still running a moment later: an agent that dies as it starts (a bad
+        # release) must not pass because it was looked at in its first milliseconds - right after
+        # the start when a user's steps run in one call (op=steps).
+        settle_end = time.monotonic() + p["settle"]
+        while pid is not None and time.monotonic() < settle_end:
+            time.sleep(0.1)
+            if not pid_alive(pid):
+                pid = None
         version = _version_at(folder, "app-current/" + p["version_file"])
         result = dict(changed=False, running=pid is not None, pid=pid, version=version)
         if pid is None or (p["expected"] and version != p["expected"]):

@@ -200,3 +200,43 @@ def test_a_folder_reached_through_a_user_made_symlink_is_refused(tmp_path, folde
     out = run_module(tmp_path, {"op": "marker", "root": str(root), "content": {"phase": "x"}})
     assert out.get("failed") is True and "is a symlink" in out["msg"], out
     assert not (share.parent / "share.real" / root.name / ".doai-rollback.json").exists()
+
+
+def test_steps_in_one_call_stop_at_the_first_failure_and_an_agent_that_dies_as_it_starts_fails_verify(tmp_path, folder):
+    """op=steps (a user's steps in one call, issue 20): each step's result in order, up to the
+    first that failed. An agent that exits as it starts is not "running" because verify looked
+    at it in its first milliseconds, right after the start in the same process: it must stay up
+    for ``settle`` seconds. Steps after the failure do not run (the marker is not written)."""
+    root, _ = folder
+    agent = root / "app-current" / "agent"
+    agent.write_text("#!/bin/sh\nsleep 0.3\nexit 3\n")  # dies a moment after it starts
+    agent.chmod(0o755)
+    steps = [{"op": "start", "root": str(root), "command": ["{current}/agent"]},
+             {"op": "verify", "root": str(root), "expected": "2.4.0", "timeout": 5},
+             {"op": "marker", "root": str(root), "content": {"phase": "done"}}]
+    out = run_module(tmp_path, {"op": "steps", "steps": steps})
+    assert out.get("failed") is True and out["failed_index"] == 1, out
+    assert [r.get("failed", False) for r in out["results"]] == [False, True], out
+    assert out["results"][1]["running"] is False and "verify: running=False" in out["msg"], out
+    assert not (root / ".doai-rollback.json").exists()
+
+    # the same steps with an agent that keeps running: every step ran, in order
+    agent.write_text("#!/bin/sh\nexec sleep 30\n")
+    out = run_module(tmp_path, {"op": "steps", "steps": steps})
+    try:
+        assert not out.get("failed") and [r.get("changed") for r in out["results"]] == [True, False, True], out
+        assert out["results"][1]["running"] is True and out["results"][1]["version"] == "2.4.0"
+        assert json.loads((root / ".doai-rollback.json").read_text()) == {"phase": "done"}
+    finally:
+        os.kill(out["results"][0]["pid"], 15)
+
+
+def test_a_step_that_is_not_a_valid_call_runs_nothing(tmp_path, folder):
+    root, _ = folder
+    out = run_module(tmp_path, {"op": "steps", "steps": [
+        {"op": "marker", "root": str(root), "content": {"phase": "x"}},
+        {"op": "rename", "root": str(root)}]})  # rename without src/dest
+    assert out.get("failed") is True and "steps[1] (rename)" in out["msg"] and "nothing was run" in out["msg"], out
+    assert not (root / ".doai-rollback.json").exists()
+    out = run_module(tmp_path, {"op": "steps", "steps": [{"op": "observe"}]})
+    assert out.get("failed") is True and "steps[0]: op must be one of" in out["msg"], out
