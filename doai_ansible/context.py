@@ -27,6 +27,9 @@ class RunContext:
     # Reads shared before the first change (see shared_read); None once reads must be fresh.
     _reads: dict[Any, concurrent.futures.Future[Any]] | None = dataclasses.field(default_factory=dict, repr=False)
     _reads_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    # The whole-system checklist's reads made in the plan's run (see read_along): part -> request.
+    _along: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    along_log_lines: int = 0
 
     @classmethod
     def create(
@@ -62,13 +65,16 @@ class RunContext:
         the hosts, not two (a caller that comes while the read is under way waits for it). After
         :meth:`fresh_reads` every call reads again: the re-check after a confirmation and every
         check after a change must see the live state."""
+        waiting: concurrent.futures.Future[Any] | None = None
         with self._reads_lock:
             if self._reads is None:
                 fut = None
             elif key in self._reads:
-                return self._reads[key].result()
+                waiting = self._reads[key]
             else:
                 fut = self._reads[key] = concurrent.futures.Future()
+        if waiting is not None:  # outside the lock: other reads go on meanwhile
+            return waiting.result()
         if fut is None:
             return read()
         try:
@@ -81,6 +87,20 @@ class RunContext:
             raise
         fut.set_result(value)
         return value
+
+    def read_along(self, requests: dict[str, Any], *, log_lines: int) -> None:
+        """The whole-system checklist reads the state (and ``log_lines`` lines of the logs) of
+        the parts in ``requests`` (part name -> its request) before the plan: a part whose plan
+        is one check-mode run on its hosts reads both in that run, one round trip per host
+        (:meth:`along`), as long as the reads are shared."""
+        self._along = dict(requests)
+        self.along_log_lines = log_lines
+
+    def along(self, part: str) -> Any:
+        """The request of ``part`` whose plan run also reads the checklist's state and logs, or
+        None: not a whole-system run, or the reads must be fresh now (after the plan)."""
+        with self._reads_lock:
+            return None if self._reads is None else self._along.get(part)
 
     def fresh_reads(self) -> None:
         """From now on nothing is shared: the run's plan is confirmed or a change is coming."""

@@ -171,11 +171,15 @@ def _run(ctx: RunContext, playbook: str, extravars: dict[str, Any], limit: str |
     return pb
 
 
-def _per_host(pb: PlaybookRun, key: str) -> dict[str, dict[str, Any]]:
-    """host -> its report, or ``{"error": ..., "unreachable": bool}`` for a host that failed."""
+def _per_host(pb: PlaybookRun, key: str, *, reported_first: bool = False) -> dict[str, dict[str, Any]]:
+    """host -> its report, or ``{"error": ..., "unreachable": bool}`` for a host that failed.
+    ``reported_first``: the run went on after the report (the checklist's reads in a plan's
+    run), so a host that reported keeps its report whatever failed on it later."""
     stats: dict[str, Any] = pb.custom.get(key) or {}
     out: dict[str, dict[str, Any]] = {h: dict(v) for h, v in stats.items()}
     for f in pb.failures:
+        if reported_first and f.host in stats:
+            continue
         out[f.host] = {"error": f"{f.task}: {f.message}" if not f.unreachable else f"unreachable: {f.message}",
                        "unreachable": f.unreachable}
     return dict(sorted(out.items()))

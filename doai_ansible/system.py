@@ -367,6 +367,10 @@ def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job],
             run.warnings = list(ctx.warnings)
             checklist["report"] = write_report(ctx, req, run, checklist, ctx.log_dir)
 
+    # A part whose plan is one check-mode run on its hosts reads the state and the logs kept
+    # here in that run (one round trip per host before anything changes); every read after
+    # the plans is fresh.
+    ctx.read_along({j.part.name: j.request for j in job_list}, log_lines=ctx.settings.system.log_lines)
     return engine.run(ctx, job_list, command=command, reason=req.reason, dry_run=dry_run,
                       confirm=hook if not dry_run and confirm is not None else None,
                       extra={"checklist": checklist}, reverse=reverse,

@@ -131,7 +131,9 @@ class AgentPart(PlaybookPart):
         try:
             if not dg.group_hosts(ctx, self.group, None):
                 return []
-            reps = agent_reports(ctx, None, host="", port=None, lines=lines, label="logs")
+            reps = self._logs_along(ctx)
+            if reps is None:
+                reps = agent_reports(ctx, None, host="", port=None, lines=lines, label="logs")
         except DoaiError as exc:
             return [dg.log_entry(self.name, "*", error=str(exc))]
         out = []
@@ -155,12 +157,38 @@ class AgentPart(PlaybookPart):
         return out
 
     def _status_texts(self, ctx: RunContext, hosts: list[str]) -> dict[str, str]:
-        """host -> this part's status lines of that PC, from one status run over ``hosts``."""
+        """host -> this part's status lines of that PC, from one status run over ``hosts`` (in
+        a whole-system run, the plan's run)."""
         try:
-            st = self.status(ctx, limit=",".join(hosts))
+            st = self.status(ctx) if self._along(ctx) is not None else self.status(ctx, limit=",".join(hosts))
         except DoaiError as exc:
             return {h: f"# {h}: agent status failed: {exc}" for h in hosts}
-        return {h: "\n".join(self.status_lines(dict(st, hosts={h: hst}))) for h, hst in (st.get("hosts") or {}).items()}
+        return {h: "\n".join(self.status_lines(dict(st, hosts={h: hst})))
+                for h, hst in (st.get("hosts") or {}).items() if h in hosts}
+
+    def _along(self, ctx: RunContext) -> Request | None:
+        """The plan's request when the whole-system checklist reads the PCs' state and logs in
+        its run (:meth:`RunContext.along`): a rollback of every user (a run limited to some
+        users would not read the others)."""
+        request = ctx.along(self.name)
+        if (request is None or request.action != "rollback" or request.targets or request.limit
+                or request.options.get("users")):
+            return None
+        return request
+
+    def _logs_along(self, ctx: RunContext) -> dict[str, dict[str, Any]] | None:
+        """Every PC's evidence, from the plan's run (None: not read along)."""
+        from doai_ansible.diagnose import _per_host
+        from doai_ansible.parts.agent_diagnose import AGENT_STATS_KEY
+
+        request = self._along(ctx)
+        if request is None:
+            return None
+        pb = self._run(ctx, request, check=True, label="plan")["pb"]
+        reps = _per_host(pb, AGENT_STATS_KEY, reported_first=True)
+        for host in sorted(set(pb.hosts) - set(reps)):
+            reps[host] = {"error": "its logs could not be read", "unreachable": False}
+        return dict(sorted(reps.items()))
 
     # -- a run -------------------------------------------------------------------------------------
     def request(self, *, limit: str | None = None, users: list[str] | tuple[str, ...] | None = None,
@@ -234,6 +262,9 @@ class AgentPart(PlaybookPart):
         started: set[str] = set()
         runner = _Reinstall(self.fixed_vars) if request.action == "reinstall" else self
         xv = self._vars(ctx, request)
+
+        if check and runner is self and self._along(ctx) == request:
+            xv["doai_agent_read_logs"] = ctx.along_log_lines  # the checklist's logs, in this run
 
         def read() -> PlaybookRun:
             return runner.run(ctx, xv, limit=request.limit, check=check, label=label, started=started)
@@ -406,7 +437,8 @@ class AgentPart(PlaybookPart):
 
     # -- status: the plan of every PC, read-only ------------------------------------------------------
     def status(self, ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
-        steps = self.plan(ctx, self.request(limit=limit))
+        along = self._along(ctx) if limit is None else None
+        steps = self.plan(ctx, along or self.request(limit=limit))
         hosts: dict[str, Any] = {}
         for s in steps:
             h = hosts.setdefault(s.details["host"], {"users": {}, "healthy": True})

@@ -71,7 +71,9 @@ class BackendPart(PartBase):
         try:
             if not dg.group_hosts(ctx, self.group, None):
                 return []
-            reps = backend_reports(ctx, None, env=(), lines=max(lines, 1), label="logs")
+            reps = self._logs_along(ctx)
+            if reps is None:
+                reps = backend_reports(ctx, None, env=(), lines=max(lines, 1), label="logs")
         except DoaiError as exc:
             return [dg.log_entry(self.name, "*", error=str(exc))]
         out = []
@@ -91,6 +93,28 @@ class BackendPart(PartBase):
             dg.write_log(path, "\n".join(parts) + "\n")
             out.append(dg.log_entry(self.name, host, path))
         return out
+
+    def _along(self, ctx: RunContext) -> list[tuple[str, Request]] | None:
+        """(mode, request) of each mode's plan run that also reads the checklist's state and
+        logs (:meth:`RunContext.along`), or None: read them on their own."""
+        request = ctx.along(self.name)
+        if request is None or request.targets or request.limit:
+            return None
+        return self._plan_split(ctx, request)
+
+    def _logs_along(self, ctx: RunContext) -> dict[str, dict[str, Any]] | None:
+        """Every host's evidence, from its mode's plan run (None: not read along)."""
+        from doai_ansible.engine import in_parallel
+        from doai_ansible.parts.backend_diagnose import reports_of
+
+        subs = self._along(ctx)
+        if subs is None:
+            return None
+        runs = in_parallel({mode: functools.partial(self.modes[mode].along_run, ctx, sub) for mode, sub in subs})
+        reps: dict[str, dict[str, Any]] = {}
+        for mode, _ in subs:
+            reps.update(reports_of(runs[mode]))
+        return dict(sorted(reps.items()))
 
     # -- which hosts run which mode ------------------------------------------------------------------
     def split(self, ctx: RunContext, limit: str | None, override: str | None = None,
@@ -281,9 +305,13 @@ class BackendPart(PartBase):
         reachable = True
         from doai_ansible.engine import in_parallel
 
-        found = in_parallel({mode: functools.partial(self.modes[mode].status, ctx, limit=",".join(names))
-                             for mode, names in split.items()})  # each mode its own hosts: side by side
-        for mode in split:
+        subs = self._along(ctx) if limit is None else None
+        if subs is not None:  # the whole-system checklist: read in each mode's plan run
+            found = in_parallel({mode: functools.partial(self.modes[mode].status_along, ctx, sub) for mode, sub in subs})
+        else:
+            found = in_parallel({mode: functools.partial(self.modes[mode].status, ctx, limit=",".join(names))
+                                 for mode, names in split.items()})  # each mode its own hosts: side by side
+        for mode in found:
             st = found[mode]
             reachable = reachable and st.get("reachable", True)
             for host, h in st["hosts"].items():

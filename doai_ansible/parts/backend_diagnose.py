@@ -18,6 +18,7 @@ from doai_ansible.context import RunContext
 from doai_ansible.diagnose import Diagnosis, LogScan, _per_host, _run, group_hosts, scan_log, scrub
 from doai_ansible.errors import UsageError
 from doai_ansible.inventory import BACKEND_GROUP
+from doai_ansible.runner import PlaybookRun
 
 BACKEND_PLAYBOOK = "backend_diagnose.yml"
 BACKEND_STATS_KEY = "doai_backend_diagnose"
@@ -31,6 +32,15 @@ def backend_reports(ctx: RunContext, limit: str | None, *, env: Iterable[str], l
     if not reps and not pb.ok:
         raise pb.error("backend diagnose failed")
     return reps
+
+
+def reports_of(pb: PlaybookRun) -> dict[str, dict[str, Any]]:
+    """The backend evidence a plan's run read for the whole-system checklist (the rollback
+    playbook's ``<prefix>_read_logs``): hosts that could not be read have an error."""
+    reps = _per_host(pb, BACKEND_STATS_KEY, reported_first=True)
+    for host in sorted(set(pb.hosts) - set(reps)):
+        reps[host] = {"error": "its logs could not be read", "unreachable": False}
+    return dict(sorted(reps.items()))
 
 
 

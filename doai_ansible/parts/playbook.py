@@ -312,7 +312,7 @@ class PlaybookPart(PartBase):
     def plan_hosts(self, ctx: RunContext, request: Request, target_vars: dict[str, Any],
                    limit: str | None) -> list[Step]:
         """Plan on every host (check mode); all or nothing: any refusal refuses the whole plan."""
-        pb = self.run(ctx, self.extravars(ctx, request, **target_vars), limit=limit, check=True, label="plan")
+        pb = self.check_run(ctx, request, target_vars, limit)
         reps = reports(pb, self.stats_key)
         if not reps:
             raise self._no_hosts(ctx, pb, limit, "plan")
@@ -320,6 +320,26 @@ class PlaybookPart(PartBase):
         if refused:
             raise refusal_error(refused, self.name)
         return [self.step_from_report(h, r.stats) for h, r in reps.items()]
+
+    def check_run(self, ctx: RunContext, request: Request, target_vars: dict[str, Any],
+                  limit: str | None) -> PlaybookRun:
+        """The plan's check-mode run. In a whole-system run (:meth:`RunContext.along`) it also
+        reads what the checklist keeps of these hosts, their state and their last log lines
+        (``<prefix>_read_status``, ``<prefix>_read_logs``: the playbook's first, read-only
+        tasks), and is made once for the plan, :meth:`status` and the logs: one round trip
+        per host before anything changes instead of three playbook runs."""
+        xv = self.extravars(ctx, request, **target_vars)
+        if ctx.along(self.name) is None:
+            return self.run(ctx, xv, limit=limit, check=True, label="plan")
+        p = self.var_prefix
+        xv.update({f"{p}_read_status": True, f"{p}_read_logs": ctx.along_log_lines})
+        key = (self.name, self.playbook, json.dumps(xv, sort_keys=True, default=str), limit)
+        return ctx.shared_read(key, lambda: self.run(ctx, xv, limit=limit, check=True, label="plan"))
+
+    def along_run(self, ctx: RunContext, request: Request) -> PlaybookRun:
+        """The check-mode run of a plain plan of ``request`` (no per-host targets), as
+        :meth:`plan` makes it: the whole-system checklist's state and logs come from it."""
+        return self.check_run(ctx, request, {"target": request.to or ""}, request.limit)
 
     def _no_hosts(self, ctx: RunContext, pb: PlaybookRun, limit: str | None, what: str) -> DoaiError:
         """Why a run reported no host: a --limit that matches none (its group's hosts listed),
@@ -490,6 +510,15 @@ class PlaybookPart(PartBase):
         pb = run_playbook(ctx.settings, self.status_playbook, limit=limit, on_event=self._progress(ctx, check=True),
                           extravars=dict(self.fixed_vars) or None)
         self._warn(ctx, pb)
+        return self.status_of(pb, limit)
+
+    def status_along(self, ctx: RunContext, request: Request) -> dict[str, Any]:
+        """:meth:`status` of the hosts of ``request``, read in its plan's run (:meth:`check_run`)."""
+        return self.status_of(self.along_run(ctx, request), request.limit)
+
+    def status_of(self, pb: PlaybookRun, limit: str | None) -> dict[str, Any]:
+        """The status from a run that reported ``status_stats_key``; a host that reported it
+        has its state, whatever failed on it later in that run (a plan's refusal)."""
         reps = reports(pb, self.status_stats_key)
         if not reps and limit:
             raise UsageError(f"--limit {limit} matches no host of the {self.name} group")
@@ -499,12 +528,14 @@ class PlaybookPart(PartBase):
         for host, rep in reps.items():
             st = rep.stats
             error = None
-            if rep.failure is not None:
+            if rep.failure is not None and not st:
                 error = st["error"] = "unreachable: " + rep.failure.message if rep.unreachable else rep.failure_text()
+            elif not st:  # e.g. the read in a plan's run failed (ignored there, so the plan went on)
+                error = st["error"] = "its state could not be read"
             hosts[host] = h = self.host_status(host, st, error)
             # What is known, in one word: a host not reached, or one whose service manager did not
             # answer (``unknown``, set by host_status), is neither unhealthy nor without its app.
-            if rep.unreachable:
+            if rep.unreachable and error:
                 h["state"], h["state_detail"] = "unreachable", rep.failure.message if rep.failure else ""
             h.setdefault("state", "healthy" if h.get("healthy") else "unhealthy")
         return {"part": self.name, "configured": bool(hosts), "hosts": hosts,

@@ -186,6 +186,41 @@ def test_dry_run_changes_nothing_and_writes_no_report(system_rig, state_dir):
     assert not (state_dir / "reports").exists()
 
 
+def test_the_checklist_reads_each_host_once_in_its_plan_run(system_rig, state_dir):
+    """Issue 20: before anything changes, each host is contacted by one playbook run that gives
+    its plan, the state the checklist keeps and its last log lines (not a status run, a
+    diagnose run and a plan run). The state and the logs kept are the live ones."""
+    rig = system_rig.break_all()
+    res = _rollback(rig, state_dir, "--dry-run")
+    assert res.code == 0, res.stderr
+    assert rig.state() == rig.expected_bad()
+    run_dir = state_dir / "runs" / res.json()["run_id"]
+    # the playbook runs of the run: the plans only (a status or diagnose run would leave its log too)
+    expected = ["agent_rollback.log", "backend_pm2_rollback.log"] + (
+        ["backend_docker_rollback.log"] if rig.docker else [])
+    assert sorted(p.name for p in (run_dir / "plan").glob("*.log")) == sorted(expected)
+    assert not list(run_dir.rglob("*diagnose*.log")) and not list(run_dir.rglob("*status*.log"))
+    for name in expected[1:]:
+        text = (run_dir / "plan" / name).read_text()
+        assert "Read the state the checklist keeps" in text and "Read the last log lines the checklist keeps" in text
+    # the state kept: what the hosts run now (the failed release), read in the plan run
+    before = json.loads((run_dir / "before-status.json").read_text())
+    vps = before["backend"]["hosts"][rig.sandbox.host_name]
+    assert vps["commit"] == rig.sandbox.commits["v3"] and vps["processes"] and not vps.get("error"), vps
+    assert before["backend"]["healthy"] is False
+    assert set(before["agent"]["hosts"]) == set(rig.agents.pcs)
+    # the logs kept: each backend host's PM2/container log lines and each PC's agent log, per user
+    pm2_log = (run_dir / "logs" / f"backend-{rig.sandbox.host_name}.log").read_text()
+    assert f"# {rig.sandbox.host_name}: backend (pm2)" in pm2_log and "## " in pm2_log
+    for pc in rig.agents.pcs:
+        text = (run_dir / "logs" / f"agent-{pc}.log").read_text()
+        assert all(f"## {pc}/{u}: running pid" in text for u in rig.agents.users), text
+    if rig.docker:
+        docker = before["backend"]["hosts"][rig.docker.host_name]
+        assert docker["mode"] == "docker" and not docker.get("error"), docker
+        assert "backend (docker)" in (run_dir / "logs" / f"backend-{rig.docker.host_name}.log").read_text()
+
+
 def test_refusals_change_nothing(system_rig, state_dir):
     rig = system_rig
     env = rig.env(state_dir)

@@ -453,6 +453,37 @@ def test_a_read_is_shared_before_the_plan_is_confirmed_and_fresh_after(ctx):
     assert ctx.shared_read("k", lambda: "live again") == "live again"
 
 
+def test_a_caller_waiting_for_one_shared_read_does_not_hold_up_the_others(ctx):
+    """The agent's state and plan share one read while the backend's plan makes its own: a
+    caller waiting for the first must not keep the second from starting (it did, the
+    whole-system dry run's host reads went one part after the other)."""
+    import threading
+
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        gate.wait(10)
+        return "agent"
+
+    first = threading.Thread(target=lambda: ctx.shared_read("agent", slow))
+    first.start()
+    started.wait(5)
+    waiter = threading.Thread(target=lambda: ctx.shared_read("agent", lambda: "again"))
+    waiter.start()
+    waiter.join(0.2)  # the waiter is blocked on the agent's read now
+    done = threading.Event()
+    other = threading.Thread(target=lambda: (ctx.shared_read("backend", lambda: "backend"), done.set()))
+    other.start()
+    try:
+        assert done.wait(5), "another key's read waited for the agent's"
+    finally:
+        gate.set()
+        for t in (first, waiter, other):
+            t.join(5)
+
+
 def test_the_checklist_reads_alongside_the_plans_and_every_read_is_fresh_after(ctx):
     """The engine runs ``before_plan`` with the plans (both read-only, under the locks): a read
     both make is made once, and every read is fresh once the plans are done, so nothing after

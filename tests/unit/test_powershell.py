@@ -290,8 +290,13 @@ def check_raw_call(path, command):
     if not m:
         return [("PowerShell text in the task: put it in a .ps1 file under files/ and call it as "
                  "& {\\n{{ lookup('ansible.builtin.file', 'x.ps1') }}\\n} -Name value")]
-    script = path.parent / "files" / m.group(1)
-    if not script.is_file():
+    # Where Ansible's file lookup looks: files/ beside the task file, and for a task file
+    # under a playbook's tasks/, the playbook's own files/.
+    places = [path.parent / "files" / m.group(1)]
+    if path.parent.name == "tasks":
+        places.append(path.parent.parent / "files" / m.group(1))
+    script = next((s for s in places if s.is_file()), None)
+    if script is None:
         return [f"files/{m.group(1)} (beside {path.name}) does not exist"]
     args = RAW_ARG.findall(m.group(2))
     if "".join(f" -{n} {v}" for n, v in args) != m.group(2):
