@@ -38,6 +38,8 @@ def reports_of(pb: PlaybookRun) -> dict[str, dict[str, Any]]:
     """The backend evidence a plan's run read for the whole-system checklist (the rollback
     playbook's ``<prefix>_read_logs``): hosts that could not be read have an error."""
     reps = _per_host(pb, BACKEND_STATS_KEY, reported_first=True)
+    if not reps and not pb.ok:
+        raise pb.error("backend plan failed")
     for host in sorted(set(pb.hosts) - set(reps)):
         reps[host] = {"error": "its logs could not be read", "unreachable": False}
     return dict(sorted(reps.items()))
