@@ -395,9 +395,16 @@ def _plan_all(ctx: RunContext, jobs: list[Job], alongside: Callable[[], None] | 
 def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
     """Run read-only calls at once (each part's playbook or API reads); their results by key.
     Every call ends before an exception (the first, in the calls' order) is raised."""
+    return at_once(calls, name="doai-read")
+
+
+def at_once(calls: Mapping[str, Callable[[], Any]], *, name: str = "doai-at-once") -> dict[str, Any]:
+    """Run calls at once, each in its own thread (e.g. the backend's two modes applied, each
+    on its own hosts); their results by key. Every call ends before an exception (the first,
+    in the calls' order) is raised: nothing is left running behind the caller's back."""
     if len(calls) <= 1:
         return {k: f() for k, f in calls.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="doai-read") as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix=name) as pool:
         futures = {k: pool.submit(f) for k, f in calls.items()}
     return {k: fut.result() for k, fut in futures.items()}
 

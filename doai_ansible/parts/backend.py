@@ -6,8 +6,8 @@ This class only dispatches: each host goes to the part of its mode
 (:class:`~doai_ansible.parts.backend_pm2.BackendPart`,
 :class:`~doai_ansible.parts.backend_docker.BackendDockerPart`), which runs that mode's playbook
 limited to those hosts. A fleet with both modes is planned in both (all or nothing), applied
-mode by mode, and a failure in one puts the other's hosts back too: the pool never serves
-mixed releases.
+in both side by side (each mode its own hosts, playbook and host locks), and a failure in one
+puts the other's hosts back too: the pool never stays on mixed releases.
 """
 
 from __future__ import annotations
@@ -215,31 +215,56 @@ class BackendPart(PartBase):
             results = self.modes[mode].plan_and_apply(ctx, sub)
             self._mark(mode, [r.step for r in results])
             return results
-        # Both modes: plan every host first (all or nothing), then apply mode by mode.
+        # Both modes: plan every host first (all or nothing), then apply both side by side.
         return self.apply(ctx, self._plan_modes(ctx, subs), request)
 
     def apply(self, ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        """Each mode's hosts by that mode's part, the modes side by side (each its own hosts,
+        playbook and host locks: a fleet with both is back as soon as the slower mode is).
+        All or nothing across the modes: when one mode's hosts fail or refuse, the other
+        mode's hosts that were rolled back are put back. A mode refuses (raises) only before it
+        changed anything; when every mode refused, the first refusal is raised."""
         by_mode: dict[str, list[Step]] = {}
         for s in steps:
             by_mode.setdefault(s.details.get("mode") or "pm2", []).append(s)
-        results: list[StepResult] = []
-        for mode in [m for m in MODES if m in by_mode]:
-            mode_steps = by_mode[mode]
-            if results and any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results):
-                results += [StepResult(s, Outcome.REFUSED, "not started: a host of the other mode failed",
-                                       utcnow(), utcnow()) for s in mode_steps]
-                continue
-            sub = self._sub_request(mode, request, [s.target for s in mode_steps])
+        modes = [m for m in MODES if m in by_mode]
+
+        def one(mode: str) -> list[StepResult] | DoaiError:
+            sub = self._sub_request(mode, request, [s.target for s in by_mode[mode]])
             try:
-                done = self.modes[mode].apply(ctx, mode_steps, sub)
-            except DoaiError as exc:
-                if not results:
-                    raise  # nothing changed anywhere yet
-                done = [StepResult(s, Outcome.REFUSED, f"refused: {exc}", utcnow(), utcnow()) for s in mode_steps]
+                done = self.modes[mode].apply(ctx, by_mode[mode], sub)
+            except DoaiError as exc:  # refused before it changed anything on its hosts
+                return exc
             self._mark(mode, [r.step for r in done])
-            if results and any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in done):
-                results = self._put_back(ctx, results)
-            results += done
+            return done
+
+        if len(modes) == 1:
+            only = one(modes[0])
+            if isinstance(only, DoaiError):
+                raise only
+            return sorted(only, key=lambda r: r.step.target)
+        from doai_ansible.engine import at_once
+
+        done = at_once({mode: functools.partial(one, mode) for mode in modes})
+        refusals = [done[m] for m in modes if isinstance(done[m], DoaiError)]
+        if len(refusals) == len(modes):
+            raise refusals[0]  # nothing changed anywhere
+        results: list[StepResult] = []
+        for mode in modes:
+            got = done[mode]
+            if isinstance(got, DoaiError):
+                now = utcnow()
+                results += [StepResult(s, Outcome.REFUSED, f"refused: {got}", now, now) for s in by_mode[mode]]
+            else:
+                results += got
+        if any(r.outcome not in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in results):
+            # All or nothing: the hosts of a mode that went through go back with the other's.
+            ok_modes = [m for m in modes if not isinstance(done[m], DoaiError)
+                        and all(r.outcome in (Outcome.SUCCEEDED, Outcome.UNCHANGED) for r in done[m])]
+            back = [r for r in results if (r.step.details.get("mode") or "pm2") in ok_modes]
+            if back:
+                keep = [r for r in results if r not in back]
+                results = keep + self._put_back(ctx, back)
         return sorted(results, key=lambda r: r.step.target)
 
     def _put_back(self, ctx: RunContext, results: list[StepResult]) -> list[StepResult]:

@@ -221,6 +221,34 @@ def test_the_checklist_reads_each_host_once_in_its_plan_run(system_rig, state_di
         assert "backend (docker)" in (run_dir / "logs" / f"backend-{rig.docker.host_name}.log").read_text()
 
 
+def test_both_backend_modes_roll_back_side_by_side_and_go_back_together(system_rig, state_dir):
+    """A fleet with a PM2 host and a Docker host: both applied at once (each its own host), and
+    when the Docker host's target crash-loops, the PM2 host that went through is put back too:
+    the fleet ends where it was, whole (exit 3), not on mixed releases."""
+    rig = system_rig.break_all()
+    assert rig.docker is not None, "the system rig needs its Docker VPS here"
+    rig.docker.registry_tag("previous", "crash")  # the Docker host's target exits as it starts
+    before = rig.state()["backend"]
+    res = run_cli("backend", "rollback", "--yes", "-o", "json", env=rig.env(state_dir), timeout=600)
+    assert res.code == 3, res.stdout + res.stderr
+    steps = {s["target"]: s for s in res.json()["steps"]}
+    pm2, docker = steps[rig.sandbox.host_name], steps[rig.docker.host_name]
+    assert docker["outcome"] == "restored" and "crash-loops" in docker["message"], docker
+    assert pm2["outcome"] == "restored" and "other mode failed" in pm2["message"], pm2
+    assert rig.state()["backend"] == before  # each host back on what it ran
+    # side by side, as the hosts recorded it: the Docker host's apply job (its name holds its
+    # start, to the microsecond) started before the PM2 host's job had recorded its rollback
+    run_id = res.json()["run_id"]
+
+    def entries(path):
+        return [e for e in _host_ledger(path) if e.get("run_id") == run_id and e.get("by") == "job"]
+
+    pm2_done = next(e for e in entries(rig.sandbox.host_state / "ledger.jsonl") if e["action"] == "rollback")
+    docker_job = next(e for e in entries(rig.docker.host_state / "docker-ledger.jsonl") if e["action"] == "rollback")
+    docker_started = docker_job["job"].split("-")[-2]  # <run id>-<YYYYmmddTHHMMSSffffff>-apply
+    assert docker_started[:15] < pm2_done["at"].replace("-", "").replace(":", "").rstrip("Z"), (docker_job, pm2_done)
+
+
 def test_refusals_change_nothing(system_rig, state_dir):
     rig = system_rig
     env = rig.env(state_dir)

@@ -183,3 +183,77 @@ def test_pm2_only_inventory_goes_straight_to_the_pm2_part(tmp_path):
     assert mode == "pm2" and sub.limit == "vps9"  # the PM2 run says that vps9 matches nothing
     with pytest.raises(ValidationError):  # --to still checked for PM2 before anything runs
         part.request(to="a..b", ctx=ctx)
+
+
+# -- a fleet with both modes: applied side by side, all or nothing ----------------------------------
+class _Mode:
+    """One mode's hosts as the dispatcher sees them (the playbook runs stand in): ``apply``
+    waits until every mode has started (a dispatcher that applies the modes one after the
+    other never gets there), then answers ``outcome`` per host or raises ``refuse``."""
+
+    def __init__(self, name, started, outcome=None, refuse=None):
+        self.name, self.started, self.outcome, self.refuse = name, started, outcome, refuse
+        self.reverted: list[str] = []
+
+    def apply(self, ctx, steps, request):
+        from doai_ansible.model import StepResult, utcnow
+
+        self.started[self.name].set()
+        assert all(e.wait(5) for e in self.started.values()), "the modes were not applied side by side"
+        if self.refuse:
+            raise self.refuse
+        return [StepResult(s, self.outcome, self.outcome.value, utcnow(), utcnow()) for s in steps]
+
+    def revert(self, ctx, results, reason):
+        from doai_ansible.model import Outcome
+
+        self.reverted += [r.step.target for r in results]
+        for r in results:
+            r.outcome = Outcome.RESTORED
+        return results
+
+
+def _two_modes(ctx, pm2, docker):
+    import threading
+
+    from doai_ansible.model import Part, Step
+
+    started = {"pm2": threading.Event(), "docker": threading.Event()}
+    part = BackendPart()
+    part.modes = {"pm2": _Mode("pm2", started, **pm2), "docker": _Mode("docker", started, **docker)}
+    steps = [Step(Part.BACKEND, h, "a", "b", details={"mode": m})
+             for h, m in (("vps1", "pm2"), ("vps2", "pm2"), ("dock1", "docker"), ("dock2", "docker"))]
+    return part, steps, part.request(ctx=ctx)
+
+
+def test_both_modes_are_applied_side_by_side(ctx):
+    from doai_ansible.model import Outcome
+
+    part, steps, req = _two_modes(ctx, {"outcome": Outcome.SUCCEEDED}, {"outcome": Outcome.SUCCEEDED})
+    results = part.apply(ctx, steps, req)
+    assert {r.step.target: r.outcome for r in results} == dict.fromkeys(["dock1", "dock2", "vps1", "vps2"],
+                                                                         Outcome.SUCCEEDED)
+    assert part.modes["pm2"].reverted == [] and part.modes["docker"].reverted == []
+
+
+def test_a_mode_that_fails_puts_the_other_modes_hosts_back(ctx):
+    from doai_ansible.model import Outcome
+
+    part, steps, req = _two_modes(ctx, {"outcome": Outcome.SUCCEEDED}, {"outcome": Outcome.RESTORED})
+    results = {r.step.target: r for r in part.apply(ctx, steps, req)}
+    assert part.modes["pm2"].reverted == ["vps1", "vps2"] and part.modes["docker"].reverted == []
+    assert all(results[h].outcome is Outcome.RESTORED for h in results)
+    assert "put back because a host of the other mode failed" in results["vps1"].message
+
+
+def test_a_mode_that_refuses_puts_the_other_back_and_both_refusing_is_one_refusal(ctx):
+    from doai_ansible.model import Outcome
+
+    moved = ValidationError("dock1: moved since the plan")
+    part, steps, req = _two_modes(ctx, {"outcome": Outcome.SUCCEEDED}, {"refuse": moved})
+    results = {r.step.target: r for r in part.apply(ctx, steps, req)}
+    assert part.modes["pm2"].reverted == ["vps1", "vps2"]
+    assert results["dock1"].outcome is Outcome.REFUSED and "moved since the plan" in results["dock1"].message
+    part, steps, req = _two_modes(ctx, {"refuse": ValidationError("vps1: moved")}, {"refuse": moved})
+    with pytest.raises(ValidationError, match="vps1: moved"):  # nothing changed anywhere: the first refusal
+        part.apply(ctx, steps, req)
