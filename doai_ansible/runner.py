@@ -376,6 +376,7 @@ def _runner_config(
     cmdline: str | None,
     timeout_s: int | None,
     answers: dict[str, str],
+    forks: int | None = None,
 ) -> Any:
     """A prepared ansible-runner config: our Ansible settings, no secrets in the environment."""
     import ansible_runner  # heavy import, only when a playbook runs
@@ -394,6 +395,7 @@ def _runner_config(
         rotate_artifacts=1,
         timeout=timeout_s,
         project_dir=str(path.parent),
+        forks=forks,  # None: Ansible's own (ansible.cfg, ANSIBLE_FORKS, else 5)
     )
     # ansible-runner runs `ansible-playbook` from PATH: put this environment's first,
     # so a venv that is not activated still runs its own ansible-core.
@@ -528,6 +530,7 @@ def run_playbook(
     on_event: EventHandler | None = None,
     timeout_s: int | None = None,
     secrets: Mapping[str, Secret] | None = None,
+    forks: int | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and reduce what happened to a :class:`PlaybookRun`.
 
@@ -560,7 +563,7 @@ def run_playbook(
     try:
         config = _runner_config(
             settings, private, path, limit=limit, timeout_s=timeout_s, answers=answers,
-            cmdline=_cmdline(check=check, diff=diff, ask_pass=CONNECTION_PASSWORD in secrets),
+            cmdline=_cmdline(check=check, diff=diff, ask_pass=CONNECTION_PASSWORD in secrets), forks=forks,
         )
         runner = ansible_runner.Runner(config=config, event_handler=reducer, cancel_callback=reducer.cancel)
         log.debug("running %s (check=%s, limit=%s)", playbook, check, limit)

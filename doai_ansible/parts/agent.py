@@ -110,6 +110,10 @@ def _step(host: str, u: Mapping[str, Any], installer: Mapping[str, Any] | None =
     return step
 
 
+#: The most PCs ``--forks`` lets Ansible work on at once (each a process on the controller).
+MAX_FORKS = 500
+
+
 class AgentPart(PlaybookPart):
     part = Part.AGENT
     needs = "PCs in the inventory group `agents`"
@@ -196,7 +200,7 @@ class AgentPart(PlaybookPart):
                 action: str = "rollback", targets: Mapping[str, str] | None = None, health_gate: bool = True,
                 to: str | None = None, installer: str | None = None, sha256: str | None = None,
                 expect_version: str | None = None, undo_run: str | None = None,
-                publisher: str | None = None) -> Request:
+                publisher: str | None = None, forks: int | None = None) -> Request:
         if to is not None:
             raise ValidationError("the agent goes back to each PC's own app-backup: there is no --to")
         if action not in ("rollback", "reinstall", "undo"):
@@ -223,11 +227,13 @@ class AgentPart(PlaybookPart):
             raise ValidationError(f"--batch {batch!r}: a number of PCs or a percentage (10, 25%)")
         if max_fail_percent is not None and not 0 <= int(max_fail_percent) <= 100:
             raise ValidationError("--max-fail-percent must be 0..100")
+        if forks is not None and not (isinstance(forks, int) and 1 <= forks <= MAX_FORKS):
+            raise ValidationError(f"--forks {forks!r}: PCs worked on at once, 1..{MAX_FORKS}")
         return Request(action=action, limit=validate.host_limit(limit), health_gate=health_gate,
                        targets=dict(targets or {}),
                        options={"reason": validate.reason(reason), "users": list(users or []), "undo_run": undo_run,
                                 "batch": batch, "max_fail_percent": max_fail_percent, "installer": inst,
-                                "expect_version": expect_version, "publisher": publisher})
+                                "expect_version": expect_version, "publisher": publisher, "forks": forks})
 
     def secrets(self) -> dict[str, Any]:
         """The WinRM password, from DOAI_WINRM_PASSWORD only (else the inventory's, e.g. vault)."""
@@ -267,7 +273,8 @@ class AgentPart(PlaybookPart):
             xv["doai_agent_read_logs"] = ctx.along_log_lines  # the checklist's logs, in this run
 
         def read() -> PlaybookRun:
-            return runner.run(ctx, xv, limit=request.limit, check=check, label=label, started=started)
+            return runner.run(ctx, xv, limit=request.limit, check=check, label=label, started=started,
+                              forks=request.options.get("forks"))
 
         if check:
             # The check-mode run is the agent's state and its plan at once: the whole-system

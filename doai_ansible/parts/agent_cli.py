@@ -52,6 +52,8 @@ def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--user", "users", metavar="USER", multiple=True,
                      help="Only this user's folder (repeatable; default: every profile that has the agent)."),
         click.option("--batch", metavar="N|N%", default=None, help="PCs per batch (default: all, bounded by forks)."),
+        click.option("--forks", type=click.IntRange(1, 500), metavar="N", default=None,
+                     help="PCs worked on at once (default: Ansible's own, from ansible.cfg or ANSIBLE_FORKS, else 5)."),
         click.option("--max-fail-percent", type=int, default=None,
                      help="Stop after a batch whose failed PCs exceed this percentage (default: never stop)."),
         click.option("--rerun-failed", "rerun", metavar="RUN", default=None, shell_complete=complete_run_id,
@@ -68,14 +70,14 @@ def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @common_options
 @pass_opts
 @dry_run("plans")
-def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...], batch: str | None,
+def agent_rollback_cmd(opts: Options, limit: str | None, users: tuple[str, ...], batch: str | None, forks: int | None,
                        max_fail_percent: int | None, rerun: str | None, reason: str | None) -> ExitStatus:
     """Swap app-backup in for app-current on every PC (an unreachable or refusing PC does not
     stop the others): stop the agent, keep config.json, start it again and verify; a failed
     step puts that user's folder back. Ends with a result per PC and user."""
     part = _part()
     limit = _rerun_limit(opts, part, rerun, limit)
-    job = engine.Job(part, part.request(limit=limit, users=list(users), batch=batch,
+    job = engine.Job(part, part.request(limit=limit, users=list(users), batch=batch, forks=forks,
                                         max_fail_percent=max_fail_percent, reason=reason))
     return run_jobs(opts, [job], command="agent rollback", reason=reason, question="Roll the agent back as shown?")
 
@@ -108,8 +110,8 @@ def agent_status_cmd(opts: Options, limit: str | None) -> ExitStatus:
 @dry_run("plans")
 def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, publisher: str | None,
                         expect_version: str | None,
-                        limit: str | None, users: tuple[str, ...], batch: str | None, max_fail_percent: int | None,
-                        rerun: str | None, reason: str | None) -> ExitStatus:
+                        limit: str | None, users: tuple[str, ...], batch: str | None, forks: int | None,
+                        max_fail_percent: int | None, rerun: str | None, reason: str | None) -> ExitStatus:
     """Reinstall an earlier agent on every PC (an unreachable or refusing PC does not stop the
     others): stop the agent, keep the current install with its config.json (copied aside whole
     as app-replaced-<stamp>; nothing is deleted), uninstall, run the installer silently as the
@@ -119,7 +121,7 @@ def agent_reinstall_cmd(opts: Options, installer: str, sha256: str | None, publi
     limit = _rerun_limit(opts, part, rerun, limit)
     job = engine.Job(part, part.request(action="reinstall", installer=installer, sha256=sha256,
                                         expect_version=expect_version, publisher=publisher, limit=limit,
-                                        users=list(users), batch=batch,
+                                        users=list(users), batch=batch, forks=forks,
                                         max_fail_percent=max_fail_percent, reason=reason))
     return run_jobs(opts, [job], command="agent reinstall", reason=reason,
                     question="Reinstall the agent as shown?")

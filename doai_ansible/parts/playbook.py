@@ -259,12 +259,14 @@ class PlaybookPart(PartBase):
         return xv
 
     def run(self, ctx: RunContext, extravars: dict[str, Any], *, limit: str | None, check: bool = False,
-            label: str = "", started: set[str] | None = None) -> PlaybookRun:
-        """One playbook run; ``started`` collects the hosts an apply module started on."""
+            label: str = "", started: set[str] | None = None, forks: int | None = None) -> PlaybookRun:
+        """One playbook run; ``started`` collects the hosts an apply module started on; ``forks``
+        how many hosts Ansible works on at once (None: Ansible's own setting)."""
         log_dir = ctx.log_dir / label if label else ctx.log_dir
         pb = run_playbook(ctx.settings, self.playbook, extravars=extravars, limit=limit, check=check,
                           log_dir=log_dir, on_event=self._on_event(ctx, log_dir, started, check=check),
-                          timeout_s=None if check else self.apply_run_timeout_s, secrets=self.secrets() or None)
+                          timeout_s=None if check else self.apply_run_timeout_s, secrets=self.secrets() or None,
+                          forks=forks)
         self._warn(ctx, pb)
         return pb
 

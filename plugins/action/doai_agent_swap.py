@@ -448,30 +448,43 @@ class ActionModule(ActionBase):
             maker = windows_calls if ctx["os"] == "windows" else posix_calls
         return self._run_calls(maker(step, ctx), task_vars, calls)
 
-    def _run_batch(self, steps, ctx, task_vars, calls):
-        """A user's steps on a POSIX PC in one module call (op=steps: in order, stopping at the
-        first failure, as _run_step one by one would): one round trip instead of one per step.
-        Returns one (ok, message, result) per step that ran; when the call itself failed without
-        step results (the connection lost), None: what ran is not known here."""
-        batch = []
-        for step in steps:
-            pairs = posix_calls(step, ctx)
-            if len(pairs) != 1 or pairs[0][0] != POSIX_MODULE:
-                raise AnsibleError("doai_agent_swap: step %r cannot be batched" % step.get("op"))
-            batch.append(pairs[0][1])
-        out = self._call(POSIX_MODULE, {"op": "steps", "steps": batch}, task_vars, calls)
-        results = out.get("results")
-        if not isinstance(results, list) or (out.get("failed") and "failed_index" not in out):
-            if out.get("failed") and not out.get("unreachable") and not results and "nothing was run" in str(out.get("msg")):
-                return [(False, "%s: %s" % (POSIX_MODULE, out.get("msg")), out)]
-            return None
-        done = []
-        for res in results:
-            if res.get("failed"):
-                done.append((False, "%s: %s" % (POSIX_MODULE, res.get("msg") or "failed"), res))
-                break
-            done.append((True, "", res))
-        return done
+    def _run_batches(self, jobs, task_vars, calls):
+        """The steps of several users of a POSIX PC in one module call (op=batches: each user's
+        steps in order, stopping at their first failure, as _run_step one by one would; the
+        users side by side, each their own folder and agent): one round trip for the PC instead
+        of one per step and user, and the users' waits (stop, verify's settle) overlap. ``jobs``
+        is a list of (steps, user ctx); returns, per job, one (ok, message, result) per step that
+        ran, or None when what ran is not known here (the call failed without results: the
+        connection lost)."""
+        batches = []
+        for steps, ctx in jobs:
+            batch = []
+            for step in steps:
+                pairs = posix_calls(step, ctx)
+                if len(pairs) != 1 or pairs[0][0] != POSIX_MODULE:
+                    raise AnsibleError("doai_agent_swap: step %r cannot be batched" % step.get("op"))
+                batch.append(pairs[0][1])
+            batches.append(batch)
+        out = self._call(POSIX_MODULE, {"op": "batches", "batches": batches}, task_vars, calls)
+        got = out.get("batches")
+        if not isinstance(got, list) or len(got) != len(jobs):
+            if out.get("failed") and not out.get("unreachable") and "nothing was run" in str(out.get("msg")):
+                return [[(False, "%s: %s" % (POSIX_MODULE, out.get("msg")), out)]] * len(jobs)
+            return [None] * len(jobs)
+        done_all = []
+        for one in got:
+            results = one.get("results") if isinstance(one, dict) else None
+            if not isinstance(results, list):
+                done_all.append(None)
+                continue
+            done = []
+            for res in results:
+                if res.get("failed"):
+                    done.append((False, "%s: %s" % (POSIX_MODULE, res.get("msg") or "failed"), res))
+                    break
+                done.append((True, "", res))
+            done_all.append(done)
+        return done_all
 
     def _run_calls(self, pairs, task_vars, calls):
         out = {}
@@ -589,15 +602,23 @@ class ActionModule(ActionBase):
                                                               "checked: %s" % msg)
                         plan["status"] = "refused"
         changed = failed = False
-        for entry, plan, obs in zip(users, plans, observed):
+        # On a POSIX PC the swap's or undo's steps of every user go in one call, the users side
+        # by side (a reinstall's marker needs the version its install left, so it goes step by
+        # step, as every Windows step does).
+        batched_of = {}
+        if ctx["os"] == "posix" and not reinstall:
+            todo = [(i, plan["steps"], dict(ctx, root=obs["root"], user=obs["user"]))
+                    for i, (plan, obs) in enumerate(zip(plans, observed))
+                    if plan is not None and plan["status"] == "planned" and plan["steps"]]
+            if todo:
+                got = self._run_batches([(steps, uctx) for _, steps, uctx in todo], task_vars, calls)
+                batched_of = {i: g for (i, _, _), g in zip(todo, got)}
+        for index_, (entry, plan, obs) in enumerate(zip(users, plans, observed)):
             if plan is None or plan["status"] != "planned":
                 continue
             uctx = dict(ctx, root=obs["root"], user=obs["user"])
             done, installed = [], None
-            # On a POSIX PC a swap's or undo's steps go in one call (a reinstall's marker needs
-            # the version its install left, so it goes step by step, as every Windows step does).
-            batched = self._run_batch(plan["steps"], uctx, task_vars, calls) \
-                if ctx["os"] == "posix" and not reinstall and plan["steps"] else False
+            batched = batched_of.get(index_, False)
             if batched is None:
                 entry.update(status="failed", error="the connection was lost while the steps ran: which of them "
                              "ran is not known here; nothing was put back (the next run reads the folders as "

@@ -12,14 +12,24 @@ short_description: The desktop agent's primitives on a Linux stand-in PC (observ
 description:
   - Called by the doai_agent_swap action plugin on POSIX hosts that stand in for the Windows PCs, one step
     per call, or (C(op=steps)) a user's whole sequence of steps in one call, in order, stopping at the first
-    that fails - one round trip instead of one per step. C(observe) changes nothing. Nothing is ever deleted.
+    that fails - one round trip instead of one per step - or (C(op=batches)) the sequences of several users
+    of the PC side by side, each a user's own folder. C(observe) changes nothing. Nothing is ever deleted.
 options:
   op:
     description: The primitive.
     type: str
     required: true
     choices: [observe, stop, rename, copy_config, undo_config, marker, start, verify, reach, copy_tree, run, stage_dir,
-              check_file, steps]
+              check_file, steps, batches]
+  batches:
+    description:
+      - batches - several users' C(steps) lists, every step of every list validated before any runs; the lists
+        run side by side (each in its own thread - a user's own folder and agent, nothing shared), each in order
+        stopping at its first failure. The result's C(batches) holds, per list, its C(results),
+        C(failed_index) (null when none failed) and C(changed).
+    type: list
+    elements: list
+    default: []
   steps:
     description:
       - steps - the steps to run in order, each the options of one call (its own C(op), any op but observe,
@@ -73,6 +83,7 @@ RETURN = r"""
 users: {description: "observe - per user the folder, app dirs (version, config), running, marker.", type: list, returned: success}
 results: {description: "steps - each step's result, in order, up to the first that failed.", type: list, returned: with op=steps}
 failed_index: {description: "steps - the index of the step that failed.", type: int, returned: when a step failed}
+batches: {description: "batches - per list given, its results, failed_index and changed.", type: list, returned: with op=batches}
 """
 
 import hashlib
@@ -83,6 +94,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -568,7 +580,7 @@ STEP_OPS = ["stop", "rename", "copy_config", "undo_config", "marker", "start", "
 def argument_spec():
     return dict(
         op=dict(type="str", required=True,
-                choices=["observe", "stage_dir", "check_file", "steps"] + STEP_OPS),
+                choices=["observe", "stage_dir", "check_file", "steps", "batches"] + STEP_OPS),
         host=dict(type="str", default=""), port=dict(type="int", default=0),
         root=dict(type="path"), users=dict(type="list", elements="str", default=[]),
         profiles_root=dict(type="path", default="/home"), local_path=dict(type="str", default=".local/share"),
@@ -582,6 +594,7 @@ def argument_spec():
         command=dict(type="list", elements="str"),
         expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
         sha256=dict(type="str", default=""), steps=dict(type="list", elements="dict", default=[]),
+        batches=dict(type="list", elements="list", default=[]),
     )
 
 
@@ -606,6 +619,8 @@ def main():
         module.exit_json(changed=False, skipped=True, msg="check mode: %s not run" % op)
     if op == "steps":
         run_steps(module)
+    if op == "batches":
+        run_batches(module)
     root = p["root"]
     if op == "stage_dir":
         stage_dir(module, root)
@@ -645,18 +660,23 @@ class _StepModule(object):
         raise _StepEnd(result, True)
 
 
-def run_steps(module):
-    """op=steps: each step validated as a call of its own, run in order in this one process,
-    stopping at the first that fails (as the plugin's step-by-step loop stops)."""
+def _validated(module, steps, where="steps"):
+    """Each step validated as a call of its own (fail_json, nothing run, at the first that is not)."""
     validator = ArgumentSpecValidator(argument_spec(), required_if=REQUIRED_IF)
     checked = []
-    for i, raw in enumerate(module.params["steps"]):
+    for i, raw in enumerate(steps):
         if not isinstance(raw, dict) or raw.get("op") not in STEP_OPS:
-            module.fail_json(msg="steps[%d]: op must be one of %s; nothing was run" % (i, ", ".join(STEP_OPS)))
+            module.fail_json(msg="%s[%d]: op must be one of %s; nothing was run" % (where, i, ", ".join(STEP_OPS)))
         done = validator.validate(raw)
         if done.error_messages:
-            module.fail_json(msg="steps[%d] (%s): %s; nothing was run" % (i, raw["op"], "; ".join(done.error_messages)))
+            module.fail_json(msg="%s[%d] (%s): %s; nothing was run" % (where, i, raw["op"], "; ".join(done.error_messages)))
         checked.append(done.validated_parameters)
+    return checked
+
+
+def _run_checked(checked):
+    """Run validated steps in order, stopping at the first that fails: (results, failed_index or
+    None, changed)."""
     results, changed = [], False
     for i, params in enumerate(checked):
         try:
@@ -664,7 +684,7 @@ def run_steps(module):
         except (OSError, ValueError) as exc:
             results.append({"failed": True, "msg": "%s is not the agent folder (missing, or a symlink): %s"
                             % (params["root"], exc)})
-            module.fail_json(msg=results[-1]["msg"], results=results, failed_index=i, changed=changed)
+            return results, i, changed
         try:
             act(_StepModule(params), folder, params)
             end = _StepEnd({"msg": "%s: no result" % params["op"]}, True)
@@ -679,8 +699,40 @@ def run_steps(module):
         changed = changed or bool(result.get("changed"))
         results.append(result)
         if end.failed:
-            module.fail_json(msg=result.get("msg") or "failed", results=results, failed_index=i, changed=changed)
+            return results, i, changed
+    return results, None, changed
+
+
+def run_steps(module):
+    """op=steps: each step validated as a call of its own, run in order in this one process,
+    stopping at the first that fails (as the plugin's step-by-step loop stops)."""
+    results, failed_index, changed = _run_checked(_validated(module, module.params["steps"]))
+    if failed_index is not None:
+        module.fail_json(msg=results[-1].get("msg") or "failed", results=results, failed_index=failed_index,
+                         changed=changed)
     module.exit_json(changed=changed, results=results)
+
+
+def run_batches(module):
+    """op=batches: several users' steps, all validated before any runs, the users side by side
+    (each list in its own thread: a user's own folder, descriptors and agent process; nothing
+    in common), each list in order stopping at its first failure. A list whose thread ended
+    without a result is reported with ``unknown``: which of its steps ran is not known."""
+    checked = [_validated(module, b if isinstance(b, list) else [None], "batches[%d].steps" % i)
+               for i, b in enumerate(module.params["batches"])]
+    out = [None] * len(checked)
+
+    def run(i):
+        out[i] = _run_checked(checked[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(checked))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batches = [{"results": o[0], "failed_index": o[1], "changed": o[2]} if o is not None else {"unknown": True}
+               for o in out]
+    module.exit_json(changed=any(b.get("changed") or b.get("unknown") for b in batches), batches=batches)
 
 
 def _check_rel(module, *rels):

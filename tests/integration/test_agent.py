@@ -115,7 +115,24 @@ def test_one_user_and_batches(agent_fleet, state_dir):
     assert rig.folder_state("pc02", "bob")["app-current"] == "2.0.0"
 
 
+def test_forks_reach_ansible_playbook(agent_fleet, state_dir, tmp_path):
+    """--forks N: how many PCs Ansible works on at once, on the ansible-playbook command line
+    as ansible-runner ran it (its artifacts, kept by keep_artifacts)."""
+    import json
+
+    rig = agent_fleet(n=2, unreachable=0)
+    cfg = tmp_path / "doai.yml"
+    cfg.write_text("keep_artifacts: true\n")
+    res = run_cli("agent", "rollback", "--dry-run", "--forks", "3", "-o", "json",
+                  env=dict(env_for(rig, state_dir), DOAI_CONFIG=str(cfg)))
+    assert res.code == 0, res.stdout + res.stderr
+    (command,) = list((state_dir / "runs").rglob("artifacts/run/command"))
+    argv = json.loads(command.read_text())["command"]
+    assert argv[argv.index("--forks") + 1] == "3", argv
+
+
 @pytest.mark.parametrize("args", [["--user", "al;ice"], ["--batch", "ten"], ["--max-fail-percent", "120"],
+                                  ["--forks", "0"],
                                   ["--to", "1.9.0"], ["--limit", "pc01;rm"]])
 def test_bad_input_is_refused_before_any_connection(agent_fleet, state_dir, args):
     rig = agent_fleet(n=1, unreachable=0)

@@ -240,3 +240,35 @@ def test_a_step_that_is_not_a_valid_call_runs_nothing(tmp_path, folder):
     assert not (root / ".doai-rollback.json").exists()
     out = run_module(tmp_path, {"op": "steps", "steps": [{"op": "observe"}]})
     assert out.get("failed") is True and "steps[0]: op must be one of" in out["msg"], out
+
+
+def test_batches_run_the_users_side_by_side_each_stopping_at_its_own_failure(tmp_path, folder):
+    """op=batches (issue 20 goal 4): the users of one PC in one call, side by side. Proved
+    without a clock: bob's list waits (verify) for an agent that only alice's list starts, so a
+    module that ran the lists one after the other would fail bob's verify at its timeout. A list
+    that fails stops there and leaves the others alone; an invalid step anywhere runs nothing."""
+    root, _ = folder
+    agent = root / "app-current" / "agent"
+    agent.write_text("#!/bin/sh\nexec sleep 30\n")
+    agent.chmod(0o755)
+    other = tmp_path / "home" / "carol" / ".local" / "share" / "DoAi-Desktop-Agent"
+    (other / "app-current").mkdir(parents=True)
+    waits = [{"op": "verify", "root": str(root), "expected": "2.4.0", "timeout": 20, "settle": 0.2}]
+    starts = [{"op": "stop", "root": str(other), "timeout": 5},
+              {"op": "start", "root": str(root), "command": ["{current}/agent"]},
+              {"op": "marker", "root": str(root), "content": {"phase": "started"}}]
+    fails = [{"op": "rename", "root": str(other), "src": "app-backup", "dest": "app-current"},
+             {"op": "marker", "root": str(other), "content": {"phase": "never"}}]
+    out = run_module(tmp_path, {"op": "batches", "batches": [waits, starts, fails]})
+    try:
+        assert not out.get("failed"), out
+        first, second, third = out["batches"]
+        assert first["failed_index"] is None and first["results"][0]["running"] is True, first
+        assert second["failed_index"] is None and [r.get("changed") for r in second["results"]] == [False, True, True]
+        assert third["failed_index"] == 0 and len(third["results"]) == 1, third  # stopped at its own failure
+        assert not (other / ".doai-rollback.json").exists()
+        assert json.loads((root / ".doai-rollback.json").read_text()) == {"phase": "started"}
+    finally:
+        os.kill(out["batches"][1]["results"][1]["pid"], 15)
+    out = run_module(tmp_path, {"op": "batches", "batches": [starts, [{"op": "rename", "root": str(root)}]]})
+    assert out.get("failed") is True and "batches[1].steps[0] (rename)" in out["msg"] and "nothing was run" in out["msg"]
