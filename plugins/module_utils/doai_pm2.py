@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: doai-ansible contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""`pm2 jlist`, shared by the capture, inspect and verify modules."""
+"""`pm2 jlist`, shared by the capture, inspect, apply and verify modules, and the crash-loop rule."""
 
 from __future__ import annotations
 
@@ -62,3 +62,15 @@ def unknown_apps(processes, apps):
     """The names in ``apps`` that match no process of ``processes`` (all of PM2's) by name or id."""
     known = set(str(x["name"]) for x in processes) | set(str(x["pm_id"]) for x in processes)
     return [a for a in apps if a != "all" and a not in known]
+
+
+def crash_looping(procs, baseline, limit, allowed=0):
+    """The processes (``name (id N): status, K restarts``) that restarted ``limit`` times more
+    than the ``allowed`` restarts (a reload's own: 1) since ``baseline`` ({pm_id: restarts}), or
+    that PM2 gave up on (errored): the one rule of the apply's reload watch and the verify's."""
+    looping = []
+    for x in procs:
+        since = (x["restarts"] or 0) - baseline.get(x["pm_id"], 0)
+        if x["status"] == "errored" or since - allowed >= limit:
+            looping.append("%s (id %s): %s, %d restarts" % (x["name"], x["pm_id"], x["status"], max(0, since)))
+    return looping

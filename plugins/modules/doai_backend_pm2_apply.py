@@ -136,7 +136,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.doai.rollback.plugins.module_utils.doai_history import job_recorder
 from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
 from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import InstallError, NodeModules
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import crash_looping, finish_jlist, start_jlist
 
 
 def main():
@@ -260,18 +260,6 @@ def run(module, step, steps):
         )
 
 
-def crash_looping(procs, baseline, limit):
-    """The processes (``name (id N): ...``) that restarted ``limit`` times more than a reload does
-    (once) since ``baseline`` ({pm_id: restarts}), or that PM2 gave up on (errored)."""
-    looping = []
-    for x in procs:
-        extra = (x["restarts"] or 0) - baseline.get(x["pm_id"], 0) - 1
-        if x["status"] == "errored" or extra >= limit:
-            looping.append("%s (id %s): %s, %d restarts"
-                           % (x["name"], x["pm_id"], x["status"], max(0, extra + 1)))
-    return looping
-
-
 def run_watched(module, step, steps, baseline):
     """``run`` for a PM2 reload, watching the restart counters meanwhile: a release that
     crash-loops stops the reload (the pm2 client; the put-back restarts the app) and fails the
@@ -291,7 +279,7 @@ def run_watched(module, step, steps, baseline):
         if probe is not None and (isinstance(probe, OSError) or probe.poll() is not None):
             procs, _ = finish_jlist(probe, p["apps"])
             probe, next_probe = None, time.monotonic() + 0.5
-            looping = crash_looping(procs or [], baseline, p["crash_restarts"])
+            looping = crash_looping(procs or [], baseline, p["crash_restarts"], allowed=1)  # the reload's own
             if looping:
                 proc.terminate()
                 try:

@@ -92,7 +92,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import crash_looping, finish_jlist, start_jlist
 
 
 def pm2_list(module, started=None):
@@ -165,10 +165,7 @@ def verify(module, progress):
             if procs is not None and baseline is None:
                 baseline = dict((x["pm_id"], x["restarts"] or 0) for x in procs)
             elif procs is not None:
-                looping = ["%s (id %s): %s, %d restarts" % (x["name"], x["pm_id"], x["status"],
-                                                            (x["restarts"] or 0) - baseline.get(x["pm_id"], 0))
-                           for x in procs if x["status"] == "errored"
-                           or (x["restarts"] or 0) - baseline.get(x["pm_id"], 0) >= p["crash_restarts"]]
+                looping = crash_looping(procs, baseline, p["crash_restarts"])
                 if looping:
                     module.fail_json(
                         msg="the release crash-loops: %s, %.1f s into the health check (%s)"
