@@ -395,18 +395,40 @@ def _plan_all(ctx: RunContext, jobs: list[Job], alongside: Callable[[], None] | 
 def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
     """Run read-only calls at once (each part's playbook or API reads); their results by key.
     Every call ends before an exception (the first, in the calls' order) is raised."""
-    return at_once(calls, name="doai-read")
-
-
-def at_once(calls: Mapping[str, Callable[[], Any]], *, name: str = "doai-at-once") -> dict[str, Any]:
-    """Run calls at once, each in its own thread (e.g. the backend's two modes applied, each
-    on its own hosts); their results by key. Every call ends before an exception (the first,
-    in the calls' order) is raised: nothing is left running behind the caller's back."""
     if len(calls) <= 1:
         return {k: f() for k, f in calls.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix=name) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="doai-read") as pool:
         futures = {k: pool.submit(f) for k, f in calls.items()}
     return {k: fut.result() for k, fut in futures.items()}
+
+
+def at_once(calls: Mapping[str, Callable[[], Any]], *, name: str = "doai-apply") -> dict[str, Any]:
+    """Run calls that change hosts at once, each in its own thread (the backend's two modes,
+    each on its own hosts); their results by key, or the first exception in the calls' order
+    once every call has ended. The threads are daemons: a second SIGINT/SIGTERM, which
+    interrupts the wait here at once (see ``_StopRequest``), lets the process end as when a
+    playbook run in the main thread is interrupted (the hosts' detached jobs go on and record
+    what they did; the next run recovers it), instead of waiting at exit for the threads."""
+    if len(calls) <= 1:
+        return {k: f() for k, f in calls.items()}
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+
+    def one(key: str, call: Callable[[], Any]) -> None:
+        try:
+            results[key] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            errors[key] = exc
+
+    threads = [threading.Thread(target=one, args=(k, f), name=f"{name}-{k}", daemon=True) for k, f in calls.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in calls:
+        if k in errors:
+            raise errors[k]
+    return {k: results[k] for k in calls}
 
 
 def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,

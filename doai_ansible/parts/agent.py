@@ -231,7 +231,7 @@ class AgentPart(PlaybookPart):
             raise ValidationError(f"--forks {forks!r}: PCs worked on at once, 1..{MAX_FORKS}")
         return Request(action=action, limit=validate.host_limit(limit), health_gate=health_gate,
                        targets=dict(targets or {}),
-                       options={"reason": validate.reason(reason), "users": list(users or []), "undo_run": undo_run,
+                       options={"reason": validate.reason(reason), "users": list(dict.fromkeys(users or [])), "undo_run": undo_run,
                                 "batch": batch, "max_fail_percent": max_fail_percent, "installer": inst,
                                 "expect_version": expect_version, "publisher": publisher, "forks": forks})
 

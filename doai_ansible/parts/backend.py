@@ -229,23 +229,34 @@ class BackendPart(PartBase):
             by_mode.setdefault(s.details.get("mode") or "pm2", []).append(s)
         modes = [m for m in MODES if m in by_mode]
 
-        def one(mode: str) -> list[StepResult] | DoaiError:
+        def one(mode: str) -> list[StepResult] | BaseException:
             sub = self._sub_request(mode, request, [s.target for s in by_mode[mode]])
             try:
                 done = self.modes[mode].apply(ctx, by_mode[mode], sub)
             except DoaiError as exc:  # refused before it changed anything on its hosts
+                return exc
+            except Exception as exc:  # not a refusal (a bug, an I/O error): what it did is not known here
                 return exc
             self._mark(mode, [r.step for r in done])
             return done
 
         if len(modes) == 1:
             only = one(modes[0])
-            if isinstance(only, DoaiError):
+            if isinstance(only, BaseException):
                 raise only
             return sorted(only, key=lambda r: r.step.target)
         from doai_ansible.engine import at_once
 
         done = at_once({mode: functools.partial(one, mode) for mode in modes})
+        broken = [done[m] for m in modes if isinstance(done[m], Exception) and not isinstance(done[m], DoaiError)]
+        if broken:
+            # One mode ended in an error that is not a refusal: the run ends with it, as it did
+            # when the modes went one after the other, but not before the other mode's hosts
+            # that went through are put back (the fleet must not stay on mixed releases).
+            went = [r for m in modes if isinstance(done[m], list) for r in done[m]]
+            if any(r.outcome is Outcome.SUCCEEDED for r in went):
+                self._put_back(ctx, went)
+            raise broken[0]
         refusals = [done[m] for m in modes if isinstance(done[m], DoaiError)]
         if len(refusals) == len(modes):
             raise refusals[0]  # nothing changed anywhere

@@ -331,7 +331,7 @@ class PlaybookPart(PartBase):
         tasks), and is made once for the plan, :meth:`status` and the logs: one round trip
         per host before anything changes instead of three playbook runs."""
         xv = self.extravars(ctx, request, **target_vars)
-        if ctx.along(self.name) is None:
+        if ctx.along(self.name) is None or request.targets:  # an undo's per-host plans: read on their own
             return self.run(ctx, xv, limit=limit, check=True, label="plan")
         p = self.var_prefix
         xv.update({f"{p}_read_status": True, f"{p}_read_logs": ctx.along_log_lines})

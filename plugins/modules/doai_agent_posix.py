@@ -128,8 +128,9 @@ def observe(p):
             raise ValueError("user %r is not a user name" % u)
     if not LEAF_RE.match(p["folder_name"]) or os.path.isabs(p["local_path"]) or ".." in p["local_path"].split("/"):
         raise ValueError("folder_name must be a name and local_path a relative path without '..'")
-    users = p["users"] or sorted(u for u in _listdir(root_all)
-                                 if os.path.isdir(os.path.join(root_all, u, p["local_path"], p["folder_name"])))
+    # Each user once: the users of a PC run side by side (op=batches), one thread per folder.
+    users = list(dict.fromkeys(p["users"])) or sorted(
+        u for u in _listdir(root_all) if os.path.isdir(os.path.join(root_all, u, p["local_path"], p["folder_name"])))
     out = []
     for user in users:
         home = os.path.join(root_all, user)

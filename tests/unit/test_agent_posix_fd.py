@@ -272,3 +272,18 @@ def test_batches_run_the_users_side_by_side_each_stopping_at_its_own_failure(tmp
         os.kill(out["batches"][1]["results"][1]["pid"], 15)
     out = run_module(tmp_path, {"op": "batches", "batches": [starts, [{"op": "rename", "root": str(root)}]]})
     assert out.get("failed") is True and "batches[1].steps[0] (rename)" in out["msg"] and "nothing was run" in out["msg"]
+
+
+def test_a_user_named_twice_is_observed_once(tmp_path, folder):
+    """The users of a PC run side by side (op=batches), one thread per folder: the same user
+    twice (``--user alice --user alice``) must not give two threads on one folder."""
+    root, _ = folder
+    profiles = root.parents[2]
+    out = run_module(tmp_path, {"op": "observe", "users": ["alice", "alice"], "profiles_root": str(profiles)})
+    assert [u["user"] for u in out["users"]] == ["alice"], out
+
+
+def test_the_request_names_each_user_once():
+    from doai_ansible.parts.agent import AgentPart
+
+    assert AgentPart().request(users=["alice", "bob", "alice"]).options["users"] == ["alice", "bob"]

@@ -257,3 +257,25 @@ def test_a_mode_that_refuses_puts_the_other_back_and_both_refusing_is_one_refusa
     part, steps, req = _two_modes(ctx, {"refuse": ValidationError("vps1: moved")}, {"refuse": moved})
     with pytest.raises(ValidationError, match="vps1: moved"):  # nothing changed anywhere: the first refusal
         part.apply(ctx, steps, req)
+
+
+def test_a_mode_that_breaks_puts_the_other_back_before_the_error_ends_the_run(ctx):
+    """An error that is not a refusal (a bug, an I/O error) in one mode ends the run as before,
+    but only once the other mode's hosts, which went through side by side, are put back."""
+    from doai_ansible.model import Outcome
+
+    part, steps, req = _two_modes(ctx, {"refuse": OSError("disk full")}, {"outcome": Outcome.SUCCEEDED})
+    with pytest.raises(OSError, match="disk full"):
+        part.apply(ctx, steps, req)
+    assert part.modes["docker"].reverted == ["dock1", "dock2"]
+
+
+def test_the_modes_run_in_daemon_threads():
+    """A second SIGINT interrupts the wait for the modes at once; the process must then be able
+    to end (a non-daemon thread would hold it until the playbooks finish)."""
+    import threading
+
+    from doai_ansible.engine import at_once
+
+    seen = at_once({"a": lambda: threading.current_thread().daemon, "b": lambda: threading.current_thread().daemon})
+    assert seen == {"a": True, "b": True}
