@@ -174,7 +174,8 @@ def _run(ctx: RunContext, playbook: str, extravars: dict[str, Any], limit: str |
 def _per_host(pb: PlaybookRun, key: str, *, reported_first: bool = False) -> dict[str, dict[str, Any]]:
     """host -> its report, or ``{"error": ..., "unreachable": bool}`` for a host that failed.
     ``reported_first``: the run went on after the report (the checklist's reads in a plan's
-    run), so a host that reported keeps its report whatever failed on it later."""
+    run), so a host that reported keeps its report whatever failed on it later, and a host
+    that ran without reporting has an error."""
     stats: dict[str, Any] = pb.custom.get(key) or {}
     out: dict[str, dict[str, Any]] = {h: dict(v) for h, v in stats.items()}
     for f in pb.failures:
@@ -182,6 +183,9 @@ def _per_host(pb: PlaybookRun, key: str, *, reported_first: bool = False) -> dic
             continue
         out[f.host] = {"error": f"{f.task}: {f.message}" if not f.unreachable else f"unreachable: {f.message}",
                        "unreachable": f.unreachable}
+    if reported_first:  # a host that ran on without reporting: its read failed (ignored there)
+        for host in set(pb.hosts) - set(out):
+            out[host] = {"error": "its logs could not be read", "unreachable": False}
     return dict(sorted(out.items()))
 
 

@@ -189,10 +189,7 @@ class AgentPart(PlaybookPart):
         if request is None:
             return None
         pb = self._run(ctx, request, check=True, label="plan")["pb"]
-        reps = _per_host(pb, AGENT_STATS_KEY, reported_first=True)
-        for host in sorted(set(pb.hosts) - set(reps)):
-            reps[host] = {"error": "its logs could not be read", "unreachable": False}
-        return dict(sorted(reps.items()))
+        return _per_host(pb, AGENT_STATS_KEY, reported_first=True)
 
     # -- a run -------------------------------------------------------------------------------------
     def request(self, *, limit: str | None = None, users: list[str] | tuple[str, ...] | None = None,

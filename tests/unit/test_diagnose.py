@@ -292,3 +292,21 @@ def test_pm2_module_reads_a_cluster_workers_handed_over_environment_and_scrubs_i
         "old line", "Error: auth failed with ***", "    at f (/app/x.js:1:2)"]
     assert out["version"] == "3.0.0" and len(out["commit"]) == 40
     assert diagnose.scan_log(log["text"]).stack_traces == 1
+
+
+def test_logs_read_in_a_plan_run_keep_a_hosts_report_past_a_later_refusal():
+    """The checklist's logs read in a plan's run (issue 20): a host that reported keeps its
+    report though its plan refused later in that run; one that ran without reporting (its read
+    failed, ignored there) and one not reached have errors; a plain diagnose run is unchanged."""
+    from doai_ansible.runner import HostFailure, PlaybookRun
+
+    pb = PlaybookRun(playbook="p.yml", status="failed", rc=2, stats={},
+                     custom={"k": {"vps1": {"logs": ["x"]}}},
+                     failures=[HostFailure("vps1", "Capture", "dirty tree"), HostFailure("vps3", "Reach", "no route", True)],
+                     hosts=["vps1", "vps2", "vps3"], log_file=None, artifacts=None)
+    got = diagnose._per_host(pb, "k", reported_first=True)
+    assert got == {"vps1": {"logs": ["x"]},
+                   "vps2": {"error": "its logs could not be read", "unreachable": False},
+                   "vps3": {"error": "unreachable: no route", "unreachable": True}}
+    plain = diagnose._per_host(pb, "k")
+    assert plain["vps1"]["error"] == "Capture: dirty tree" and "vps2" not in plain
