@@ -44,6 +44,20 @@ options:
   compose_v1_bin: {description: "The docker-compose (v1) executable.", type: str, default: docker-compose}
   service: {description: "The Compose service.", type: str, required: true}
   health_url: {description: "Health URL probed from the host.", type: str, required: true}
+  read_status:
+    description:
+      - Also read the host's status for the whole-system checklist (what doai_backend_docker_inspect
+        returns), after the inputs are checked and before the lock; returned in C(checklist.status),
+        or its cause in C(checklist.status_error). A read that fails never stops the plan.
+    type: bool
+    default: false
+  read_lines:
+    description:
+      - Also read the last I(read_lines) lines of the container's log for the checklist (what
+        doai_backend_docker_diagnose returns); returned in C(checklist.evidence), or its cause in
+        C(checklist.evidence_error). 0 reads none.
+    type: int
+    default: 0
 author: doai-ansible contributors (@doai)
 """
 
@@ -64,11 +78,17 @@ target: {description: "Image id to roll back to.", type: str, returned: success}
 target_ref: {description: "The tag or id it was resolved from.", type: str, returned: success}
 changes: {description: "Whether the rollback has anything to do.", type: bool, returned: success}
 container: {description: "The service's container (id, image, running, restart_count...).", type: dict, returned: success}
+checklist:
+  description: "What I(read_status) and I(read_lines) read (status, evidence, and their causes status_error, evidence_error)."
+  type: dict
+  returned: when I(read_status) or I(read_lines) asks, also on a refusal
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checklist import read_along
 from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import (
     FULL_ID_RE, IMAGE_ID_RE, PROJECT_NAME_RE, REPO_RE, SERVICE_RE, TAG_RE, Docker, DockerError, registry_is_loopback, short)
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker_read import evidence, status
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 
@@ -90,6 +110,7 @@ def main():
             project_name=dict(type="str", default=""), compose=dict(type="str", default="auto"),
             compose_v1_bin=dict(type="str", default="docker-compose"),
             health_url=dict(type="str", required=True),
+            read_status=dict(type="bool", default=False), read_lines=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )
@@ -123,6 +144,7 @@ def main():
         refuse("invalid_target", "project_name %r is not a Compose project name (lower case, digits, _ -)"
                % p["project_name"])
 
+    read_for_checklist(module)
     try:
         if p["plan_only"]:
             check(p["lock_path"], p["run_id"], p["lock_ttl"])
@@ -214,6 +236,21 @@ def main():
         locked_by_us=locked_by_us,
         container_differs=bool(container and container["image"] != cur["id"]),
     )
+
+
+def read_for_checklist(module):
+    """The checklist's reads, after the inputs are checked and before the lock: the host's
+    status and the container's last log lines."""
+    p = module.params
+    where = dict(project_dir=p["project_dir"], service=p["service"], health_url=p["health_url"],
+                 docker_bin=p["docker_bin"], docker_host=p["docker_host"])
+    reads = []
+    if p["read_status"]:
+        tags = [p["current_tag"], p["previous_tag"], p["rollback_tag"]]
+        reads.append(("status", lambda: status(module, p["image"], tags, lock_path=p["lock_path"], **where)))
+    if p["read_lines"] > 0:
+        reads.append(("evidence", lambda: evidence(module, lines=p["read_lines"], **where)))
+    read_along(module, reads)
 
 
 if __name__ == "__main__":

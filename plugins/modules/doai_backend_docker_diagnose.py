@@ -46,28 +46,8 @@ logs: {description: "One entry: kind container, text (scrubbed), error.", type: 
 docker_error: {description: "Why docker could not be read, or null.", type: str, returned: always}
 """
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import scrub, secret_values, set_names
-from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import VERSION_LABELS, Docker, DockerError
-from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
-
-
-def _inspect(docker, container_id):
-    _, out, _ = docker.run(["inspect", container_id], kind="docker_unavailable")
-    try:
-        return (json.loads(out) or [{}])[0]
-    except (ValueError, IndexError):
-        raise DockerError("docker inspect answered no JSON", "docker_unavailable")
-
-
-def _env_of(inspected):
-    env = {}
-    for item in (inspected.get("Config") or {}).get("Env") or []:
-        k, _, v = item.partition("=")
-        env[k] = v
-    return env
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker_read import evidence
 
 
 def main():
@@ -80,38 +60,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    docker = Docker(module, p["docker_bin"], p["docker_host"], project_dir=p["project_dir"], service=p["service"])
-    image_id = version = error = None
-    processes, logs = [], []
-    try:
-        c = docker.container()
-        if c is None:
-            error = "no container for service %s in %s" % (p["service"], p["project_dir"])
-        else:
-            inspected = _inspect(docker, c["id"])
-            env = _env_of(inspected)
-            secrets = secret_values(env)
-            image_id = c.get("image")
-            labels = (inspected.get("Config") or {}).get("Labels") or {}
-            version = next((labels[k] for k in VERSION_LABELS if labels.get(k)), None)
-            present = set(set_names(env))
-            processes.append({"name": c.get("name"), "pm_id": None, "status": c.get("status"),
-                              "pid": (inspected.get("State") or {}).get("Pid"), "restarts": c.get("restart_count"),
-                              "env_source": "container",
-                              "missing_env": [n for n in p["required_env"] if n not in present]})
-            text = docker.logs(c["id"], p["lines"])
-            logs.append({"app": c.get("name"), "pm_id": None, "kind": "container", "path": None,
-                         "text": scrub(text, secrets), "error": None})
-    except DockerError as exc:
-        error = str(exc)
-        secrets = []
-    status, body = probe(p["health_url"], timeout=5) if p["health_url"] else (None, b"")
-    module.exit_json(
-        changed=False, image_id=image_id, version=version, processes=processes, logs=logs, docker_error=error,
-        health_status=status, health_version=reported_version(body) if status is not None else None,
-        health_body=scrub(body.decode("utf-8", "replace")[:300], secrets),
-    )
+    module.exit_json(changed=False, **evidence(module, **module.params))
 
 
 if __name__ == "__main__":

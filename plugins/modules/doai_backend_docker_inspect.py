@@ -42,9 +42,7 @@ container: {description: "The service's container.", type: dict, returned: alway
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import Docker, DockerError
-from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
-from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import holder_of
+from ansible_collections.doai.rollback.plugins.module_utils.doai_docker_read import status
 
 
 def main():
@@ -57,21 +55,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    docker = Docker(module, p["docker_bin"], p["docker_host"], project_dir=p["project_dir"], service=p["service"])
-    images, container, error = {}, None, None
-    try:
-        for tag in p["tags"]:
-            info = docker.image("%s:%s" % (p["image"], tag))
-            images[tag] = {"id": info["id"], "version": info["version"]} if info else None
-        container = docker.container()
-    except DockerError as exc:
-        error = str(exc)
-    code, body = probe(p["health_url"], 3)
-    module.exit_json(changed=False, images=images, container=container, docker_error=error,
-                     health_status=code if code is not None else -1,
-                     health_version=reported_version(body) if code is not None else None,
-                     host_lock=holder_of(p["lock_path"]))
+    module.exit_json(changed=False, **status(module, **module.params))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,20 @@ options:
         (it must probe for real even under --check) and sets this to ansible_check_mode.
     type: bool
     default: false
+  read_status:
+    description:
+      - Also read the host's status for the whole-system checklist (what doai_backend_pm2_inspect
+        returns), before the lock; returned in C(checklist.status), or its cause in
+        C(checklist.status_error). A read that fails never stops the plan.
+    type: bool
+    default: false
+  read_lines:
+    description:
+      - Also read the last I(read_lines) lines of the PM2 logs for the checklist (what
+        doai_backend_pm2_diagnose returns), before the lock; returned in C(checklist.evidence), or
+        its cause in C(checklist.evidence_error). 0 reads none.
+    type: int
+    default: 0
 author: doai-ansible contributors (@doai)
 """
 
@@ -113,16 +127,22 @@ drifted: {description: "Refused, the live commit is not the one the plan started
 dirty_tree: {description: "Refused, the checkout has uncommitted changes (see dirty).", type: bool, returned: failure}
 unknown_app: {description: "Refused, an app of I(apps) is not listed by PM2 (see unknown), or PM2 lists none.", type: bool, returned: failure}
 pm2_unavailable: {description: "Refused, pm2 jlist failed (see pm2_error).", type: bool, returned: failure}
+checklist:
+  description: "What I(read_status) and I(read_lines) read (status, evidence, and their causes status_error, evidence_error)."
+  type: dict
+  returned: when I(read_status) or I(read_lines) asks, also on a refusal
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checklist import read_along
 from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import FULL_SHA_RE, Checkout
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
 from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist, unknown_apps
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import evidence, status
 from ansible_collections.doai.rollback.plugins.module_utils.doai_target import resolve_target
 
 
@@ -150,13 +170,29 @@ def main():
             reason=dict(type="str", default=""),
             lock_ttl=dict(type="int", default=3600),
             plan_only=dict(type="bool", default=False),
+            read_status=dict(type="bool", default=False),
+            read_lines=dict(type="int", default=0),
         ),
         required_together=[("pin_from", "pin_to")],
         supports_check_mode=True,
     )
+    read_for_checklist(module)
     holder = take_lock(module)
     plan = capture(module)
     module.exit_json(changed=False, locked_by_us=holder is not None, **plan)
+
+
+def read_for_checklist(module):
+    """The checklist's reads, before the lock: the host's status and the last log lines."""
+    p = module.params
+    where = dict(path=p["path"], git_bin=p["git_bin"], pm2_bin=p["pm2_bin"], pm2_home=p["pm2_home"], apps=p["apps"],
+                 health_url=p["health_url"])
+    reads = []
+    if p["read_status"]:
+        reads.append(("status", lambda: status(module, log_count=p["log_count"], lock_path=p["lock_path"], **where)))
+    if p["read_lines"] > 0:
+        reads.append(("evidence", lambda: evidence(module, lines=p["read_lines"], **where)))
+    read_along(module, reads)
 
 
 def take_lock(module):

@@ -51,10 +51,7 @@ bad_path: {description: "The path is missing or not the top of a git checkout.",
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import Checkout
-from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
-from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import holder_of
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import status
 
 
 def main():
@@ -71,26 +68,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    co = Checkout(module, p["path"], p["git_bin"]).require_top()
-    pm2 = start_jlist(p["pm2_bin"], p["pm2_home"])
-    current = co.head()
-    status, body = probe(p["health_url"], timeout=5) if p["health_url"] else (None, b"")
-    processes, pm2_error = finish_jlist(pm2, p["apps"])
-    module.exit_json(
-        changed=False,
-        current=current,
-        current_short=current[:12],
-        current_version=co.version_at(current),
-        branch=co.branch(),
-        dirty=co.dirty(),
-        recent=co.recent(p["log_count"]),
-        processes=processes,
-        pm2_error=pm2_error,
-        health_status=status,
-        health_version=reported_version(body) if status is not None else None,
-        host_lock=holder_of(p["lock_path"]) if p["lock_path"] else None,
-    )
+    module.exit_json(changed=False, **status(module, **module.params))
 
 
 if __name__ == "__main__":

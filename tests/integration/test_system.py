@@ -189,7 +189,8 @@ def test_dry_run_changes_nothing_and_writes_no_report(system_rig, state_dir):
 def test_the_checklist_reads_each_host_once_in_its_plan_run(system_rig, state_dir):
     """Issue 20: before anything changes, each host is contacted by one playbook run that gives
     its plan, the state the checklist keeps and its last log lines (not a status run, a
-    diagnose run and a plan run). The state and the logs kept are the live ones."""
+    diagnose run and a plan run); a backend host by one module call, its capture. The state and
+    the logs kept are the live ones."""
     rig = system_rig.break_all()
     res = _rollback(rig, state_dir, "--dry-run")
     assert res.code == 0, res.stderr
@@ -200,9 +201,11 @@ def test_the_checklist_reads_each_host_once_in_its_plan_run(system_rig, state_di
         ["backend_docker_rollback.log"] if rig.docker else [])
     assert sorted(p.name for p in (run_dir / "plan").glob("*.log")) == sorted(expected)
     assert not list(run_dir.rglob("*diagnose*.log")) and not list(run_dir.rglob("*status*.log"))
+    # and in each backend host's one capture call: no separate status or log read before it
     for name in expected[1:]:
         text = (run_dir / "plan" / name).read_text()
-        assert "Read the state the checklist keeps" in text and "Read the last log lines the checklist keeps" in text
+        assert "Report the status]" in text and "Report the evidence]" in text, text
+        assert "Inspect the " not in text and "Read the PM2 logs" not in text and "Read the container's logs" not in text
     # the state kept: what the hosts run now (the failed release), read in the plan run
     before = json.loads((run_dir / "before-status.json").read_text())
     vps = before["backend"]["hosts"][rig.sandbox.host_name]

@@ -497,6 +497,72 @@ def test_ledger_record_releases_only_its_own_run_lock(tmp_path):
     assert len(Path(ledger_).read_text().splitlines()) == 2
 
 
+# -- the checklist's reads in the plan's capture (issue 20: one call per host before the change) --
+
+
+def _read(out: dict) -> dict:
+    return {k: v for k, v in out.items() if k not in ("changed", "invocation")}
+
+
+def test_capture_reads_the_checklists_state_and_logs_in_the_same_call(tmp_path, repo, pm2):
+    """What the status and diagnose modules would answer, read before the lock by the plan's
+    capture itself; nothing is read when nothing is asked."""
+    r, (v1, _v2, _v3) = repo
+    lock = str(tmp_path / "state" / "backend.lock")
+    out = capture(tmp_path, r, pm2, target=v1, lock_path=lock, plan_only=True, read_status=True, read_lines=5)
+    assert not out.get("failed") and out["changes"], out
+    inspect = module("doai_backend_pm2_inspect", tmp_path, path=str(r), pm2_bin=pm2, lock_path=lock)
+    diagnose = module("doai_backend_pm2_diagnose", tmp_path, path=str(r), pm2_bin=pm2, lines=5)
+    assert out["checklist"] == {"status": _read(inspect), "status_error": None,
+                                "evidence": _read(diagnose), "evidence_error": None}
+    assert "checklist" not in capture(tmp_path, r, pm2, target=v1, plan_only=True)
+
+
+def test_a_refused_capture_still_gives_the_checklist_what_it_read(tmp_path, repo, pm2):
+    """The checklist keeps the state of a host whose plan refuses (here: another run holds its
+    lock, and a path that is no checkout, whose status read fails with its cause)."""
+    r, (v1, _v2, _v3) = repo
+    lock = str(tmp_path / "state" / "backend.lock")
+    assert module("doai_host_lock", tmp_path, path=lock, run_id="A", owner="alice")["changed"]
+    out = capture(tmp_path, r, pm2, target=v1, lock_path=lock, run_id="B", read_status=True, read_lines=5)
+    assert out["failed"] and out["locked"], out
+    assert out["checklist"]["status"]["host_lock"]["owner"] == "alice"
+    assert out["checklist"]["evidence"]["commit"] == git(r, "rev-parse", "HEAD")
+    bare = tmp_path / "not-a-checkout"
+    bare.mkdir()
+    bad = capture(tmp_path, bare, pm2, target=v1, plan_only=True, read_status=True, read_lines=5)
+    assert bad["failed"] and bad["bad_path"], bad
+    assert bad["checklist"]["status"] is None and "not the top of a git checkout" in bad["checklist"]["status_error"]
+    assert bad["checklist"]["evidence"]["release_error"] and bad["checklist"]["evidence_error"] is None
+
+
+def test_a_read_that_breaks_is_kept_with_its_cause_and_the_module_goes_on():
+    checklist = module_utils("doai_checklist")
+
+    class Module:
+        """The two calls of AnsibleModule that read_along wraps, recording what they are given."""
+        def __init__(self):
+            self.results = []
+            self.fail_json = lambda **kw: self.results.append(("failed", kw))
+            self.exit_json = lambda **kw: self.results.append(("done", kw))
+
+    m = Module()
+
+    def refuses():
+        m.fail_json(msg="no such checkout")
+
+    def breaks():
+        raise OSError("disk gone")
+
+    found = checklist.read_along(m, [("a", lambda: {"x": 1}), ("b", refuses), ("c", breaks)])
+    assert found == {"a": {"x": 1}, "a_error": None, "b": None, "b_error": "no such checkout",
+                     "c": None, "c_error": "OSError: disk gone"}
+    assert m.results == []  # a read's own refusal did not end the module
+    m.fail_json(msg="locked")
+    m.exit_json(changed=False)
+    assert m.results == [("failed", {"msg": "locked", "checklist": found}), ("done", {"changed": False, "checklist": found})]
+
+
 # -- the status probe --------------------------------------------------------------------------------
 
 
