@@ -271,9 +271,12 @@ def posix_calls(step, ctx):
 
 
 def posix_observe_call(ctx):
-    return (POSIX_MODULE, {"op": "observe", "users": list(ctx["users"]), "profiles_root": ctx["posix_profiles_root"],
-                           "local_path": ctx["posix_local_path"], "folder_name": ctx["folder_name"],
-                           "version_file": ctx["version_file"], "pid_file": ctx["pid_file"], "marker": MARKER})
+    args = {"op": "observe", "users": list(ctx["users"]), "profiles_root": ctx["posix_profiles_root"],
+            "local_path": ctx["posix_local_path"], "folder_name": ctx["folder_name"],
+            "version_file": ctx["version_file"], "pid_file": ctx["pid_file"], "marker": MARKER}
+    if ctx.get("read_lines", 0) > 0:  # the checklist's log lines, in the same call
+        args.update(lines=ctx["read_lines"], log_file=ctx["read_log_file"])
+    return (POSIX_MODULE, args)
 
 
 def _error_text(record):
@@ -508,6 +511,8 @@ class ActionModule(ActionBase):
         else:
             module, margs = posix_observe_call(ctx)
         seen = self._call(module, margs, task_vars, calls)
+        if "checklist" in seen:
+            ctx["checklist"] = seen["checklist"]
         if seen.get("failed"):
             return None, {"failed": True, "msg": "observe failed: %s" % (seen.get("msg") or seen.get("error")),
                           "observe": seen}
@@ -566,8 +571,9 @@ class ActionModule(ActionBase):
                         install_timeout=args["install_timeout"])
         calls = []
         observed, failure = self._observe(ctx, task_vars, calls)
+        checklist = {"checklist": ctx["checklist"]} if "checklist" in ctx else {}
         if failure:
-            return failure
+            return dict(failure, **checklist)
         users, plans = [], []
         for obs in observed:
             if obs.get("profile") is False:
@@ -585,6 +591,7 @@ class ActionModule(ActionBase):
             users.append(entry)
             plans.append(plan)
         out = {"changed": False, "os": ctx["os"], "stamp": stamp, "users": users, "module_calls": calls}
+        out.update(checklist)
         if reinstall:
             out["installer"] = {k: installer[k] for k in ("kind", "name", "sha256")}
         if check_mode:

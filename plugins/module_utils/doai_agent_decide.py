@@ -50,6 +50,10 @@ ARGUMENT_SPEC = dict(
     socketio_host=dict(type="str", default=""),
     socketio_port=dict(type="int", default=3001),
     socketio_timeout=dict(type="int", default=5),
+    # The whole-system checklist (POSIX): also the last read_lines lines of each user's agent log
+    # (read_log_file), read in the observe call before anything changes; 0: not read.
+    read_lines=dict(type="int", default=0),
+    read_log_file=dict(type="str", default="agent.log"),
     # rollback: the rename swap; reinstall: uninstall, run an earlier installer, config.json back.
     operation=dict(type="str", default="rollback", choices=["rollback", "reinstall"]),
     # rollback only: undo the swap that run finished (app-current back to app-backup, app-failed
@@ -100,6 +104,10 @@ def check_options(args):
         if not _LEAF_RE.match(args[name] or ""):
             bad.append("%s %r must be a plain name" % (name, args[name]))
     bad += ["user %r is not a user name" % u for u in args["users"] if not _LEAF_RE.match(u)]
+    if args.get("read_lines", 0) < 0:
+        bad.append("read_lines must be at least 0, not %r" % args["read_lines"])
+    if not _LEAF_RE.match(args.get("read_log_file", "agent.log") or ""):
+        bad.append("read_log_file %r must be a plain name" % args["read_log_file"])
     if not args["posix_start_command"]:
         bad.append("posix_start_command is empty")
     if args["socketio_host"] and not re.match(r"[A-Za-z0-9.:\[\]-]{1,253}\Z", args["socketio_host"]):

@@ -48,61 +48,8 @@ tcp: {description: "host, port, ok, error (null when not checked).", type: dict,
 users: {description: "Per user: user, folder, running, pid, log (last lines, scrubbed), log_error.", type: list, returned: always}
 """
 
-import errno
-import os
-import re
-import socket
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import proc_environ
-from ansible_collections.doai.rollback.plugins.module_utils.doai_secrets import scrub, secret_values
-
-LEAF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
-
-
-def _read_nofollow(path, max_bytes):
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        fh.seek(max(0, size - max_bytes))
-        return fh.read(), size > max_bytes
-
-
-def _pid(root, pid_file):
-    try:
-        data, _ = _read_nofollow(os.path.join(root, pid_file), 64)
-        pid = int(data.decode("ascii", "replace").strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return pid if exc.errno == errno.EPERM else None
-    return pid
-
-
-def _tail(root, log_file, lines):
-    if not log_file or lines <= 0:
-        return None, None
-    try:
-        data, cut = _read_nofollow(os.path.join(root, log_file), 1024 * 1024)
-    except OSError as exc:
-        return None, "%s: %s" % (log_file, exc.strerror or exc)
-    text = data.decode("utf-8", "replace")
-    if cut:
-        text = text.split("\n", 1)[-1]
-    return "\n".join(text.splitlines()[-lines:]), None
-
-
-def _tcp(host, port, timeout):
-    if not host:
-        return None
-    try:
-        conn = socket.create_connection((host, port), timeout=timeout)
-    except (OSError, socket.timeout) as exc:
-        return {"host": host, "port": port, "ok": False, "error": str(exc) or type(exc).__name__}
-    conn.close()
-    return {"host": host, "port": port, "ok": True, "error": None}
+from ansible_collections.doai.rollback.plugins.module_utils.doai_agent_read import evidence
 
 
 def main():
@@ -117,37 +64,11 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    bad = [u for u in p["users"] if not LEAF_RE.match(u)]
-    for name in ("folder_name", "pid_file"):
-        if not LEAF_RE.match(p[name]):
-            bad.append("%s %r" % (name, p[name]))
-    if p["log_file"] and not LEAF_RE.match(p["log_file"]):
-        bad.append("log_file %r" % p["log_file"])
-    if os.path.isabs(p["local_path"]) or ".." in p["local_path"].split("/"):
-        bad.append("local_path %r" % p["local_path"])
-    if bad:
-        module.fail_json(msg="not a plain name: %s" % ", ".join(bad), invalid_target=True)
-    root_all = p["profiles_root"]
     try:
-        found = sorted(os.listdir(root_all))
-    except OSError:
-        found = []
-    users = p["users"] or [u for u in found if os.path.isdir(os.path.join(root_all, u, p["local_path"], p["folder_name"]))]
-    out = []
-    for user in users:
-        root = os.path.join(root_all, user, p["local_path"], p["folder_name"])
-        if os.path.islink(root) or not os.path.isdir(root):
-            out.append({"user": user, "folder": False, "running": False, "pid": None, "log": None,
-                        "log_error": "no agent folder %s" % root})
-            continue
-        pid = _pid(root, p["pid_file"])
-        log, log_error = _tail(root, p["log_file"], p["lines"])
-        if log:
-            log = scrub(log, secret_values(proc_environ(pid) or {}) if pid else ())
-        out.append({"user": user, "folder": True, "running": pid is not None, "pid": pid, "log": log,
-                    "log_error": log_error})
-    module.exit_json(changed=False, tcp=_tcp(p["socketio_host"], p["socketio_port"], p["timeout"]), users=out)
+        found = evidence(**module.params)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc), invalid_target=True)
+    module.exit_json(changed=False, **found)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,15 @@ options:
   expected: {description: "verify - the version app-current must hold (empty - any).", type: str, default: ""}
   missing_ok: {description: "rename - a missing source is no error (nothing moved).", type: bool, default: false}
   sha256: {description: "check_file - the sha256 the file must have (empty - any; reported).", type: str, default: ""}
+  lines:
+    description:
+      - observe - also read, for the whole-system checklist, whether each user's agent runs and the
+        last I(lines) lines of its log (what doai_agent_diagnose returns, in C(checklist.evidence));
+        a read that fails is kept with its cause (C(checklist.evidence_error)) and never stops the
+        observe. 0 reads none.
+    type: int
+    default: 0
+  log_file: {description: "observe - the agent's log file, relative to the agent folder.", type: str, default: agent.log}
 author: doai-ansible contributors (@doai)
 """
 
@@ -84,6 +93,7 @@ users: {description: "observe - per user the folder, app dirs (version, config),
 results: {description: "steps - each step's result, in order, up to the first that failed.", type: list, returned: with op=steps}
 failed_index: {description: "steps - the index of the step that failed.", type: int, returned: when a step failed}
 batches: {description: "batches - per list given, its results, failed_index and changed.", type: list, returned: with op=batches}
+checklist: {description: "observe - what I(lines) read (evidence, evidence_error).", type: dict, returned: with op=observe and lines}
 """
 
 import hashlib
@@ -99,6 +109,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.doai.rollback.plugins.module_utils.doai_agent_read import evidence
+from ansible_collections.doai.rollback.plugins.module_utils.doai_checklist import read_along
 from ansible_collections.doai.rollback.plugins.module_utils.doai_proc import pid_alive
 
 DIRS = ("app-current", "app-backup", "app-failed")
@@ -596,6 +608,7 @@ def argument_spec():
         expected=dict(type="str", default=""), missing_ok=dict(type="bool", default=False),
         sha256=dict(type="str", default=""), steps=dict(type="list", elements="dict", default=[]),
         batches=dict(type="list", elements="list", default=[]),
+        lines=dict(type="int", default=0), log_file=dict(type="str", default="agent.log"),
     )
 
 
@@ -612,6 +625,10 @@ def main():
     p = module.params
     op = p["op"]
     if op == "observe":
+        if p["lines"] > 0:  # the checklist's log lines, in this same call (before anything changes)
+            read_along(module, [("evidence", lambda: evidence(
+                p["profiles_root"], p["local_path"], p["folder_name"], list(dict.fromkeys(p["users"])),
+                p["pid_file"], p["log_file"], p["lines"]))])
         try:
             module.exit_json(changed=False, users=observe(p))
         except ValueError as exc:

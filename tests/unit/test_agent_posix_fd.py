@@ -278,7 +278,7 @@ def test_a_user_named_twice_is_observed_once(tmp_path, folder):
     """The users of a PC run side by side (op=batches), one thread per folder: the same user
     twice (``--user alice --user alice``) must not give two threads on one folder."""
     root, _ = folder
-    profiles = root.parents[2]
+    profiles = root.parents[3]
     out = run_module(tmp_path, {"op": "observe", "users": ["alice", "alice"], "profiles_root": str(profiles)})
     assert [u["user"] for u in out["users"]] == ["alice"], out
 
@@ -287,3 +287,27 @@ def test_the_request_names_each_user_once():
     from doai_ansible.parts.agent import AgentPart
 
     assert AgentPart().request(users=["alice", "bob", "alice"]).options["users"] == ["alice", "bob"]
+
+
+def test_observe_reads_the_checklists_log_lines_in_the_same_call(tmp_path, folder):
+    """Issue 20: the whole-system checklist's log lines of a POSIX PC come in the swap's observe
+    call, as doai_agent_diagnose reads them (scrubbed, nothing followed out of the folder); a bad
+    name among them is kept with its cause and the observe goes on."""
+    root, _ = folder
+    profiles = root.parents[3]
+    (root / "agent.log").write_text("".join(f"line {i} token=sekret{i}\n" for i in range(10)))
+    args = {"op": "observe", "users": ["alice", "alice"], "profiles_root": str(profiles)}
+    out = run_module(tmp_path, dict(args, lines=3))
+    assert [u["user"] for u in out["users"]] == ["alice"], out
+    read = (f"import sys, json; sys.path.insert(0, {str(COLLECTIONS)!r}); "
+            "from ansible_collections.doai.rollback.plugins.module_utils.doai_agent_read import evidence; "
+            f"print(json.dumps(evidence({str(profiles)!r}, '.local/share', 'DoAi-Desktop-Agent', ['alice'], "
+            "'agent.pid', 'agent.log', 3)))")
+    diag = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, check=True)
+    assert out["checklist"] == {"evidence": json.loads(diag.stdout), "evidence_error": None}
+    log = out["checklist"]["evidence"]["users"][0]["log"]
+    assert log.splitlines()[0].startswith("line 7") and "sekret" not in log, log
+    assert "checklist" not in run_module(tmp_path, args)
+    bad = run_module(tmp_path, dict(args, lines=3, log_file="../../../etc/passwd"))
+    assert not bad.get("failed") and bad["users"][0]["user"] == "alice", bad
+    assert bad["checklist"]["evidence"] is None and "log_file" in bad["checklist"]["evidence_error"]
