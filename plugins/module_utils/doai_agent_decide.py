@@ -106,8 +106,6 @@ def check_options(args):
     bad += ["user %r is not a user name" % u for u in args["users"] if not _LEAF_RE.match(u)]
     if args.get("read_lines", 0) < 0:
         bad.append("read_lines must be at least 0, not %r" % args["read_lines"])
-    if not _LEAF_RE.match(args.get("read_log_file", "agent.log") or ""):
-        bad.append("read_log_file %r must be a plain name" % args["read_log_file"])
     if not args["posix_start_command"]:
         bad.append("posix_start_command is empty")
     if args["socketio_host"] and not re.match(r"[A-Za-z0-9.:\[\]-]{1,253}\Z", args["socketio_host"]):

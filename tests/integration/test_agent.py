@@ -415,3 +415,25 @@ def test_an_undo_that_fails_after_putting_config_back_leaves_the_folder_as_the_r
     assert {k: (rolled_back.get(k), after.get(k)) for k in set(rolled_back) | set(after)
             if rolled_back.get(k) != after.get(k)} == {}
     assert rig.agent_running("pc01", "alice") and rig.agent_version("pc01", "alice") == "1.9.0"
+
+
+def test_a_swap_refused_by_its_own_checks_still_reads_the_agents_logs_the_checklist_keeps(agent_fleet, state_dir):
+    """Issue 20: the checklist's log lines of a POSIX PC come in the swap's observe call; when the
+    swap refuses its options before it observes, agent_rollback.yml reads them on their own
+    (read-only), so the checklist keeps them whatever refused the plan."""
+    from doai_ansible.runner import run_playbook
+    from doai_ansible.settings import load_settings
+
+    rig = agent_fleet(n=1, unreachable=0)
+    before = rig.folder_state("pc01", "alice")
+    settings = load_settings(None, inventory=rig.write_inventory(**FAST), state_dir=state_dir, env={})
+    xv = {"doai_agent_winrm_password": "", "doai_agent_read_logs": 5}
+    refused = run_playbook(settings, "agent_rollback.yml", extravars=dict(xv, doai_agent_stop_timeout=-1), check=True)
+    assert not refused.ok and "pc01" in refused.failed_hosts()
+    users = {u["user"]: u for u in refused.custom["doai_agent_diagnose"]["pc01"]["users"]}
+    assert users["alice"]["running"] and users["alice"]["folder"], users
+    planned = run_playbook(settings, "agent_rollback.yml", extravars=xv, check=True)
+    assert planned.ok
+    assert planned.custom["doai_agent_diagnose"]["pc01"]["users"] == refused.custom["doai_agent_diagnose"]["pc01"]["users"]
+    assert planned.custom["doai_agent_diagnose"]["pc01"]["os"] == "posix"
+    assert rig.folder_state("pc01", "alice") == before and rig.agent_running("pc01", "alice")

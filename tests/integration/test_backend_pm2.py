@@ -390,3 +390,25 @@ def test_lock_status_shows_host_locks_and_release_needs_a_dead_run(sandbox, cli_
     assert run_cli("lock", "release", "backend", "--host", sb.host_name, "--yes", env=cli_env).code == 0
     assert not lock.exists()
     assert run_cli("lock", "release", "backend", "--host", "no-such-host", "--yes", env=cli_env).code == 2
+
+
+def test_a_plan_refused_by_its_own_checks_still_reads_what_the_checklist_keeps(sandbox, state_dir):
+    """Issue 20: the checklist's state and log lines come with the plan's capture; when the
+    role's input checks refuse before the capture runs, they are read on their own after it
+    (read-only), so the checklist keeps the host's live state whatever refused its plan."""
+    from doai_ansible.runner import run_playbook
+    from doai_ansible.settings import load_settings
+
+    settings = load_settings(None, inventory=sandbox.inventory, state_dir=state_dir, env={})
+    xv = {"doai_backend_pm2_target": "not a ref!", "doai_backend_pm2_read_status": True,
+          "doai_backend_pm2_read_logs": 5}
+    run = run_playbook(settings, "backend_pm2_rollback.yml", extravars=xv, check=True)
+    assert not run.ok and sandbox.host_name in run.failed_hosts()
+    status = run.custom["doai_backend_pm2_status"][sandbox.host_name]
+    assert status["commit"] == sandbox.commits["v3"] and status["processes"], status
+    evidence = run.custom["doai_backend_diagnose"][sandbox.host_name]
+    assert evidence["release"] == sandbox.commits["v3"] and evidence["logs"], evidence
+    # and asked nothing, nothing is read
+    plain = run_playbook(settings, "backend_pm2_rollback.yml", extravars={"doai_backend_pm2_target": "not a ref!"},
+                         check=True)
+    assert not plain.ok and "doai_backend_pm2_status" not in plain.custom and "doai_backend_diagnose" not in plain.custom

@@ -676,6 +676,16 @@ def test_undo_run_is_checked_and_not_for_the_reinstall():
     assert decisions.check_options(dict(args, undo_run="x; rm -rf /")) == ["undo_run 'x; rm -rf /' is not a run id"]
 
 
+def test_the_checklists_log_read_never_refuses_the_swap():
+    """The log lines the whole-system checklist asks of the observe call are a read: a log file
+    name that is empty (``doai_agent_diagnose_log_file: ''``, "not read") or wrong is the read's
+    to report (doai_agent_read), never a refusal of the plan; a negative count is a bad option."""
+    args = {k: v["default"] for k, v in decisions.ARGUMENT_SPEC.items()}
+    assert decisions.check_options(dict(args, read_lines=50, read_log_file="")) == []
+    assert decisions.check_options(dict(args, read_lines=50, read_log_file="../x")) == []
+    assert decisions.check_options(dict(args, read_lines=-1)) == ["read_lines must be at least 0, not -1"]
+
+
 def test_a_folder_that_changed_since_the_confirmed_plan_is_refused():
     plan = decisions.decide(observed("observe_ready"), OPTS)  # 2.4.1 -> 2.4.0
     assert decisions.check_pin(plan, {}) is plan  # no pins (no confirmed plan): decided from what is found
