@@ -184,8 +184,9 @@ def _per_host(pb: PlaybookRun, key: str, *, reported_first: bool = False) -> dic
         out[f.host] = {"error": f"{f.task}: {f.message}" if not f.unreachable else f"unreachable: {f.message}",
                        "unreachable": f.unreachable}
     if reported_first:  # a host that ran on without reporting: its read failed (ignored there)
+        causes = pb.read_failures(key)
         for host in set(pb.hosts) - set(out):
-            out[host] = {"error": "its logs could not be read", "unreachable": False}
+            out[host] = {"error": "its logs could not be read" + causes.get(host, ""), "unreachable": False}
     return dict(sorted(out.items()))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from doai_ansible.ansible_plugins import COLLECTION, HOST_KEY_AUDIT, HOST_KEY_AUDIT_FILE_ENV
 from doai_ansible.errors import PlaybookError, UsageError
-from doai_ansible.secrets import url_has_password
+from doai_ansible.secrets import scrub_here, url_has_password
 from doai_ansible.settings import Secret, Settings, ensure_private_dir, is_secret_env_name
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,12 @@ class PlaybookRun:
     @property
     def ok(self) -> bool:
         return self.status == "successful" and self.rc == 0
+
+    def read_failures(self, key: str) -> dict[str, str]:
+        """host -> ``": <why>"`` for the whole-system checklist's reads that failed in a plan's run:
+        the roles report a read's cause under the stats key ``<key>_error`` (the capture's and
+        the observe's ``read_along``), next to ``key`` where a read that worked reports."""
+        return {str(h): f": {scrub_here(str(why))}" for h, why in (self.custom.get(f"{key}_error") or {}).items() if why}
 
     def failed_hosts(self) -> dict[str, str]:
         return {f.host: f"{f.task}: {f.message}" for f in self.failures if not f.unreachable}

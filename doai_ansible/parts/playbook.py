@@ -527,13 +527,14 @@ class PlaybookPart(PartBase):
         if not reps and not pb.ok:
             raise pb.error(f"{self.name} status playbook failed")
         hosts = {}
+        causes = pb.read_failures(self.status_stats_key)
         for host, rep in reps.items():
             st = rep.stats
             error = None
             if rep.failure is not None and not st:
                 error = st["error"] = "unreachable: " + rep.failure.message if rep.unreachable else rep.failure_text()
             elif not st:  # e.g. the read in a plan's run failed (ignored there, so the plan went on)
-                error = st["error"] = "its state could not be read"
+                error = st["error"] = "its state could not be read" + causes.get(host, "")
             hosts[host] = h = self.host_status(host, st, error)
             # What is known, in one word: a host not reached, or one whose service manager did not
             # answer (``unknown``, set by host_status), is neither unhealthy nor without its app.

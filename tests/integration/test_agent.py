@@ -436,4 +436,12 @@ def test_a_swap_refused_by_its_own_checks_still_reads_the_agents_logs_the_checkl
     assert planned.ok
     assert planned.custom["doai_agent_diagnose"]["pc01"]["users"] == refused.custom["doai_agent_diagnose"]["pc01"]["users"]
     assert planned.custom["doai_agent_diagnose"]["pc01"]["os"] == "posix"
+    # a read that fails (a log file name that leaves the folder) never stops the plan, and says why
+    from doai_ansible.diagnose import _per_host
+
+    bad = run_playbook(settings, "agent_rollback.yml", extravars=dict(xv, doai_agent_diagnose_log_file="../../x"),
+                       check=True)
+    assert bad.ok and "doai_agent_diagnose" not in bad.custom
+    why = _per_host(bad, "doai_agent_diagnose", reported_first=True)["pc01"]["error"]
+    assert why.startswith("its logs could not be read: ") and "log_file '../../x'" in why, why
     assert rig.folder_state("pc01", "alice") == before and rig.agent_running("pc01", "alice")

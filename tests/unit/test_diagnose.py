@@ -310,3 +310,22 @@ def test_logs_read_in_a_plan_run_keep_a_hosts_report_past_a_later_refusal():
                    "vps3": {"error": "unreachable: no route", "unreachable": True}}
     plain = diagnose._per_host(pb, "k")
     assert plain["vps1"]["error"] == "Capture: dirty tree" and "vps2" not in plain
+    # a read that failed says why, when the role reported its cause (``<key>_error``), scrubbed
+    pb.custom["k_error"] = {"vps2": "git log failed: postgres://u:hunter2@db/x"}
+    why = diagnose._per_host(pb, "k", reported_first=True)["vps2"]["error"]
+    assert why.startswith("its logs could not be read: git log failed: postgres://") and "hunter2" not in why
+
+
+def test_a_state_read_that_failed_in_a_plan_run_says_why():
+    """The checklist's state read in a plan's run (issue 20): a host whose read failed (ignored,
+    its plan went on) is "its state could not be read", with the cause the role reported."""
+    from doai_ansible.parts.backend_pm2 import BackendPart
+    from doai_ansible.runner import PlaybookRun
+
+    part = BackendPart()
+    pb = PlaybookRun(playbook="p.yml", status="successful", rc=0, stats={}, custom={}, failures=[],
+                     hosts=["vps1"], log_file=None, artifacts=None)
+    assert part.status_of(pb, None)["hosts"]["vps1"]["error"] == "its state could not be read"
+    pb.custom[f"{part.status_stats_key}_error"] = {"vps1": "/srv/app is not the top of a git checkout"}
+    assert part.status_of(pb, None)["hosts"]["vps1"]["error"] == (
+        "its state could not be read: /srv/app is not the top of a git checkout")
