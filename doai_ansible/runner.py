@@ -90,7 +90,8 @@ class PlaybookRun:
         """host -> ``": <why>"`` for the whole-system checklist's reads that failed in a plan's run:
         the roles report a read's cause under the stats key ``<key>_error`` (the capture's and
         the observe's ``read_along``), next to ``key`` where a read that worked reports."""
-        return {str(h): f": {scrub_here(str(why))}" for h, why in (self.custom.get(f"{key}_error") or {}).items() if why}
+        causes = (self.custom.get(f"{key}_error") or {}).items()
+        return {str(h): ": " + scrub_here(str(why).strip().splitlines()[0][:300]) for h, why in causes if str(why).strip()}
 
     def failed_hosts(self) -> dict[str, str]:
         return {f.host: f"{f.task}: {f.message}" for f in self.failures if not f.unreachable}

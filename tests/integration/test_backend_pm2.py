@@ -408,6 +408,13 @@ def test_a_plan_refused_by_its_own_checks_still_reads_what_the_checklist_keeps(s
     assert status["commit"] == sandbox.commits["v3"] and status["processes"], status
     evidence = run.custom["doai_backend_diagnose"][sandbox.host_name]
     assert evidence["release"] == sandbox.commits["v3"] and evidence["logs"], evidence
+    # a read that fails (the path is no checkout, so the capture refuses too): its cause is reported
+    bad = run_playbook(settings, "backend_pm2_rollback.yml", check=True,
+                       extravars={"doai_backend_pm2_path": str(state_dir), "doai_backend_pm2_read_status": True,
+                                  "doai_backend_pm2_read_logs": 5})
+    assert not bad.ok and "doai_backend_pm2_status" not in bad.custom
+    assert "not the top of a git checkout" in bad.read_failures("doai_backend_pm2_status")[sandbox.host_name]
+    assert bad.custom["doai_backend_diagnose"][sandbox.host_name]["logs"]  # the log read did not need the checkout
     # and asked nothing, nothing is read
     plain = run_playbook(settings, "backend_pm2_rollback.yml", extravars={"doai_backend_pm2_target": "not a ref!"},
                          check=True)
