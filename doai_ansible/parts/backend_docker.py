@@ -54,7 +54,10 @@ class BackendDockerPart(PlaybookPart):
     release_stats_key = "doai_backend_docker_release"
     prepare_playbook = "backend_docker_prepare.yml"
     prepare_stats_key = "doai_backend_docker_prepare"
-    logs_task = "Read the last container log lines"
+    # The apply's job reads the container's last log lines; its result carries them (scrubbed on
+    # the host) once the job is done: the watch's, or the first call's when the job ended first.
+    logs_along = ("Retag the target as current, recreate the container, wait until it is healthy",
+                  "Watch the container for restarts")
     logs_name = "container"
     reports_run_ledger = True  # tasks/status.yml: doai_backend_docker_recover_run_id
     apply_modules = ("doai_backend_docker_apply",)

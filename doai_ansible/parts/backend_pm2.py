@@ -70,6 +70,7 @@ class BackendPart(PlaybookPart):
     release_playbook = RELEASE_PLAYBOOK
     release_stats_key = "doai_backend_pm2_release"
     logs_task = PM2_LOGS_TASK
+    logs_along = ("Watch PM2 for restarts",)
     logs_name = "pm2"
     reports_run_ledger = True  # tasks/status.yml: doai_backend_pm2_recover_run_id
     apply_modules = ("doai_backend_pm2_apply",)

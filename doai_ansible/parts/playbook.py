@@ -200,6 +200,9 @@ class PlaybookPart(PartBase):
     var_prefix: ClassVar[str]
     logs_task: ClassVar[str | None] = None  # a task whose stdout is kept in the run's log bundle ...
     logs_name: ClassVar[str] = "logs"  # ... as <host>-<logs_name>.log
+    #: Tasks whose result carries the same log lines when it has ``logs`` (a module call that
+    #: reads them along with its own work, e.g. the restart watch).
+    logs_along: ClassVar[tuple[str, ...]] = ()
     #: Modules that change a host: once one started on a host, that host is "started" even if the
     #: run was cut before it could report (the stats only arrive at the end of a playbook).
     apply_modules: ClassVar[tuple[str, ...]] = ()
@@ -295,8 +298,9 @@ class PlaybookPart(PartBase):
                     started.add(data["host"])
                 elif event.get("event") == "runner_on_skipped":
                     started.discard(data["host"])
-            if (self.logs_task and event.get("event") == "runner_on_ok" and data.get("task") == self.logs_task
-                    and data.get("host")):
+            if (event.get("event") == "runner_on_ok" and data.get("host") and data.get("task")
+                    and (data["task"] == self.logs_task
+                         or (data["task"] in self.logs_along and "logs" in (data.get("res") or {})))):
                 log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(log_dir / f"{data['host']}-{self.logs_name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:

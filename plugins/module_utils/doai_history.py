@@ -27,6 +27,8 @@ import json
 import os
 import time
 
+#: The actions a ledger record may have (doai_ledger's).
+LEDGER_ACTIONS = ("deploy", "rollback", "undo", "put-back", "resume")
 LIVE_ACTIONS = ("deploy", "rollback", "undo", "resume")
 LIVE_RESULTS = ("deployed", "succeeded", "applied")
 DONE_RESULTS = ("succeeded", "applied")
@@ -67,6 +69,17 @@ def append(path, record):
     finally:
         os.close(fd)
     return record
+
+
+def record_once(path, record):
+    """Append the controller's ``record`` (with its ``result``) unless the same run already has it
+    (``run_id``, ``from``, ``to``, ``result``; not a job's entry): a module call that records
+    once its job is done may run again when its connection is retried. Returns the record."""
+    same = ("run_id", "from", "to", "result")
+    for e in read_ledger(path):
+        if e.get("by") != "job" and all(e.get(k) == record.get(k) for k in same):
+            return e
+    return append(path, record)
 
 
 def job_recorder(ledger_path, record, result_of):

@@ -140,15 +140,41 @@ def _detach(module, path, job, work, timeout, lock=None, on_result=None):
         os._exit(1)
 
 
-def run_job(module, job_dir, job, work, timeout, until=None, lock=None, on_result=None):
+def _finishing(module, on_done):
+    """Let ``on_done`` see (and add to) the result of a module that runs its work itself."""
+    done, fail = module.exit_json, module.fail_json
+
+    def exiting(**result):
+        on_done(result)
+        if result.pop("failed", False):
+            return fail(**result)
+        return done(**result)
+
+    def failing(msg, **result):
+        result.update(msg=msg, failed=True)
+        on_done(result)
+        result.pop("failed")
+        return fail(**result)
+
+    module.exit_json, module.fail_json = exiting, failing
+
+
+def run_job(module, job_dir, job, work, timeout, until=None, lock=None, on_result=None, on_done=None):
     """Run ``work(progress)`` as job ``job`` (or attach to it, when it exists), then leave the
     module with the job's result: exit_json/fail_json as the worker called them.
+
+    ``on_done(result)``: called here, in this module call (not in the job), with the job's final
+    result (``failed`` among its keys) before the module returns it; it may add keys. It runs
+    again in a call that attaches to the same finished job (a retried connection): it must be
+    idempotent.
 
     ``work`` calls module.exit_json/fail_json as a module's main would; ``progress(**values)``
     records values in the job file. ``until``: a progress key that ends the wait early (the
     module then returns the progress, with ``reached: <until>``, and the job goes on; a later
     call with the same job id returns its result). ``lock``, ``on_result``: see :func:`_worker`."""
     if not job:  # no job asked for: run here, in the session
+        if on_done is not None:
+            _finishing(module, on_done)
         work(lambda **values: None)
         return
     if not JOB_RE.match(job):
@@ -173,6 +199,8 @@ def run_job(module, job_dir, job, work, timeout, until=None, lock=None, on_resul
         data = read_job(path)
         if data and data.get("state") == "done":
             result = dict(data.get("result") or {}, job=job, attached=attached)
+            if on_done is not None:
+                on_done(result)
             if result.pop("failed", False):
                 module.fail_json(**result)
             module.exit_json(**result)

@@ -67,6 +67,13 @@ options:
         process in it and refreshes it every I(lock_ttl)/4 while it runs.
     type: path
   lock_ttl: {description: "The host lock's TTL in seconds.", type: int, default: 3600}
+  release_lock:
+    description:
+      - Once the job is done and its outcome on record (C(recorded)), release the host lock
+        I(lock_path) if the record's run holds it, in this round trip (C(lock_released)) - the run's
+        last step on the host. A call that returns at I(until) releases nothing.
+    type: bool
+    default: false
   reconnect_timeout: {description: "Used by the action plugin.", type: float, default: 0}
 author: doai-ansible contributors (@doai)
 """
@@ -87,7 +94,14 @@ RETURN = r"""
 status: {description: "succeeded, restored or not_restored.", type: str, returned: always}
 health_status: {description: "Last HTTP status of the health URL.", type: int, returned: always}
 health_version: {description: "The version health reported.", type: str, returned: always}
-logs: {description: "The container's last log lines.", type: str, returned: always}
+logs:
+  description:
+    - The container's last I(log_lines) log lines, scrubbed on the host by the collection's
+      doai_secrets, as one entry (app, pm_id null, kind C(container), path null, text, error null) -
+      the shape of the diagnose modules' C(logs), kept in the run's log bundle.
+  type: list
+  returned: when the job is done
+lock_released: {description: "The host lock was released (I(release_lock)).", type: bool, returned: with release_lock}
 """
 
 import time
@@ -97,6 +111,8 @@ from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import D
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 from ansible_collections.doai.rollback.plugins.module_utils.doai_history import job_recorder
 from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import release
+from ansible_collections.doai.rollback.plugins.module_utils.doai_secrets import scrub_lines
 
 
 class Failed(Exception):
@@ -168,7 +184,7 @@ def main():
             timeout=dict(type="int", default=900), until=dict(type="str", default=""),
             reconnect_timeout=dict(type="float", default=0),
             record=dict(type="dict"), ledger_path=dict(type="path"), lock_path=dict(type="path"),
-            lock_ttl=dict(type="int", default=3600),
+            lock_ttl=dict(type="int", default=3600), release_lock=dict(type="bool", default=False),
         ),
         supports_check_mode=False,
     )
@@ -237,7 +253,19 @@ def main():
     run_job(module, p["job_dir"], p["job"], work, p["timeout"], until=p["until"] or None,
             on_result=job_recorder(p["ledger_path"], p["record"] and record,
                                    lambda done: None if done.get("status") in (None, "refused") else done["status"]),
-            lock=(p["lock_path"], run_id, p["lock_ttl"]) if p["lock_path"] and run_id else None)
+            lock=(p["lock_path"], run_id, p["lock_ttl"]) if p["lock_path"] and run_id else None,
+            on_done=lambda done: finish(p, done, run_id))
+
+
+def finish(p, done, run_id):
+    """The job's result as this call returns it: the log lines scrubbed on the host, as a log
+    entry; with I(release_lock), the host lock released once the outcome is on record."""
+    text = done.get("logs")
+    if isinstance(text, str):
+        done["logs"] = [{"app": p["service"], "pm_id": None, "kind": "container", "path": None,
+                         "text": scrub_lines(text, (), max(0, p["log_lines"])), "error": None}]
+    if p["release_lock"] and p["lock_path"] and run_id and done.get("recorded"):
+        done["lock_released"] = release(p["lock_path"], run_id)[1]
 
 
 def _safe(docker):

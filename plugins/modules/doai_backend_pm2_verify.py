@@ -64,6 +64,23 @@ options:
     type: str
     choices: [healthy, stable]
     default: stable
+  log_lines:
+    description:
+      - With I(until=stable) - the last lines of the apps' PM2 logs, read while the job watches and
+        scrubbed on the host like doai_backend_pm2_diagnose's, returned once PM2 stayed stable
+        (C(logs), C(pm2_error)) - the run's evidence, read in this round trip rather than by a task
+        of its own. 0 - not read.
+    type: int
+    default: 0
+  record:
+    description:
+      - With I(until=stable), once PM2 stayed stable - this record (action, from, to, who, why,
+        run_id) with C(result=succeeded) in the host's ledger I(ledger_path), once per run (a call
+        that attaches again adds nothing), then the host lock I(release_lock) released if the
+        record's run holds it (doai_ledger's, in the same round trip); empty - none.
+    type: dict
+  ledger_path: {description: "The host's ledger, for I(record).", type: path}
+  release_lock: {description: "The host lock released after I(record) (empty - none).", type: path}
 author: doai-ansible contributors (@doai)
 """
 
@@ -85,14 +102,22 @@ processes: {description: "PM2 processes after the window (when healthy, at its s
 healthy: {description: "Health is good; the restart watch goes on in the job.", type: bool, returned: with until=healthy}
 reached: {description: "C(healthy) when the module returned at health good, the watch going on.", type: str, returned: with until=healthy}
 stable_seconds: {description: "The length of the restart watch.", type: float, returned: with until=healthy}
+logs: {description: "The apps' last log lines (app, pm_id, kind, path, text, error), scrubbed.", type: list, returned: with log_lines after a stable watch}
+pm2_error: {description: "Why PM2 could not list the apps for their logs.", type: str, returned: with log_lines after a stable watch}
+recorded: {description: "The record is in the ledger (written now or by an earlier call of this run).", type: bool, returned: with record after a stable watch}
+lock_released: {description: "The host lock was released.", type: bool, returned: with record and release_lock after a stable watch}
 """
 
+import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import LEDGER_ACTIONS, record_once
 from ansible_collections.doai.rollback.plugins.module_utils.doai_job import run_job
+from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import release
 from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import crash_looping, finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import evidence
 
 
 def pm2_list(module, started=None):
@@ -121,14 +146,59 @@ def main():
             since=dict(type="float", default=0),
             until=dict(type="str", choices=["healthy", "stable"], default="stable"),
             crash_restarts=dict(type="int", default=3),
+            log_lines=dict(type="int", default=0),
+            record=dict(type="dict"),
+            ledger_path=dict(type="path"),
+            release_lock=dict(type="path"),
         ),
+        required_by={"record": ("ledger_path",)},
         supports_check_mode=True,
     )
     p = module.params
+    if p["record"] and p["record"].get("action") not in LEDGER_ACTIONS:
+        module.fail_json(msg="record action must be one of %s, got %r" % (", ".join(LEDGER_ACTIONS), p["record"].get("action")))
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="health gate not run in check mode")
+    logs = {}
+    if p["until"] == "stable" and p["log_lines"] > 0:
+        # Read while the job watches (the window is seconds long): off the command's tail.
+        reader = threading.Thread(target=read_logs, args=(module, logs), daemon=True)
+        reader.start()
+        logs["reader"] = reader
     run_job(module, p["job_dir"], p["job"], lambda progress: verify(module, progress), p["timeout"],
-            until="healthy" if p["until"] == "healthy" else None)
+            until="healthy" if p["until"] == "healthy" else None,
+            on_done=lambda result: after_watch(module, result, logs) if p["until"] == "stable" else None)
+
+
+def read_logs(module, into):
+    p = module.params
+    try:
+        read = evidence(module, "", pm2_bin=p["pm2_bin"], pm2_home=p["pm2_home"], apps=p["apps"],
+                        lines=p["log_lines"], logs_only=True)
+        into.update(logs=read["logs"], pm2_error=read["pm2_error"])
+    except Exception as exc:  # noqa: BLE001 - evidence never fails the rollback
+        into.update(logs=[], pm2_error="the logs could not be read: %s: %s" % (type(exc).__name__, exc))
+
+
+def after_watch(module, result, logs):
+    """The run's last steps on the host once the watch is over and PM2 stayed stable, in this
+    round trip: the log lines kept as evidence (read while the job watched), the record in the
+    ledger, the lock released."""
+    p = module.params
+    if result.get("failed") or result.get("reached"):
+        return
+    if logs:
+        logs["reader"].join()
+        result.update(logs=logs.get("logs", []), pm2_error=logs.get("pm2_error"))
+    if p["record"]:
+        try:
+            record = record_once(p["ledger_path"], dict(p["record"], result="succeeded"))
+        except (IOError, OSError) as exc:
+            result.update(failed=True, msg="the rollback could not be recorded in %s: %s" % (p["ledger_path"], exc))
+            return
+        result.update(record=record, recorded=True, changed=True)
+        if p["release_lock"] and record.get("run_id"):
+            result["lock_released"] = release(p["release_lock"], record["run_id"])[1]
 
 
 def verify(module, progress):

@@ -51,9 +51,8 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import LEDGER_ACTIONS as ACTIONS
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import release
-
-ACTIONS = ("deploy", "rollback", "undo", "put-back", "resume")
 
 
 def main():

@@ -663,6 +663,54 @@ def test_verify_job_reports_healthy_then_the_watch_attaches_to_it(tmp_path, pm2)
         srv.shutdown()
 
 
+def test_the_watchs_call_reads_the_logs_records_and_releases_the_lock_once(tmp_path):
+    """Issue 20: the restart watch's call (until=stable) makes the run's last steps on the host
+    in its own round trip: the PM2 log lines (scrubbed), the record in the ledger, the host lock
+    released. A retried call adds no second record; a watch that fails records nothing and keeps
+    the lock."""
+    home = tmp_path / "pm2-home"
+    home.mkdir()
+    (home / "pm2.pid").write_text(str(os.getpid()))  # a live "daemon": the read starts none
+    out_log = tmp_path / "api-out.log"
+    out_log.write_text("listening on 3000\nconnecting to postgres://app:hunter2-canary@db:5432/doai\n")
+    app = {"name": "api", "pm_id": 0, "pid": None,
+           "pm2_env": {"status": "online", "restart_time": 0, "pm_out_log_path": str(out_log)}}
+    pm2_bin = tmp_path / "pm2"
+    pm2_bin.write_text(f"#!/bin/sh\n[ \"$1\" = jlist ] && echo '{json.dumps([app])}'\nexit 0\n")
+    pm2_bin.chmod(0o755)
+    lock = tmp_path / "state" / "backend.lock"
+    ledger_ = tmp_path / "state" / "ledger.jsonl"
+    assert module("doai_host_lock", tmp_path, path=str(lock), run_id="R1", owner="alice")["changed"]
+    record = {"action": "rollback", "from": "a" * 40, "to": "b" * 40, "who": "alice", "why": "bad", "run_id": "R1"}
+    srv, url = health_server()
+    args = dict(health_url=url, deadline=5, stable_seconds=0.5, pm2_bin=str(pm2_bin), pm2_home=str(home),
+                job="R1-verify", job_dir=str(tmp_path / "jobs"))
+    last = dict(log_lines=10, record=record, ledger_path=str(ledger_), release_lock=str(lock))
+    try:
+        assert module("doai_backend_pm2_verify", tmp_path, until="healthy", **args)["reached"] == "healthy"
+        assert lock.is_dir(), "nothing is released while the watch goes on"
+        out = module("doai_backend_pm2_verify", tmp_path, until="stable", **args, **last)
+        assert not out.get("failed") and out["recorded"] and out["lock_released"], out
+        (entry,) = [json.loads(x) for x in ledger_.read_text().splitlines()]
+        assert {k: entry[k] for k in record} == record and entry["result"] == "succeeded" and "by" not in entry
+        assert not lock.exists()
+        (log,) = out["logs"]
+        assert log["app"] == "api" and log["kind"] == "out" and "listening on 3000" in log["text"]
+        assert "hunter2-canary" not in json.dumps(out)
+        again = module("doai_backend_pm2_verify", tmp_path, until="stable", **args, **last)  # a retried connection
+        assert again["attached"] and again["recorded"] and not again["lock_released"]
+        assert len(ledger_.read_text().splitlines()) == 1
+        # A watch that fails (health never good) records nothing and leaves the lock to the role.
+        assert module("doai_host_lock", tmp_path, path=str(lock), run_id="R2", owner="alice")["changed"]
+        failing = dict(args, health_url="http://127.0.0.1:1/api/health", deadline=0.3, job="R2-verify")  # closed port
+        bad = module("doai_backend_pm2_verify", tmp_path, until="stable", **failing,
+                     **dict(last, record=dict(record, run_id="R2")))
+        assert bad["failed"] and "recorded" not in bad and "logs" not in bad, bad
+        assert lock.is_dir() and len(ledger_.read_text().splitlines()) == 1
+    finally:
+        srv.shutdown()
+
+
 def test_apply_job_is_attached_to_not_run_twice(tmp_path, repo, pm2):
     r, (_v1, v2, _v3) = repo
     fake_pm2 = tmp_path / "pm2-slow"
