@@ -511,3 +511,87 @@ def test_the_checklist_reads_alongside_the_plans_and_every_read_is_fresh_after(c
     assert run.dry_run and calls == ["plan backend"]
     assert seen == {"before": 1, "plan": 1} and reads == [1]  # one read for both
     assert ctx.shared_read("live", read_live) == 2  # after the plans: read again
+
+
+# -- a part started before its turn (PartBase.starts_early), issue 20 ------------------------------
+
+
+class EarlyPart(FakePart):
+    """A part whose apply may start before its turn: it waits at its gate (as its playbook would
+    at doai_gate) before it changes anything. ``ready`` is set once it waits there."""
+
+    starts_early = True
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        import threading
+
+        super().__init__(*args, **kw)
+        self.ready = threading.Event()
+        self.before_me: FakePart | None = None
+        self.seen_before_me: str | None = None
+
+    def apply(self, ctx, steps, request):
+        from doai_ansible.model import utcnow
+        from doai_ansible.parts.playbook import wait_gate
+
+        started = utcnow()  # a playbook part's results start when its apply does
+        if ctx.gate is not None:
+            self.calls.append(f"early {self.name}")
+            self.ready.set()
+            try:
+                wait_gate(ctx.gate)
+            except ValidationError:
+                raise
+            except Exception:
+                self.calls.append(f"stopped {self.name}")
+                raise
+        if self.before_me is not None:
+            self.seen_before_me = self.before_me.live  # the part before, as this one's change begins
+        return [dataclasses.replace(r, started=started, finished=utcnow()) for r in super().apply(ctx, steps, request)]
+
+
+def test_the_next_part_starts_up_while_the_part_before_it_works_and_changes_after_it(ctx):
+    calls: list[str] = []
+    agent = EarlyPart(Part.AGENT, calls)
+    back = EarlyPart(Part.BACKEND, calls)
+    dash = FakePart(Part.DASHBOARD, calls)
+    back.before_me = agent
+
+    class Slow(EarlyPart):  # the agent at work: it finishes only once the backend waits at its gate
+        def apply(self, ctx, steps, request):
+            results = super().apply(ctx, steps, request)
+            assert back.ready.wait(10), "the backend did not start while the agent worked"
+            return results
+
+    agent = Slow(Part.AGENT, calls)
+    back.before_me = agent
+    run = engine.run(ctx, jobs(agent, back, dash), command="system rollback", reason="test")
+    assert run.exit_status is ExitStatus.OK, run.message
+    assert back.seen_before_me == "v2"  # the backend changed only after the agent was done
+    assert calls.index("early backend") < calls.index("apply backend")
+    assert [c for c in calls if c.startswith("apply")] == ["apply agent", "apply backend", "apply dashboard"]
+    # each step's start is its turn, not the moment its playbook started
+    by_part = {r.step.part: r for r in run.results}
+    assert by_part[Part.BACKEND].started >= by_part[Part.AGENT].finished
+    assert not list(ctx.log_dir.glob(".gate-*"))
+
+
+def test_a_part_started_early_changes_nothing_when_the_part_before_it_fails(ctx):
+    calls: list[str] = []
+    agent = EarlyPart(Part.AGENT, calls, fail="restored")
+    back = EarlyPart(Part.BACKEND, calls)
+    run = engine.run(ctx, jobs(agent, back), command="system rollback", reason="test")
+    assert back.ready.is_set(), "the backend was not started early"
+    assert "stopped backend" in calls and "apply backend" not in calls
+    assert back.live == "v3"
+    assert {r.step.part: r.outcome for r in run.results} == {Part.AGENT: Outcome.RESTORED,
+                                                             Part.BACKEND: Outcome.SKIPPED}
+    assert run.exit_status is ExitStatus.FAILED_RESTORED
+
+
+def test_a_declined_or_dry_run_starts_nothing_early(ctx):
+    calls: list[str] = []
+    agent, back = EarlyPart(Part.AGENT, calls), EarlyPart(Part.BACKEND, calls)
+    engine.run(ctx, jobs(agent, back), command="x", reason=None, confirm=lambda plan: False)
+    engine.run(ctx, jobs(agent, back), command="x", reason=None, dry_run=True)
+    assert not [c for c in calls if not c.startswith("plan")]
