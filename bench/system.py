@@ -177,12 +177,16 @@ def run_manual(rig: SystemRig, scratch: Path) -> dict[str, float]:
     return steps
 
 
-def run_tool(rig: SystemRig, scratch: Path, *, dry: bool = False) -> dict[str, object]:
+#: Another checkout of this repository (--other): the methods other and other-dry run its CLI.
+OTHER: list[Path] = []
+
+
+def run_tool(rig: SystemRig, scratch: Path, *, dry: bool = False, root: Path = ROOT) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOAI_", "ANSIBLE_"))}
     env.update(rig.env(scratch / "state"))
     t0 = time.monotonic()
     args = [*TOOL_ARGS, "--dry-run"] if dry else TOOL_ARGS
-    proc = subprocess.run([sys.executable, "-m", "doai_ansible", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "doai_ansible", *args], cwd=root, env=env,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1200, check=False)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
@@ -221,8 +225,8 @@ def one(rig: SystemRig, method: str) -> dict[str, object]:
         raise SystemExit(f"the rig is not in the failed state: {rig.state()}")
     scratch = Path(tempfile.mkdtemp(prefix="dsy-", dir="/tmp"))
     try:
-        if method in ("tool", "dry"):
-            r = run_tool(rig, scratch, dry=method == "dry")
+        if method in ("tool", "dry", "other", "other-dry"):
+            r = run_tool(rig, scratch, dry=method.endswith("dry"), root=OTHER[0] if method.startswith("other") else ROOT)
         else:
             steps = run_manual(rig, scratch)
             r = {"wall_s": sum(steps.values()), "steps": steps}
@@ -239,6 +243,19 @@ def one(rig: SystemRig, method: str) -> dict[str, object]:
     return r
 
 
+def breakdown(runs: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+    """Medians of where the tool's time went (tool_breakdown) over ``runs``."""
+    names = list(runs[0]["parts"])  # type: ignore[call-overload]
+    out = {n: summary([r["parts"].get(n, 0.0) for r in runs]) for n in names}  # type: ignore[attr-defined]
+    for label, key in (("(checklist before the first part)", "before_s"), ("(between the parts)", "between_s"),
+                       ("(checklist after the last part)", "after_s"),
+                       ("(run start to the last part done)", "last_part_done_s")):
+        out[label] = summary([float(r[key]) for r in runs])  # type: ignore[arg-type]
+    out["(process start and exit, outside the run)"] = summary(
+        [float(r["wall_s"]) - float(r["run_s"]) for r in runs])  # type: ignore[arg-type]
+    return out
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -251,13 +268,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--methods", default="tool,manual,dry",
-                    help="comma-separated: tool, manual, dry (the tool's --dry-run; must change nothing)")
+                    help="comma-separated: tool, manual, dry (the tool's --dry-run; must change nothing); "
+                         "other, other-dry: the same with the checkout given by --other")
+    ap.add_argument("--other", type=Path, default=None,
+                    help="another checkout of this repository (its tests/node may be a link to this one's): "
+                         "the methods other and other-dry run its doai-rollback on the same rig, interleaved")
     ap.add_argument("--no-docker", action="store_true", help="leave the Docker VPS out")
     ap.add_argument("--pcs", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "system.json")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
+    if any(m.startswith("other") for m in methods):
+        if args.other is None or not (args.other / "doai_ansible").is_dir():
+            raise SystemExit("the methods other and other-dry need --other DIR, a checkout of this repository")
+        OTHER.append(args.other.resolve())
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="dsys-", dir="/tmp"))  # short: sockets
     rig = SystemRig(wd / "rig", docker=False if args.no_docker else None, pcs=args.pcs)
     results: dict[str, list[dict[str, object]]] = {m: [] for m in methods}
@@ -288,17 +313,9 @@ def main() -> int:
     if "manual" in results and results["manual"]:
         names = list(results["manual"][0]["steps"])  # type: ignore[arg-type]
         rows["manual_steps"] = {n: summary([r["steps"][n] for r in results["manual"]]) for n in names}  # type: ignore[index]
-    if results.get("tool") and all("parts" in r for r in results["tool"]):
-        tool_runs = results["tool"]
-        names = list(tool_runs[0]["parts"])  # type: ignore[arg-type]
-        rows["tool_parts"] = {n: summary([r["parts"].get(n, 0.0) for r in tool_runs]) for n in names}  # type: ignore[union-attr]
-        rows["tool_parts"]["(checklist before the first part)"] = summary([r["before_s"] for r in tool_runs])  # type: ignore[index,misc]
-        rows["tool_parts"]["(between the parts)"] = summary([r["between_s"] for r in tool_runs])  # type: ignore[index,misc]
-        rows["tool_parts"]["(checklist after the last part)"] = summary([r["after_s"] for r in tool_runs])  # type: ignore[index,misc]
-        rows["tool_parts"]["(run start to the last part done)"] = summary(  # type: ignore[index]
-            [r["last_part_done_s"] for r in tool_runs])  # type: ignore[misc]
-        rows["tool_parts"]["(process start and exit, outside the run)"] = summary(  # type: ignore[index]
-            [float(r["wall_s"]) - float(r["run_s"]) for r in tool_runs])  # type: ignore[arg-type]
+    for m in ("tool", "other"):
+        if results.get(m) and all("parts" in r for r in results[m]):
+            rows[f"{m}_parts"] = breakdown(results[m])
     if "tool" in rows and "manual" in rows:
         manual_median = rows["manual"]["wall_s"]["median"]  # type: ignore[index]
         report["ratio_tool_manual"] = rows["tool"]["wall_s"]["median"] / manual_median  # type: ignore[index]
@@ -317,8 +334,9 @@ def main() -> int:
         print(f"| {m} | {fmt(rows[m]['wall_s'])} |")  # type: ignore[index]
     for n, s in (rows.get("manual_steps") or {}).items():  # type: ignore[union-attr]
         print(f"| manual: {n} | {fmt(s)} |")
-    for n, s in (rows.get("tool_parts") or {}).items():  # type: ignore[union-attr]
-        print(f"| tool: {n} | {fmt(s)} |")
+    for m in ("tool", "other"):
+        for n, s in (rows.get(f"{m}_parts") or {}).items():  # type: ignore[union-attr]
+            print(f"| {m}: {n} | {fmt(s)} |")
     if "ratio_tool_manual" in report:
         print(f"\nratio tool / manual (medians): {report['ratio_tool_manual']:.2f}")
     if "ratio_last_part_manual" in report:

@@ -522,7 +522,7 @@ class _Early:
 
     def __init__(self, ctx: RunContext, p: _Planned, changing: list[Step]) -> None:
         self.gate = ctx.log_dir / f".gate-{p.job.part.name}"
-        self.gate.unlink(missing_ok=True)
+        self._forget()
         self.opened: str | None = None
         self._out: dict[str, Any] = {}
         gated = ctx.gated(self.gate)
@@ -543,13 +543,21 @@ class _Early:
         tmp.write_text(word + "\n", encoding="utf-8")
         os.replace(tmp, self.gate)
 
-    def go(self) -> list[StepResult]:
-        """The part's turn: its results (started now, not when its playbook started), or the
-        refusal it raised."""
+    def go(self, *, poll_s: float = 0.02) -> None:
+        """The part's turn: open the gate; return once its playbooks are past it (doai_gate
+        creates ``<gate>.passed``) or the part has ended."""
         self.opened = utcnow()
         self._say("go")
+        passed = self.gate.with_name(self.gate.name + ".passed")
+        while self._thread.is_alive() and not passed.exists():
+            self._thread.join(poll_s)
+
+    def results(self) -> list[StepResult]:
+        """The part's results once it has ended (started at its turn, not when its playbook
+        started), or the refusal it raised."""
         self._thread.join()
-        self.gate.unlink(missing_ok=True)
+        self._forget()
+        assert self.opened is not None
         if "error" in self._out:
             raise self._out["error"]
         return [dataclasses.replace(r, started=self.opened,
@@ -564,7 +572,11 @@ class _Early:
         self._say(f"stop: {why}")
         if wait:
             self._thread.join(timeout=120)
-            self.gate.unlink(missing_ok=True)
+            self._forget()
+
+    def _forget(self) -> None:
+        for f in (self.gate, self.gate.with_name(self.gate.name + ".passed")):
+            f.unlink(missing_ok=True)
 
 
 class _EarlyStarts:
@@ -616,9 +628,13 @@ def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest
             continue
         ctx.say(f"applying the {p.job.part.name} {p.job.request.action}")
         started = utcnow()
-        early.start(i + 1)  # the next part's playbook starts up meanwhile, and waits at its gate
+        if waiting is not None:
+            waiting.go()
+        # The next part's playbooks start up meanwhile, and wait at their gate; once this part's
+        # own are past their start-up (on 2 cores, two start-ups at once slow both).
+        early.start(i + 1)
         try:
-            results = waiting.go() if waiting is not None else p.job.part.apply(ctx, changing, p.job.request)
+            results = waiting.results() if waiting is not None else p.job.part.apply(ctx, changing, p.job.request)
         except DoaiError as exc:  # the part refused before changing anything
             refusal = p.job.as_typed(exc)
             results = [StepResult(s, Outcome.REFUSED, exc.message, started, utcnow()) for s in changing]

@@ -33,6 +33,15 @@ def _word(path):
         return ""
 
 
+def _passed(path):
+    """Tell doai-rollback this playbook is past its start-up and at work (PATH.passed)."""
+    try:
+        with open(path + ".passed", "a", encoding="utf-8"):
+            pass
+    except OSError:
+        pass
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -52,6 +61,7 @@ class ActionModule(ActionBase):
         while True:
             word = _word(path)
             if word == "go":
+                _passed(path)
                 result.update(changed=False, waited=round(time.monotonic() - t0, 3))
                 return result
             if word.startswith("stop"):

@@ -18,7 +18,8 @@ description:
     not, or the run was stopped) - then the task fails on every host and nothing is changed.
   - Runs on the controller (an action plugin); it never connects to the host.
   - Fails too when the process I(pid) (doai-rollback) is gone, or after I(timeout) seconds.
-  - Polls the file every 20 ms.
+  - Polls the file every 20 ms. At C(go) it creates I(path)C(.passed): doai-rollback then knows
+    this playbook is past its start-up and may start the next part's.
 options:
   path: {description: "The gate file doai-rollback writes.", type: path, required: true}
   pid: {description: "The process that started the playbook; 0 - not watched.", type: int, default: 0}

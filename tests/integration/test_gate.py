@@ -55,6 +55,7 @@ def test_the_playbook_waits_for_the_go_then_changes(tmp_path):
     proc, marker = _run(tmp_path, os.getpid(), then="go", after_s=3.0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert marker.exists() and time.monotonic() - t0 >= 3.0
+    assert (tmp_path / "gate.passed").exists()  # how doai-rollback knows it is past its start-up
 
 
 def test_stop_changes_nothing_and_says_why(tmp_path):
@@ -63,6 +64,7 @@ def test_stop_changes_nothing_and_says_why(tmp_path):
     proc, marker = _run(tmp_path, os.getpid(), then="stop: an earlier part failed", after_s=1.0)
     assert proc.returncode != 0 and not marker.exists()
     assert "not started: an earlier part failed; nothing was changed" in proc.stdout
+    assert not (tmp_path / "gate.passed").exists()
 
 
 def test_the_process_that_started_it_gone_changes_nothing(tmp_path):
