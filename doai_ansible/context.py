@@ -30,8 +30,6 @@ class RunContext:
     # The whole-system checklist's reads made in the plan's run (see read_along): part -> request.
     _along: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     along_log_lines: int = 0
-    #: The gate file of a part started early (see :meth:`gated`): its playbook runs wait there.
-    gate: Path | None = None
 
     @classmethod
     def create(
@@ -108,13 +106,6 @@ class RunContext:
         """From now on nothing is shared: the run's plan is confirmed or a change is coming."""
         with self._reads_lock:
             self._reads = None
-
-    def gated(self, gate: Path) -> RunContext:
-        """This run's context for a part whose apply starts before its turn: the same run (its
-        warnings, reads and log bundle are this one's), but every playbook run waits at ``gate``
-        before its first change until the engine writes ``go`` there (or ``stop``: nothing is
-        changed). See the collection's doai_gate."""
-        return dataclasses.replace(self, gate=gate)
 
     def say(self, text: str) -> None:
         if self.note is not None:

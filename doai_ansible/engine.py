@@ -446,13 +446,11 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
         # Only a confirmation leaves time for the live state to move: with --yes the plans were
         # made a moment ago under the run's locks, and a re-read would only delay the change.
         _recheck(ctx, planned)  # a refusal raises: nothing changed anywhere, nothing announced
-    early = _EarlyStarts(ctx, planned)
+    if before_apply is not None:
+        before_apply(run)
+    _save_plan(ctx, run)
     try:
-        early.start(0)  # its playbook starts up while the start is announced and the plan saved
-        if before_apply is not None:
-            before_apply(run)
-        _save_plan(ctx, run)
-        refusal = _apply(ctx, planned, early)
+        refusal = _apply(ctx, planned)
     except _Stopped as stopped:
         run.results = [r for p in planned for r in p.results]
         worst = _exit_status(run.results, None)
@@ -460,11 +458,6 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
         run.message = (f"stopped by {stopped.signame} after the step at work finished"
                        + _where_text(where_parts_stand(run)))
         return
-    except BaseException:  # an error, or a second signal: what waits at its gate changes nothing
-        early.stop_all("the run ended before this part's turn", wait=False)
-        raise
-    finally:
-        early.stop_all("the run ended before this part's turn")
     failed_part = next((p.job.part.name for p in planned
                         if p.results and p.job.part.blocks_next(p.results, p.job.request)), None)
     if revert_on_failure and failed_part is not None:
@@ -505,102 +498,13 @@ def _deferred_signals(ctx: RunContext) -> Iterator[_StopRequest]:
             signal.signal(s, handler)
 
 
-def _apply(ctx: RunContext, planned: list[_Planned], early: _EarlyStarts | None = None) -> DoaiError | None:
+def _apply(ctx: RunContext, planned: list[_Planned]) -> DoaiError | None:
     """Apply in order, stop at the first failure; the refusal that stopped it, if any."""
     with _deferred_signals(ctx) as stop:
-        refusal = _apply_in_order(ctx, planned, stop, early or _EarlyStarts(ctx, planned))
+        refusal = _apply_in_order(ctx, planned, stop)
     if stop.signal is not None:
         raise _Stopped(stop.signal)
     return refusal
-
-
-class _Early:
-    """The apply of a part started before its turn (:attr:`PartBase.starts_early`), in a thread
-    with a gated context: its playbooks start up, read the inventory and make the checks that
-    change nothing while the part before it works, then wait at the gate file (the collection's
-    doai_gate) until :meth:`go` (its turn) or :meth:`stop` (no turn: nothing is changed)."""
-
-    def __init__(self, ctx: RunContext, p: _Planned, changing: list[Step]) -> None:
-        self.gate = ctx.log_dir / f".gate-{p.job.part.name}"
-        self._forget()
-        self.opened: str | None = None
-        self._out: dict[str, Any] = {}
-        gated = ctx.gated(self.gate)
-
-        def work() -> None:
-            try:
-                self._out["results"] = p.job.part.apply(gated, changing, p.job.request)
-            except BaseException as exc:  # handed to go(); after a stop, nobody asks
-                self._out["error"] = exc
-
-        # A daemon: a second SIGINT/SIGTERM ends the process at once (see ``at_once``); the
-        # playbook at its gate then sees this process gone and changes nothing.
-        self._thread = threading.Thread(target=work, name=f"doai-early-{p.job.part.name}", daemon=True)
-        self._thread.start()
-
-    def _say(self, word: str) -> None:
-        tmp = self.gate.with_name(self.gate.name + ".tmp")
-        tmp.write_text(word + "\n", encoding="utf-8")
-        os.replace(tmp, self.gate)
-
-    def go(self, *, poll_s: float = 0.02) -> None:
-        """The part's turn: open the gate; return once its playbooks are past it (doai_gate
-        creates ``<gate>.passed``) or the part has ended."""
-        self.opened = utcnow()
-        self._say("go")
-        passed = self.gate.with_name(self.gate.name + ".passed")
-        while self._thread.is_alive() and not passed.exists():
-            self._thread.join(poll_s)
-
-    def results(self) -> list[StepResult]:
-        """The part's results once it has ended (started at its turn, not when its playbook
-        started), or the refusal it raised."""
-        self._thread.join()
-        self._forget()
-        assert self.opened is not None
-        if "error" in self._out:
-            raise self._out["error"]
-        return [dataclasses.replace(r, started=self.opened,
-                                    duration_s=_seconds_between(self.opened, r.finished) if r.finished else None)
-                if r.started and r.started < self.opened else r for r in self._out["results"]]
-
-    def stop(self, why: str, *, wait: bool = True) -> None:
-        """No turn for this part: its playbooks fail at the gate, before any change."""
-        if self.opened is not None:
-            return
-        self.opened = "stopped"
-        self._say(f"stop: {why}")
-        if wait:
-            self._thread.join(timeout=120)
-            self._forget()
-
-    def _forget(self) -> None:
-        for f in (self.gate, self.gate.with_name(self.gate.name + ".passed")):
-            f.unlink(missing_ok=True)
-
-
-class _EarlyStarts:
-    """The parts of a run started before their turn, by their index in the run's order."""
-
-    def __init__(self, ctx: RunContext, planned: list[_Planned]) -> None:
-        self.ctx, self.planned = ctx, planned
-        self.waiting: dict[int, _Early] = {}
-
-    def start(self, i: int) -> None:
-        if i >= len(self.planned) or i in self.waiting:
-            return
-        p = self.planned[i]
-        changing = [s for s in p.steps if s.changes]
-        if changing and p.job.part.starts_early:
-            self.waiting[i] = _Early(self.ctx, p, changing)
-
-    def take(self, i: int) -> _Early | None:
-        return self.waiting.pop(i, None)
-
-    def stop_all(self, why: str, *, wait: bool = True) -> None:
-        for e in self.waiting.values():
-            e.stop(why, wait=wait)
-        self.waiting.clear()
 
 
 class _Stopped(Exception):
@@ -609,18 +513,14 @@ class _Stopped(Exception):
         self.signame = signame
 
 
-def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest,
-                    early: _EarlyStarts) -> DoaiError | None:
+def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest) -> DoaiError | None:
     refusal: DoaiError | None = None
-    for i, p in enumerate(planned):
+    for p in planned:
         unchanged = [StepResult(s, Outcome.UNCHANGED, "already there: nothing to do")
                      for s in p.steps if not s.changes]
         changing = [s for s in p.steps if s.changes]
-        waiting = early.take(i)
         if refusal is not None or _blocked(planned) or stop.signal is not None:
             why = f"not attempted: stopped by {stop.signal}" if stop.signal else "not attempted: an earlier part failed"
-            if waiting is not None:
-                waiting.stop(why.removeprefix("not attempted: "))
             p.results = unchanged + [StepResult(s, Outcome.SKIPPED, why) for s in changing]
             continue
         if not changing:
@@ -628,13 +528,8 @@ def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest
             continue
         ctx.say(f"applying the {p.job.part.name} {p.job.request.action}")
         started = utcnow()
-        if waiting is not None:
-            waiting.go()
-        # The next part's playbooks start up meanwhile, and wait at their gate; once this part's
-        # own are past their start-up (on 2 cores, two start-ups at once slow both).
-        early.start(i + 1)
         try:
-            results = waiting.results() if waiting is not None else p.job.part.apply(ctx, changing, p.job.request)
+            results = p.job.part.apply(ctx, changing, p.job.request)
         except DoaiError as exc:  # the part refused before changing anything
             refusal = p.job.as_typed(exc)
             results = [StepResult(s, Outcome.REFUSED, exc.message, started, utcnow()) for s in changing]

@@ -118,12 +118,6 @@ class PartBase(abc.ABC):
 
         raise UsageError(f"the {self.name} part keeps no lock on hosts")
 
-    #: Whether a whole-system run may call :meth:`apply` before this part's turn, with a gated
-    #: context (:meth:`RunContext.gated`): the part changes nothing until the gate says go, and
-    #: changes nothing at all when it says stop. A part whose apply is a playbook run (its
-    #: start-up, inventory and read-only checks then overlap the part before it) sets it.
-    starts_early: ClassVar[bool] = False
-
     #: Whether :meth:`collect_logs` collects anything (the whole-system rollback's log bundle).
     collects_logs: ClassVar[bool] = False
 

@@ -46,7 +46,6 @@ class BackendPart(PartBase):
     part = Part.BACKEND
     needs = "hosts in the inventory group `backend`"
     group = BACKEND_GROUP
-    starts_early = True  # each mode's playbook waits at doai_gate before the capture
 
     def __init__(self) -> None:
         self.modes: dict[str, PlaybookPart] = {

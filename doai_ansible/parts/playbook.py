@@ -171,27 +171,6 @@ def health_text(h: Mapping[str, Any]) -> str:
     return f"HTTP {int(code or 0)} version {h.get('health_version') or '?'}" if answered else "no answer"
 
 
-#: The playbooks that wait at doai_gate before their first change when doai_gate is set (the
-#: agent's before the swap, the backend roles' before the capture takes the host lock).
-GATED_PLAYBOOKS = frozenset({"agent_rollback.yml", "agent_reinstall.yml", "backend_pm2_rollback.yml",
-                             "backend_docker_rollback.yml"})
-
-
-def wait_gate(gate: Path, *, poll_s: float = 0.02) -> None:
-    """What doai_gate does, in this process: return at ``go``; raise at ``stop``."""
-    while True:
-        try:
-            word = gate.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            word = ""
-        if word == "go":
-            gate.with_name(gate.name + ".passed").touch()
-            return
-        if word.startswith("stop"):
-            raise UsageError(f"not started: {word[4:].strip(' :') or 'stopped'}; nothing was changed")
-        time.sleep(poll_s)
-
-
 def log_text(res: Mapping[str, Any]) -> str:
     """The log bundle's file of one host from a logs task's result: its ``logs`` entries
     (``{app, kind, path, text, error}``, scrubbed on the host by the collection's doai_secrets),
@@ -221,8 +200,6 @@ class PlaybookPart(PartBase):
     var_prefix: ClassVar[str]
     logs_task: ClassVar[str | None] = None  # a task whose stdout is kept in the run's log bundle ...
     logs_name: ClassVar[str] = "logs"  # ... as <host>-<logs_name>.log
-    #: The playbooks wait at doai_gate before their first change (tasks/gate.yml, the roles).
-    starts_early: ClassVar[bool] = True
     #: Tasks whose result carries the same log lines when it has ``logs`` (a module call that
     #: reads them along with its own work, e.g. the restart watch).
     logs_along: ClassVar[tuple[str, ...]] = ()
@@ -289,11 +266,6 @@ class PlaybookPart(PartBase):
         """One playbook run; ``started`` collects the hosts an apply module started on; ``forks``
         how many hosts Ansible works on at once (None: Ansible's own setting)."""
         log_dir = ctx.log_dir / label if label else ctx.log_dir
-        if ctx.gate is not None and not check:  # started early: wait for the go before any change
-            if self.playbook in GATED_PLAYBOOKS:  # at doai_gate, once its start-up and checks are done
-                extravars = {**extravars, "doai_gate": str(ctx.gate), "doai_gate_pid": os.getpid()}
-            else:  # here, before it starts
-                wait_gate(ctx.gate)
         pb = run_playbook(ctx.settings, self.playbook, extravars=extravars, limit=limit, check=check,
                           log_dir=log_dir, on_event=self._on_event(ctx, log_dir, started, check=check),
                           timeout_s=None if check else self.apply_run_timeout_s, secrets=self.secrets() or None,

@@ -157,30 +157,6 @@ def test_failure_in_the_database_stops_there(system_rig, state_dir):
         assert needle in doc["message"] and needle in md, needle
 
 
-def test_a_backend_started_early_is_left_as_it_was_when_the_agent_fails(system_rig, state_dir):
-    """Issue 20: the backend's playbooks start while the agent part works and wait at their gate
-    (doai_gate) before the capture; when the agent part fails, they are told to stop and change
-    nothing: the backend stays on the failed release, its host lock free."""
-    rig = system_rig.break_all()
-    for pc in rig.agents.pcs:  # the release to go back to dies as it starts: every swap is put back
-        for user in rig.agents.users:
-            (rig.agents.folder(pc, user) / "app-backup" / "agent.py").write_text("import sys\nsys.exit(3)\n")
-    res = _rollback(rig, state_dir)
-    assert res.code == 3, res.stderr + res.stdout
-    state, bad = rig.state(), rig.expected_bad()
-    assert state["backend"] == bad["backend"] and state["database"] == bad["database"]
-    assert state["dashboard"] == bad["dashboard"]
-    doc = res.json()
-    outcomes = {s["part"]: s["outcome"] for s in doc["steps"] if s["part"] != "agent"}
-    assert set(outcomes.values()) == {"skipped"}, outcomes
-    run_dir = state_dir / "runs" / doc["run_id"]
-    for name in ["backend_pm2_rollback.log"] + (["backend_docker_rollback.log"] if rig.docker else []):
-        text = (run_dir / name).read_text()  # it ran, and stopped at its gate
-        assert "not started: an earlier part failed; nothing was changed" in text, text
-        assert "Lock the host" not in text and "Capture the live" not in text
-    assert not (rig.sandbox.host_state / "backend.lock").exists()
-
-
 def test_data_at_risk_without_the_flag_is_refused_before_any_part_changes(system_rig, state_dir):
     """The plan knows the database drops rows and --accept-data-loss was not given: exit 2 before
     the agent and the backend are touched, no start announced, no report (it used to roll back

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from doai_ansible import __version__
-from doai_ansible.parts.playbook import GATED_PLAYBOOKS
 from tests.collection import build
 from tests.conftest import ROOT
 
@@ -89,35 +88,3 @@ def test_pypsrp_is_installed_for_the_psrp_connection():
 
     assert re.search(r'"pypsrp[>=<]', (ROOT / "pyproject.toml").read_text())
     assert re.search(r"^pypsrp[>=<]", (ROOT / "ee-requirements.txt").read_text(), re.M)  # and the AWX image
-
-
-GATE_TASK = "Wait for the go of the run that started this playbook early"
-
-
-def _names(tasks: list[dict]) -> list[str]:
-    """Task names in order, a block's own tasks after its name (as Ansible runs them)."""
-    out: list[str] = []
-    for t in tasks or []:
-        out.append(t.get("name", ""))
-        out += _names(t.get("block", []))
-    return out
-
-
-@pytest.mark.parametrize("name", sorted(GATED_PLAYBOOKS))
-def test_a_playbook_the_engine_starts_early_waits_at_the_gate_before_its_first_change(name):
-    """doai-rollback starts these playbooks before their part's turn (doai_gate): the gate must come
-    before the role that changes the hosts (the agent's swap; the backend roles' capture, which
-    takes the host lock). A playbook not in GATED_PLAYBOOKS waits in the controller instead."""
-    (play,) = yaml.safe_load((ROOT / "playbooks" / name).read_text())
-    roles = play.get("roles") or []
-    if roles:  # the role waits itself, after its input checks and before its capture
-        role = roles[0]["role"].split(".")[-1]
-        (outer,) = yaml.safe_load((ROOT / "roles" / role / "tasks" / "main.yml").read_text())
-        names = _names(outer["block"])
-        capture = next(n for n in names if n.startswith("Lock the host, capture"))
-        assert GATE_TASK in names and names.index(GATE_TASK) < names.index(capture), names
-    else:
-        tasks = play.get("pre_tasks", []) + play.get("tasks", [])
-        first_change = next(i for i, t in enumerate(tasks) if "import_role" in json.dumps(t))
-        gate = next(i for i, t in enumerate(tasks) if t.get("name") == GATE_TASK)
-        assert tasks[gate]["ansible.builtin.import_tasks"] == "tasks/gate.yml" and gate < first_change
