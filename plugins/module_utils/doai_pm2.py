@@ -22,8 +22,8 @@ def start_jlist(pm2_bin, pm2_home):
         return exc
 
 
-def finish_jlist(proc, apps):
-    """(processes, error) from a started `pm2 jlist`; only ``apps`` when given."""
+def read_jlist(proc):
+    """(PM2's whole list as it printed it, error) from a started `pm2 jlist`."""
     if isinstance(proc, OSError):
         return None, str(proc)
     out, err = proc.communicate()
@@ -33,9 +33,15 @@ def finish_jlist(proc, apps):
     # pm2 may print a banner before the JSON when it has just started its daemon.
     start = out.find("[")
     try:
-        raw = json.loads(out[start:]) if start >= 0 else []
+        return (json.loads(out[start:]) if start >= 0 else []), None
     except ValueError:
         return None, "pm2 jlist did not print JSON"
+
+
+def summarize(raw, error, apps):
+    """(processes, error) from read_jlist's answer; only ``apps`` when given."""
+    if raw is None:
+        return None, error
     procs = []
     for item in raw:
         env_ = item.get("pm2_env", {}) or {}
@@ -52,6 +58,12 @@ def finish_jlist(proc, apps):
             }
         )
     return procs, None
+
+
+def finish_jlist(proc, apps):
+    """(processes, error) from a started `pm2 jlist`; only ``apps`` when given."""
+    raw, error = read_jlist(proc)
+    return summarize(raw, error, apps)
 
 
 def jlist(pm2_bin, pm2_home, apps):

@@ -14,18 +14,20 @@ from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import
 from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import proc_environ, scrub, secret_values, set_names, tail
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import holder_of
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, read_jlist, start_jlist, summarize
 from ansible_collections.doai.rollback.plugins.module_utils.doai_proc import pid_alive
 
 
-def status(module, path, git_bin="git", pm2_bin="pm2", pm2_home="", apps=(), log_count=5, health_url="", lock_path=None):
+def status(module, path, git_bin="git", pm2_bin="pm2", pm2_home="", apps=(), log_count=5, health_url="", lock_path=None,
+           jlist=None):
     """The live commit, branch, working tree, last commits, PM2 processes, health and who holds
-    the host lock. Fails (module.fail_json) when ``path`` is not the top of a checkout."""
+    the host lock. Fails (module.fail_json) when ``path`` is not the top of a checkout.
+    ``jlist``: a function giving the answer of a `pm2 jlist` shared with :func:`evidence`."""
     co = Checkout(module, path, git_bin).require_top()
-    pm2 = start_jlist(pm2_bin, pm2_home)
+    pm2 = start_jlist(pm2_bin, pm2_home) if jlist is None else None
     current = co.head()
     code, body = probe(health_url, timeout=5) if health_url else (None, b"")
-    processes, pm2_error = finish_jlist(pm2, list(apps))
+    processes, pm2_error = finish_jlist(pm2, list(apps)) if jlist is None else summarize(*jlist(), apps=list(apps))
     return dict(
         current=current,
         current_short=current[:12],
@@ -51,6 +53,11 @@ def _daemon_pid(pm2_home):
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid) else None
+
+
+def daemon_running(pm2_home):
+    """Whether the PM2 daemon of ``pm2_home`` runs (read from its pid file; starts nothing)."""
+    return _daemon_pid(pm2_home) is not None
 
 
 def _jlist(pm2_bin, pm2_home, timeout=30):
@@ -116,11 +123,12 @@ def _release(module, path, git_bin):
 
 
 def evidence(module, path, git_bin="git", pm2_bin="pm2", pm2_home="", apps=(), health_url="", lines=200,
-             required_env=(), logs_only=False):
+             required_env=(), logs_only=False, jlist=None):
     """The PM2 processes with the names their environment lacks (never values), the last
     ``lines`` of their logs scrubbed of secret values, and (unless ``logs_only``) one health
-    probe and the live commit. Never starts a PM2 daemon."""
-    raw, pm2_error = _jlist(pm2_bin, pm2_home)
+    probe and the live commit. Never starts a PM2 daemon itself. ``jlist``: a function giving
+    the answer of a `pm2 jlist` shared with :func:`status` (read in the same module call)."""
+    raw, pm2_error = _jlist(pm2_bin, pm2_home) if jlist is None else jlist()
     processes, logs, secrets, seen_paths = [], [], set(), set()
     for item in raw or []:
         if apps and item.get("name") not in apps:

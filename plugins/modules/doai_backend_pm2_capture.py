@@ -141,8 +141,8 @@ from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, start_jlist, unknown_apps
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import evidence, status
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, read_jlist, start_jlist, unknown_apps
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import daemon_running, evidence, status
 from ansible_collections.doai.rollback.plugins.module_utils.doai_target import resolve_target
 
 
@@ -187,6 +187,19 @@ def read_for_checklist(module):
     p = module.params
     where = dict(path=p["path"], git_bin=p["git_bin"], pm2_bin=p["pm2_bin"], pm2_home=p["pm2_home"], apps=p["apps"],
                  health_url=p["health_url"])
+    shared = {}
+    if p["read_status"] and p["read_lines"] > 0 and daemon_running(p["pm2_home"]):
+        # One `pm2 jlist` for both reads (node's start-up is most of its cost), started now so
+        # that it runs while the status reads git. Not when no PM2 daemon runs: the log read
+        # says so on its own, and never starts one.
+        shared["run"] = start_jlist(p["pm2_bin"], p["pm2_home"])
+
+        def jlist():
+            if "answer" not in shared:
+                shared["answer"] = read_jlist(shared["run"])
+            return shared["answer"]
+
+        where["jlist"] = jlist
     reads = []
     if p["read_status"]:
         reads.append(("status", lambda: status(module, log_count=p["log_count"], lock_path=p["lock_path"], **where)))

@@ -518,6 +518,35 @@ def test_capture_reads_the_checklists_state_and_logs_in_the_same_call(tmp_path, 
     assert "checklist" not in capture(tmp_path, r, pm2, target=v1, plan_only=True)
 
 
+def test_with_a_pm2_daemon_the_capture_reads_both_from_one_jlist(tmp_path, repo):
+    """Issue 20: `pm2 jlist` is node's start-up, most of a PM2 read: with the daemon running, the
+    checklist's status and log reads share one (the plan's own comes under the lock), and each
+    answers what the status and diagnose modules answer on their own."""
+    r, (v1, _v2, _v3) = repo
+    home = tmp_path / "pm2-home"
+    home.mkdir()
+    (home / "pm2.pid").write_text(str(os.getpid()))  # a live "daemon"
+    out_log = tmp_path / "api-out.log"
+    out_log.write_text("listening on 3000\n")
+    app = {"name": "api", "pm_id": 0, "pid": None,
+           "pm2_env": {"status": "online", "restart_time": 0, "pm_out_log_path": str(out_log)}}
+    calls = tmp_path / "pm2-calls"
+    pm2_bin = tmp_path / "pm2"
+    pm2_bin.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n[ \"$1\" = jlist ] && echo '{json.dumps([app])}'\nexit 0\n")
+    pm2_bin.chmod(0o755)
+    lock = str(tmp_path / "state" / "backend.lock")
+    where = dict(pm2_bin=str(pm2_bin), pm2_home=str(home))
+    out = capture(tmp_path, r, str(pm2_bin), target=v1, lock_path=lock, plan_only=True, read_status=True,
+                  read_lines=5, pm2_home=str(home))
+    assert not out.get("failed") and out["changes"], out
+    assert calls.read_text().splitlines() == ["jlist", "jlist"]  # the reads' one, the plan's one
+    inspect = module("doai_backend_pm2_inspect", tmp_path, path=str(r), lock_path=lock, **where)
+    diagnose = module("doai_backend_pm2_diagnose", tmp_path, path=str(r), lines=5, **where)
+    assert out["checklist"] == {"status": _read(inspect), "status_error": None,
+                                "evidence": _read(diagnose), "evidence_error": None}
+    assert "listening on 3000" in out["checklist"]["evidence"]["logs"][0]["text"]
+
+
 def test_a_refused_capture_still_gives_the_checklist_what_it_read(tmp_path, repo, pm2):
     """The checklist keeps the state of a host whose plan refuses (here: another run holds its
     lock, and a path that is no checkout, whose status read fails with its cause)."""
