@@ -22,11 +22,17 @@ def start_jlist(pm2_bin, pm2_home):
         return exc
 
 
-def read_jlist(proc):
-    """(PM2's whole list as it printed it, error) from a started `pm2 jlist`."""
+def read_jlist(proc, timeout=None):
+    """(PM2's whole list as it printed it, error) from a started `pm2 jlist`; ``timeout``:
+    seconds it may take (a wedged daemon), None - no bound."""
     if isinstance(proc, OSError):
         return None, str(proc)
-    out, err = proc.communicate()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None, "pm2 jlist did not answer within %d s (a wedged daemon?)" % timeout
     out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     if proc.returncode != 0:
         return None, (err or out).strip()[-300:]

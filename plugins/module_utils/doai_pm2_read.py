@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import Checkout
 from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import proc_environ, scrub, secret_values, set_names, tail
@@ -61,29 +60,9 @@ def daemon_running(pm2_home):
 
 
 def _jlist(pm2_bin, pm2_home, timeout=30):
-    env = dict(os.environ)
-    if pm2_home:
-        env["PM2_HOME"] = pm2_home
     if _daemon_pid(pm2_home) is None:
         return None, "the PM2 daemon is not running (PM2_HOME %s): not started by this check" % (pm2_home or "default")
-    try:
-        proc = subprocess.Popen([pm2_bin, "jlist"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    except OSError as exc:
-        return None, str(exc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return None, "pm2 jlist did not answer within %d s (a wedged daemon?)" % timeout
-    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        return None, (err or out).strip()[-300:]
-    start = out.find("[")
-    try:
-        return (json.loads(out[start:]) if start >= 0 else []), None
-    except ValueError:
-        return None, "pm2 jlist did not print JSON"
+    return read_jlist(start_jlist(pm2_bin, pm2_home), timeout)
 
 
 def _pm2_record(pm2_env):

@@ -196,7 +196,7 @@ def read_for_checklist(module):
 
         def jlist():
             if "answer" not in shared:
-                shared["answer"] = read_jlist(shared["run"])
+                shared["answer"] = read_jlist(shared["run"], timeout=30)  # as the log read's own
             return shared["answer"]
 
         where["jlist"] = jlist

@@ -185,7 +185,7 @@ def after_watch(module, result, logs):
     round trip: the log lines kept as evidence (read while the job watched), the record in the
     ledger, the lock released."""
     p = module.params
-    if result.get("failed") or result.get("reached"):
+    if result.get("failed"):
         return
     if logs:
         logs["reader"].join()

@@ -46,12 +46,10 @@ EXAMPLES = r"""
       run_id: 20261127T030000Z-1a2b
 """
 
-import json
-import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.doai.rollback.plugins.module_utils.doai_history import LEDGER_ACTIONS as ACTIONS
+from ansible_collections.doai.rollback.plugins.module_utils.doai_history import LEDGER_ACTIONS as ACTIONS, append
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import release
 
 
@@ -67,17 +65,7 @@ def main():
     record.setdefault("at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if module.check_mode:
         module.exit_json(changed=True, record=record)
-    path = module.params["path"]
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        os.makedirs(parent, 0o700)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    record = append(module.params["path"], record)
     released = False
     if module.params["release_lock"] and record.get("run_id"):
         released = release(module.params["release_lock"], record["run_id"])[1]

@@ -740,6 +740,21 @@ def test_the_watchs_call_reads_the_logs_records_and_releases_the_lock_once(tmp_p
         srv.shutdown()
 
 
+def test_the_watch_run_without_a_job_records_too(tmp_path, pm2):
+    """The same last steps when the module runs its work in the session (no job id)."""
+    ledger_ = tmp_path / "ledger.jsonl"
+    record = {"action": "rollback", "from": "a" * 40, "to": "b" * 40, "who": "alice", "why": "bad", "run_id": "R3"}
+    srv, url = health_server()
+    try:
+        out = module("doai_backend_pm2_verify", tmp_path, health_url=url, deadline=5, stable_seconds=0.2,
+                     pm2_bin=pm2, until="stable", record=record, ledger_path=str(ledger_))
+    finally:
+        srv.shutdown()
+    assert not out.get("failed") and out["recorded"], out
+    (entry,) = [json.loads(x) for x in ledger_.read_text().splitlines()]
+    assert entry["run_id"] == "R3" and entry["result"] == "succeeded"
+
+
 def test_apply_job_is_attached_to_not_run_twice(tmp_path, repo, pm2):
     r, (_v1, v2, _v3) = repo
     fake_pm2 = tmp_path / "pm2-slow"
