@@ -494,19 +494,38 @@ def _collect_outputs(
     settings: Settings, private: Path, artifact_dir: Path, playbook: str, log_dir: Path | None
 ) -> tuple[Path | None, Path | None]:
     """Copy the run's stdout to the log bundle (0600), and the whole private dir when artifacts
-    are kept for forensics: the private dir itself is removed after every run."""
+    are kept for forensics: the private dir itself is removed after every run. A second run of
+    the same playbook into the same folder (the whole-system checks after the change re-run a
+    part's plan) gets the next free name, ``<playbook>-2.log``: a log already there is evidence
+    and is never overwritten (the names are taken with O_EXCL, so runs side by side agree)."""
     if log_dir is None:
         return None, None
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_file = artifacts = None
     stdout = artifact_dir / "stdout"
-    if stdout.exists():
-        log_file = log_dir / f"{Path(playbook).stem}.log"
-        shutil.copyfile(stdout, log_file)
-        os.chmod(log_file, 0o600)
-    if settings.keep_artifacts:
-        artifacts = log_dir / f"{Path(playbook).stem}-runner"
-        shutil.copytree(private, artifacts, symlinks=True)
+    base, n = Path(playbook).stem, 1
+    while True:
+        stem = base if n == 1 else f"{base}-{n}"
+        log_file = log_dir / f"{stem}.log" if stdout.exists() else None
+        artifacts = log_dir / f"{stem}-runner" if settings.keep_artifacts else None
+        try:
+            if artifacts is not None:
+                os.mkdir(artifacts, 0o700)
+            if log_file is not None:
+                try:
+                    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    if artifacts is not None:
+                        os.rmdir(artifacts)
+                    raise
+        except FileExistsError:
+            n += 1
+            continue
+        break
+    if log_file is not None:
+        with os.fdopen(fd, "wb") as out, open(stdout, "rb") as src:
+            shutil.copyfileobj(src, out)
+    if artifacts is not None:
+        shutil.copytree(private, artifacts, symlinks=True, dirs_exist_ok=True)
     return log_file, artifacts
 
 

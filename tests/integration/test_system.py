@@ -73,8 +73,12 @@ def _host_ledger(path: Path) -> list[dict]:
 def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, state_dir, webhook):
     rig = system_rig.break_all()
     assert rig.state() == rig.expected_bad()
+    # ansible-runner's artifacts kept for forensics (keep_artifacts): searched for secrets below too
+    config = state_dir.parent / "keep-artifacts.json"
+    config.write_text(json.dumps(dict(json.loads(rig.config().read_text()), keep_artifacts=True)))
+    env = dict(rig.env(state_dir), DOAI_WEBHOOK_URL=webhook.url, DOAI_CONFIG=str(config))
     res = run_cli("system", "rollback", "--database-last", "1", "--reason", "release 1.5 broke it all", "--yes",
-                  "-o", "json", env=dict(rig.env(state_dir), DOAI_WEBHOOK_URL=webhook.url), timeout=600)
+                  "-o", "json", env=env, timeout=600)
     assert res.code == 0, res.stderr + res.stdout
     assert rig.state() == rig.expected_good()
     doc = res.json()
@@ -99,6 +103,11 @@ def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, s
                    "| Infrastructure | TBD | TBD |", "## Root cause (to fill in)", f"doai-rollback undo {rec['run_id']}"):
         assert needle in md, needle
     assert json.loads(Path(c["report"]["json"]).read_text())["steps"] == rec["steps"]
+    # the agents' plan before the change and their read after it (the same playbook in check mode,
+    # the same folder): both logs and both runs' artifacts kept, the first not overwritten
+    plan_dir = state_dir / "runs" / rec["run_id"] / "plan"
+    assert {"agent_rollback.log", "agent_rollback-2.log"} <= {p.name for p in plan_dir.glob("*.log")}
+    assert (plan_dir / "agent_rollback-runner").is_dir() and (plan_dir / "agent_rollback-2-runner").is_dir()
     # undo: every part rolled forward to the state that run found, newest part first
     assert len(webhook.texts) == 2
     undo = run_cli("undo", rec["run_id"], "--yes", "--reason", "undo-canary-reason: false alarm", "-o", "json",

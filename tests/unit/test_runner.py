@@ -78,6 +78,35 @@ def test_secrets_stay_out_of_artifacts_and_logs(settings, tmp_path):
     assert "token=[]" in run.log_file.read_text()
 
 
+def test_a_second_run_into_the_same_folder_keeps_the_first_runs_log(settings, tmp_path, monkeypatch):
+    """The whole-system checks after the change re-run a part's plan into the plan's folder: the
+    first run's log and artifacts are evidence (they were overwritten, and a kept artifacts folder
+    made the checks fail with FileExistsError). Both runs side by side too: each its own name."""
+    s, pb = settings
+    logs = tmp_path / "logs"
+    first = run_playbook(s, str(pb), extravars={"word": "first", "fail_on": "none"}, log_dir=logs)
+    second = run_playbook(s, str(pb), extravars={"word": "second", "fail_on": "none"}, log_dir=logs)
+    assert first.ok and second.ok
+    assert first.log_file == logs / "probe.log" and second.log_file == logs / "probe-2.log"
+    assert first.artifacts == logs / "probe-runner" and second.artifacts == logs / "probe-2-runner"
+    assert "first" in (first.artifacts / "env" / "extravars").read_text()
+    assert "second" in (second.artifacts / "env" / "extravars").read_text()
+    assert stat.S_IMODE(second.log_file.stat().st_mode) == 0o600
+    out: list = []
+    threads = [threading.Thread(target=lambda w=w: out.append(run_playbook(
+        s, str(pb), extravars={"word": w, "fail_on": "none"}, log_dir=logs))) for w in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.log_file.name for r in out) == ["probe-3.log", "probe-4.log"]
+    monkeypatch.setenv("DOAI_KEEP_ARTIFACTS", "0")  # without kept artifacts, the logs alone
+    plain = run_playbook(load_settings(None, inventory=s.inventory, state_dir=s.state_dir), str(pb),
+                         extravars={"word": "w", "fail_on": "none"}, log_dir=logs)
+    assert plain.log_file == logs / "probe-5.log" and plain.artifacts is None
+    assert sorted(p.name for p in logs.glob("*.log")) == sorted(f"probe{n}.log" for n in ("", "-2", "-3", "-4", "-5"))
+
+
 def test_private_dir_is_removed(settings, tmp_path, monkeypatch):
     import tempfile
 
