@@ -137,6 +137,13 @@ class AgentCli(PartCli):
                  limit=("PCS", "Only these agent PCs (Ansible pattern).")),
     )
     system_options = (
+        SystemOption("--agent-batch", "batch", "--batch",
+                     {"metavar": "N|N%", "default": None,
+                      "help": "Agent PCs per batch (default: all, bounded by --agent-forks)."}),
+        SystemOption("--agent-forks", "forks", "--forks",
+                     {"type": click.IntRange(1, 500), "metavar": "N", "default": None,
+                      "help": "Agent PCs worked on at once (default: Ansible's own, from ansible.cfg or "
+                              "ANSIBLE_FORKS, else 5)."}),
         SystemOption("--agent-max-fail-percent", "max_fail_percent", "--max-fail-percent",
                      {"type": click.IntRange(0, 100), "default": None,
                       "help": "Agent PCs that may fail (off, refused, put back) before the parts after the agent are "

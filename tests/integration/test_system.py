@@ -201,10 +201,19 @@ def test_the_checklist_reads_each_host_once_in_its_plan_run(system_rig, state_di
     diagnose run and a plan run); a backend host by one module call, its capture. The state and
     the logs kept are the live ones."""
     rig = system_rig.break_all()
-    res = _rollback(rig, state_dir, "--dry-run")
+    # the agents' batch and forks as `agent rollback` takes them, and the runner's artifacts kept
+    config = state_dir.parent / "keep-artifacts.json"
+    config.write_text(json.dumps(dict(json.loads(rig.config().read_text()), keep_artifacts=True)))
+    res = run_cli("system", "rollback", "--database-last", "1", "--reason", "release 1.5 broke it all", "--yes",
+                  "-o", "json", "--dry-run", "--agent-batch", "1", "--agent-forks", "3",
+                  env=dict(rig.env(state_dir), DOAI_CONFIG=str(config)), timeout=600)
     assert res.code == 0, res.stderr
     assert rig.state() == rig.expected_bad()
     run_dir = state_dir / "runs" / res.json()["run_id"]
+    argv = json.loads((run_dir / "plan" / "agent_rollback-runner" / "artifacts" / "run" / "command").read_text())["command"]
+    assert argv[argv.index("--forks") + 1] == "3", argv
+    extravars = json.loads((run_dir / "plan" / "agent_rollback-runner" / "env" / "extravars").read_text())
+    assert extravars["doai_agent_serial"] == "1", extravars
     # the playbook runs of the run: the plans only (a status or diagnose run would leave its log too)
     expected = ["agent_rollback.log", "backend_pm2_rollback.log"] + (
         ["backend_docker_rollback.log"] if rig.docker else [])

@@ -432,6 +432,7 @@ def test_the_state_is_read_under_the_locks(tmp_path, fakes, calls, hooks):
 @pytest.mark.parametrize(("kwargs", "typed", "own"), [
     ({"parts": ("database",), "options": {"database_to": "junk"}}, "--database-to", "--to"),
     ({"parts": ("dashboard",), "options": {"dashboard_to": " "}}, "--dashboard-to", "--to"),
+    ({"parts": ("agent",), "options": {"agent_batch": "half"}}, "--agent-batch", "--batch"),
 ])
 def test_errors_name_the_option_the_user_typed(tmp_path, kwargs, typed, own):
     """`system rollback --database-to junk` is refused naming --database-to, not the database part's --to."""
