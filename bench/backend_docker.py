@@ -252,6 +252,43 @@ def one(rig: DockerRig, method: str, hostvars: dict[str, object], *, manual_loca
             "steps": steps.durations if steps else None}
 
 
+def one_crash(rig: DockerRig, method: str, hostvars: dict[str, object]) -> dict[str, object]:
+    """Goal 3 of issue 20: the rollback's target is ``:crash`` (its process exits at once; the
+    service's restart policy makes it a loop). Timed from the command's start (a poller every
+    20 ms on /api/health): ``down_s``, when v3 stopped answering (the change: the container
+    recreated on the crashing image); ``back_s``, when v3 answered 200 again (put back). The goal
+    is ``back_s - down_s`` within 10 s (found by the restarts, not the 60 s health timeout)."""
+    rig.reset()  # untimed: v3 live and healthy
+    rig.registry_tag("previous", "crash")
+    rig.write_inventory(**hostvars)
+    v3 = rig.image_ids["v3"]
+    tmp = Path(tempfile.mkdtemp(prefix="dbd-", dir="/tmp"))
+    down = back = None
+    try:
+        t0 = time.monotonic()
+        proc = run_tool(rig, tmp) if method == "tool" else run_playbook(rig, tmp)
+        while proc.poll() is None and time.monotonic() - t0 < 300:
+            ok = http_health(rig.health_url, timeout=1) == (200, "3.0.0")
+            if not ok and down is None:
+                down = time.monotonic() - t0
+            elif ok and down is not None and back is None:
+                back = time.monotonic() - t0
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=300)
+        wall = time.monotonic() - t0
+    finally:
+        close_masters(tmp)
+    if proc.returncode == 0:
+        raise SystemExit(f"{method}: a rollback onto :crash succeeded? {out.decode()[-1000:]}")
+    if rig.container_image_id() != v3 or rig.health() != (200, "3.0.0"):
+        raise SystemExit(f"{method}: v3 is not back: {rig.container_image_id()} {rig.health()}\n"
+                         f"{err.decode()[-1500:]}{out.decode()[-1500:]}")
+    if back is None:  # put back between two polls at the very end
+        back = wall
+    return {"rc": proc.returncode, "down_s": down, "back_s": back, "wall_s": wall,
+            "put_back_after_change_s": back - down if down is not None else None}
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -264,6 +301,9 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                     help="a host variable in the rig's inventory, for tool and playbook (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backend_docker.json")
+    ap.add_argument("--crash", action="store_true",
+                    help="issue 20's goal 3 instead: the target's process exits at once; methods tool and playbook "
+                         "only; times the change and the put-back (one_crash)")
     ap.add_argument("--manual-local", action="store_true",
                     help="run the manual methods' commands locally (no ssh), as the first version of this bench did")
     args = ap.parse_args()
@@ -275,6 +315,8 @@ def main() -> int:
                 for k, v in (kv.split("=", 1) for kv in args.set)}
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="doai-bench-dk-"))
     rig = DockerRig(wd / "rig")
+    if args.crash:
+        return crash_main(rig, wd, args, [m for m in methods if m in ("tool", "playbook")], hostvars)
     results: dict[str, list[dict]] = {m: [] for m in methods}
     try:
         rig.start()
@@ -313,6 +355,38 @@ def main() -> int:
               f"{outage['median']:6.2f} ({outage['min']:.2f}-{outage['max']:.2f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def crash_main(rig: DockerRig, wd: Path, args: argparse.Namespace, methods: list[str],
+               hostvars: dict[str, object]) -> int:
+    results: dict[str, list[dict[str, object]]] = {m: [] for m in methods}
+    try:
+        rig.start()
+        for method in methods:  # warm-up, discarded
+            one_crash(rig, method, hostvars)
+        for i in range(args.runs):
+            for method in methods if i % 2 == 0 else methods[::-1]:
+                r = one_crash(rig, method, hostvars)
+                results[method].append(r)
+                print(f"{method:10} run {i + 1}: exit {r['rc']}, v3 down at {r['down_s']:.2f} s, back at "
+                      f"{r['back_s']:.2f} s (put back {r['put_back_after_change_s']:.2f} s after the change), "
+                      f"command {r['wall_s']:.2f} s", flush=True)
+    finally:
+        rig.stop()
+        rig.cleanup()
+        if args.workdir is None:
+            shutil.rmtree(wd, ignore_errors=True)
+    report: dict[str, object] = {"runs": args.runs, "hostvars": hostvars, "scenario": "crash", "methods": {}}
+    print(f"\nmedians of {args.runs} runs (min-max), seconds from the command's start")
+    for method, runs in results.items():
+        row = {k: summary([float(r[k]) for r in runs])  # type: ignore[arg-type]
+               for k in ("down_s", "back_s", "put_back_after_change_s", "wall_s")}
+        report["methods"][method] = dict(row, runs=runs)  # type: ignore[index]
+        print(f"{method:10} " + ", ".join(f"{k} {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})" for k, v in row.items()))
+    out = args.out.with_name(args.out.stem + "_crash.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
