@@ -184,3 +184,69 @@ def test_a_host_lock_older_than_the_ttl_holds_while_its_job_lives(sandbox, state
     done = run_cli("backend", "rollback", "--yes", "-o", "json", env=env)
     assert done.code == 0, done.stdout + done.stderr
     assert sb.head() == sb.commits["v2"] and not lock.exists()
+
+
+def _verify_job(host_state: Path) -> dict | None:
+    for path in (host_state / "jobs").glob("*-verify.json"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_pm2_controller_killed_during_the_restart_watch(fresh_sandbox, state_dir):
+    """The controller killed (SIGKILL, with every process it started) after the backend is healthy
+    on the target, while the host's job watches PM2 for restarts: the release stays (it is
+    healthy), and the host ends in one of two true states, never in between. Either the watch's
+    own call outlived the SSH session and finished the run's last steps (the record ``succeeded``
+    in the ledger, the host lock released), or it did not (no such record, the lock kept, the next
+    run refused naming the command that clears it). Either way the next run journals the killed
+    run from the host's records with from and to."""
+    sb = fresh_sandbox
+    sb.write_inventory(doai_backend_pm2_stable_seconds=8)  # a watch long enough to be caught in
+    env = {"DOAI_INVENTORY": str(sb.inventory), "DOAI_STATE_DIR": str(state_dir)}
+    v1, v3 = sb.commits["v1"], sb.commits["v3"]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")} | env
+    proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", "backend", "rollback", "--yes", "--to", "v1",
+                             "--reason", "killed while watched"], cwd=ROOT, env=full_env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: ((_verify_job(sb.host_state) or {}).get("progress") or {}).get("healthy")
+              or proc.poll() is not None, 300, "the restart watch never started")
+        assert proc.poll() is None, "the run ended before its watch could be caught"
+        assert (_verify_job(sb.host_state) or {}).get("state") == "running"
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    _wait(lambda: (_verify_job(sb.host_state) or {}).get("state") == "done", 60, "the watch never finished")
+    (run_dir,) = [p for p in (state_dir / "runs").iterdir() if (p / "plan.json").exists()]
+    killed = run_dir.name
+    assert sb.head() == v1 and sb.wait_health(expect_ok=None)[1] == "1.0.0"  # the healthy release stays
+    time.sleep(3)  # a call that outlived its session has finished by now (it returns at the watch's end)
+    mine = [e for e in _read_ledger(sb.ledger) if e.get("run_id") == killed]
+    lock = sb.host_state / "backend.lock"
+    finished = [e for e in mine if e.get("result") == "succeeded"]
+    if finished:  # the watch's call finished the run's last steps on the host
+        assert not lock.exists(), "the run was recorded as succeeded but its host lock was kept"
+        (entry,) = finished
+        assert (entry["action"], entry["from"], entry["to"]) == ("rollback", v3, v1), entry
+    else:
+        assert lock.is_dir(), "no record of the watch's end, yet the host lock is gone"
+        assert json.loads((lock / "owner.json").read_text())["run_id"] == killed
+    nxt = run_cli("backend", "rollback", "--yes", "-o", "json", env=env)
+    doc = nxt.json()
+    assert any(killed in w for w in doc["warnings"]), doc["warnings"]
+    hist = run_cli("history", "-o", "json", env=env).json()
+    runs = hist["runs"] if isinstance(hist, dict) else hist
+    (record,) = [r for r in runs if r["run_id"] == killed]
+    (step,) = record["steps"]
+    assert (step["from"], step["to"]) == (v3, v1), step
+    if not finished:
+        assert nxt.code == 5 and f"doai-rollback lock release backend --host {sb.host_name}" in (
+            doc["message"] + (doc.get("hint") or "")), doc
