@@ -36,6 +36,7 @@ Prints medians (min-max) per method; writes bench/results/backend_docker.json. N
 
     .venv/bin/python bench/backend_docker.py --runs 5
     .venv/bin/python bench/backend_docker.py --runs 5 --set doai_backend_docker_stable_seconds=10
+    .venv/bin/python bench/backend_docker.py --crash --methods tool,playbook --runs 5   # a target that crash-loops
 """
 
 from __future__ import annotations
