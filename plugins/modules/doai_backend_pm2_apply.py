@@ -114,7 +114,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-steps: {description: "Each command run, its rc and seconds.", type: list, returned: always}
+steps:
+  description:
+    - Each command run, its rc and seconds.
+    - A PM2 action the daemon refused for a process it was still replacing (C(Process <id> not found), e.g. right
+      after a reload stopped half way by a crash loop) is tried again, up to 6 times a second apart; each try is a
+      step, the later ones with C(try).
+  type: list
+  returned: always
 installed: {description: "Whether the dependency install ran.", type: bool, returned: always}
 node_modules:
   description: How node_modules was made ready - source (cache, install or null), installed, cache_dir, key, pruned.
@@ -129,6 +136,7 @@ attached: {description: "Whether this call attached to a job started earlier.", 
 
 import fcntl
 import os
+import re
 import subprocess
 import time
 
@@ -248,14 +256,34 @@ def hold_checkout(module):
             time.sleep(0.2)
 
 
+# PM2's client says "Process <id> not found" for whatever its daemon answered about that process
+# id, including a process it is still replacing: after a crash loop stopped the reload half way,
+# the daemon goes on swapping the cluster's workers for a moment, and a `pm2 restart` (the
+# put-back) that comes at that moment fails although the next one, a second later, succeeds. An
+# app name PM2 does not know is another message ("Process or Namespace <name> not found"), and is
+# never retried.
+PM2_BUSY_RE = re.compile(r"Process \d+ not found")
+PM2_BUSY_TRIES = 6
+PM2_BUSY_PAUSE_S = 1.0
+
+
 def run(module, step, steps):
     name, argv, env, cwd = step
-    t0 = time.monotonic()
-    rc, out, err = module.run_command(argv, environ_update=env, cwd=cwd)
-    steps.append({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)})
-    if rc != 0:
+    tries = 0
+    while True:
+        tries += 1
+        t0 = time.monotonic()
+        rc, out, err = module.run_command(argv, environ_update=env, cwd=cwd)
+        steps.append(dict({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)},
+                          **({"try": tries} if tries > 1 else {})))
+        if rc == 0:
+            return
+        if name.startswith("pm2 ") and tries < PM2_BUSY_TRIES and PM2_BUSY_RE.search((out or "") + (err or "")):
+            time.sleep(PM2_BUSY_PAUSE_S)
+            continue
         module.fail_json(
-            msg="%s failed (rc %d): %s" % (name, rc, (err or out).strip()[-1000:]),
+            msg="%s failed (rc %d%s): %s" % (name, rc, ", %d tries" % tries if tries > 1 else "",
+                                             (err or out).strip()[-1000:]),
             steps=steps, failed_step=name, changed=True, installed=name == "install",
         )
 
@@ -263,7 +291,16 @@ def run(module, step, steps):
 def run_watched(module, step, steps, baseline):
     """``run`` for a PM2 reload, watching the restart counters meanwhile: a release that
     crash-loops stops the reload (the pm2 client; the put-back restarts the app) and fails the
-    step at once, instead of after PM2's listen_timeout per process and the health deadline."""
+    step at once, instead of after PM2's listen_timeout per process and the health deadline.
+    A PM2 that is still replacing a process is tried again, as in ``run``."""
+    tries = 1
+    while not _run_watched_once(module, step, steps, baseline, tries):
+        tries += 1
+        time.sleep(PM2_BUSY_PAUSE_S)
+
+
+def _run_watched_once(module, step, steps, baseline, tries):
+    """One try of ``run_watched``: True when done, False to try again (PM2 busy)."""
     p = module.params
     name, argv, env, cwd = step
     t0 = time.monotonic()
@@ -300,12 +337,17 @@ def run_watched(module, step, steps, baseline):
         probe.communicate()
     out, _ = proc.communicate()
     rc = proc.returncode
-    steps.append({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)})
-    if rc != 0:
-        module.fail_json(
-            msg="%s failed (rc %d): %s" % (name, rc, out.decode("utf-8", "replace").strip()[-1000:]),
-            steps=steps, failed_step=name, changed=True, installed=False,
-        )
+    text = out.decode("utf-8", "replace")
+    steps.append(dict({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)},
+                      **({"try": tries} if tries > 1 else {})))
+    if rc == 0:
+        return True
+    if tries < PM2_BUSY_TRIES and PM2_BUSY_RE.search(text):
+        return False
+    module.fail_json(
+        msg="%s failed (rc %d%s): %s" % (name, rc, ", %d tries" % tries if tries > 1 else "", text.strip()[-1000:]),
+        steps=steps, failed_step=name, changed=True, installed=False,
+    )
 
 
 if __name__ == "__main__":

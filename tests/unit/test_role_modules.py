@@ -363,6 +363,49 @@ def test_apply_installs_only_when_node_modules_is_stale(tmp_path, repo, pm2):
     assert len(list((tmp_path / "state" / "node_modules").glob("*/node_modules/dayjs"))) == 1
 
 
+def _busy_pm2(tmp_path, busy: int, message: str = "Process 0 not found") -> str:
+    """A stand-in for pm2 whose daemon is still replacing a process: `restart`/`reload` fail
+    ``busy`` times as PM2's client says it (exit 1), then succeed; `jlist` prints one online app."""
+    path, count = tmp_path / "busy-pm2", tmp_path / "busy-count"
+    app = {"name": "api", "pm_id": 0, "pm2_env": {"status": "online", "restart_time": 0, "exec_mode": "cluster_mode"}}
+    path.write_text(f"""#!/bin/sh
+[ "$1" = jlist ] && echo '{json.dumps([app])}' && exit 0
+echo "$@" >> {tmp_path / "pm2-calls"}
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+if [ "$n" -lt {busy} ]; then echo "[PM2] Applying action restartProcessId on app [all](ids: [ 0, 1 ])"
+  echo "[PM2][ERROR] {message}" >&2; exit 1; fi
+exit 0
+""")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("crash_restarts", [0, 3])  # the plain run and the run watched for a crash loop
+def test_a_pm2_still_replacing_a_process_is_asked_again(tmp_path, repo, crash_restarts):
+    """The put-back after a crash loop restarts the app while PM2's daemon still swaps the
+    cluster's workers from the reload that was stopped: PM2 answers "Process 0 not found" for a
+    moment. The restart is tried again (a second apart) instead of leaving the host NOT restored."""
+    r, (_v1, v2, _v3) = repo
+    out = module("doai_backend_pm2_apply", tmp_path, path=str(r), commit=v2, install_argv=["true"],
+                 pm2_bin=_busy_pm2(tmp_path, busy=2), pm2_mode="restart", crash_restarts=crash_restarts)
+    assert out["changed"] and not out.get("failed"), out
+    restarts = [s for s in out["steps"] if s["step"] == "pm2 restart"]
+    assert [(s["rc"], s.get("try")) for s in restarts] == [(1, None), (1, 2), (0, 3)], out["steps"]
+    assert (tmp_path / "pm2-calls").read_text().splitlines() == ["restart all"] * 3
+
+
+def test_pm2_busy_for_too_long_or_an_unknown_app_fails_the_step(tmp_path, repo):
+    r, (_v1, v2, _v3) = repo
+    out = module("doai_backend_pm2_apply", tmp_path, path=str(r), commit=v2, install_argv=["true"],
+                 pm2_bin=_busy_pm2(tmp_path, busy=99), pm2_mode="restart", crash_restarts=0)
+    assert out["failed"] and "pm2 restart failed (rc 1, 6 tries)" in out["msg"], out
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    out = module("doai_backend_pm2_apply", gone, path=str(r), commit=v2, install_argv=["true"],
+                 pm2_bin=_busy_pm2(gone, busy=99, message="Process or Namespace api not found"), pm2_mode="restart")
+    assert out["failed"] and "6 tries" not in out["msg"] and len(out["steps"]) == 2, out  # checkout, one restart
+
+
 def test_apply_waits_for_another_apply_on_the_checkout(tmp_path, repo, pm2):
     r, (_v1, v2, _v3) = repo
     holder = subprocess.Popen([sys.executable, "-c", (
