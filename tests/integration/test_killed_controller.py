@@ -40,8 +40,8 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _job(host_state: Path) -> dict | None:
-    for path in (host_state / "jobs").glob("*-apply.json"):
+def _job(host_state: Path, kind: str = "apply") -> dict | None:
+    for path in (host_state / "jobs").glob(f"*-{kind}.json"):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
@@ -59,18 +59,16 @@ def _wait(what, deadline_s: float, why: str):
     raise AssertionError(why)
 
 
-def kill_controller_while_the_job_applies(args: list[str], env: dict[str, str], host_state: Path) -> str:
-    """Start the CLI, SIGKILL it and every process it started once the host's apply job runs,
-    wait (bounded) for the job to finish by itself; returns the killed run's id."""
+def kill_controller_once(args: list[str], env: dict[str, str], caught, what: str) -> None:
+    """Start the CLI and SIGKILL it and every process it started once ``caught()`` holds (the
+    run must still be going then)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")} | env
     proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", *args], cwd=ROOT, env=full_env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: (_job(host_state) or {}).get("state") == "running" or proc.poll() is not None, 300,
-              "the apply job never started")
-        assert proc.poll() is None, "the run ended before its job could be caught running"
-        tree = _descendants(proc.pid)
-        for pid in [proc.pid, *tree]:  # the controller dies, ansible-playbook and ssh with it
+        _wait(lambda: caught() or proc.poll() is not None, 300, f"{what} never started")
+        assert proc.poll() is None, f"the run ended before {what} could be caught"
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # the controller dies, ansible-playbook and ssh with it
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -78,6 +76,12 @@ def kill_controller_while_the_job_applies(args: list[str], env: dict[str, str], 
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def kill_controller_while_the_job_applies(args: list[str], env: dict[str, str], host_state: Path) -> str:
+    """Start the CLI, SIGKILL it and every process it started once the host's apply job runs,
+    wait (bounded) for the job to finish by itself; returns the killed run's id."""
+    kill_controller_once(args, env, lambda: (_job(host_state) or {}).get("state") == "running", "the apply job")
     _wait(lambda: (_job(host_state) or {}).get("state") == "done", 300, "the host's job never finished")
     (run_dir,) = [p for p in (Path(env["DOAI_STATE_DIR"]) / "runs").iterdir() if (p / "plan.json").exists()]
     return run_dir.name
@@ -186,15 +190,6 @@ def test_a_host_lock_older_than_the_ttl_holds_while_its_job_lives(sandbox, state
     assert sb.head() == sb.commits["v2"] and not lock.exists()
 
 
-def _verify_job(host_state: Path) -> dict | None:
-    for path in (host_state / "jobs").glob("*-verify.json"):
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def test_pm2_controller_killed_during_the_restart_watch(fresh_sandbox, state_dir):
     """The controller killed (SIGKILL, with every process it started) after the backend is healthy
     on the target, while the host's job watches PM2 for restarts: the release stays (it is
@@ -207,24 +202,17 @@ def test_pm2_controller_killed_during_the_restart_watch(fresh_sandbox, state_dir
     sb.write_inventory(doai_backend_pm2_stable_seconds=8)  # a watch long enough to be caught in
     env = {"DOAI_INVENTORY": str(sb.inventory), "DOAI_STATE_DIR": str(state_dir)}
     v1, v3 = sb.commits["v1"], sb.commits["v3"]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DOAI_")} | env
-    proc = subprocess.Popen([sys.executable, "-m", "doai_ansible", "backend", "rollback", "--yes", "--to", "v1",
-                             "--reason", "killed while watched"], cwd=ROOT, env=full_env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait(lambda: ((_verify_job(sb.host_state) or {}).get("progress") or {}).get("healthy")
-              or proc.poll() is not None, 300, "the restart watch never started")
-        assert proc.poll() is None, "the run ended before its watch could be caught"
-        assert (_verify_job(sb.host_state) or {}).get("state") == "running"
-        for pid in [proc.pid, *_descendants(proc.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    _wait(lambda: (_verify_job(sb.host_state) or {}).get("state") == "done", 60, "the watch never finished")
+    watching = {}
+
+    def caught() -> bool:  # healthy on the target, the job still watching for restarts
+        job = _job(sb.host_state, "verify") or {}
+        watching.update(job)
+        return bool((job.get("progress") or {}).get("healthy"))
+
+    kill_controller_once(["backend", "rollback", "--yes", "--to", "v1", "--reason", "killed while watched"], env,
+                         caught, "the restart watch")
+    assert watching.get("state") == "running", watching
+    _wait(lambda: (_job(sb.host_state, "verify") or {}).get("state") == "done", 60, "the watch never finished")
     (run_dir,) = [p for p in (state_dir / "runs").iterdir() if (p / "plan.json").exists()]
     killed = run_dir.name
     assert sb.head() == v1 and sb.wait_health(expect_ok=None)[1] == "1.0.0"  # the healthy release stays
