@@ -24,6 +24,19 @@ MODULE_UTILS_PKG = "ansible_collections.doai.rollback.plugins.module_utils"
 COLLECTION_BOOT = f"import sys; sys.path.insert(0, {str(COLLECTIONS)!r})\n"
 
 
+def run_module(name: str, tmp_path: Path, **args) -> dict:
+    """plugins/modules/<name>.py run with ``args`` in a Python of its own, its module_utils
+    importable as Ansible ships them (ansible_collections.doai.rollback.*): its JSON answer."""
+    found = PLUGINS / "modules" / f"{name}.py"
+    assert found.is_file(), found
+    argfile = tmp_path / f"{name}-args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    boot = (COLLECTION_BOOT + f"sys.argv = ['module', {str(argfile)!r}]; "
+            f"exec(compile(open({str(found)!r}).read(), {name!r}, 'exec'))")
+    proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
+    return json.loads(proc.stdout)
+
+
 def module_utils(name: str):
     """plugins/module_utils/<name>.py, imported by its collection name (its own imports of the
     other module_utils resolve the same way)."""

@@ -6,18 +6,18 @@ diagnose module's); the capture module makes them too when the checklist asks (d
 
 from __future__ import annotations
 
-import json
-
 from ansible_collections.doai.rollback.plugins.module_utils.doai_diagnose import scrub, secret_values, set_names
 from ansible_collections.doai.rollback.plugins.module_utils.doai_docker import VERSION_LABELS, Docker, DockerError
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe, reported_version
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import holder_of
 
 
-def status(module, image, tags, project_dir, service, health_url, lock_path, docker_bin="docker", docker_host=""):
+def status(module, image, tags, project_dir, service, health_url, lock_path, docker_bin="docker", docker_host="",
+           docker=None):
     """The image ids and versions behind ``tags``, the service's container, one health probe and
-    who holds the host lock; a docker that cannot be read is reported in ``docker_error``."""
-    docker = Docker(module, docker_bin, docker_host, project_dir=project_dir, service=service)
+    who holds the host lock; a docker that cannot be read is reported in ``docker_error``.
+    ``docker``: the caller's :class:`Docker` of the same service (its remembered reads)."""
+    docker = docker or Docker(module, docker_bin, docker_host, project_dir=project_dir, service=service)
     images, container, error = {}, None, None
     try:
         for tag in tags:
@@ -33,14 +33,6 @@ def status(module, image, tags, project_dir, service, health_url, lock_path, doc
                 host_lock=holder_of(lock_path))
 
 
-def _inspect(docker, container_id):
-    _, out, _ = docker.run(["inspect", container_id], kind="docker_unavailable")
-    try:
-        return (json.loads(out) or [{}])[0]
-    except (ValueError, IndexError):
-        raise DockerError("docker inspect answered no JSON", "docker_unavailable")
-
-
 def _env_of(inspected):
     env = {}
     for item in (inspected.get("Config") or {}).get("Env") or []:
@@ -49,10 +41,12 @@ def _env_of(inspected):
     return env
 
 
-def evidence(module, project_dir, service, health_url="", lines=200, required_env=(), docker_bin="docker", docker_host=""):
+def evidence(module, project_dir, service, health_url="", lines=200, required_env=(), docker_bin="docker", docker_host="",
+             docker=None):
     """The service's container with the names its environment lacks (never values), the last
-    ``lines`` of its log scrubbed of secret values, one health probe and the live image."""
-    docker = Docker(module, docker_bin, docker_host, project_dir=project_dir, service=service)
+    ``lines`` of its log scrubbed of secret values, one health probe and the live image.
+    ``docker``: the caller's :class:`Docker` of the same service (its remembered reads)."""
+    docker = docker or Docker(module, docker_bin, docker_host, project_dir=project_dir, service=service)
     image_id = version = error = None
     processes, logs = [], []
     try:
@@ -60,7 +54,7 @@ def evidence(module, project_dir, service, health_url="", lines=200, required_en
         if c is None:
             error = "no container for service %s in %s" % (service, project_dir)
         else:
-            inspected = _inspect(docker, c["id"])
+            inspected = docker.inspect(c["id"])
             env = _env_of(inspected)
             secrets = secret_values(env)
             image_id = c.get("image")

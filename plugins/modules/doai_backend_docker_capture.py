@@ -144,7 +144,16 @@ def main():
         refuse("invalid_target", "project_name %r is not a Compose project name (lower case, digits, _ -)"
                % p["project_name"])
 
-    read_for_checklist(module)
+    docker = Docker(module, p["docker_bin"], p["docker_host"], p["compose"], p["compose_v1_bin"], p["project_dir"],
+                    p["project_name"], p["service"],
+                    insecure_registry=p["insecure_registry"] or registry_is_loopback(p["image"]))
+    if p["plan_only"]:
+        # A plan takes no lock and changes nothing: the checklist's reads of the images and
+        # the container a moment ago are the plan's too (one read each, one answer).
+        docker.remember()
+    # Compose's reading of its file (the slowest probe: a Python program) runs alongside the rest.
+    services = docker.start_services()
+    read_for_checklist(module, docker if p["plan_only"] else None)
     try:
         if p["plan_only"]:
             check(p["lock_path"], p["run_id"], p["lock_ttl"])
@@ -154,15 +163,12 @@ def main():
     except Locked as exc:
         module.fail_json(msg=str(exc), locked=True, holder=exc.holder, changed=False)
 
-    docker = Docker(module, p["docker_bin"], p["docker_host"], p["compose"], p["compose_v1_bin"], p["project_dir"],
-                    p["project_name"], p["service"],
-                    insecure_registry=p["insecure_registry"] or registry_is_loopback(p["image"]))
     current_ref = "%s:%s" % (p["image"], p["current_tag"])
     try:
         docker.ping()
         # Compose, its file and the service, read now: a mistake here must refuse before the
         # retag, not fail the `up -d` after it.
-        if p["service"] not in docker.services():
+        if p["service"] not in services():
             refuse("invalid_target", "service %r is not in the Compose project at %s" % (p["service"], p["project_dir"]))
         cur = docker.image(current_ref)
         if cur is None:
@@ -238,12 +244,12 @@ def main():
     )
 
 
-def read_for_checklist(module):
+def read_for_checklist(module, docker=None):
     """The checklist's reads, after the inputs are checked and before the lock: the host's
-    status and the container's last log lines."""
+    status and the container's last log lines. ``docker``: the plan's own (its reads shared)."""
     p = module.params
     where = dict(project_dir=p["project_dir"], service=p["service"], health_url=p["health_url"],
-                 docker_bin=p["docker_bin"], docker_host=p["docker_host"])
+                 docker_bin=p["docker_bin"], docker_host=p["docker_host"], docker=docker)
     reads = []
     if p["read_status"]:
         tags = [p["current_tag"], p["previous_tag"], p["rollback_tag"]]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from doai_ansible.sandbox.docker_rig import DOCKER, SERVICE
+from tests.conftest import run_cli, run_module
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +185,42 @@ def test_status_shows_image_tag_and_health(docker_rig, env):
     data = run_cli("backend", "status", "-o", "json", env=env).json()
     host = data["hosts"]["sandbox-docker"]
     assert host["mode"] == "docker" and host["image_id"] == v3 and host["healthy"] is True
+
+
+def test_a_plans_capture_reads_each_thing_once_and_answers_as_the_read_modules(docker_rig, tmp_path):
+    """Issue 20: the plan's capture makes the checklist's reads too (state and log lines), in one
+    module call. A plan takes no lock and changes nothing, so an image or the container read for
+    the checklist is not read again for the plan, and Compose's reading of its file runs
+    alongside. Each read is what the status and diagnose modules answer on their own."""
+    rig = docker_rig
+    calls = tmp_path / "docker-calls"
+    shim = tmp_path / "docker"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {DOCKER} "$@"\n')
+    shim.chmod(0o755)
+    where = dict(docker_bin=str(shim), docker_host=rig.docker_host, project_dir=str(rig.project_dir),
+                 service=SERVICE, health_url=rig.health_url)
+    lock = str(tmp_path / "backend.lock")
+    out = run_module("doai_backend_docker_capture", tmp_path, image=rig.image_repo, lock_path=lock, run_id="r1", plan_only=True,
+                     read_status=True, read_lines=5, **where)
+    assert not out.get("failed"), out
+    assert out["current"] == rig.image_ids["v3"] and out["changes"] and not out["locked_by_us"], out
+    said = calls.read_text().splitlines()
+    assert said.count(f"image inspect {rig.image_repo}:current") == 1, said
+    assert sum(line.startswith("ps ") for line in said) == 1, said
+    container_id = out["container"]["id"]
+    assert said.count(f"inspect {container_id}") == 1, said  # the container's, kept for the log read
+    assert not Path(lock).exists() and ids(rig)["current"] == rig.image_ids["v3"]  # a plan changes nothing
+
+    alone = {k: v for k, v in run_module("doai_backend_docker_inspect", tmp_path, image=rig.image_repo,
+                                         tags=["current", "previous", "rollback"], lock_path=lock, **where).items()
+             if k not in ("changed", "invocation")}
+    assert out["checklist"]["status"] == alone and out["checklist"]["status_error"] is None
+    diagnose = run_module("doai_backend_docker_diagnose", tmp_path, lines=5, **where)
+    evidence = out["checklist"]["evidence"]
+    assert out["checklist"]["evidence_error"] is None
+    for key in ("image_id", "version", "processes", "docker_error", "health_status", "health_version"):
+        assert evidence[key] == diagnose[key], key
+    assert evidence["logs"][0]["app"] == diagnose["logs"][0]["app"] and evidence["logs"][0]["error"] is None
 
 
 def test_current_moved_between_plan_and_confirmation_is_refused(docker_rig, env, state_dir):

@@ -11,25 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import COLLECTION_BOOT, PLUGINS, module_utils
+from tests.conftest import module_utils
+from tests.conftest import run_module as module
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
-
-
-def _library(name: str) -> Path:
-    found = PLUGINS / "modules" / f"{name}.py"
-    assert found.is_file(), found
-    return found
-
-
-def module(name: str, tmp_path: Path, **args) -> dict:
-    argfile = tmp_path / f"{name}-args.json"
-    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    # As Ansible ships them: the collection's module_utils importable as ansible_collections.doai.rollback.*
-    boot = (COLLECTION_BOOT + f"sys.argv = ['module', {str(argfile)!r}]; "
-            f"exec(compile(open({str(_library(name))!r}).read(), {name!r}, 'exec'))")
-    proc = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, check=False)
-    return json.loads(proc.stdout)
 
 
 history = module_utils("doai_history")
@@ -563,8 +548,9 @@ def test_capture_reads_the_checklists_state_and_logs_in_the_same_call(tmp_path, 
 
 def test_with_a_pm2_daemon_the_capture_reads_both_from_one_jlist(tmp_path, repo):
     """Issue 20: `pm2 jlist` is node's start-up, most of a PM2 read: with the daemon running, the
-    checklist's status and log reads share one (the plan's own comes under the lock), and each
-    answers what the status and diagnose modules answer on their own."""
+    checklist's status and log reads share one, and each answers what the status and diagnose
+    modules answer on their own. A plan takes no lock: that one read is the plan's too; a run
+    that takes the host lock reads PM2 again under it."""
     r, (v1, _v2, _v3) = repo
     home = tmp_path / "pm2-home"
     home.mkdir()
@@ -582,12 +568,17 @@ def test_with_a_pm2_daemon_the_capture_reads_both_from_one_jlist(tmp_path, repo)
     out = capture(tmp_path, r, str(pm2_bin), target=v1, lock_path=lock, plan_only=True, read_status=True,
                   read_lines=5, pm2_home=str(home))
     assert not out.get("failed") and out["changes"], out
-    assert calls.read_text().splitlines() == ["jlist", "jlist"]  # the reads' one, the plan's one
+    assert calls.read_text().splitlines() == ["jlist"]  # the reads' one is the plan's too
     inspect = module("doai_backend_pm2_inspect", tmp_path, path=str(r), lock_path=lock, **where)
     diagnose = module("doai_backend_pm2_diagnose", tmp_path, path=str(r), lines=5, **where)
     assert out["checklist"] == {"status": _read(inspect), "status_error": None,
                                 "evidence": _read(diagnose), "evidence_error": None}
     assert "listening on 3000" in out["checklist"]["evidence"]["logs"][0]["text"]
+    calls.unlink()
+    taken = capture(tmp_path, r, str(pm2_bin), target=v1, lock_path=lock, plan_only=False, read_status=True,
+                    read_lines=5, pm2_home=str(home))
+    assert not taken.get("failed") and taken["locked_by_us"], taken
+    assert calls.read_text().splitlines() == ["jlist", "jlist"]  # the reads' one, then one under the lock
 
 
 def test_a_refused_capture_still_gives_the_checklist_what_it_read(tmp_path, repo, pm2):
