@@ -141,7 +141,7 @@ from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, read_jlist, start_jlist, unknown_apps
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, read_jlist, start_jlist, summarize, unknown_apps
 from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import daemon_running, evidence, status
 from ansible_collections.doai.rollback.plugins.module_utils.doai_target import resolve_target
 
@@ -176,14 +176,17 @@ def main():
         required_together=[("pin_from", "pin_to")],
         supports_check_mode=True,
     )
-    read_for_checklist(module)
+    shared_jlist = read_for_checklist(module)
     holder = take_lock(module)
-    plan = capture(module)
+    # A plan takes no lock and changes nothing: the checklist's `pm2 jlist` of a moment ago is
+    # the plan's too (node's start-up is the slowest probe; one read, one answer).
+    plan = capture(module, jlist=shared_jlist if module.check_mode or module.params["plan_only"] else None)
     module.exit_json(changed=False, locked_by_us=holder is not None, **plan)
 
 
 def read_for_checklist(module):
-    """The checklist's reads, before the lock: the host's status and the last log lines."""
+    """The checklist's reads, before the lock: the host's status and the last log lines.
+    Returns the function giving their shared `pm2 jlist`'s answer, or None."""
     p = module.params
     where = dict(path=p["path"], git_bin=p["git_bin"], pm2_bin=p["pm2_bin"], pm2_home=p["pm2_home"], apps=p["apps"],
                  health_url=p["health_url"])
@@ -206,6 +209,7 @@ def read_for_checklist(module):
     if p["read_lines"] > 0:
         reads.append(("evidence", lambda: evidence(module, lines=p["read_lines"], **where)))
     read_along(module, reads)
+    return where.get("jlist")
 
 
 def take_lock(module):
@@ -231,11 +235,13 @@ def take_lock(module):
     return holder
 
 
-def capture(module):
-    """Steps 2-7, read only: the live state and the plan, or a refusal."""
+def capture(module, jlist=None):
+    """Steps 2-7, read only: the live state and the plan, or a refusal. ``jlist``: a function
+    giving the answer of a `pm2 jlist` already read in this call (else one is started)."""
     p = module.params
     co = Checkout(module, p["path"], p["git_bin"]).require_top()
-    pm2 = start_jlist(p["pm2_bin"], p["pm2_home"])  # node's start-up is the slowest probe: overlap it
+    # node's start-up is the slowest probe: overlap it
+    pm2 = jlist if jlist is not None else start_jlist(p["pm2_bin"], p["pm2_home"])
     head = co.head()
     if p["pin_to"] or p["resume"]:
         base, target, rule = pinned_target(module, co, head)
@@ -305,9 +311,10 @@ def plan_install(module, co, base, target, changes):
 
 
 def check_apps(module, pm2):
-    """PM2's processes of the apps; refuses when pm2 fails, or an app is not listed."""
+    """PM2's processes of the apps; refuses when pm2 fails, or an app is not listed. ``pm2``: a
+    started `pm2 jlist`, or a function giving the answer of one."""
     p = module.params
-    everything, error = finish_jlist(pm2, [])
+    everything, error = summarize(*pm2(), apps=[]) if callable(pm2) else finish_jlist(pm2, [])
     if error is not None:
         module.fail_json(msg="pm2 jlist failed: %s; nothing was changed" % error, pm2_unavailable=True, pm2_error=error)
     unknown = unknown_apps(everything, p["apps"])
