@@ -403,6 +403,9 @@ def _runner_config(
         timeout=timeout_s,
         project_dir=str(path.parent),
         forks=forks,  # None: Ansible's own (ansible.cfg, ANSIBLE_FORKS, else 5)
+        # No facts are gathered or cached: ansible-runner's default (a jsonfile cache in the
+        # artifacts) loaded a cache plugin in every run and warned that its folder was not set.
+        fact_cache_type="memory",
     )
     # ansible-runner runs `ansible-playbook` from PATH: put this environment's first,
     # so a venv that is not activated still runs its own ansible-core.
