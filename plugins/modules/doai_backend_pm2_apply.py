@@ -267,6 +267,24 @@ PM2_BUSY_TRIES = 6
 PM2_BUSY_PAUSE_S = 1.0
 
 
+def _tried(steps, name, argv, rc, t0, tries):
+    """The step's entry for one try (``try`` from the second on)."""
+    steps.append(dict({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)},
+                      **({"try": tries} if tries > 1 else {})))
+
+
+def _pm2_busy(name, text, tries):
+    """Whether this failed try of a PM2 step is PM2 still replacing a process (try again)."""
+    return name.startswith("pm2 ") and tries < PM2_BUSY_TRIES and PM2_BUSY_RE.search(text) is not None
+
+
+def _step_failed(module, steps, name, rc, tries, text):
+    module.fail_json(
+        msg="%s failed (rc %d%s): %s" % (name, rc, ", %d tries" % tries if tries > 1 else "", text.strip()[-1000:]),
+        steps=steps, failed_step=name, changed=True, installed=name == "install",
+    )
+
+
 def run(module, step, steps):
     name, argv, env, cwd = step
     tries = 0
@@ -274,18 +292,13 @@ def run(module, step, steps):
         tries += 1
         t0 = time.monotonic()
         rc, out, err = module.run_command(argv, environ_update=env, cwd=cwd)
-        steps.append(dict({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)},
-                          **({"try": tries} if tries > 1 else {})))
+        _tried(steps, name, argv, rc, t0, tries)
         if rc == 0:
             return
-        if name.startswith("pm2 ") and tries < PM2_BUSY_TRIES and PM2_BUSY_RE.search((out or "") + (err or "")):
+        if _pm2_busy(name, (out or "") + (err or ""), tries):
             time.sleep(PM2_BUSY_PAUSE_S)
             continue
-        module.fail_json(
-            msg="%s failed (rc %d%s): %s" % (name, rc, ", %d tries" % tries if tries > 1 else "",
-                                             (err or out).strip()[-1000:]),
-            steps=steps, failed_step=name, changed=True, installed=name == "install",
-        )
+        _step_failed(module, steps, name, rc, tries, err or out)
 
 
 def run_watched(module, step, steps, baseline):
@@ -338,16 +351,12 @@ def _run_watched_once(module, step, steps, baseline, tries):
     out, _ = proc.communicate()
     rc = proc.returncode
     text = out.decode("utf-8", "replace")
-    steps.append(dict({"step": name, "argv": argv, "rc": rc, "seconds": round(time.monotonic() - t0, 3)},
-                      **({"try": tries} if tries > 1 else {})))
+    _tried(steps, name, argv, rc, t0, tries)
     if rc == 0:
         return True
-    if tries < PM2_BUSY_TRIES and PM2_BUSY_RE.search(text):
+    if _pm2_busy(name, text, tries):
         return False
-    module.fail_json(
-        msg="%s failed (rc %d%s): %s" % (name, rc, ", %d tries" % tries if tries > 1 else "", text.strip()[-1000:]),
-        steps=steps, failed_step=name, changed=True, installed=False,
-    )
+    _step_failed(module, steps, name, rc, tries, text)
 
 
 if __name__ == "__main__":
