@@ -18,8 +18,10 @@ def closed_env(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again once the socket is gone
     inv = tmp_path / "hosts.yml"
+    # No SSH retries: a closed port is refused at once, and the tool's retries (11 s of backoff,
+    # tests/integration/test_runner_security.py) would only make each test that reaches it wait.
     inv.write_text(json.dumps({"all": {"children": {"backend": {"hosts": {"vps1": {
-        "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root"}}}}}}))
+        "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root", "ansible_ssh_retries": 0}}}}}}))
     return {"DOAI_INVENTORY": str(inv), "DOAI_STATE_DIR": str(tmp_path / "state")}
 
 
