@@ -428,6 +428,26 @@ def test_os_from_connection_or_facts():
     assert swap.target_os("windows", {}) == "windows"
 
 
+@pytest.mark.parametrize("hostvars", [
+    {}, {"ansible_connection": "ssh"}, {"ansible_connection": "winrm"}, {"ansible_connection": "ansible.builtin.psrp"},
+    {"ansible_connection": "ssh", "ansible_shell_type": "powershell"},  # Windows over OpenSSH
+    {"ansible_connection": "ssh", "ansible_os_family": "Windows"},
+    {"doai_agent_os": "posix", "ansible_connection": "winrm"}, {"doai_agent_os": "windows"},
+])
+def test_the_evidence_read_takes_the_swaps_os(hostvars):
+    """playbooks/tasks/agent-evidence.yml (the checklist's and diagnose's read of a PC) picks
+    Windows or POSIX as the swap does: a PC over OpenSSH with the PowerShell shell is Windows to
+    both, not sent the POSIX module by one."""
+    import yaml
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    block = yaml.safe_load((ROOT / "playbooks" / "tasks" / "agent-evidence.yml").read_text())[0]
+    expr = trust_as_template(block["vars"]["doai_agent_diagnose__windows"])
+    windows = Templar(loader=DataLoader(), variables=dict(hostvars)).template(expr)
+    assert windows is (swap.target_os(hostvars.get("doai_agent_os", "auto"), hostvars) == "windows")
+
+
 def test_scripts_take_values_as_parameters_only():
     """No value reaches a script's text: every script sent is one of the role's .ps1 files, as it is."""
     _, rec = run("observe_failed_present")
