@@ -133,6 +133,7 @@ checklist:
   returned: when I(read_status) or I(read_lines) asks, also on a refusal
 """
 
+import functools
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -141,7 +142,7 @@ from ansible_collections.doai.rollback.plugins.module_utils.doai_checkout import
 from ansible_collections.doai.rollback.plugins.module_utils.doai_health import probe
 from ansible_collections.doai.rollback.plugins.module_utils.doai_lock import Locked, acquire, check, release
 from ansible_collections.doai.rollback.plugins.module_utils.doai_npm import LOCKFILES, cached_tree, deps_missing, file_sha256, installed_matches, omits_dev
-from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import finish_jlist, read_jlist, start_jlist, summarize, unknown_apps
+from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2 import read_jlist, start_jlist, summarize, unknown_apps
 from ansible_collections.doai.rollback.plugins.module_utils.doai_pm2_read import daemon_running, evidence, status
 from ansible_collections.doai.rollback.plugins.module_utils.doai_target import resolve_target
 
@@ -240,8 +241,8 @@ def capture(module, jlist=None):
     giving the answer of a `pm2 jlist` already read in this call (else one is started)."""
     p = module.params
     co = Checkout(module, p["path"], p["git_bin"]).require_top()
-    # node's start-up is the slowest probe: overlap it
-    pm2 = jlist if jlist is not None else start_jlist(p["pm2_bin"], p["pm2_home"])
+    if jlist is None:  # node's start-up is the slowest probe: started now, read after the git reads
+        jlist = functools.partial(read_jlist, start_jlist(p["pm2_bin"], p["pm2_home"]))
     head = co.head()
     if p["pin_to"] or p["resume"]:
         base, target, rule = pinned_target(module, co, head)
@@ -253,7 +254,7 @@ def capture(module, jlist=None):
                 rule=rule, changes=changes, branch=co.branch(), recent=co.recent(p["log_count"]),
                 current_version=co.version_at(base), target_version=co.version_at(target))
     plan.update(plan_install(module, co, base, target, changes))
-    plan["processes"] = check_apps(module, pm2)
+    plan["processes"] = check_apps(module, jlist)
     plan["dirty"] = co.dirty()
     if changes and plan["dirty"] and p["refuse_dirty"]:
         module.fail_json(
@@ -310,11 +311,11 @@ def plan_install(module, co, base, target, changes):
                 lockfile_sha256=file_sha256(os.path.join(p["path"], "package-lock.json")))
 
 
-def check_apps(module, pm2):
-    """PM2's processes of the apps; refuses when pm2 fails, or an app is not listed. ``pm2``: a
-    started `pm2 jlist`, or a function giving the answer of one."""
+def check_apps(module, jlist):
+    """PM2's processes of the apps; refuses when pm2 fails, or an app is not listed. ``jlist``: a
+    function giving the answer of a `pm2 jlist`."""
     p = module.params
-    everything, error = summarize(*pm2(), apps=[]) if callable(pm2) else finish_jlist(pm2, [])
+    everything, error = summarize(*jlist(), apps=[])
     if error is not None:
         module.fail_json(msg="pm2 jlist failed: %s; nothing was changed" % error, pm2_unavailable=True, pm2_error=error)
     unknown = unknown_apps(everything, p["apps"])
