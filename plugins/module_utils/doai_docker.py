@@ -81,6 +81,11 @@ def choose_compose(setting, docker_bin, v2_available, v1_path):
                       "compose_unavailable")
 
 
+def _command_failed(argv, rc, out, err, kind):
+    """The DockerError of a docker or Compose command that exited ``rc`` != 0."""
+    return DockerError("%s: %s" % (" ".join(argv[:4]), (err or out).strip()[-800:] or "exit %d" % rc), kind)
+
+
 def _raising(exc):
     def result():
         raise exc
@@ -126,7 +131,7 @@ class Docker(object):
         argv = (argv0 or [self.docker_bin]) + list(args)
         rc, out, err = self.module.run_command(argv, environ_update=self.env, cwd=cwd)
         if check and rc != 0:
-            raise DockerError("%s: %s" % (" ".join(argv[:4]), (err or out).strip()[-800:] or "exit %d" % rc), kind)
+            raise _command_failed(argv, rc, out, err, kind)
         return rc, out, err
 
     def compose_argv(self):
@@ -142,9 +147,11 @@ class Docker(object):
             self._compose = choose_compose(self.compose_setting, self.docker_bin, v2, v1)
         return self._compose
 
+    def _compose_prefix(self):
+        return self.compose_argv() + (["-p", self.project_name] if self.project_name else [])
+
     def compose(self, args, kind="compose_failed"):
-        prefix = self.compose_argv() + (["-p", self.project_name] if self.project_name else [])
-        return self.run(args, kind=kind, cwd=self.project_dir, argv0=prefix)
+        return self.run(args, kind=kind, cwd=self.project_dir, argv0=self._compose_prefix())
 
     # -- images ------------------------------------------------------------------------------
     def ping(self):
@@ -236,20 +243,15 @@ class Docker(object):
         found.sort(key=lambda c: (c["running"], c["started_at"] or ""), reverse=True)
         return found[0]
 
-    def services(self):
-        """The services of the Compose project (``compose config --services``: reads the file,
-        changes nothing); raises DockerError(compose_unavailable/invalid_target)."""
-        _, out, _ = self.compose(["config", "--services"], kind="invalid_target")
-        return [line.strip() for line in out.splitlines() if line.strip()]
-
     def start_services(self):
-        """:meth:`services`, started now and read later (Compose v1 is a Python program: ~0.3 s
-        of start-up, while each docker CLI read takes ~20 ms): returns a function that waits for
-        it and returns, or raises, as :meth:`services` does. Started here and not by
-        ``run_command``, which would wait for it; the environment is the one ``run_command``
-        gives. It only reads the file."""
+        """The services of the Compose project (``compose config --services``: reads the file,
+        changes nothing), started now and read later (Compose v1 is a Python program: ~0.3 s of
+        start-up, while each docker CLI read takes ~20 ms): returns a function that waits for it
+        and returns the names, or raises DockerError (compose_unavailable/invalid_target).
+        Started here and not by ``run_command``, which would wait for it; the environment is
+        the one ``run_command`` gives."""
         try:
-            argv = self.compose_argv() + (["-p", self.project_name] if self.project_name else [])
+            argv = self._compose_prefix()
         except DockerError as exc:
             return _raising(exc)
         argv = argv + ["config", "--services"]
@@ -270,8 +272,7 @@ class Docker(object):
         def result():
             out, err = (x.decode("utf-8", "replace") for x in proc.communicate())
             if proc.returncode != 0:
-                raise DockerError("%s: %s" % (" ".join(argv[:4]), (err or out).strip()[-800:] or "exit %d" % proc.returncode),
-                                  "invalid_target")
+                raise _command_failed(argv, proc.returncode, out, err, "invalid_target")
             return [line.strip() for line in out.splitlines() if line.strip()]
         return result
 

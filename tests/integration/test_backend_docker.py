@@ -340,6 +340,8 @@ def test_prepare_pulls_the_rollback_image_and_changes_nothing_live(docker_rig, e
     ("doai_backend_docker_project_name", "Bad Name", "doai_backend_docker_project_name"),
     ("doai_backend_docker_health_url", "ftp://127.0.0.1/x", "doai_backend_docker_health_url"),
     ("doai_backend_docker_compose", "v3", "doai_backend_docker_compose"),
+    # a refusal of the capture's, after it took the host lock: released again
+    ("doai_backend_docker_project_dir", "/nonexistent/doai", "Compose project directory /nonexistent/doai does not exist"),
 ])
 def test_a_wrong_inventory_value_is_refused_before_the_retag(docker_rig, state_dir, var, value, named):
     rig = docker_rig
