@@ -134,6 +134,7 @@ def run(
     before_plan: Callable[[], None] | None = None,
     before_apply: Callable[[RunResult], None] | None = None,
     before_close: Callable[[RunResult], None] | None = None,
+    after_part: Callable[[str, list[StepResult]], None] | None = None,
 ) -> RunResult:
     """Plan and (unless ``dry_run``) apply ``jobs``; always returns the journaled RunResult.
 
@@ -144,7 +145,9 @@ def run(
     the run that belong in its record. An error in it is a warning; an interrupt in it is
     journaled like any other (the run's record is never lost). ``before_apply`` is called once
     every part's plan is confirmed and re-checked, right before the first change (the start's
-    announcement): a run refused before that point announces nothing.
+    announcement): a run refused before that point announces nothing. ``after_part`` is called
+    with a part's name and results each time a part's turn in the apply is over (applied,
+    unchanged or skipped), before the next part's turn; an error in it ends nothing but itself.
 
     Every refusal a plan can know comes before the first change, for every part: a part's
     :meth:`~doai_ansible.part.PartBase.refuses` (no network) right after the plans, before the
@@ -167,7 +170,7 @@ def run(
             else:
                 planned = _plan(ctx, ordered, run, alongside=before_plan)
                 if planned is not None:
-                    _decide(ctx, planned, run, confirm, revert_on_failure, reason, before_apply)
+                    _decide(ctx, planned, run, confirm, revert_on_failure, reason, before_apply, after_part)
             _durations(run)  # before the checks after: the report they write has the steps' times too
             if before_close is not None:
                 _checks_after(ctx, run, before_close)
@@ -433,7 +436,8 @@ def at_once(calls: Mapping[str, Callable[[], Any]], *, name: str = "doai-apply")
 
 def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,
             revert_on_failure: bool, reason: str | None,
-            before_apply: Callable[[RunResult], None] | None = None) -> None:
+            before_apply: Callable[[RunResult], None] | None = None,
+            after_part: Callable[[str, list[StepResult]], None] | None = None) -> None:
     if confirm is not None:
         shown = dataclasses.replace(run, dry_run=True, results=list(run.results), warnings=list(ctx.warnings))
         if not confirm(shown):
@@ -450,7 +454,7 @@ def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: C
         before_apply(run)
     _save_plan(ctx, run)
     try:
-        refusal = _apply(ctx, planned)
+        refusal = _apply(ctx, planned, after_part)
     except _Stopped as stopped:
         run.results = [r for p in planned for r in p.results]
         worst = _exit_status(run.results, None)
@@ -498,10 +502,11 @@ def _deferred_signals(ctx: RunContext) -> Iterator[_StopRequest]:
             signal.signal(s, handler)
 
 
-def _apply(ctx: RunContext, planned: list[_Planned]) -> DoaiError | None:
+def _apply(ctx: RunContext, planned: list[_Planned],
+           after_part: Callable[[str, list[StepResult]], None] | None = None) -> DoaiError | None:
     """Apply in order, stop at the first failure; the refusal that stopped it, if any."""
     with _deferred_signals(ctx) as stop:
-        refusal = _apply_in_order(ctx, planned, stop)
+        refusal = _apply_in_order(ctx, planned, stop, after_part)
     if stop.signal is not None:
         raise _Stopped(stop.signal)
     return refusal
@@ -513,27 +518,39 @@ class _Stopped(Exception):
         self.signame = signame
 
 
-def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest) -> DoaiError | None:
+def _apply_in_order(ctx: RunContext, planned: list[_Planned], stop: _StopRequest,
+                    after_part: Callable[[str, list[StepResult]], None] | None = None) -> DoaiError | None:
     refusal: DoaiError | None = None
     for p in planned:
-        unchanged = [StepResult(s, Outcome.UNCHANGED, "already there: nothing to do")
-                     for s in p.steps if not s.changes]
-        changing = [s for s in p.steps if s.changes]
-        if refusal is not None or _blocked(planned) or stop.signal is not None:
-            why = f"not attempted: stopped by {stop.signal}" if stop.signal else "not attempted: an earlier part failed"
-            p.results = unchanged + [StepResult(s, Outcome.SKIPPED, why) for s in changing]
-            continue
-        if not changing:
-            p.results = unchanged
-            continue
-        ctx.say(f"applying the {p.job.part.name} {p.job.request.action}")
-        started = utcnow()
-        try:
-            results = p.job.part.apply(ctx, changing, p.job.request)
-        except DoaiError as exc:  # the part refused before changing anything
-            refusal = p.job.as_typed(exc)
-            results = [StepResult(s, Outcome.REFUSED, exc.message, started, utcnow()) for s in changing]
-        p.results = unchanged + results
+        refusal = _turn(ctx, p, planned, stop, refusal)
+        if after_part is not None:
+            try:
+                after_part(p.job.part.name, list(p.results))
+            except Exception:  # the caller's hook (a read it starts early): never the apply's end
+                log.debug("after_part", exc_info=True)
+    return refusal
+
+
+def _turn(ctx: RunContext, p: _Planned, planned: list[_Planned], stop: _StopRequest,
+          refusal: DoaiError | None) -> DoaiError | None:
+    """One part's turn in the apply (``p.results`` set); the refusal that stops the parts after it, if any."""
+    unchanged = [StepResult(s, Outcome.UNCHANGED, "already there: nothing to do") for s in p.steps if not s.changes]
+    changing = [s for s in p.steps if s.changes]
+    if refusal is not None or _blocked(planned) or stop.signal is not None:
+        why = f"not attempted: stopped by {stop.signal}" if stop.signal else "not attempted: an earlier part failed"
+        p.results = unchanged + [StepResult(s, Outcome.SKIPPED, why) for s in changing]
+        return refusal
+    if not changing:
+        p.results = unchanged
+        return refusal
+    ctx.say(f"applying the {p.job.part.name} {p.job.request.action}")
+    started = utcnow()
+    try:
+        results = p.job.part.apply(ctx, changing, p.job.request)
+    except DoaiError as exc:  # the part refused before changing anything
+        refusal = p.job.as_typed(exc)
+        results = [StepResult(s, Outcome.REFUSED, exc.message, started, utcnow()) for s in changing]
+    p.results = unchanged + results
     return refusal
 
 

@@ -78,6 +78,12 @@ class PartBase(abc.ABC):
     part: ClassVar[Part]
     #: What ``configured`` needs, shown when it is missing (e.g. "vercel.project and VERCEL_TOKEN").
     needs: ClassVar[str] = ""
+    #: The other parts whose change can change what this part's health read sees (the database
+    #: can break the backend): a whole-system run's checks after read this part only once each
+    #: of them has had its turn (:class:`doai_ansible.system.EarlyReads`).
+    read_changed_by: ClassVar[tuple[Part, ...]] = ()
+    #: Whether this part's apply and reads run playbooks from this controller (its CPU).
+    runs_playbooks: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

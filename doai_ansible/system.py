@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -250,21 +251,96 @@ def smoke(checks: tuple[SmokeCheck, ...]) -> list[dict[str, Any]]:
     return out
 
 
-def after(ctx: RunContext, req: SystemRequest) -> dict[str, Any]:
+def health_of(ctx: RunContext, name: str) -> dict[str, Any]:
+    """One part's health, read live; a refusal of the read is an unhealthy, unreachable part."""
+    try:
+        return registry.get(name).health(ctx)
+    except DoaiError as exc:
+        return {"healthy": False, "reachable": False, "targets": {}, "error": exc.message}
+
+
+def after(ctx: RunContext, req: SystemRequest,
+          started: Mapping[str, Callable[[], dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The checks after: every part's health and the smoke checks, at once. ``started``: the
+    parts whose read is already under way (:class:`EarlyReads`), each a function of its answer."""
     ctx.say("after: health of every part and the smoke checks")
-
-    def health_of(name: str) -> dict[str, Any]:
-        try:
-            return registry.get(name).health(ctx)
-        except DoaiError as exc:
-            return {"healthy": False, "reachable": False, "targets": {}, "error": exc.message}
-
-    found = engine.in_parallel({**{name: functools.partial(health_of, name) for name in req.parts},
+    started = started or {}
+    found = engine.in_parallel({**{name: started.get(name) or functools.partial(health_of, ctx, name)
+                                   for name in req.parts},
                          " smoke": functools.partial(smoke, ctx.settings.system.smoke_checks)})
     health = {name: found[name] for name in req.parts}
     return {"healthy": all(h.get("healthy", False) for h in health.values()),
             "reachable": all(h.get("reachable", False) for h in health.values()),
             "parts": health, "smoke": found[" smoke"]}
+
+
+class EarlyReads:
+    """The checks after, read early: a part's health read may start before the run's last part is
+    done, once every part it waits for has had its turn in the apply:
+    - every part whose change can change what it reads (itself, its ``read_changed_by``: the
+      database can break the backend; nothing after the agent touches a PC);
+    - for a part whose read is a playbook run (``runs_playbooks``), every part of the run that
+      runs playbooks too: beside them the read would share this controller with the part at
+      work (bench/README, fourth round: starting a part's playbook early slowed the critical
+      path). What is left then are API calls. An API read (the database, the dashboard) waits
+      for the parts that can change it only.
+
+    Each read runs in a daemon thread (a second Ctrl-C ends the process as it would during a
+    part). The checks after use it only while its part's results are those it was started on: a
+    part put back since is read again."""
+
+    def __init__(self, ctx: RunContext, parts: tuple[str, ...], note: Callable[[str], None]) -> None:
+        self.ctx, self.parts, self.note = ctx, parts, note
+        self.done: dict[str, list[tuple[str, Outcome]]] = {}
+        self.reads: dict[str, tuple[list[tuple[str, Outcome]], Callable[[], dict[str, Any]]]] = {}
+
+    def part_done(self, name: str, results: list[Any]) -> None:
+        """The engine's ``after_part``: start every read whose parts are all done now (none once
+        the last part is done: the checks after start them all at once)."""
+        self.done[name] = _outcomes(results)
+        if set(self.parts) <= set(self.done):
+            return
+        heavy = [p for p in self.parts if registry.get(p).runs_playbooks]
+        for part in self.parts:
+            waits = {part, *(p.value for p in registry.get(part).read_changed_by),
+                     *(heavy if registry.get(part).runs_playbooks else ())}
+            if part not in self.reads and all(w in self.done for w in waits if w in self.parts):
+                self.note(f"after: the {part} read now (no part left changes it)")
+                self.reads[part] = (self.done[part], _in_background(functools.partial(health_of, self.ctx, part),
+                                                                    name=f"doai-after-{part}"))
+
+    def usable(self, run: RunResult) -> dict[str, Callable[[], dict[str, Any]]]:
+        """The reads started early whose parts' results have not changed since."""
+        now: dict[str, list[Any]] = {}
+        for r in run.results:
+            now.setdefault(r.step.part.value, []).append(r)
+        return {part: answer for part, (seen, answer) in self.reads.items() if _outcomes(now.get(part, [])) == seen}
+
+
+def _outcomes(results: list[Any]) -> list[tuple[str, Outcome]]:
+    return [(r.step.target, r.outcome) for r in results]
+
+
+def _in_background(call: Callable[[], dict[str, Any]], *, name: str) -> Callable[[], dict[str, Any]]:
+    """``call`` started in a daemon thread; a function that waits for its answer (or raises its error)."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["answer"] = call()
+        except BaseException as exc:  # handed to the thread that waits
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+
+    def answer() -> dict[str, Any]:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return dict(box["answer"])
+
+    return answer
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -320,9 +396,15 @@ def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job],
         timeline.append({"at": utcnow(), "event": "start announced" if checklist["announcements"][-1]["sent"]
                          else "start not announced (" + str(checklist["announcements"][-1]["error"]) + ")"})
 
+    def note(event: str) -> None:
+        ctx.say(event)
+        timeline.append({"at": utcnow(), "event": event})
+
+    early = EarlyReads(ctx, req.parts, note)
+
     def check_after(run: RunResult) -> None:
         try:
-            checklist["after"] = after(ctx, req)
+            checklist["after"] = after(ctx, req, started=early.usable(run))
         except Exception as exc:  # never the end of the run's record; the type only (texts may hold a DSN)
             log.debug("after-checks", exc_info=True)
             checklist["after"] = {"healthy": False, "reachable": False, "parts": {}, "smoke": [],
@@ -374,7 +456,8 @@ def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job],
     return engine.run(ctx, job_list, command=command, reason=req.reason, dry_run=dry_run,
                       confirm=hook if not dry_run and confirm is not None else None,
                       extra={"checklist": checklist}, reverse=reverse,
-                      before_plan=before_plan, before_apply=start, before_close=finish)
+                      before_plan=before_plan, before_apply=start, before_close=finish,
+                      after_part=early.part_done)
 
 
 def _after_ok(after_doc: Mapping[str, Any]) -> bool:

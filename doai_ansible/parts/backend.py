@@ -46,6 +46,8 @@ class BackendPart(PartBase):
     part = Part.BACKEND
     needs = "hosts in the inventory group `backend`"
     group = BACKEND_GROUP
+    runs_playbooks = True  # each mode's
+    read_changed_by = (Part.DATABASE,)  # a migration rolled back under it can break it
 
     def __init__(self) -> None:
         self.modes: dict[str, PlaybookPart] = {

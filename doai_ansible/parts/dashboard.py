@@ -1004,6 +1004,8 @@ class DashboardPart(PartBase):
     (``probe(url, timeout_s) -> (healthy, detail)``, like :func:`probe_health`).
     """
 
+    read_changed_by = (Part.DATABASE, Part.BACKEND)  # its health page may read through them
+
     part = Part.DASHBOARD
     needs = "vercel.project in the config file and VERCEL_TOKEN"
 

@@ -190,6 +190,7 @@ def log_text(res: Mapping[str, Any]) -> str:
 class PlaybookPart(PartBase):
     """A part whose work is one role's playbook; see the module docstring for the contract."""
 
+    runs_playbooks = True
     #: The inventory group the playbooks target by default.
     group: ClassVar[str] = ""
 

@@ -98,6 +98,11 @@ def test_whole_system_rolled_back_in_order_with_report_then_undone(system_rig, s
     assert json.loads(Path(c["before"]["state_file"]).read_text())["backend"]["healthy"] is False
     assert "dashboard" in c["before"]["scope"]["unhealthy"]
     assert c["after"]["healthy"] and all(s["ok"] for s in c["after"]["smoke"]) and c["after"]["smoke"]
+    # the checks after read a part once no part left changes it (and, for a playbook read, no
+    # playbook part is left): the agents' after the backend, the backend's after the database
+    at = {e["event"]: e["at"] for e in c["timeline"]}
+    assert spans["backend"][1] <= at["after: the agent read now (no part left changes it)"] <= spans["dashboard"][1]
+    assert spans["database"][1] <= at["after: the backend read now (no part left changes it)"] <= spans["dashboard"][1]
     md = Path(c["report"]["markdown"]).read_text()
     for needle in ("| agent | pc01/alice |", "| backend | sandbox-vps |", "| database |", "| dashboard |",
                    "| Infrastructure | TBD | TBD |", "## Root cause (to fill in)", f"doai-rollback undo {rec['run_id']}"):

@@ -155,6 +155,22 @@ def test_stops_at_first_failure_and_reverts_in_reverse(ctx):
     assert len(journal(ctx)) == 1
 
 
+def test_after_part_follows_each_turn_before_the_next_and_its_errors_end_nothing(ctx):
+    calls: list[str] = []
+    agent, back, db, dash = (FakePart(p, calls) for p in (Part.AGENT, Part.BACKEND, Part.DATABASE, Part.DASHBOARD))
+    db.fail = "restored"
+
+    def after_part(name: str, results: list[StepResult]) -> None:
+        calls.append(f"done {name}: " + ",".join(r.outcome.value for r in results))
+        if name == "agent":
+            raise RuntimeError("a broken hook")
+
+    run = engine.run(ctx, jobs(agent, back, db, dash), command="x", reason=None, after_part=after_part)
+    assert calls[4:] == ["apply agent", "done agent: succeeded", "apply backend", "done backend: succeeded",
+                         "apply database", "done database: restored", "done dashboard: skipped"]
+    assert run.exit_status is ExitStatus.FAILED_RESTORED and len(journal(ctx)) == 1
+
+
 def test_without_revert_the_completed_parts_stay(ctx):
     calls: list[str] = []
     back = FakePart(Part.BACKEND, calls)

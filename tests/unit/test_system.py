@@ -131,9 +131,19 @@ def calls() -> list[str]:
     return []
 
 
+def _real_class(part: Part) -> type[PartBase]:
+    import importlib
+
+    module, cls = registry.REGISTRY[part].split(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> dict[str, Fake]:
     made = {p: Fake(p, calls) for p in Part}
+    for p, fake in made.items():  # the real parts' word on what their checks after wait for
+        real = _real_class(p)
+        fake.runs_playbooks, fake.read_changed_by = real.runs_playbooks, real.read_changed_by  # type: ignore[misc]
     monkeypatch.setattr(registry, "_loaded", dict(made))
     return {p.value: f for p, f in made.items()}
 
@@ -165,10 +175,12 @@ def test_whole_system_in_order_with_checklist_report_and_announcements(tmp_path,
     applies = [c for c in calls if c.startswith("apply")]
     assert applies == ["apply agent", "apply backend", "apply database", "apply dashboard"]
     # before: every part inspected (alongside the plans, under the locks) before the first change;
-    # after: health after the last apply
+    # after: each part's health once no part left changes it, and no playbook part is left
     assert max(calls.index(f"status {p}") for p in ("agent", "backend", "database", "dashboard")) \
         < calls.index("apply agent")
-    assert calls.index("apply dashboard") < calls.index("health agent")
+    assert calls.index("apply backend") < calls.index("health agent")
+    assert calls.index("apply database") < calls.index("health backend")
+    assert calls.index("apply dashboard") < calls.index("health dashboard")
     assert "request database last=1,reason=v3 broke everything" in calls
     c = run.to_dict()["checklist"]
     assert c["before"]["scope"] == {"unhealthy": ["agent", "backend h1", "database", "dashboard"], "unreachable": []}
@@ -381,7 +393,7 @@ def test_nothing_to_do_on_an_unhealthy_system_is_not_a_recovery(tmp_path, fakes,
 
 
 def test_checks_after_that_break_still_end_in_a_report_and_an_announcement(tmp_path, fakes, calls, hooks, monkeypatch):
-    def broken(ctx, req):
+    def broken(ctx, req, started=None):
         raise RuntimeError("psycopg said postgresql://u:pw-canary@x")
 
     monkeypatch.setattr(system, "after", broken)
@@ -457,6 +469,69 @@ def test_with_yes_the_plans_are_not_read_again_before_the_first_change(tmp_path,
     run = system.rollback(ctx, system.request(ctx, skip="database"))
     assert run.exit_status is ExitStatus.OK, run.message
     assert "recheck dashboard" not in calls and "apply dashboard" in calls
+
+
+def test_the_checks_after_read_a_part_once_no_part_left_changes_it(tmp_path, fakes, calls, hooks):
+    """Issue 20: the agents' health is read while the database and the dashboard are applied, the
+    backend's while the dashboard is (the database can break it); the dashboard's apply here
+    waits for both reads to have started, so this fails when they wait for the last part."""
+    import time
+
+    apply = fakes["dashboard"].apply
+
+    def slow_apply(ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        deadline = time.monotonic() + 10
+        while not {"health agent", "health backend"} <= set(calls) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        calls.append("dashboard applied" if {"health agent", "health backend"} <= set(calls) else "no early reads")
+        return apply(ctx, steps, request)
+
+    fakes["dashboard"].apply = slow_apply  # type: ignore[method-assign]
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, reason="x", database_last=1))
+    assert run.exit_status is ExitStatus.OK, run.message
+    assert "dashboard applied" in calls, calls
+    assert calls.index("apply backend") < calls.index("health agent")
+    assert calls.index("apply database") < calls.index("health backend")
+    assert calls.count("health agent") == calls.count("health backend") == 1  # not read again after
+    assert calls.index("dashboard applied") < calls.index("health dashboard")
+    events = [e["event"] for e in run.to_dict()["checklist"]["timeline"]]
+    assert "after: the agent read now (no part left changes it)" in events
+    assert "after: the backend read now (no part left changes it)" in events
+    assert run.to_dict()["checklist"]["after"]["healthy"]
+
+
+def test_an_undo_reads_a_part_early_only_once_no_playbook_part_is_left(tmp_path, fakes, calls, hooks):
+    """In the reverse order (dashboard, database, backend, agent) the backend's read waits for the
+    agent's turn: beside the agents' playbook it would share the controller with the part at work.
+    The API reads wait for the parts that can change them only (the dashboard's: the backend's)."""
+    ctx = make_ctx(tmp_path, hooks)
+    notes: list[str] = []
+    early = system.EarlyReads(ctx, ("agent", "backend", "database", "dashboard"), notes.append)
+    ok = [StepResult(Step(Part.DASHBOARD, "t", "a", "b"), Outcome.SUCCEEDED)]
+    early.part_done("dashboard", ok)
+    assert notes == []
+    early.part_done("database", ok)
+    assert notes == ["after: the database read now (no part left changes it)"]
+    early.part_done("backend", ok)
+    assert notes[1:] == ["after: the dashboard read now (no part left changes it)"]
+    early.part_done("agent", ok)  # the last part: the checks after read what is left, at once
+    assert len(notes) == 2
+
+
+def test_a_read_started_early_is_read_again_when_its_part_was_put_back_since(tmp_path, fakes, calls, hooks):
+    fakes["agent"].live = "good"
+    ctx = make_ctx(tmp_path, hooks)
+    early = system.EarlyReads(ctx, ("agent", "backend", "database", "dashboard"), lambda event: None)
+    step = Step(Part.AGENT, "pc1/a", "2.0.0", "1.9.0")
+    early.part_done("agent", [StepResult(step, Outcome.SUCCEEDED)])
+    early.part_done("backend", [StepResult(Step(Part.BACKEND, "h1", "a", "b"), Outcome.SUCCEEDED)])
+    assert "agent" in early.reads
+    run = system.RunResult("r", "system rollback", False, None, "now", results=[StepResult(step, Outcome.SUCCEEDED)])
+    assert list(early.usable(run)) == ["agent"]
+    run.results = [StepResult(step, Outcome.RESTORED)]  # put back after the read started
+    assert early.usable(run) == {}
+    assert early.reads["agent"][1]()["healthy"] is True  # the early read itself ran (and is not used)
 
 
 @pytest.mark.parametrize("module", ["system.py", "diagnose.py", "cli.py"])
