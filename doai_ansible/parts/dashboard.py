@@ -1004,10 +1004,9 @@ class DashboardPart(PartBase):
     (``probe(url, timeout_s) -> (healthy, detail)``, like :func:`probe_health`).
     """
 
-    read_changed_by = (Part.DATABASE, Part.BACKEND)  # its health page may read through them
-
     part = Part.DASHBOARD
     needs = "vercel.project in the config file and VERCEL_TOKEN"
+    read_changed_by = (Part.DATABASE, Part.BACKEND)  # its health page may read through them
 
     def __init__(
         self,

@@ -501,6 +501,36 @@ def test_the_checks_after_read_a_part_once_no_part_left_changes_it(tmp_path, fak
     assert run.to_dict()["checklist"]["after"]["healthy"]
 
 
+def test_a_signal_during_a_later_part_still_ends_in_checks_after_that_use_the_early_reads(tmp_path, fakes, calls,
+                                                                                          hooks):
+    """Ctrl-C while the database is applied: the part at work finishes, the dashboard is not
+    attempted, and the checks after use the reads started early (each part read once) before the
+    run is journaled, with its report."""
+    import os
+    import signal
+
+    apply = fakes["database"].apply
+
+    def signalled(ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        os.kill(os.getpid(), signal.SIGINT)
+        return apply(ctx, steps, request)
+
+    fakes["database"].apply = signalled  # type: ignore[method-assign]
+    ctx = make_ctx(tmp_path, hooks)
+    run = system.rollback(ctx, system.request(ctx, reason="x", database_last=1))
+    assert run.exit_status is ExitStatus.INTERRUPTED, run.message
+    assert {r.step.part.value: r.outcome for r in run.results} == {
+        "agent": Outcome.SUCCEEDED, "backend": Outcome.SUCCEEDED, "database": Outcome.SUCCEEDED,
+        "dashboard": Outcome.SKIPPED}
+    assert [calls.count(f"health {p}") for p in ("agent", "backend", "database", "dashboard")] == [1, 1, 1, 1]
+    c = run.to_dict()["checklist"]
+    assert set(c["after"]["parts"]) == {"agent", "backend", "database", "dashboard"}
+    assert c["after"]["parts"]["agent"]["healthy"] and not c["after"]["parts"]["dashboard"]["healthy"]
+    (rec,) = records(ctx)
+    assert rec["exit_name"] == "INTERRUPTED" and Path(c["report"]["markdown"]).is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
 def test_an_undo_reads_a_part_early_only_once_no_playbook_part_is_left(tmp_path, fakes, calls, hooks):
     """In the reverse order (dashboard, database, backend, agent) the backend's read waits for the
     agent's turn: beside the agents' playbook it would share the controller with the part at work.
