@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import shlex
@@ -50,6 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,9 +75,9 @@ def until(check: Callable[[], bool], t0: float, deadline_s: float = 120) -> floa
     raise SystemExit(f"not healthy after {deadline_s} s")
 
 
-def run(argv: list[str], what: str, **kw: object) -> None:
+def run(argv: list[str], what: str, **kw: Any) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=180,
-                          check=False, **kw)  # type: ignore[call-overload]
+                          check=False, **kw)
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed ({proc.returncode}): {proc.stderr[-1500:]}{proc.stdout[-500:]}")
 
@@ -88,6 +90,10 @@ def healthy(url: str, version: str | None) -> Callable[[], bool]:
 
 
 # -- the manual steps ------------------------------------------------------------------------------
+def _agent_on(ag: Any, pc: str, user: str, version: str) -> bool:
+    return bool(ag.agent_version(pc, user) == version)
+
+
 def manual_agents(rig: SystemRig) -> float:
     """Per PC and user, one after the other, as the runbook's section 4 (the two renames) with the
     agent stopped before and started after (it holds its folder open)."""
@@ -103,7 +109,7 @@ def manual_agents(rig: SystemRig) -> float:
                       f"{folder}/app-current/agent.py </dev/null >>/dev/null 2>&1")
             t0 = time.monotonic()
             run(ag.ssh_argv(pc, script), f"agent {pc}/{user}")
-            total += until(lambda pc=pc, user=user: ag.agent_version(pc, user) == "1.9.0", t0)
+            total += until(functools.partial(_agent_on, ag, pc, user, "1.9.0"), t0)
     return total
 
 
@@ -181,7 +187,7 @@ def run_manual(rig: SystemRig, scratch: Path) -> dict[str, float]:
 OTHER: list[Path] = []
 
 
-def run_tool(rig: SystemRig, scratch: Path, *, dry: bool = False, root: Path = ROOT) -> dict[str, object]:
+def run_tool(rig: SystemRig, scratch: Path, *, dry: bool = False, root: Path = ROOT) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOAI_", "ANSIBLE_"))}
     env.update(rig.env(scratch / "state"))
     t0 = time.monotonic()
@@ -194,7 +200,7 @@ def run_tool(rig: SystemRig, scratch: Path, *, dry: bool = False, root: Path = R
     return {"wall_s": wall} if dry else {"wall_s": wall, **tool_breakdown(proc.stdout)}
 
 
-def tool_breakdown(out: str) -> dict[str, object]:
+def tool_breakdown(out: str) -> dict[str, Any]:
     """Where the tool's time went, from its JSON: each part's span (its first step's start to its
     last step's end: steps of one part run together), and the checklist around them (before the
     first step starts; after the last one ends)."""
@@ -218,7 +224,7 @@ def tool_breakdown(out: str) -> dict[str, object]:
         return {"breakdown_error": repr(exc)[:200], "stdout_tail": out[-2000:]}
 
 
-def one(rig: SystemRig, method: str) -> dict[str, object]:
+def one(rig: SystemRig, method: str) -> dict[str, Any]:
     rig.reset()  # untimed
     rig.break_all()
     if rig.state() != rig.expected_bad():
@@ -243,16 +249,16 @@ def one(rig: SystemRig, method: str) -> dict[str, object]:
     return r
 
 
-def breakdown(runs: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+def breakdown(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Medians of where the tool's time went (tool_breakdown) over ``runs``."""
-    names = list(runs[0]["parts"])  # type: ignore[call-overload]
-    out = {n: summary([r["parts"].get(n, 0.0) for r in runs]) for n in names}  # type: ignore[attr-defined]
+    names = list(runs[0]["parts"])
+    out = {n: summary([r["parts"].get(n, 0.0) for r in runs]) for n in names}
     for label, key in (("(checklist before the first part)", "before_s"), ("(between the parts)", "between_s"),
                        ("(checklist after the last part)", "after_s"),
                        ("(run start to the last part done)", "last_part_done_s")):
-        out[label] = summary([float(r[key]) for r in runs])  # type: ignore[arg-type]
+        out[label] = summary([float(r[key]) for r in runs])
     out["(process start and exit, outside the run)"] = summary(
-        [float(r["wall_s"]) - float(r["run_s"]) for r in runs])  # type: ignore[arg-type]
+        [float(r["wall_s"]) - float(r["run_s"]) for r in runs])
     return out
 
 
@@ -285,8 +291,8 @@ def main() -> int:
         OTHER.append(args.other.resolve())
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="dsys-", dir="/tmp"))  # short: sockets
     rig = SystemRig(wd / "rig", docker=False if args.no_docker else None, pcs=args.pcs)
-    results: dict[str, list[dict[str, object]]] = {m: [] for m in methods}
-    report: dict[str, object] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    report: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                  "runs": args.runs, "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     t_start = time.monotonic()
     try:
@@ -299,7 +305,7 @@ def main() -> int:
             for m in methods if i % 2 == 0 else methods[::-1]:
                 r = one(rig, m)
                 results[m].append(r)
-                extra = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("steps") or r.get("parts") or {}).items())  # type: ignore[union-attr]
+                extra = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("steps") or r.get("parts") or {}).items())
                 print(f"run {i + 1}/{args.runs} {m:6}: {r['wall_s']:.2f} s" + (f" ({extra})" if extra else ""),
                       flush=True)
     finally:
@@ -307,21 +313,21 @@ def main() -> int:
         rig.cleanup()
         if args.workdir is None:
             shutil.rmtree(wd, ignore_errors=True)
-    rows: dict[str, object] = {}
+    rows: dict[str, Any] = {}
     for m, runs in results.items():
-        rows[m] = {"wall_s": summary([float(r["wall_s"]) for r in runs]), "samples": runs}  # type: ignore[arg-type]
+        rows[m] = {"wall_s": summary([float(r["wall_s"]) for r in runs]), "samples": runs}
     if "manual" in results and results["manual"]:
-        names = list(results["manual"][0]["steps"])  # type: ignore[arg-type]
-        rows["manual_steps"] = {n: summary([r["steps"][n] for r in results["manual"]]) for n in names}  # type: ignore[index]
+        names = list(results["manual"][0]["steps"])
+        rows["manual_steps"] = {n: summary([r["steps"][n] for r in results["manual"]]) for n in names}
     for m in ("tool", "other"):
         if results.get(m) and all("parts" in r for r in results[m]):
             rows[f"{m}_parts"] = breakdown(results[m])
     if "tool" in rows and "manual" in rows:
-        manual_median = rows["manual"]["wall_s"]["median"]  # type: ignore[index]
-        report["ratio_tool_manual"] = rows["tool"]["wall_s"]["median"] / manual_median  # type: ignore[index]
+        manual_median = rows["manual"]["wall_s"]["median"]
+        report["ratio_tool_manual"] = rows["tool"]["wall_s"]["median"] / manual_median
         if "tool_parts" in rows:
             report["ratio_last_part_manual"] = (
-                rows["tool_parts"]["(run start to the last part done)"]["median"] / manual_median)  # type: ignore[index]
+                rows["tool_parts"]["(run start to the last part done)"]["median"] / manual_median)
     report.update(rows=rows, load_after=os.getloadavg(), total_s=time.monotonic() - t_start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -331,11 +337,11 @@ def main() -> int:
     print("| method | whole system (s) |")
     print("| --- | --- |")
     for m in methods:
-        print(f"| {m} | {fmt(rows[m]['wall_s'])} |")  # type: ignore[index]
-    for n, s in (rows.get("manual_steps") or {}).items():  # type: ignore[union-attr]
+        print(f"| {m} | {fmt(rows[m]['wall_s'])} |")
+    for n, s in (rows.get("manual_steps") or {}).items():
         print(f"| manual: {n} | {fmt(s)} |")
     for m in ("tool", "other"):
-        for n, s in (rows.get(f"{m}_parts") or {}).items():  # type: ignore[union-attr]
+        for n, s in (rows.get(f"{m}_parts") or {}).items():
             print(f"| {m}: {n} | {fmt(s)} |")
     if "ratio_tool_manual" in report:
         print(f"\nratio tool / manual (medians): {report['ratio_tool_manual']:.2f}")
