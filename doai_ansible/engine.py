@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -401,7 +402,8 @@ def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
     if len(calls) <= 1:
         return {k: f() for k, f in calls.items()}
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="doai-read") as pool:
-        futures = {k: pool.submit(f) for k, f in calls.items()}
+        # each call in a copy of the caller's context (runner.READ_STOP: whose reads these are)
+        futures = {k: pool.submit(contextvars.copy_context().run, f) for k, f in calls.items()}
     return {k: fut.result() for k, fut in futures.items()}
 
 

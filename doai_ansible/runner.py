@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import logging
@@ -430,6 +431,11 @@ def _runner_config(
 #: finishes, or puts itself back).
 STOP_READS = threading.Event()
 STOP_CHECK_S = 0.5
+#: A stop of its own for the playbook runs made in this context (a thread's, and what it hands
+#: on: :func:`doai_ansible.engine.in_parallel` runs each call in a copy): the whole-system
+#: checklist's reads started during an apply (:class:`doai_ansible.system.EarlyReads`), which
+#: STOP_READS must not serve, as it would stop the apply's playbooks too.
+READ_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("doai_read_stop", default=None)
 
 
 class _EventReducer:
@@ -446,6 +452,7 @@ class _EventReducer:
         self.custom: dict[str, Any] = {}
         self.stats: dict[str, dict[str, int]] = {}
         self.prompt_problem: str | None = None
+        self.read_stop = READ_STOP.get()  # the caller's, here: the callback runs in ansible-runner's loop
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -489,8 +496,10 @@ class _EventReducer:
             )
 
     def cancel(self) -> bool:
-        """ansible-runner's cancel callback: a prompt nobody may answer, or an interrupt."""
-        return self.prompt_problem is not None or STOP_READS.is_set()
+        """ansible-runner's cancel callback: a prompt nobody may answer, or an interrupt (of every
+        read, or of the reads of this run's context)."""
+        return (self.prompt_problem is not None or STOP_READS.is_set()
+                or (self.read_stop is not None and self.read_stop.is_set()))
 
 
 def _collect_outputs(

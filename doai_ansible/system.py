@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from doai_ansible import engine, validate
+from doai_ansible import engine, runner, validate
 from doai_ansible import parts as registry
 from doai_ansible.context import RunContext
 from doai_ansible.errors import DoaiError, ExitStatus, UsageError
@@ -293,6 +293,7 @@ class EarlyReads:
         self.ctx, self.parts, self.note = ctx, parts, note
         self.done: dict[str, list[tuple[str, Outcome]]] = {}
         self.reads: dict[str, tuple[list[tuple[str, Outcome]], Callable[[], dict[str, Any]]]] = {}
+        self.stop = threading.Event()
 
     def part_done(self, name: str, results: list[Any]) -> None:
         """The engine's ``after_part``: start every read whose parts are all done now (none once
@@ -307,7 +308,12 @@ class EarlyReads:
             if part not in self.reads and all(w in self.done for w in waits if w in self.parts):
                 self.note(f"after: the {part} read now (no part left changes it)")
                 self.reads[part] = (self.done[part], _in_background(functools.partial(health_of, self.ctx, part),
-                                                                    name=f"doai-after-{part}"))
+                                                                    name=f"doai-after-{part}", stop=self.stop))
+
+    def cancel(self) -> None:
+        """Stop the reads still at work (the run was interrupted): their playbooks end at their
+        next check (``runner.STOP_CHECK_S``); the apply's are not theirs to stop."""
+        self.stop.set()
 
     def usable(self, run: RunResult) -> dict[str, Callable[[], dict[str, Any]]]:
         """The reads started early whose parts' results have not changed since."""
@@ -321,11 +327,14 @@ def _outcomes(results: list[Any]) -> list[tuple[str, Outcome]]:
     return [(r.step.target, r.outcome) for r in results]
 
 
-def _in_background(call: Callable[[], dict[str, Any]], *, name: str) -> Callable[[], dict[str, Any]]:
-    """``call`` started in a daemon thread; a function that waits for its answer (or raises its error)."""
+def _in_background(call: Callable[[], dict[str, Any]], *, name: str,
+                   stop: threading.Event) -> Callable[[], dict[str, Any]]:
+    """``call`` started in a daemon thread, its playbook runs stopped by ``stop``; a function that
+    waits for its answer (or raises its error)."""
     box: dict[str, Any] = {}
 
     def work() -> None:
+        runner.READ_STOP.set(stop)  # this thread's context: its reads, and those it hands on
         try:
             box["answer"] = call()
         except BaseException as exc:  # handed to the thread that waits
@@ -453,11 +462,15 @@ def checklisted(ctx: RunContext, req: SystemRequest, job_list: list[engine.Job],
     # here in that run (one round trip per host before anything changes); every read after
     # the plans is fresh.
     ctx.read_along({j.part.name: j.request for j in job_list}, log_lines=ctx.settings.system.log_lines)
-    return engine.run(ctx, job_list, command=command, reason=req.reason, dry_run=dry_run,
-                      confirm=hook if not dry_run and confirm is not None else None,
-                      extra={"checklist": checklist}, reverse=reverse,
-                      before_plan=before_plan, before_apply=start, before_close=finish,
-                      after_part=early.part_done)
+    try:
+        return engine.run(ctx, job_list, command=command, reason=req.reason, dry_run=dry_run,
+                          confirm=hook if not dry_run and confirm is not None else None,
+                          extra={"checklist": checklist}, reverse=reverse,
+                          before_plan=before_plan, before_apply=start, before_close=finish,
+                          after_part=early.part_done)
+    except BaseException:  # a second Ctrl-C: the process ends now, without waiting for its reads
+        early.cancel()
+        raise
 
 
 def _after_ok(after_doc: Mapping[str, Any]) -> bool:

@@ -531,6 +531,56 @@ def test_a_signal_during_a_later_part_still_ends_in_checks_after_that_use_the_ea
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
 
 
+def test_a_second_signal_stops_the_reads_started_early_and_no_other(tmp_path, fakes, calls, hooks):
+    """A second Ctrl-C ends the command at once: the reads the checklist started during the apply
+    are stopped (the cancel callback of their playbook runs answers yes, in the read's thread and
+    in the threads it hands on), the global stop of every read is not set (it would stop the
+    apply's playbooks too), and the process does not wait for the reads at its exit."""
+    import os
+    import signal
+    import time
+
+    from doai_ansible import engine, runner
+
+    def a_playbook_read() -> str:  # as run_playbook's runner loop asks its cancel callback
+        reducer = runner._EventReducer(keep_events=False, on_event=None, secrets={})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if reducer.cancel():
+                return "stopped"
+            time.sleep(0.01)
+        return "never stopped"
+
+    seen: list[str] = []
+
+    def backend_health(ctx: RunContext, *, limit: str | None = None) -> dict[str, Any]:
+        calls.append("health backend")
+        seen.extend(engine.in_parallel({"pm2": a_playbook_read, "docker": a_playbook_read}).values())
+        return {"healthy": True, "reachable": True, "targets": {}}
+
+    fakes["backend"].health = backend_health  # type: ignore[method-assign]
+    apply = fakes["dashboard"].apply
+
+    def signalled_twice(ctx: RunContext, steps: list[Step], request: Request) -> list[StepResult]:
+        deadline = time.monotonic() + 10
+        while "health backend" not in calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second interrupts at once
+        return apply(ctx, steps, request)
+
+    fakes["dashboard"].apply = signalled_twice  # type: ignore[method-assign]
+    ctx = make_ctx(tmp_path, hooks)
+    with pytest.raises(KeyboardInterrupt):
+        system.rollback(ctx, system.request(ctx, reason="x", database_last=1))
+    deadline = time.monotonic() + 10
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == ["stopped", "stopped"]
+    assert not runner.STOP_READS.is_set()
+    assert records(ctx)[0]["exit_name"] == "INTERRUPTED"
+
+
 def test_an_undo_reads_a_part_early_only_once_no_playbook_part_is_left(tmp_path, fakes, calls, hooks):
     """In the reverse order (dashboard, database, backend, agent) the backend's read waits for the
     agent's turn: beside the agents' playbook it would share the controller with the part at work.
