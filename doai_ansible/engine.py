@@ -407,33 +407,45 @@ def in_parallel(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
     return {k: fut.result() for k, fut in futures.items()}
 
 
+class Background:
+    """A call at work in a daemon thread (a second SIGINT/SIGTERM ends the process without
+    waiting for it); :meth:`result` waits for its answer, or raises what it raised."""
+
+    def __init__(self, call: Callable[[], Any], *, name: str) -> None:
+        self._box: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._work, args=(call,), name=name, daemon=True)
+        self._thread.start()
+
+    def _work(self, call: Callable[[], Any]) -> None:
+        try:
+            self._box["answer"] = call()
+        except BaseException as exc:  # handed to the thread that waits
+            self._box["error"] = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["answer"]
+
+
 def at_once(calls: Mapping[str, Callable[[], Any]], *, name: str = "doai-apply") -> dict[str, Any]:
     """Run calls that change hosts at once, each in its own thread (the backend's two modes,
     each on its own hosts); their results by key, or the first exception in the calls' order
-    once every call has ended. The threads are daemons: a second SIGINT/SIGTERM, which
-    interrupts the wait here at once (see ``_StopRequest``), lets the process end as when a
-    playbook run in the main thread is interrupted (the hosts' detached jobs go on and record
-    what they did; the next run recovers it), instead of waiting at exit for the threads."""
+    once every call has ended. The threads are daemons (:class:`Background`): a second
+    SIGINT/SIGTERM, which interrupts the wait here at once (see ``_StopRequest``), lets the
+    process end as when a playbook run in the main thread is interrupted (the hosts' detached
+    jobs go on and record what they did; the next run recovers it), instead of waiting at exit
+    for the threads."""
     if len(calls) <= 1:
         return {k: f() for k, f in calls.items()}
-    results: dict[str, Any] = {}
-    errors: dict[str, BaseException] = {}
-
-    def one(key: str, call: Callable[[], Any]) -> None:
-        try:
-            results[key] = call()
-        except BaseException as exc:  # handed to the caller's thread
-            errors[key] = exc
-
-    threads = [threading.Thread(target=one, args=(k, f), name=f"{name}-{k}", daemon=True) for k, f in calls.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for k in calls:
-        if k in errors:
-            raise errors[k]
-    return {k: results[k] for k in calls}
+    running = {k: Background(f, name=f"{name}-{k}") for k, f in calls.items()}
+    for b in running.values():
+        b.join()
+    return {k: b.result() for k, b in running.items()}
 
 
 def _decide(ctx: RunContext, planned: list[_Planned], run: RunResult, confirm: ConfirmHook | None,

@@ -285,8 +285,8 @@ class EarlyReads:
       path). What is left then are API calls. An API read (the database, the dashboard) waits
       for the parts that can change it only.
 
-    Each read runs in a daemon thread (a second Ctrl-C ends the process as it would during a
-    part). The checks after use it only while its part's results are those it was started on: a
+    Each read runs in a daemon thread (:class:`engine.Background`); a second Ctrl-C stops them
+    (:meth:`cancel`). The checks after use it only while its part's results are those it was started on: a
     part put back since is read again."""
 
     def __init__(self, ctx: RunContext, parts: tuple[str, ...], note: Callable[[str], None]) -> None:
@@ -307,8 +307,8 @@ class EarlyReads:
                      *(heavy if registry.get(part).runs_playbooks else ())}
             if part not in self.reads and all(w in self.done for w in waits if w in self.parts):
                 self.note(f"after: the {part} read now (no part left changes it)")
-                self.reads[part] = (self.done[part], _in_background(functools.partial(health_of, self.ctx, part),
-                                                                    name=f"doai-after-{part}", stop=self.stop))
+                read = functools.partial(_reading, self.stop, functools.partial(health_of, self.ctx, part))
+                self.reads[part] = (self.done[part], engine.Background(read, name=f"doai-after-{part}").result)
 
     def cancel(self) -> None:
         """Stop the reads still at work (the run was interrupted): their playbooks end at their
@@ -327,29 +327,11 @@ def _outcomes(results: list[Any]) -> list[tuple[str, Outcome]]:
     return [(r.step.target, r.outcome) for r in results]
 
 
-def _in_background(call: Callable[[], dict[str, Any]], *, name: str,
-                   stop: threading.Event) -> Callable[[], dict[str, Any]]:
-    """``call`` started in a daemon thread, its playbook runs stopped by ``stop``; a function that
-    waits for its answer (or raises its error)."""
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        runner.READ_STOP.set(stop)  # this thread's context: its reads, and those it hands on
-        try:
-            box["answer"] = call()
-        except BaseException as exc:  # handed to the thread that waits
-            box["error"] = exc
-
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
-
-    def answer() -> dict[str, Any]:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return dict(box["answer"])
-
-    return answer
+def _reading(stop: threading.Event, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``call`` with its playbook runs stopped by ``stop`` (this thread's context: its reads, and
+    those it hands on)."""
+    runner.READ_STOP.set(stop)
+    return call()
 
 
 # -- the run ---------------------------------------------------------------------------------------------
