@@ -17,7 +17,8 @@ Methods:
   tool:     doai-rollback backend rollback --yes -o json  (fresh state dir each run: no warm
             SSH master connection; the masters a run leaves are closed after it, untimed)
   playbook: ansible-playbook playbooks/backend_docker_rollback.yml, as an operator runs it
-            directly (fresh ControlPath dir each run)
+            directly (fresh ControlPath dir each run); `playbook:DIR` runs it from another
+            checkout of this repository (DIR), to compare two versions of the role interleaved
   runbook:  the runbook's section 2 "Docker rollback", its commands in its order, typed over
             ssh as an operator does (one ssh session into the VPS running them one after the
             other, `set -e`; `--manual-local` runs them locally with the rig's DOCKER_HOST
@@ -37,6 +38,7 @@ Prints medians (min-max) per method; writes bench/results/backend_docker.json. N
     .venv/bin/python bench/backend_docker.py --runs 5
     .venv/bin/python bench/backend_docker.py --runs 5 --set doai_backend_docker_stable_seconds=10
     .venv/bin/python bench/backend_docker.py --crash --methods tool,playbook --runs 5   # a target that crash-loops
+    .venv/bin/python bench/backend_docker.py --methods playbook:/tmp/before,playbook --runs 7   # A/B of the role
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -204,13 +207,13 @@ def run_tool(rig: DockerRig, state: Path) -> subprocess.Popen:
     )
 
 
-def run_playbook(rig: DockerRig, cp: Path) -> subprocess.Popen:
+def run_playbook(rig: DockerRig, cp: Path, root: Path = ROOT) -> subprocess.Popen:
     env = dict(os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.Popen(
         ["ansible-playbook", "-i", str(rig.inventory), "playbooks/backend_docker_rollback.yml",
          "-e", json.dumps({"doai_backend_docker_reason": "bench"})],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 
 
@@ -226,8 +229,8 @@ def one(rig: DockerRig, method: str, hostvars: dict[str, object], *, manual_loca
             t0 = time.monotonic()
             if method == "tool":
                 proc = run_tool(rig, tmp)
-            elif method == "playbook":
-                proc = run_playbook(rig, tmp)
+            elif method.startswith("playbook"):
+                proc = run_playbook(rig, tmp, Path(method.split(":", 1)[1]) if ":" in method else ROOT)
             else:
                 steps = Steps(rig, runbook_commands(rig) if method == "runbook" else reordered_commands(rig),
                               over_ssh=not manual_local)
@@ -310,7 +313,7 @@ def main() -> int:
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
-        if m not in METHODS:
+        if m.split(":", 1)[0] not in METHODS:
             ap.error(f"unknown method {m!r}")
     hostvars = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
                 for k, v in (kv.split("=", 1) for kv in args.set)}
@@ -336,10 +339,10 @@ def main() -> int:
         if args.workdir is None:
             shutil.rmtree(wd, ignore_errors=True)
 
-    report: dict[str, object] = {"runs": args.runs, "hostvars": hostvars,
-                                 "runbook_method": ("argv lists run locally with the rig's DOCKER_HOST (no ssh)"
-                                                    if args.manual_local else "one ssh session into the VPS, set -e"),
-                                 "methods": {}}
+    report: dict[str, Any] = {"runs": args.runs, "hostvars": hostvars,
+                              "runbook_method": ("argv lists run locally with the rig's DOCKER_HOST (no ssh)"
+                                                 if args.manual_local else "one ssh session into the VPS, set -e"),
+                              "methods": {}}
     print(f"\nmedians of {args.runs} runs (min-max)")
     print(f"{'method':16} {'to healthy s':>20} {'command s':>20} {'failed requests':>16} {'outage s':>20}")
     for method, runs in results.items():
@@ -378,12 +381,12 @@ def crash_main(rig: DockerRig, wd: Path, args: argparse.Namespace, methods: list
         rig.cleanup()
         if args.workdir is None:
             shutil.rmtree(wd, ignore_errors=True)
-    report: dict[str, object] = {"runs": args.runs, "hostvars": hostvars, "scenario": "crash", "methods": {}}
+    report: dict[str, Any] = {"runs": args.runs, "hostvars": hostvars, "scenario": "crash", "methods": {}}
     print(f"\nmedians of {args.runs} runs (min-max), seconds from the command's start")
     for method, runs in results.items():
         row = {k: summary([float(r[k]) for r in runs])  # type: ignore[arg-type]
                for k in ("down_s", "back_s", "put_back_after_change_s", "wall_s")}
-        report["methods"][method] = dict(row, runs=runs)  # type: ignore[index]
+        report["methods"][method] = dict(row, runs=runs)
         print(f"{method:10} " + ", ".join(f"{k} {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})" for k, v in row.items()))
     out = args.out.with_name(args.out.stem + "_crash.json")
     out.parent.mkdir(parents=True, exist_ok=True)
