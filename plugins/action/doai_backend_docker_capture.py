@@ -1,0 +1,1 @@
+doai_backend_pm2_capture.py
