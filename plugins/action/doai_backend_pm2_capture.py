@@ -61,8 +61,6 @@ class ActionModule(NormalAction):
         try:
             for name in ("display", "debug", "v", "vv", "vvv", "vvvv", "vvvvv", "warning", "deprecated", "error"):
                 setattr(display, name, lambda *args, **kwargs: None)  # the worker's queue is the parent's
-            use_vars = dict(task_vars)
-            use_vars.setdefault("ansible_facts", {})
             for name in names:
                 found = self._shared_loader_obj.module_loader.find_plugin_with_context(
                     name, collection_list=self._task.collections)
@@ -70,7 +68,7 @@ class ActionModule(NormalAction):
                     continue
                 try:
                     modify_module(module_name=name, module_path=found.plugin_resolved_path, module_args={},
-                                  templar=self._templar, task_vars=use_vars,
+                                  templar=self._templar, task_vars=task_vars,
                                   module_compression=C.config.get_config_value('DEFAULT_MODULE_COMPRESSION',
                                                                                variables=task_vars),
                                   become_plugin=self._connection.become)

@@ -6,8 +6,6 @@ after); ``database snapshot`` then connects with psycopg AND runs pg_dump under
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 from pathlib import Path
@@ -15,53 +13,11 @@ from pathlib import Path
 import pytest
 
 from doai_ansible.sandbox.pg_rig import OS_USER
+from tests import certs
 from tests.conftest import run_cli
 from tests.integration.test_database import env_for
 
 pytestmark = pytest.mark.integration
-
-x509 = pytest.importorskip("cryptography.x509")
-
-
-def _ca(name: str):  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _server_cert(ca_key, ca_cert):  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return key, cert
-
-
-def _pem(obj) -> bytes:  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import serialization
-
-    if hasattr(obj, "public_bytes") and not hasattr(obj, "private_bytes"):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 @pytest.fixture
@@ -70,20 +26,20 @@ def tls_rig(pg_rig, tmp_path):
     import psycopg
 
     rig = pg_rig
-    ca_key, ca = _ca("doai test CA")
-    _, wrong = _ca("someone else's CA")
-    key, cert = _server_cert(ca_key, ca)
+    ca_key, ca = certs.ca("doai test CA")
+    _, wrong = certs.ca("someone else's CA")
+    key, cert = certs.signed(ca_key, ca, "127.0.0.1", ["127.0.0.1", "localhost"])
     server_dir = rig.run_dir / "tls"
     server_dir.mkdir(exist_ok=True)
-    (server_dir / "server.crt").write_bytes(_pem(cert))
+    (server_dir / "server.crt").write_bytes(certs.pem(cert))
     fd = os.open(server_dir / "server.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(_pem(key))
+        fh.write(certs.pem(key))
     if os.geteuid() == 0:
         for p in (server_dir, server_dir / "server.crt", server_dir / "server.key"):
             shutil.chown(p, OS_USER, OS_USER)
-    (tmp_path / "ca.crt").write_bytes(_pem(ca))
-    (tmp_path / "wrong-ca.crt").write_bytes(_pem(wrong))
+    (tmp_path / "ca.crt").write_bytes(certs.pem(ca))
+    (tmp_path / "wrong-ca.crt").write_bytes(certs.pem(wrong))
     with rig.connect("postgres") as conn:
         conn.execute(f"ALTER SYSTEM SET ssl_cert_file = '{server_dir / 'server.crt'}'")
         conn.execute(f"ALTER SYSTEM SET ssl_key_file = '{server_dir / 'server.key'}'")

@@ -5,9 +5,7 @@ only, no ~/.netrc credentials, the environment's proxy as before)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
-import ipaddress
 import json
 import socket
 import ssl
@@ -16,11 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests import certs
 from tests.conftest import module_utils
 
 health = module_utils("doai_health")
@@ -84,21 +79,13 @@ def http_url() -> Iterator[str]:
     yield from serve()
 
 
-def cert(tmp_path: Path, name: str, san: x509.GeneralName) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    c = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-         .not_valid_after(now + dt.timedelta(days=1))
-         .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-         .sign(key, hashes.SHA256()))
-    crt, pem = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    crt.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    return crt, pem
+def cert(tmp_path: Path, name: str, san: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``san`` that a server presents as its own; (cert, key) files."""
+    key, crt = certs.ca(name, sans=[san])
+    paths = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    paths[0].write_bytes(certs.pem(crt))
+    paths[1].write_bytes(certs.pem(key))
+    return paths
 
 
 def tls_server(crt: Path, key: Path) -> Iterator[str]:
@@ -179,7 +166,7 @@ def test_the_environments_proxy_is_used(http_url, monkeypatch):
 
 
 def test_an_untrusted_certificate_is_refused(tmp_path):
-    crt, key = cert(tmp_path, "127.0.0.1", x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    crt, key = cert(tmp_path, "127.0.0.1", "127.0.0.1")
     for url in tls_server(crt, key):
         code, reason = health.probe(url + "/api/health", 2)
         assert code is None and b"CERTIFICATE_VERIFY_FAILED" in reason
@@ -187,8 +174,8 @@ def test_an_untrusted_certificate_is_refused(tmp_path):
 
 
 def test_a_trusted_certificate_for_the_host_is_accepted_and_for_another_name_refused(tmp_path, monkeypatch):
-    good, good_key = cert(tmp_path, "127.0.0.1", x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    other, other_key = cert(tmp_path, "other.example", x509.DNSName("other.example"))
+    good, good_key = cert(tmp_path, "127.0.0.1", "127.0.0.1")
+    other, other_key = cert(tmp_path, "other.example", "other.example")
     bundle = tmp_path / "ca.pem"
     bundle.write_bytes(good.read_bytes() + other.read_bytes())
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # the system's CAs, as the host would have them
