@@ -10,15 +10,16 @@ relies on is set here, not left to a default: http(s) URLs only (urllib also ope
 ftp://), certificates and host names verified with the system's CAs (an explicit context:
 some distributions let PYTHONHTTPSVERIFY=0 switch urllib's default off), redirects followed
 for this GET as urllib does (to http(s) targets only, at most 10), the environment's proxies,
-no ~/.netrc credentials. tests/unit/test_health_probe.py holds each of these against real
-servers."""
+no ~/.netrc credentials; credentials in the URL itself are sent to that URL only.
+tests/unit/test_health_probe.py holds each of these against real servers."""
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from urllib.request import HTTPRedirectHandler, HTTPSHandler, Request, build_opener
 
 _OPENER = None
@@ -40,12 +41,25 @@ def _opener():
     return _OPENER
 
 
+def _request(parts):
+    """The GET of ``parts``; credentials in the URL (user:password@) become a basic
+    Authorization header that is not sent on to a redirect's target (as open_url sent them)."""
+    req = Request(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
+                  headers={"User-Agent": "doai-rollback-health"})
+    if parts.username is not None:
+        pair = "%s:%s" % (unquote(parts.username), unquote(parts.password or ""))
+        req.add_unredirected_header("Authorization", "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii"))
+    return req
+
+
 def probe(url, timeout):
     """(HTTP status, body) of ``url``; (None, reason) when nothing answers HTTP."""
-    if urlsplit(url).scheme not in ("http", "https"):
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
         return None, b"not an http(s) URL"
     try:
-        resp = _opener().open(Request(url, headers={"User-Agent": "doai-rollback-health"}), timeout=timeout)
+        req = _request(parts)
+        resp = _opener().open(req, timeout=timeout)
         return resp.getcode(), resp.read(65536)
     except HTTPError as exc:
         try:

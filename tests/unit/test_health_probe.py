@@ -1,10 +1,12 @@
 """The backend roles' health probe (module_utils/doai_health), against real HTTP and HTTPS
 servers on loopback: what it answers, and the guards it sets itself instead of leaving them to
 urllib's defaults (certificates and host names checked, http(s) only, redirects to http(s)
-only, no ~/.netrc credentials, the environment's proxy as before)."""
+only, no ~/.netrc credentials, a URL's own credentials to that URL only, the environment's proxy
+as before)."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import socket
@@ -33,6 +35,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "/to-ftp": (302, {"Location": "ftp://127.0.0.1/health"}, b""),
             "/to-file": (302, {"Location": "file:///etc/hostname"}, b""),
             "/private": (401, {"WWW-Authenticate": 'Basic realm="x"'}, b"who?"),
+            "/to-private": (302, {"Location": "/private"}, b""),
         }
         if self.path.startswith("http://"):  # asked as a proxy
             routes[self.path] = (200, {}, b'{"version": "via-proxy"}')
@@ -156,6 +159,18 @@ def test_netrc_credentials_are_not_sent(http_url, tmp_path, monkeypatch):
     (tmp_path / ".netrc").chmod(0o600)
     code, _ = health.probe(http_url + "/private", 2)
     assert code == 401 and "authorization" not in Handler.seen[-1]
+
+
+def test_credentials_in_the_url_reach_that_url_and_not_a_redirects_target(http_url):
+    base = http_url.replace("http://", "http://ops:p%40ss@")
+    code, body = health.probe(base + "/private", 2)
+    assert code == 200 and health.reported_version(body) == "with-credentials"
+    assert Handler.seen[-1]["authorization"] == "Basic " + base64.b64encode(b"ops:p@ss").decode()
+    assert Handler.seen[-1]["host"] == http_url.split("//", 1)[1]  # not the credentials
+    Handler.seen.clear()
+    code, _ = health.probe(base + "/to-private", 2)
+    assert code == 401 and [s["path"] for s in Handler.seen] == ["/to-private", "/private"]
+    assert "authorization" not in Handler.seen[-1]
 
 
 def test_the_environments_proxy_is_used(http_url, monkeypatch):
