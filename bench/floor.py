@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from backend_docker import Steps, close_masters, reordered_commands, runbook_commands, wait_healthy  # noqa: E402
+from backend_docker import (  # noqa: E402
+    Steps,
+    close_masters,
+    reordered_commands,
+    runbook_commands,
+    summary,
+    wait_healthy,
+)
 
 from doai_ansible.sandbox.docker_rig import DockerRig  # noqa: E402
 
@@ -108,10 +114,6 @@ def one(rig: DockerRig, method: str, playbooks: dict[str, Path]) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
     return took
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def main() -> int:
